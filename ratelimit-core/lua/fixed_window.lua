@@ -1,0 +1,67 @@
+-- Fixed windows aligned to the Unix epoch (Redis clock), one counter each, all or nothing.
+--
+-- Cheapest of the algorithms, and the least exact: a client can spend a full quota at the end of
+-- one window and another at the start of the next, so up to twice the limit can pass within one
+-- window's length across a boundary.
+--
+-- KEYS[i]  the counter of window i, stored as "<window number>:<count>" so that a counter left
+--          over from an earlier window (key expiry is only millisecond-exact) never counts
+-- ARGV[1]  "allow" or "peek"
+-- ARGV[2]  cost
+-- ARGV[3]  nonce (unused; every script takes the same arguments)
+-- ARGV[4], ARGV[5], ...  limit and window length (µs) of each window, in pairs
+--
+-- Returns {allowed, binding window (1-based), limit, remaining, reset_after_us, retry_after_us}.
+local op = ARGV[1]
+local cost = tonumber(ARGV[2])
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+local n = #KEYS
+local limits, counts, numbers, ends = {}, {}, {}, {}
+local allowed = true
+for i = 1, n do
+  local limit = tonumber(ARGV[2 + 2 * i])
+  local window = tonumber(ARGV[3 + 2 * i])
+  local number = math.floor(now / window)
+  local count = 0
+  local stored = redis.call('GET', KEYS[i])
+  if stored then
+    local sep = string.find(stored, ':', 1, true)
+    if tonumber(string.sub(stored, 1, sep - 1)) == number then
+      count = tonumber(string.sub(stored, sep + 1))
+    end
+  end
+  limits[i], counts[i], numbers[i], ends[i] = limit, count, number, (number + 1) * window
+  if count + cost > limit then allowed = false end
+end
+
+local consume = allowed and op == 'allow' and cost > 0
+local best, best_remaining, best_reset, best_retry = 0, 0, 0, -1
+for i = 1, n do
+  if consume then
+    counts[i] = counts[i] + cost
+    local ttl = math.ceil((ends[i] - now) / 1000)
+    redis.call('SET', KEYS[i], string.format('%d:%d', numbers[i], counts[i]), 'PX', ttl)
+  end
+  local remaining = limits[i] - counts[i]
+  if remaining < 0 then remaining = 0 end
+  local reset_after = 0
+  if counts[i] > 0 then reset_after = ends[i] - now end
+  local retry_after = 0
+  if not allowed and counts[i] + cost > limits[i] then retry_after = ends[i] - now end
+  local better
+  if best == 0 then
+    better = true
+  elseif not allowed then
+    better = retry_after > best_retry
+  else
+    better = remaining < best_remaining or (remaining == best_remaining and reset_after > best_reset)
+  end
+  if better then
+    best, best_remaining, best_reset, best_retry = i, remaining, reset_after, retry_after
+  end
+end
+
+return {allowed and 1 or 0, best, limits[best], best_remaining, best_reset, best_retry}

@@ -1,0 +1,83 @@
+-- Exact sliding log over several windows, all or nothing.
+--
+-- One log serves every window: an admitted request is recorded in all of them at once, so the
+-- log holds at most the longest window's limit of entries, and each window counts its own tail.
+--
+-- KEYS[1]  the log: a sorted set, score = admission time (µs, Redis clock), member unique per permit
+-- ARGV[1]  "allow" or "peek"
+-- ARGV[2]  cost
+-- ARGV[3]  nonce, unique per call across all clients
+-- ARGV[4], ARGV[5], ...  limit and window length (µs) of each window, in pairs
+--
+-- Returns {allowed, binding window (1-based), limit, remaining, reset_after_us, retry_after_us} for
+-- the binding window: when denied, the denying window that waits longest; when allowed, the window
+-- with the fewest permits left (the longer wait on a tie).
+local key = KEYS[1]
+local op = ARGV[1]
+local cost = tonumber(ARGV[2])
+local nonce = ARGV[3]
+
+local limits, windows = {}, {}
+local longest = 0
+for i = 4, #ARGV, 2 do
+  limits[#limits + 1] = tonumber(ARGV[i])
+  windows[#windows + 1] = tonumber(ARGV[i + 1])
+  if windows[#windows] > longest then longest = windows[#windows] end
+end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - longest)
+
+local counts = {}
+local allowed = true
+for i = 1, #windows do
+  counts[i] = redis.call('ZCOUNT', key, '(' .. (now - windows[i]), '+inf')
+  if counts[i] + cost > limits[i] then allowed = false end
+end
+
+if allowed and op == 'allow' and cost > 0 then
+  local batch = {}
+  for i = 1, cost do
+    batch[#batch + 1] = now
+    batch[#batch + 1] = nonce .. ':' .. i
+    if #batch >= 1000 or i == cost then
+      redis.call('ZADD', key, unpack(batch))
+      batch = {}
+    end
+  end
+  for i = 1, #windows do counts[i] = counts[i] + cost end
+  redis.call('PEXPIRE', key, math.ceil(longest / 1000))
+end
+
+local newest = nil
+local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+if top[2] then newest = tonumber(top[2]) end
+
+local best, best_remaining, best_reset, best_retry = 0, 0, 0, -1
+for i = 1, #windows do
+  local remaining = limits[i] - counts[i]
+  if remaining < 0 then remaining = 0 end
+  local reset_after = 0
+  if counts[i] > 0 and newest then reset_after = newest + windows[i] - now end
+  local retry_after = 0
+  if not allowed and counts[i] + cost > limits[i] then
+    local skip = counts[i] + cost - limits[i] - 1
+    local nth = redis.call('ZRANGEBYSCORE', key, '(' .. (now - windows[i]), '+inf', 'WITHSCORES', 'LIMIT', skip, 1)
+    retry_after = tonumber(nth[2]) + windows[i] - now
+  end
+  local better
+  if best == 0 then
+    better = true
+  elseif not allowed then
+    better = retry_after > best_retry
+  else
+    better = remaining < best_remaining or (remaining == best_remaining and reset_after > best_reset)
+  end
+  if better then
+    best, best_remaining, best_reset, best_retry = i, remaining, reset_after, retry_after
+  end
+end
+
+return {allowed and 1 or 0, best, limits[best], best_remaining, best_reset, best_retry}

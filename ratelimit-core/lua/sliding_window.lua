@@ -1,0 +1,59 @@
+-- Exact sliding log, one window.
+--
+-- KEYS[1]  the log: a sorted set, score = admission time (µs, Redis clock), member unique per permit
+-- ARGV[1]  "allow" (consume when permitted) or "peek" (evaluate only)
+-- ARGV[2]  cost: permits this request needs
+-- ARGV[3]  nonce: unique per call across all clients (makes members unique within one microsecond)
+-- ARGV[4]  limit: permits allowed in any interval of the window's length
+-- ARGV[5]  window length in microseconds
+--
+-- Returns {allowed, binding window (1-based), limit, remaining, reset_after_us, retry_after_us}.
+-- remaining is what is left after this call (allow) or what could be taken now (peek);
+-- reset_after_us is the time until every permit in the log has returned;
+-- retry_after_us is the time until a request of this cost can succeed (0 when it can now).
+local key = KEYS[1]
+local op = ARGV[1]
+local cost = tonumber(ARGV[2])
+local nonce = ARGV[3]
+local limit = tonumber(ARGV[4])
+local window = tonumber(ARGV[5])
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+-- An entry admitted at s counts while now < s + window.
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+local count = redis.call('ZCARD', key)
+local allowed = count + cost <= limit
+
+if allowed and op == 'allow' and cost > 0 then
+  local batch = {}
+  for i = 1, cost do
+    batch[#batch + 1] = now
+    batch[#batch + 1] = nonce .. ':' .. i
+    if #batch >= 1000 or i == cost then
+      redis.call('ZADD', key, unpack(batch))
+      batch = {}
+    end
+  end
+  count = count + cost
+  redis.call('PEXPIRE', key, math.ceil(window / 1000))
+end
+
+local remaining = limit - count
+if remaining < 0 then remaining = 0 end
+
+local reset_after = 0
+if count > 0 then
+  local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  reset_after = tonumber(newest[2]) + window - now
+end
+
+local retry_after = 0
+if not allowed then
+  -- The request fits once the oldest (count + cost - limit) entries have left the window.
+  local nth = redis.call('ZRANGE', key, count + cost - limit - 1, count + cost - limit - 1, 'WITHSCORES')
+  retry_after = tonumber(nth[2]) + window - now
+end
+
+return {allowed and 1 or 0, 1, limit, remaining, reset_after, retry_after}

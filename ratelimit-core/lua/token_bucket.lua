@@ -1,0 +1,83 @@
+-- GCRA token bucket over one or more windows, all or nothing.
+--
+-- Each window is a bucket of `limit` permits refilled at limit/window. Its state is one value, the
+-- theoretical arrival time (TAT), kept as whole microseconds plus a remainder in 1/limit of a
+-- microsecond so that the emission interval window/limit is exact: a burst admits exactly `limit`.
+--
+-- KEYS[i]  the TAT of window i, stored as "<µs>:<remainder>"
+-- ARGV[1]  "allow" or "peek"
+-- ARGV[2]  cost
+-- ARGV[3]  nonce (unused; every script takes the same arguments)
+-- ARGV[4], ARGV[5], ...  limit and window length (µs) of each window, in pairs
+--
+-- Returns {allowed, binding window (1-based), limit, remaining, reset_after_us, retry_after_us}.
+local op = ARGV[1]
+local cost = tonumber(ARGV[2])
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+local n = #KEYS
+local limits, windows, tats, fracs, new_tats, new_fracs = {}, {}, {}, {}, {}, {}
+local allowed = true
+for i = 1, n do
+  local limit = tonumber(ARGV[2 + 2 * i])
+  local window = tonumber(ARGV[3 + 2 * i])
+  limits[i], windows[i] = limit, window
+  local tat, frac = now, 0
+  local stored = redis.call('GET', KEYS[i])
+  if stored then
+    local sep = string.find(stored, ':', 1, true)
+    tat = tonumber(string.sub(stored, 1, sep - 1))
+    frac = tonumber(string.sub(stored, sep + 1))
+    if tat < now then tat, frac = now, 0 end
+  end
+  tats[i], fracs[i] = tat, frac
+  -- Advance the TAT by cost * window / limit, exactly.
+  local inc = cost * window
+  local whole = math.floor(inc / limit)
+  local new_tat, new_frac = tat + whole, frac + (inc - whole * limit)
+  if new_frac >= limit then new_tat, new_frac = new_tat + 1, new_frac - limit end
+  new_tats[i], new_fracs[i] = new_tat, new_frac
+  local ahead = new_tat - now
+  if ahead > window or (ahead == window and new_frac > 0) then allowed = false end
+end
+
+local consume = allowed and op == 'allow' and cost > 0
+local best, best_remaining, best_reset, best_retry = 0, 0, 0, -1
+for i = 1, n do
+  local limit, window = limits[i], windows[i]
+  local tat, frac = tats[i], fracs[i]
+  if consume then
+    tat, frac = new_tats[i], new_fracs[i]
+    local ttl = math.ceil((tat - now + 1) / 1000)
+    redis.call('SET', KEYS[i], string.format('%d:%d', tat, frac), 'PX', ttl)
+  end
+  -- Whole permits available: floor((now + window - TAT) / (window / limit)).
+  local remaining = math.floor(((now + window - tat) * limit - frac) / window)
+  if remaining < 0 then remaining = 0 end
+  if remaining > limit then remaining = limit end
+  local reset_after = tat - now
+  if frac > 0 then reset_after = reset_after + 1 end
+  local retry_after = 0
+  if not allowed then
+    local ahead = new_tats[i] - now - window
+    if ahead > 0 or (ahead == 0 and new_fracs[i] > 0) then
+      retry_after = ahead
+      if new_fracs[i] > 0 then retry_after = retry_after + 1 end
+    end
+  end
+  local better
+  if best == 0 then
+    better = true
+  elseif not allowed then
+    better = retry_after > best_retry
+  else
+    better = remaining < best_remaining or (remaining == best_remaining and reset_after > best_reset)
+  end
+  if better then
+    best, best_remaining, best_reset, best_retry = i, remaining, reset_after, retry_after
+  end
+end
+
+return {allowed and 1 or 0, best, limits[best], best_remaining, best_reset, best_retry}
