@@ -1,1 +1,55 @@
-//! x
+//! Exact, Redis-backed rate limiting.
+//!
+//! A [`RateLimiter`] answers `allow`, `allow_n`, `peek` and `reset` for a key with a
+//! [`Decision`]. The same four algorithms run as atomic Lua scripts in Redis (standalone or
+//! Cluster, time taken from Redis) and as pure Rust in an in-memory backend, with the same
+//! semantics, so a single instance can start in memory and move to Redis by configuration.
+//!
+//! # Quick start
+//!
+//! ```
+//! # async fn demo() -> Result<(), ratelimit_core::Error> {
+//! use std::time::Duration;
+//! use ratelimit_core::{Config, RateLimiter};
+//!
+//! // 100 requests a minute per key, in memory; add `.with_redis("redis://127.0.0.1:6379")`
+//! // to share the limit between instances.
+//! let limiter = RateLimiter::new(Config::new(100, Duration::from_secs(60))).await?;
+//! let decision = limiter.allow("user:12345").await?;
+//! assert!(decision.allowed());
+//! assert_eq!(decision.remaining(), 99);
+//! # Ok(()) }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+//! ```
+//!
+//! # Layout
+//!
+//! - [`policy`]: [`Window`], [`Algorithm`], [`Policy`]: what is limited and how.
+//! - [`decision`]: [`Decision`] and its [`Source`].
+//! - [`config`]: [`Config`], the YAML format, and errors that name file, line and field.
+//! - [`key`]: the Redis key format and the hashing of hostile identities.
+//! - [`algorithm`]: the algorithms as pure functions over small states (the in-memory twins of
+//!   the Lua scripts).
+//! - [`backend`]: where state lives: Redis standalone, Redis Cluster, memory.
+//! - [`clock`]: real and fake time for the in-memory backend.
+//! - [`limiter`]: [`RateLimiter`], which ties them together.
+//! - [`scripts`]: the Lua scripts, embedded.
+
+pub mod algorithm;
+pub mod backend;
+pub mod clock;
+pub mod config;
+pub mod decision;
+mod error;
+pub mod key;
+pub mod limiter;
+pub mod policy;
+pub mod scripts;
+
+pub use clock::{Clock, FakeClock, SystemClock};
+pub use config::{CacheConfig, Config, ConfigError, FallbackConfig, RedisConfig, RedisMode};
+pub use decision::{Decision, FallbackMode, Source};
+pub use error::Error;
+pub use key::{Identity, KeyBuilder};
+pub use limiter::RateLimiter;
+pub use policy::{Algorithm, Policy, PolicyError, Window};

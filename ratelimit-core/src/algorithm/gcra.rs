@@ -1,0 +1,100 @@
+//! GCRA token bucket over one or more windows (`token_bucket.lua`).
+
+use super::binding::{Binding, Candidate};
+use super::{Request, Verdict};
+use crate::policy::Window;
+
+/// A theoretical arrival time: whole microseconds plus `frac / limit` of one, so that the
+/// emission interval `window / limit` is added exactly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tat {
+    /// Whole microseconds.
+    pub micros: u64,
+    /// Remainder, in `1 / limit` of a microsecond.
+    pub frac: u64,
+}
+
+impl Tat {
+    /// This TAT advanced by `cost` emission intervals of `window / limit`.
+    fn advance(self, cost: u64, window: u64, limit: u64) -> Self {
+        let inc = u128::from(cost) * u128::from(window);
+        let whole = (inc / u128::from(limit)) as u64;
+        let rem = (inc % u128::from(limit)) as u64;
+        let (mut micros, mut frac) = (self.micros + whole, self.frac + rem);
+        if frac >= limit {
+            micros += 1;
+            frac -= limit;
+        }
+        Self { micros, frac }
+    }
+}
+
+/// Evaluates GCRA buckets, one [`Tat`] a window: a burst of `max_requests`, refilled at
+/// `max_requests / duration`.
+///
+/// ```
+/// use ratelimit_core::algorithm::{gcra, Request, Tat};
+/// use ratelimit_core::Window;
+/// let windows = [Window::per_second(3)];
+/// let mut tats = [Tat::default()];
+/// let allow = Request { cost: 1, consume: true };
+/// for _ in 0..3 {
+///     assert!(gcra(&mut tats, &windows, 5, allow).allowed);
+/// }
+/// let denied = gcra(&mut tats, &windows, 5, allow);
+/// assert!(!denied.allowed);
+/// assert_eq!(denied.retry_after_us, 333_334); // one emission interval, rounded up
+/// ```
+pub fn gcra(tats: &mut [Tat], windows: &[Window], now: u64, request: Request) -> Verdict {
+    let current = |tat: &Tat| {
+        if tat.micros < now {
+            Tat {
+                micros: now,
+                frac: 0,
+            }
+        } else {
+            *tat
+        }
+    };
+    let fits = |tat: Tat, window: u64| {
+        let ahead = tat.micros - now;
+        !(ahead > window || (ahead == window && tat.frac > 0))
+    };
+    let allowed = windows.iter().zip(tats.iter()).all(|(w, tat)| {
+        let next = current(tat).advance(request.cost, w.micros(), w.max_requests());
+        fits(next, w.micros())
+    });
+    let consume = allowed && request.consume && request.cost > 0;
+    let mut binding = Binding::default();
+    let mut expires_at_us = now;
+    for (index, (w, stored)) in windows.iter().zip(tats.iter_mut()).enumerate() {
+        let (window, limit) = (w.micros(), w.max_requests());
+        let before = current(stored);
+        let next = before.advance(request.cost, window, limit);
+        let tat = if consume {
+            *stored = next;
+            next
+        } else {
+            before
+        };
+        expires_at_us = expires_at_us.max(stored.micros + 1);
+        let headroom =
+            u128::from(now + window - tat.micros) * u128::from(limit) - u128::from(tat.frac);
+        let remaining = ((headroom / u128::from(window)) as u64).min(limit);
+        let reset_after_us = tat.micros - now + u64::from(tat.frac > 0);
+        let mut retry_after_us = 0;
+        if !allowed && !fits(next, window) {
+            retry_after_us = next.micros - now - window + u64::from(next.frac > 0);
+        }
+        binding.consider(
+            allowed,
+            Candidate {
+                index,
+                remaining,
+                reset_after_us,
+                retry_after_us,
+            },
+        );
+    }
+    binding.verdict(allowed, expires_at_us)
+}

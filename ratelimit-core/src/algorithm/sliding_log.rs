@@ -1,0 +1,82 @@
+//! Exact sliding log over one or more windows (`sliding_window.lua`, `multi_window.lua`).
+
+use std::collections::VecDeque;
+
+use super::binding::{Binding, Candidate};
+use super::{Request, Verdict};
+use crate::policy::Window;
+
+/// Evaluates a sliding log: `log` holds admission times (µs, ascending), one entry a permit.
+///
+/// An entry admitted at `s` counts while `now < s + window`. One log serves every window, so it
+/// holds at most the longest window's limit.
+///
+/// ```
+/// use std::collections::VecDeque;
+/// use ratelimit_core::algorithm::{sliding_log, Request};
+/// use ratelimit_core::Window;
+/// let windows = [Window::per_second(2)];
+/// let mut log = VecDeque::new();
+/// let allow = Request { cost: 1, consume: true };
+/// assert!(sliding_log(&mut log, &windows, 0, allow).allowed);
+/// assert!(sliding_log(&mut log, &windows, 10, allow).allowed);
+/// let denied = sliding_log(&mut log, &windows, 20, allow);
+/// assert!(!denied.allowed);
+/// assert_eq!(denied.retry_after_us, 1_000_000 - 20);
+/// assert!(sliding_log(&mut log, &windows, 1_000_000, allow).allowed);
+/// ```
+pub fn sliding_log(
+    log: &mut VecDeque<u64>,
+    windows: &[Window],
+    now: u64,
+    request: Request,
+) -> Verdict {
+    let longest = windows.iter().map(Window::micros).max().unwrap_or(0);
+    while log
+        .front()
+        .is_some_and(|&s| s.saturating_add(longest) <= now)
+    {
+        log.pop_front();
+    }
+    // Entries inside a window form a suffix of the log.
+    let count_in = |log: &VecDeque<u64>, w: u64| -> u64 {
+        let first_inside = log.partition_point(|&s| s.saturating_add(w) <= now);
+        (log.len() - first_inside) as u64
+    };
+    let allowed = windows
+        .iter()
+        .all(|w| count_in(log, w.micros()) + request.cost <= w.max_requests());
+    if allowed && request.consume {
+        for _ in 0..request.cost {
+            log.push_back(now);
+        }
+    }
+    let newest = log.back().copied();
+    let mut binding = Binding::default();
+    for (index, w) in windows.iter().enumerate() {
+        let window = w.micros();
+        let count = count_in(log, window);
+        let reset_after_us = match newest {
+            Some(s) if count > 0 => s + window - now,
+            _ => 0,
+        };
+        let mut retry_after_us = 0;
+        if !allowed && count + request.cost > w.max_requests() {
+            let first_inside = log.len() - count as usize;
+            let nth = first_inside + (count + request.cost - w.max_requests() - 1) as usize;
+            if let Some(&s) = log.get(nth) {
+                retry_after_us = s + window - now;
+            }
+        }
+        binding.consider(
+            allowed,
+            Candidate {
+                index,
+                remaining: w.max_requests().saturating_sub(count),
+                reset_after_us,
+                retry_after_us,
+            },
+        );
+    }
+    binding.verdict(allowed, newest.map_or(now, |s| s + longest))
+}

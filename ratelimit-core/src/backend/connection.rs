@@ -1,0 +1,151 @@
+//! Connections to Redis: a few multiplexed connections to a standalone server, or one cluster
+//! connection that routes by slot.
+//!
+//! Both are opened on first use, so a limiter can be built without I/O (for a tower layer built
+//! synchronously) and a Redis that is down at start does not stop the service from starting.
+//! A multiplexed connection pipelines every concurrent call over one socket, which is what lets
+//! a few connections carry any number of callers; `ConnectionManager` adds the reconnection
+//! that a bare multiplexed connection lacks.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use tokio::sync::OnceCell;
+
+use crate::config::RedisConfig;
+use crate::error::Error;
+
+/// A connection ready for one call; cheap to clone (both kinds share their socket).
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Standalone(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Standalone(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Standalone(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Opens connections on demand and hands them out.
+pub(crate) enum Connector {
+    Standalone {
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+        pool: Box<[OnceCell<ConnectionManager>]>,
+        next: AtomicUsize,
+    },
+    Cluster {
+        client: ClusterClient,
+        connection: OnceCell<ClusterConnection>,
+    },
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Standalone { pool, .. } => f
+                .debug_struct("Standalone")
+                .field("pool_size", &pool.len())
+                .finish(),
+            Self::Cluster { .. } => f.debug_struct("Cluster").finish(),
+        }
+    }
+}
+
+impl Connector {
+    /// Prepares connections as `config` says; opens none.
+    pub(crate) fn new(config: &RedisConfig) -> Result<Self, Error> {
+        let timeout = config.timeout();
+        let urls = config.urls();
+        if config.is_cluster() {
+            let client = ClusterClient::builder(urls)
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(2)
+                .min_retry_wait(10)
+                .max_retry_wait(timeout.as_millis().try_into().unwrap_or(u64::MAX))
+                .build()?;
+            return Ok(Self::Cluster {
+                client,
+                connection: OnceCell::new(),
+            });
+        }
+        let url = urls
+            .first()
+            .ok_or_else(|| Error::UnexpectedReply("no Redis address".into()))?;
+        let client = redis::Client::open(url.as_str())?;
+        let config_mgr = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(500));
+        Ok(Self::Standalone {
+            client,
+            config: config_mgr,
+            pool: (0..config.pool_size()).map(|_| OnceCell::new()).collect(),
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// A connection for one call, opening it when needed.
+    pub(crate) async fn get(&self) -> Result<Connection, Error> {
+        match self {
+            Self::Standalone {
+                client,
+                config,
+                pool,
+                next,
+            } => {
+                let slot = &pool[next.fetch_add(1, Ordering::Relaxed) % pool.len()];
+                let manager = slot
+                    .get_or_try_init(|| {
+                        ConnectionManager::new_with_config(client.clone(), config.clone())
+                    })
+                    .await?;
+                Ok(Connection::Standalone(manager.clone()))
+            }
+            Self::Cluster { client, connection } => {
+                let connection = connection
+                    .get_or_try_init(|| client.get_async_connection())
+                    .await?;
+                Ok(Connection::Cluster(connection.clone()))
+            }
+        }
+    }
+
+    /// Whether this connects to a cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster { .. })
+    }
+}

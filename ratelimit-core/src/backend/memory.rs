@@ -1,0 +1,217 @@
+//! The in-memory backend: one process's state, sharded, bounded, and reclaimed when it expires.
+//!
+//! State is keyed by policy, algorithm and identity, spread over shards each behind its own
+//! mutex, so concurrent callers on different keys rarely meet. Every entry knows when it stops
+//! mattering; a shard drops expired entries every few thousand operations and whenever it is
+//! full. When a shard is still full after that, an arbitrary eighth of it is forgotten (those
+//! keys start afresh): the bound on memory wins over exactness for the evicted keys.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::algorithm::{FixedCounter, Request, Tat, Verdict, fixed_window, gcra, sliding_log};
+use crate::clock::Clock;
+use crate::key::{Identity, MAX_PLAIN_IDENTITY};
+use crate::policy::{Algorithm, Policy};
+
+const SHARDS: usize = 64;
+const SWEEP_EVERY: u32 = 4096;
+/// Policy name (≤ 64), separator, tag, separator, identity (≤ 64).
+const MAX_KEY: usize = 64 + 1 + 2 + 1 + MAX_PLAIN_IDENTITY;
+
+#[derive(Debug)]
+enum State {
+    Log(VecDeque<u64>),
+    Buckets(Box<[Tat]>),
+    Counters(Box<[FixedCounter]>),
+}
+
+#[derive(Debug)]
+struct Entry {
+    state: State,
+    expires_at_us: u64,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    map: HashMap<Box<[u8]>, Entry>,
+    ops: u32,
+}
+
+/// The in-memory backend. Cheap to share behind an `Arc`; every method is synchronous and
+/// allocation-free for a key it already tracks.
+///
+/// ```
+/// use std::sync::Arc;
+/// use ratelimit_core::backend::MemoryBackend;
+/// use ratelimit_core::{FakeClock, Identity, Policy, Window};
+/// let clock = FakeClock::new(0);
+/// let memory = MemoryBackend::new(Arc::new(clock.clone()), 1000);
+/// let policy = Policy::new("p", [Window::per_second(1)]);
+/// assert!(memory.evaluate(&policy, Identity::new(b"k"), 1, true).allowed);
+/// assert!(!memory.evaluate(&policy, Identity::new(b"k"), 1, true).allowed);
+/// clock.advance(std::time::Duration::from_secs(1));
+/// assert!(memory.evaluate(&policy, Identity::new(b"k"), 1, true).allowed);
+/// ```
+#[derive(Debug)]
+pub struct MemoryBackend {
+    clock: Arc<dyn Clock>,
+    shards: Box<[Mutex<Shard>]>,
+    hasher: std::collections::hash_map::RandomState,
+    shard_capacity: usize,
+}
+
+impl MemoryBackend {
+    /// A backend reading `clock` and tracking at most about `max_keys` keys.
+    pub fn new(clock: Arc<dyn Clock>, max_keys: usize) -> Self {
+        Self {
+            clock,
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: Default::default(),
+            shard_capacity: max_keys.div_ceil(SHARDS).max(1),
+        }
+    }
+
+    /// The backend's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Evaluates `policy` for `identity`; consumes `cost` permits when `consume` and they fit.
+    pub fn evaluate(
+        &self,
+        policy: &Policy,
+        identity: Identity<'_>,
+        cost: u64,
+        consume: bool,
+    ) -> Verdict {
+        let mut buffer = [0u8; MAX_KEY];
+        let key = store_key(&mut buffer, policy, identity);
+        let now = self.clock.now_micros();
+        let request = Request { cost, consume };
+        let mut shard = self.shard(key);
+        shard.ops = shard.ops.wrapping_add(1);
+        if shard.ops.is_multiple_of(SWEEP_EVERY) {
+            shard.map.retain(|_, e| e.expires_at_us > now);
+        }
+        if let Some(entry) = shard.map.get_mut(key) {
+            let verdict = apply(&mut entry.state, policy, now, request);
+            entry.expires_at_us = verdict.expires_at_us;
+            return verdict;
+        }
+        let mut state = fresh(policy);
+        let verdict = apply(&mut state, policy, now, request);
+        if verdict.expires_at_us > now {
+            if shard.map.len() >= self.shard_capacity {
+                make_room(&mut shard.map, now, self.shard_capacity);
+            }
+            shard.map.insert(
+                key.into(),
+                Entry {
+                    state,
+                    expires_at_us: verdict.expires_at_us,
+                },
+            );
+        }
+        verdict
+    }
+
+    /// Forgets the state of `identity` under `policy`.
+    pub fn reset(&self, policy: &Policy, identity: Identity<'_>) {
+        let mut buffer = [0u8; MAX_KEY];
+        let key = store_key(&mut buffer, policy, identity);
+        self.shard(key).map.remove(key);
+    }
+
+    /// The number of keys tracked now (expired ones included until swept).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).map.len())
+            .sum()
+    }
+
+    /// Whether no key is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops every expired entry now.
+    pub fn sweep(&self) {
+        let now = self.clock.now_micros();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            shard.map.retain(|_, e| e.expires_at_us > now);
+        }
+    }
+
+    fn shard(&self, key: &[u8]) -> std::sync::MutexGuard<'_, Shard> {
+        let index = (self.hasher.hash_one(key) as usize) % SHARDS;
+        // A panic while holding the lock cannot leave an entry half-written: states are
+        // replaced whole. Keep serving.
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// `<policy>\0<tag>\0<identity>` in `buffer`; never longer than [`MAX_KEY`].
+fn store_key<'b>(
+    buffer: &'b mut [u8; MAX_KEY],
+    policy: &Policy,
+    identity: Identity<'_>,
+) -> &'b [u8] {
+    let parts: [&[u8]; 5] = [
+        policy.name().as_bytes(),
+        b"\0",
+        policy.algorithm().key_tag().as_bytes(),
+        b"\0",
+        identity.as_str().as_bytes(),
+    ];
+    let mut len = 0;
+    for part in parts {
+        let take = part.len().min(MAX_KEY - len);
+        buffer[len..len + take].copy_from_slice(&part[..take]);
+        len += take;
+    }
+    &buffer[..len]
+}
+
+fn fresh(policy: &Policy) -> State {
+    let n = policy.windows().len();
+    match policy.algorithm() {
+        Algorithm::SlidingWindow => State::Log(VecDeque::new()),
+        Algorithm::TokenBucket => State::Buckets(vec![Tat::default(); n].into()),
+        Algorithm::FixedWindow => State::Counters(vec![FixedCounter::default(); n].into()),
+    }
+}
+
+fn apply(state: &mut State, policy: &Policy, now: u64, request: Request) -> Verdict {
+    let windows = policy.windows();
+    // A policy whose windows changed (a reload) starts its per-window state afresh.
+    let stale = match state {
+        State::Log(_) => false,
+        State::Buckets(b) => b.len() != windows.len(),
+        State::Counters(c) => c.len() != windows.len(),
+    };
+    if stale {
+        *state = fresh(policy);
+    }
+    match state {
+        State::Log(log) => sliding_log(log, windows, now, request),
+        State::Buckets(tats) => gcra(tats, windows, now, request),
+        State::Counters(counters) => fixed_window(counters, windows, now, request),
+    }
+}
+
+fn make_room(map: &mut HashMap<Box<[u8]>, Entry>, now: u64, capacity: usize) {
+    map.retain(|_, e| e.expires_at_us > now);
+    if map.len() >= capacity {
+        let evict = (capacity / 8).max(1);
+        let victims: Vec<Box<[u8]>> = map.keys().take(evict).cloned().collect();
+        for key in victims {
+            map.remove(&key);
+        }
+    }
+}

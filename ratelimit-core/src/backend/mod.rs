@@ -1,0 +1,14 @@
+//! Where the state of every key lives.
+//!
+//! - [`MemoryBackend`]: this process, sharded maps, the algorithms of [`crate::algorithm`].
+//! - [`RedisBackend`]: Redis standalone or Cluster, the scripts of [`crate::scripts`].
+//!
+//! Both answer the same question, "does this request of this cost fit this policy for this
+//! identity, and if so record it", atomically and with the same semantics.
+
+mod connection;
+mod memory;
+mod redis;
+
+pub use self::memory::MemoryBackend;
+pub use self::redis::RedisBackend;

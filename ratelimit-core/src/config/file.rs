@@ -1,0 +1,270 @@
+//! The YAML file format: `rate_limiter:` and its sections.
+//!
+//! YAML is read with `serde_norway`, the maintained fork of `serde_yaml` (which upstream marked
+//! deprecated), and `serde_path_to_error`, so that a parse error names the field's path as well
+//! as its line. Unknown fields are refused everywhere: a typo must not silently keep a default.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::error::{ConfigError, Location};
+use super::locate;
+use super::model::{
+    CacheConfig, Config, FallbackConfig, MemoryConfig, Overrides, RedisConfig, RedisMode,
+};
+use super::units::{parse_duration, parse_size};
+use crate::decision::FallbackMode;
+use crate::policy::{Algorithm, Policy, Window};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    rate_limiter: Section,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Section {
+    prefix: Option<String>,
+    algorithm: Option<AlgorithmName>,
+    redis: Option<RedisSection>,
+    windows: Vec<WindowSection>,
+    cache: Option<CacheSection>,
+    fallback: Option<FallbackSection>,
+    memory: Option<MemorySection>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum AlgorithmName {
+    SlidingWindow,
+    MultiWindow,
+    TokenBucket,
+    FixedWindow,
+}
+
+impl From<AlgorithmName> for Algorithm {
+    fn from(name: AlgorithmName) -> Self {
+        match name {
+            AlgorithmName::SlidingWindow | AlgorithmName::MultiWindow => Self::SlidingWindow,
+            AlgorithmName::TokenBucket => Self::TokenBucket,
+            AlgorithmName::FixedWindow => Self::FixedWindow,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedisSection {
+    addrs: Vec<String>,
+    mode: Option<ModeName>,
+    pool_size: Option<usize>,
+    timeout: Option<HumanDuration>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum ModeName {
+    Auto,
+    Standalone,
+    Cluster,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowSection {
+    max_requests: u64,
+    duration: HumanDuration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheSection {
+    enabled: Option<bool>,
+    ttl: Option<HumanDuration>,
+    max_size: Option<HumanSize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FallbackSection {
+    mode: Option<FallbackName>,
+    circuit_breaker_threshold: Option<u32>,
+    cool_down: Option<HumanDuration>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum FallbackName {
+    Open,
+    Closed,
+    Local,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemorySection {
+    max_keys: Option<usize>,
+}
+
+/// A duration written like `100ms` or `1h`.
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A size written like `100MB`, or a number of bytes.
+struct HumanSize(u64);
+
+impl<'de> Deserialize<'de> for HumanSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(HumanSize(n)),
+            Raw::Text(text) => parse_size(&text)
+                .map(HumanSize)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Section {
+    fn into_config(self) -> Config {
+        let windows = self
+            .windows
+            .iter()
+            .map(|w| Window::new(w.max_requests, w.duration.0));
+        let algorithm = self.algorithm.map(Algorithm::from).unwrap_or_default();
+        let mut config = Config::with_policy(
+            Policy::new(Policy::DEFAULT_NAME, windows).with_algorithm(algorithm),
+        );
+        if let Some(prefix) = self.prefix {
+            config.prefix = prefix;
+        }
+        if let Some(redis) = self.redis {
+            let mut r = RedisConfig::new(redis.addrs);
+            r.mode = match redis.mode {
+                None | Some(ModeName::Auto) => RedisMode::Auto,
+                Some(ModeName::Standalone) => RedisMode::Standalone,
+                Some(ModeName::Cluster) => RedisMode::Cluster,
+            };
+            if let Some(size) = redis.pool_size {
+                r.pool_size = size;
+            }
+            if let Some(timeout) = redis.timeout {
+                r.timeout = timeout.0;
+            }
+            config.redis = Some(r);
+        }
+        if let Some(cache) = self.cache {
+            let defaults = CacheConfig::default();
+            config.cache = CacheConfig {
+                // A cache section turns the cache on unless it says otherwise.
+                enabled: cache.enabled.unwrap_or(true),
+                ttl: cache.ttl.map_or(defaults.ttl, |t| t.0),
+                max_size: cache.max_size.map_or(defaults.max_size, |s| s.0),
+            };
+        }
+        if let Some(fallback) = self.fallback {
+            let defaults = FallbackConfig::default();
+            config.fallback = FallbackConfig {
+                mode: match fallback.mode {
+                    None => defaults.mode,
+                    Some(FallbackName::Open) => FallbackMode::Open,
+                    Some(FallbackName::Closed) => FallbackMode::Closed,
+                    Some(FallbackName::Local) => FallbackMode::Local,
+                },
+                circuit_breaker_threshold: fallback
+                    .circuit_breaker_threshold
+                    .unwrap_or(defaults.circuit_breaker_threshold),
+                cool_down: fallback.cool_down.map_or(defaults.cool_down, |d| d.0),
+            };
+        }
+        if let Some(memory) = self.memory {
+            config.memory = MemoryConfig {
+                max_keys: memory.max_keys.unwrap_or(MemoryConfig::default().max_keys),
+            };
+        }
+        config
+    }
+}
+
+impl Config {
+    /// Reads the `rate_limiter` block from YAML text, applies [`Overrides::from_env`] and
+    /// validates the result.
+    ///
+    /// ```
+    /// use ratelimit_core::Config;
+    /// let config = Config::from_yaml_str(
+    ///     "rate_limiter:\n  windows:\n    - max_requests: 100\n      duration: 1m\n",
+    /// )?;
+    /// assert_eq!(config.policy().windows()[0].max_requests(), 100);
+    /// # Ok::<(), ratelimit_core::config::ConfigError>(())
+    /// ```
+    pub fn from_yaml_str(text: &str) -> Result<Self, ConfigError> {
+        Self::from_yaml_str_with(text, None, &Overrides::from_env())
+    }
+
+    /// Reads and validates a YAML file, applying [`Overrides::from_env`]. Errors name the
+    /// file, the line and the field.
+    pub fn from_yaml_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml_str_with(&text, Some(path), &Overrides::from_env())
+    }
+
+    /// Reads YAML text with explicit overrides; `origin` names the file in errors.
+    pub fn from_yaml_str_with(
+        text: &str,
+        origin: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let deserializer = serde_norway::Deserializer::from_str(text);
+        let file: File = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let position = inner.location();
+            let message = inner.to_string();
+            // serde_norway appends " at line L column C"; the location says it already.
+            let message = message
+                .rsplit_once(" at line ")
+                .map_or(message.as_str(), |(head, _)| head)
+                .to_owned();
+            ConfigError::Invalid {
+                location: Location {
+                    file: origin.map(Path::to_path_buf),
+                    line: position.as_ref().map(|p| p.line()),
+                    column: position.as_ref().map(|p| p.column()),
+                },
+                field: if field == "." {
+                    "rate_limiter".to_owned()
+                } else {
+                    field
+                },
+                message,
+            }
+        })?;
+        let mut config = file.rate_limiter.into_config().with_overrides(overrides);
+        config.source = origin.map(Path::to_path_buf);
+        config
+            .validate()
+            .map_err(|e| e.located(origin, |field| locate::find(text, field)))?;
+        Ok(config)
+    }
+}

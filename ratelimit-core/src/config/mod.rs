@@ -1,0 +1,18 @@
+//! Configuration: the `rate_limiter` YAML block, or the same built in code.
+//!
+//! [`Config`] is built with [`Config::new`] and `with_*` methods, or read from YAML with
+//! [`Config::from_yaml_str`] / [`Config::from_yaml_file`]. Either way it is validated before a
+//! limiter uses it, and a refusal is a [`ConfigError`] naming the field, and for files the path
+//! and line.
+
+mod error;
+mod file;
+mod locate;
+mod model;
+mod units;
+
+pub use error::{ConfigError, Location};
+pub use model::{
+    CacheConfig, Config, FallbackConfig, MemoryConfig, Overrides, RedisConfig, RedisMode,
+};
+pub use units::{parse_duration, parse_size};

@@ -1,0 +1,541 @@
+//! The configuration as the limiter uses it, with builders and validation.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::error::ConfigError;
+use crate::clock::Clock;
+use crate::decision::FallbackMode;
+use crate::key::{KeyBuilder, is_valid_prefix};
+use crate::policy::{Algorithm, Policy, PolicyError, Window};
+
+/// How to reach Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedisMode {
+    /// Cluster when more than one address is given, standalone otherwise.
+    #[default]
+    Auto,
+    /// One server (or one endpoint in front of several).
+    Standalone,
+    /// A Redis Cluster; the addresses are seed nodes.
+    Cluster,
+}
+
+/// The `redis` section: where Redis is and how to talk to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    pub(crate) addrs: Vec<String>,
+    pub(crate) mode: RedisMode,
+    pub(crate) pool_size: usize,
+    pub(crate) timeout: Duration,
+}
+
+impl RedisConfig {
+    /// Default number of multiplexed connections a standalone backend spreads calls over.
+    pub const DEFAULT_POOL_SIZE: usize = 4;
+    /// Default bound on every Redis call.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
+
+    /// Redis at `addrs`: `host:port` or `redis://` URLs.
+    pub fn new(addrs: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            addrs: addrs.into_iter().map(Into::into).collect(),
+            mode: RedisMode::Auto,
+            pool_size: Self::DEFAULT_POOL_SIZE,
+            timeout: Self::DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Standalone or cluster.
+    pub fn with_mode(mut self, mode: RedisMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The number of multiplexed connections to a standalone server. Each pipelines any number
+    /// of concurrent calls, so a few suffice; more spread the load over more server threads
+    /// only with io-threads. Ignored for a cluster (one multiplexed connection a node).
+    pub fn with_pool_size(mut self, pool_size: usize) -> Self {
+        self.pool_size = pool_size;
+        self
+    }
+
+    /// The bound on every Redis call.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The addresses as given.
+    pub fn addrs(&self) -> &[String] {
+        &self.addrs
+    }
+
+    /// The addresses as `redis://` URLs.
+    pub fn urls(&self) -> Vec<String> {
+        self.addrs
+            .iter()
+            .map(|a| {
+                if a.contains("://") {
+                    a.clone()
+                } else {
+                    format!("redis://{a}")
+                }
+            })
+            .collect()
+    }
+
+    /// Whether the addresses are a cluster's.
+    pub fn is_cluster(&self) -> bool {
+        match self.mode {
+            RedisMode::Auto => self.addrs.len() > 1,
+            RedisMode::Standalone => false,
+            RedisMode::Cluster => true,
+        }
+    }
+
+    /// The multiplexed connections of a standalone backend.
+    pub fn pool_size(&self) -> usize {
+        self.pool_size
+    }
+
+    /// The bound on every Redis call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.addrs.is_empty() {
+            return Err(ConfigError::invalid(
+                "rate_limiter.redis.addrs",
+                "at least one address is needed (host:port or redis://host:port)",
+            ));
+        }
+        if self.mode == RedisMode::Standalone && self.addrs.len() > 1 {
+            return Err(ConfigError::invalid(
+                "rate_limiter.redis.mode",
+                "standalone mode takes exactly one address; use `cluster` for several",
+            ));
+        }
+        for (i, url) in self.urls().iter().enumerate() {
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("rate_limiter.redis.addrs[{i}]"),
+                    format!("not a Redis address: {}", e.detail().unwrap_or("malformed")),
+                ));
+            }
+        }
+        if !(1..=1024).contains(&self.pool_size) {
+            return Err(ConfigError::invalid(
+                "rate_limiter.redis.pool_size",
+                "must be between 1 and 1024",
+            ));
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(60) {
+            return Err(ConfigError::invalid(
+                "rate_limiter.redis.timeout",
+                "must be above 0 and at most 60s: a limiter that waits longer is an outage",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The `cache` section: decisions answered locally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub(crate) enabled: bool,
+    pub(crate) ttl: Duration,
+    pub(crate) max_size: u64,
+}
+
+impl CacheConfig {
+    /// A cache bounded by `max_size` bytes, holding allowed decisions for at most `ttl`.
+    pub fn new(ttl: Duration, max_size: u64) -> Self {
+        Self {
+            enabled: true,
+            ttl,
+            max_size,
+        }
+    }
+
+    /// Whether decisions are cached.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// How long an allowed decision may be reused.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The bound on the cache's memory, in bytes.
+    pub fn max_size(&self) -> u64 {
+        self.max_size
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            ttl: Duration::from_millis(500),
+            max_size: 100_000_000,
+        }
+    }
+}
+
+/// The `fallback` section: what to do while Redis cannot answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FallbackConfig {
+    pub(crate) mode: FallbackMode,
+    pub(crate) circuit_breaker_threshold: u32,
+    pub(crate) cool_down: Duration,
+}
+
+impl FallbackConfig {
+    /// Fall back to `mode` after `threshold` consecutive failures.
+    pub fn new(mode: FallbackMode, threshold: u32) -> Self {
+        Self {
+            mode,
+            circuit_breaker_threshold: threshold,
+            ..Self::default()
+        }
+    }
+
+    /// How long the breaker stays open before a probe.
+    pub fn with_cool_down(mut self, cool_down: Duration) -> Self {
+        self.cool_down = cool_down;
+        self
+    }
+
+    /// The fallback mode.
+    pub fn mode(&self) -> FallbackMode {
+        self.mode
+    }
+
+    /// Consecutive failures that open the circuit breaker.
+    pub fn circuit_breaker_threshold(&self) -> u32 {
+        self.circuit_breaker_threshold
+    }
+
+    /// How long the breaker stays open before a probe.
+    pub fn cool_down(&self) -> Duration {
+        self.cool_down
+    }
+}
+
+impl Default for FallbackConfig {
+    fn default() -> Self {
+        Self {
+            mode: FallbackMode::Local,
+            circuit_breaker_threshold: 10,
+            cool_down: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The `memory` section: bounds of the in-memory backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryConfig {
+    pub(crate) max_keys: usize,
+}
+
+impl MemoryConfig {
+    /// At most `max_keys` keys are tracked.
+    pub fn new(max_keys: usize) -> Self {
+        Self { max_keys }
+    }
+
+    /// The bound on tracked keys.
+    pub fn max_keys(&self) -> usize {
+        self.max_keys
+    }
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            max_keys: 1_000_000,
+        }
+    }
+}
+
+/// Settings taken from the environment rather than the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `RATELIMIT_REDIS_URL`: replaces the Redis addresses (comma-separated for a cluster), and
+    /// turns Redis on when the file has no `redis` section.
+    pub redis_url: Option<String>,
+}
+
+impl Overrides {
+    /// Reads the overrides from the process environment.
+    pub fn from_env() -> Self {
+        Self {
+            redis_url: std::env::var("RATELIMIT_REDIS_URL")
+                .ok()
+                .filter(|v| !v.trim().is_empty()),
+        }
+    }
+
+    pub(crate) fn apply(&self, config: &mut Config) {
+        if let Some(url) = &self.redis_url {
+            let addrs: Vec<String> = url
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+                .collect();
+            config.redis = Some(match config.redis.take() {
+                Some(mut redis) => {
+                    redis.addrs = addrs;
+                    redis
+                }
+                None => RedisConfig::new(addrs),
+            });
+        }
+    }
+}
+
+/// Everything a [`RateLimiter`](crate::RateLimiter) needs.
+///
+/// Without Redis, the in-memory backend is used.
+///
+/// ```
+/// use std::time::Duration;
+/// use ratelimit_core::{Algorithm, Config, Window};
+/// let config = Config::new(100, Duration::from_secs(60))
+///     .with_window(Window::per_hour(1000))
+///     .with_algorithm(Algorithm::SlidingWindow)
+///     .with_redis("redis://127.0.0.1:6379")
+///     .with_prefix("myapp:");
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) redis: Option<RedisConfig>,
+    pub(crate) policy: Policy,
+    pub(crate) prefix: String,
+    pub(crate) cache: CacheConfig,
+    pub(crate) fallback: FallbackConfig,
+    pub(crate) memory: MemoryConfig,
+    pub(crate) clock: Option<Arc<dyn Clock>>,
+    pub(crate) source: Option<PathBuf>,
+}
+
+impl Config {
+    /// `max_requests` per `duration` for every key, sliding window, in memory.
+    pub fn new(max_requests: u64, duration: Duration) -> Self {
+        Self::with_policy(Policy::new(
+            Policy::DEFAULT_NAME,
+            [Window::new(max_requests, duration)],
+        ))
+    }
+
+    /// A configuration whose default policy is `policy`.
+    pub fn with_policy(policy: Policy) -> Self {
+        Self {
+            redis: None,
+            policy,
+            prefix: KeyBuilder::DEFAULT_PREFIX.to_owned(),
+            cache: CacheConfig::default(),
+            fallback: FallbackConfig::default(),
+            memory: MemoryConfig::default(),
+            clock: None,
+            source: None,
+        }
+    }
+
+    /// Adds a window: the policy becomes multi-window.
+    pub fn with_window(mut self, window: Window) -> Self {
+        let windows: Vec<Window> = self
+            .policy
+            .windows()
+            .iter()
+            .copied()
+            .chain([window])
+            .collect();
+        self.policy = Policy::new(self.policy.name().to_owned(), windows)
+            .with_algorithm(self.policy.algorithm())
+            .with_cost(self.policy.cost());
+        self
+    }
+
+    /// Sets the algorithm.
+    pub fn with_algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.policy = self.policy.with_algorithm(algorithm);
+        self
+    }
+
+    /// Uses one Redis server at `url` (`redis://host:port` or `host:port`).
+    pub fn with_redis(self, url: impl Into<String>) -> Self {
+        self.with_redis_config(RedisConfig::new([url.into()]))
+    }
+
+    /// Uses a Redis Cluster, given some of its nodes.
+    pub fn with_redis_cluster(self, addrs: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.with_redis_config(RedisConfig::new(addrs).with_mode(RedisMode::Cluster))
+    }
+
+    /// Uses Redis as described.
+    pub fn with_redis_config(mut self, redis: RedisConfig) -> Self {
+        self.redis = Some(redis);
+        self
+    }
+
+    /// The prefix of every Redis key (default `ratelimit:`).
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Enables the local cache.
+    pub fn with_cache(mut self, cache: CacheConfig) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Sets the fallback.
+    pub fn with_fallback(mut self, fallback: FallbackConfig) -> Self {
+        self.fallback = fallback;
+        self
+    }
+
+    /// Bounds the in-memory backend.
+    pub fn with_memory(mut self, memory: MemoryConfig) -> Self {
+        self.memory = memory;
+        self
+    }
+
+    /// The clock of the in-memory backend and cache (Redis decisions use Redis's clock).
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// Applies environment overrides, such as [`Overrides::from_env`].
+    pub fn with_overrides(mut self, overrides: &Overrides) -> Self {
+        overrides.apply(&mut self);
+        self
+    }
+
+    /// Redis, if configured.
+    pub fn redis(&self) -> Option<&RedisConfig> {
+        self.redis.as_ref()
+    }
+
+    /// The default policy, built from the top-level windows.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The cache section.
+    pub fn cache(&self) -> &CacheConfig {
+        &self.cache
+    }
+
+    /// The fallback section.
+    pub fn fallback(&self) -> &FallbackConfig {
+        &self.fallback
+    }
+
+    /// The memory section.
+    pub fn memory(&self) -> &MemoryConfig {
+        &self.memory
+    }
+
+    /// The file this configuration was read from.
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
+    /// Checks every section; the error names the offending field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_policy(&self.policy, "rate_limiter")?;
+        if !is_valid_prefix(&self.prefix) {
+            return Err(ConfigError::invalid(
+                "rate_limiter.prefix",
+                "must be at most 64 printable ASCII characters without `{` or `}`",
+            ));
+        }
+        if let Some(redis) = &self.redis {
+            redis.validate()?;
+        }
+        if self.cache.enabled {
+            let shortest = self
+                .policy
+                .windows()
+                .iter()
+                .map(Window::duration)
+                .min()
+                .unwrap_or(Duration::ZERO);
+            if self.cache.ttl.is_zero() || self.cache.ttl >= shortest {
+                return Err(ConfigError::invalid(
+                    "rate_limiter.cache.ttl",
+                    format!(
+                        "must be above 0 and shorter than the shortest window ({shortest:?}): a decision cached longer than its window is stale"
+                    ),
+                ));
+            }
+            if self.cache.max_size < 1024 {
+                return Err(ConfigError::invalid(
+                    "rate_limiter.cache.max_size",
+                    "must be at least 1KB",
+                ));
+            }
+        }
+        if self.fallback.circuit_breaker_threshold == 0 {
+            return Err(ConfigError::invalid(
+                "rate_limiter.fallback.circuit_breaker_threshold",
+                "must be at least 1",
+            ));
+        }
+        if self.fallback.cool_down.is_zero() || self.fallback.cool_down > Duration::from_secs(300) {
+            return Err(ConfigError::invalid(
+                "rate_limiter.fallback.cool_down",
+                "must be above 0 and at most 5m",
+            ));
+        }
+        if self.memory.max_keys == 0 {
+            return Err(ConfigError::invalid(
+                "rate_limiter.memory.max_keys",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Validates a policy whose windows live at `<base>.windows`, naming the field at fault.
+pub(crate) fn validate_policy(policy: &Policy, base: &str) -> Result<(), ConfigError> {
+    policy.validate().map_err(|e| {
+        let field = match &e {
+            PolicyError::Name(_) => format!("{base}.name"),
+            PolicyError::NoWindow => format!("{base}.windows"),
+            PolicyError::ZeroLimit { index }
+            | PolicyError::LimitTooLarge { index }
+            | PolicyError::LogTooLarge { index } => {
+                format!("{base}.windows[{index}].max_requests")
+            }
+            PolicyError::WindowTooShort { index }
+            | PolicyError::WindowTooLong { index }
+            | PolicyError::DuplicateWindow { index } => {
+                format!("{base}.windows[{index}].duration")
+            }
+            PolicyError::CostAboveLimit { .. } => format!("{base}.cost"),
+        };
+        let message = e.to_string();
+        let message = message
+            .split_once(": ")
+            .filter(|(head, _)| head.starts_with("window "))
+            .map_or(message.clone(), |(_, tail)| tail.to_owned());
+        ConfigError::invalid(field, message)
+    })
+}

@@ -1,0 +1,156 @@
+//! Redis keys and the identities inside them.
+//!
+//! Every key is `<prefix>{<policy>:<identity>}:<suffix>`: the hash tag puts every key of one
+//! decision in one cluster slot, so multi-key scripts never fail with CROSSSLOT. An identity is
+//! used as given only when it is short (at most 64 bytes) and plain (printable ASCII other than
+//! `{` and `}`); anything else is replaced by `#` and a SHA-256 prefix, so no client can pick
+//! the slot its keys land in, nor make a large key.
+
+use sha2::{Digest, Sha256};
+
+use crate::policy::Policy;
+
+/// The longest identity kept verbatim.
+pub const MAX_PLAIN_IDENTITY: usize = 64;
+
+/// Length of a hashed identity: `#` and 32 hex digits (128 bits of SHA-256).
+const HASHED_LEN: usize = 33;
+
+/// An identity as it goes into a key: borrowed when plain, hashed in place otherwise.
+///
+/// Building one never allocates.
+///
+/// ```
+/// use ratelimit_core::Identity;
+/// assert_eq!(Identity::new(b"user:42").as_str(), "user:42");
+/// let hostile = Identity::new(b"{slot}x");
+/// assert!(hostile.as_str().starts_with('#'));
+/// assert_eq!(hostile.as_str().len(), 33);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Identity<'a> {
+    repr: Repr<'a>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Repr<'a> {
+    Plain(&'a str),
+    Hashed([u8; HASHED_LEN]),
+}
+
+impl<'a> Identity<'a> {
+    /// Normalizes raw identity bytes (a header value, an IP, a user id).
+    pub fn new(raw: &'a [u8]) -> Self {
+        if raw.len() <= MAX_PLAIN_IDENTITY
+            && raw
+                .iter()
+                .all(|&b| b.is_ascii_graphic() && b != b'{' && b != b'}')
+            && let Ok(plain) = std::str::from_utf8(raw)
+        {
+            return Self {
+                repr: Repr::Plain(plain),
+            };
+        }
+        let digest = Sha256::digest(raw);
+        let mut out = [0u8; HASHED_LEN];
+        out[0] = b'#';
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, byte) in digest.iter().take((HASHED_LEN - 1) / 2).enumerate() {
+            out[1 + 2 * i] = HEX[usize::from(byte >> 4)];
+            out[2 + 2 * i] = HEX[usize::from(byte & 0x0f)];
+        }
+        Self {
+            repr: Repr::Hashed(out),
+        }
+    }
+
+    /// Whether the raw identity was replaced by its hash.
+    pub fn is_hashed(&self) -> bool {
+        matches!(self.repr, Repr::Hashed(_))
+    }
+
+    /// The identity as it appears in keys.
+    pub fn as_str(&self) -> &str {
+        match &self.repr {
+            Repr::Plain(s) => s,
+            // Only ASCII hex and '#' were written.
+            Repr::Hashed(bytes) => std::str::from_utf8(bytes).unwrap_or("#"),
+        }
+    }
+}
+
+/// Builds the Redis keys of a policy for an identity.
+///
+/// ```
+/// use ratelimit_core::{Identity, KeyBuilder, Policy, Window, Algorithm};
+/// let keys = KeyBuilder::new("ratelimit:");
+/// let policy = Policy::new("api", [Window::per_minute(10), Window::per_hour(100)])
+///     .with_algorithm(Algorithm::TokenBucket);
+/// let built = keys.keys(&policy, Identity::new(b"user:1"));
+/// assert_eq!(built, ["ratelimit:{api:user:1}:tb:60000", "ratelimit:{api:user:1}:tb:3600000"]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyBuilder {
+    prefix: String,
+}
+
+impl KeyBuilder {
+    /// The default prefix.
+    pub const DEFAULT_PREFIX: &'static str = "ratelimit:";
+
+    /// Keys under `prefix`.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The hash-tagged part shared by every key of one decision: `<prefix>{<policy>:<identity>}`.
+    pub fn base(&self, policy: &Policy, identity: Identity<'_>) -> String {
+        let id = identity.as_str();
+        let mut key = String::with_capacity(self.prefix.len() + policy.name().len() + id.len() + 3);
+        key.push_str(&self.prefix);
+        key.push('{');
+        key.push_str(policy.name());
+        key.push(':');
+        key.push_str(id);
+        key.push('}');
+        key
+    }
+
+    /// Every key a decision of `policy` for `identity` touches.
+    ///
+    /// A sliding log keeps all windows in one sorted set (`:sw`); token buckets and fixed windows
+    /// keep one value a window, suffixed by the window's length in milliseconds.
+    pub fn keys(&self, policy: &Policy, identity: Identity<'_>) -> Vec<String> {
+        let base = self.base(policy, identity);
+        let tag = policy.algorithm().key_tag();
+        match policy.algorithm() {
+            crate::policy::Algorithm::SlidingWindow => vec![format!("{base}:{tag}")],
+            _ => policy
+                .windows()
+                .iter()
+                .map(|w| format!("{base}:{tag}:{}", w.duration().as_millis()))
+                .collect(),
+        }
+    }
+}
+
+impl Default for KeyBuilder {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_PREFIX)
+    }
+}
+
+/// Checks a key prefix: printable ASCII without braces, so it cannot open a hash tag.
+pub(crate) fn is_valid_prefix(prefix: &str) -> bool {
+    prefix.len() <= 64
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
+}
