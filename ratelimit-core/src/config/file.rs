@@ -21,12 +21,12 @@ use crate::policy::{Algorithm, Policy, Window};
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
-    rate_limiter: Section,
+    rate_limiter: RateLimiterSection,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Section {
+struct RateLimiterSection {
     prefix: Option<String>,
     algorithm: Option<AlgorithmName>,
     redis: Option<RedisSection>,
@@ -141,7 +141,7 @@ impl<'de> Deserialize<'de> for HumanSize {
     }
 }
 
-impl Section {
+impl RateLimiterSection {
     fn into_config(self) -> Config {
         let windows = self
             .windows
@@ -202,6 +202,20 @@ impl Section {
     }
 }
 
+/// The parser's message without what the error says elsewhere: the leading field path and the
+/// trailing " at line L column C".
+fn parser_message(raw: &str) -> String {
+    let message = raw.rsplit_once(" at line ").map_or(raw, |(head, _)| head);
+    match message.split_once(": ") {
+        Some((head, tail))
+            if !head.contains(' ') && (head.starts_with("rate_limiter") || head == ".") =>
+        {
+            tail.to_owned()
+        }
+        _ => message.to_owned(),
+    }
+}
+
 impl Config {
     /// Reads the `rate_limiter` block from YAML text, applies [`Overrides::from_env`] and
     /// validates the result.
@@ -237,27 +251,23 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let deserializer = serde_norway::Deserializer::from_str(text);
         let file: File = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let field = e.path().to_string();
+            let field = match e.path().to_string() {
+                root if root == "." => "rate_limiter".to_owned(),
+                path => path,
+            };
             let inner = e.into_inner();
-            let position = inner.location();
-            let message = inner.to_string();
-            // serde_norway appends " at line L column C"; the location says it already.
-            let message = message
-                .rsplit_once(" at line ")
-                .map_or(message.as_str(), |(head, _)| head)
-                .to_owned();
+            // The parser knows where it stopped, which for a bad scalar can be the enclosing
+            // mapping; the field's own line is better when the text spells it out.
+            let position = locate::find_exact(text, &field)
+                .or_else(|| inner.location().map(|p| (p.line(), p.column())));
             ConfigError::Invalid {
                 location: Location {
                     file: origin.map(Path::to_path_buf),
-                    line: position.as_ref().map(|p| p.line()),
-                    column: position.as_ref().map(|p| p.column()),
+                    line: position.map(|p| p.0),
+                    column: position.map(|p| p.1),
                 },
-                field: if field == "." {
-                    "rate_limiter".to_owned()
-                } else {
-                    field
-                },
-                message,
+                message: parser_message(&inner.to_string()),
+                field,
             }
         })?;
         let mut config = file.rate_limiter.into_config().with_overrides(overrides);

@@ -87,11 +87,24 @@ fn mapping_key(content: &str) -> Option<&str> {
 
 /// The 1-based line and column of `field` in `text`, or of its nearest enclosing field.
 pub(crate) fn find(text: &str, field: &str) -> Option<(usize, usize)> {
+    walk(text, field).map(|(line, column, _)| (line, column))
+}
+
+/// The 1-based line and column of `field` itself, if the text spells it in block style.
+pub(crate) fn find_exact(text: &str, field: &str) -> Option<(usize, usize)> {
+    walk(text, field)
+        .filter(|&(_, _, exact)| exact)
+        .map(|(line, column, _)| (line, column))
+}
+
+fn walk(text: &str, field: &str) -> Option<(usize, usize, bool)> {
     let marks = marks(text);
     let mut start = 0;
     let mut scope_column: Option<usize> = None;
     let mut found = None;
-    for segment in segments(field) {
+    let segments = segments(field);
+    let mut matched = 0;
+    for segment in &segments {
         let scope: Vec<(usize, &Mark<'_>)> = marks
             .iter()
             .enumerate()
@@ -103,22 +116,23 @@ pub(crate) fn find(text: &str, field: &str) -> Option<(usize, usize)> {
         };
         let mut level = scope.iter().filter(|(_, m)| m.column == child_column);
         let hit = match segment {
-            Segment::Key(name) => level.find(|(_, m)| m.key == Some(name)),
-            Segment::Index(index) => level.filter(|(_, m)| m.key.is_none()).nth(index),
+            Segment::Key(name) => level.find(|(_, m)| m.key == Some(*name)),
+            Segment::Index(index) => level.filter(|(_, m)| m.key.is_none()).nth(*index),
         };
         let Some(&(position, mark)) = hit else {
             break;
         };
         found = Some((mark.line + 1, mark.column + 1));
+        matched += 1;
         start = position + 1;
         scope_column = Some(mark.column);
     }
-    found
+    found.map(|(line, column)| (line, column, matched == segments.len()))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::find;
+    use super::{find, find_exact};
 
     const YAML: &str = "\
 rate_limiter:
@@ -152,5 +166,7 @@ rate_limiter:
         assert_eq!(find(YAML, "rate_limiter.redis.addrs[1]"), Some((3, 5)));
         assert_eq!(find(YAML, "rate_limiter.fallback.mode"), Some((1, 1)));
         assert_eq!(find("", "rate_limiter"), None);
+        assert_eq!(find_exact(YAML, "rate_limiter.redis.addrs[1]"), None);
+        assert_eq!(find_exact(YAML, "rate_limiter.cache.ttl"), Some((12, 5)));
     }
 }
