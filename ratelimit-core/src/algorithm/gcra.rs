@@ -57,7 +57,7 @@ pub fn gcra(tats: &mut [Tat], windows: &[Window], now: u64, request: Request) ->
         }
     };
     let fits = |tat: Tat, window: u64| {
-        let ahead = tat.micros - now;
+        let ahead = tat.micros.saturating_sub(now);
         !(ahead > window || (ahead == window && tat.frac > 0))
     };
     let allowed = windows.iter().zip(tats.iter()).all(|(w, tat)| {
@@ -78,8 +78,9 @@ pub fn gcra(tats: &mut [Tat], windows: &[Window], now: u64, request: Request) ->
             before
         };
         expires_at_us = expires_at_us.max(stored.micros + 1);
-        let headroom =
-            u128::from(now + window - tat.micros) * u128::from(limit) - u128::from(tat.frac);
+        // A TAT beyond now + window only arises when a reload shortened the window.
+        let headroom = (u128::from((now + window).saturating_sub(tat.micros)) * u128::from(limit))
+            .saturating_sub(u128::from(tat.frac));
         let remaining = ((headroom / u128::from(window)) as u64).min(limit);
         let reset_after_us = tat.micros - now + u64::from(tat.frac > 0);
         let mut retry_after_us = 0;

@@ -51,3 +51,6 @@ pub struct Request {
     /// Consume them when the request fits (`allow`), or only look (`peek`).
     pub consume: bool,
 }
+
+#[cfg(test)]
+mod tests;

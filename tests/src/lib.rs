@@ -1,0 +1,37 @@
+//! Test harness for the ratelimit workspace: real, throwaway Redis servers.
+//!
+//! Integration tests get a [`RedisServer`] (standalone) or a [`RedisCluster`]
+//! running on free loopback ports, either private to the test (killed on
+//! drop, free to kill/restart) or shared by the whole test binary
+//! ([`shared_standalone`], [`shared_cluster`]). The API is synchronous
+//! (`std::process`), so it works from plain `#[test]`s and `#[tokio::test]`s
+//! alike. [`keys_without_ttl`], [`all_keys`] and [`key_slot`] inspect what a
+//! test left behind.
+//!
+//! Redis processes never outlive the test binary: they are forked by one
+//! long-lived thread with `PR_SET_PDEATHSIG = SIGKILL`, and an atexit handler
+//! kills any that are still registered. `redis-server` and `redis-cli` must
+//! be on `PATH`; if not, the harness panics and asks you to run
+//! `scripts/test.sh`, which installs them. Tests are never skipped.
+//!
+//! ```no_run
+//! use ratelimit_tests::{RedisServer, keys_without_ttl};
+//!
+//! let server = RedisServer::start();
+//! let mut conn = server.client().get_connection().expect("connect");
+//! redis::cmd("SET").arg("k").arg("v").arg("PX").arg(1000).exec(&mut conn).expect("SET");
+//! assert!(keys_without_ttl(&[server.url()]).is_empty());
+//! ```
+
+mod cluster;
+mod inspect;
+pub mod ports;
+mod reaper;
+mod server;
+mod shared;
+mod tools;
+
+pub use cluster::RedisCluster;
+pub use inspect::{all_keys, key_slot, key_slot_bytes, keys_without_ttl};
+pub use server::RedisServer;
+pub use shared::{shared_cluster, shared_standalone};
