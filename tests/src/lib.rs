@@ -23,6 +23,7 @@
 //! assert!(keys_without_ttl(&[server.url()]).is_empty());
 //! ```
 
+mod backends;
 mod cluster;
 mod inspect;
 pub mod ports;
@@ -31,6 +32,7 @@ mod server;
 mod shared;
 mod tools;
 
+pub use backends::Backend;
 pub use cluster::RedisCluster;
 pub use inspect::{all_keys, key_slot, key_slot_bytes, keys_without_ttl};
 pub use server::RedisServer;

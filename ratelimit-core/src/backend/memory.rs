@@ -20,12 +20,17 @@ const SWEEP_EVERY: u32 = 4096;
 /// Policy name (≤ 64), separator, tag, separator, identity (≤ 64).
 const MAX_KEY: usize = 64 + 1 + 2 + 1 + MAX_PLAIN_IDENTITY;
 
+/// Per-window state is kept by window length, as Redis keys it (`:tb:<ms>`, `:fw:<ms>`), so
+/// a policy whose windows change keeps the state of the windows it still has.
 #[derive(Debug)]
 enum State {
     Log(VecDeque<u64>),
-    Buckets(Box<[Tat]>),
-    Counters(Box<[FixedCounter]>),
+    Buckets(Vec<(u64, Tat)>),
+    Counters(Vec<(u64, FixedCounter)>),
 }
+
+/// Windows a policy can have without the evaluation touching the heap.
+const INLINE_WINDOWS: usize = 8;
 
 #[derive(Debug)]
 struct Entry {
@@ -121,7 +126,20 @@ impl MemoryBackend {
     pub fn reset(&self, policy: &Policy, identity: Identity<'_>) {
         let mut buffer = [0u8; MAX_KEY];
         let key = store_key(&mut buffer, policy, identity);
-        self.shard(key).map.remove(key);
+        let mut shard = self.shard(key);
+        let Some(entry) = shard.map.get_mut(key) else {
+            return;
+        };
+        // As in Redis, only the policy's own windows are forgotten (one log serves them all).
+        let lengths: Vec<u64> = policy.windows().iter().map(|w| w.micros()).collect();
+        let emptied = match &mut entry.state {
+            State::Log(_) => true,
+            State::Buckets(stored) => forget(stored, &lengths),
+            State::Counters(stored) => forget(stored, &lengths),
+        };
+        if emptied {
+            shard.map.remove(key);
+        }
     }
 
     /// The number of keys tracked now (expired ones included until swept).
@@ -179,30 +197,61 @@ fn store_key<'b>(
 }
 
 fn fresh(policy: &Policy) -> State {
-    let n = policy.windows().len();
     match policy.algorithm() {
         Algorithm::SlidingWindow => State::Log(VecDeque::new()),
-        Algorithm::TokenBucket => State::Buckets(vec![Tat::default(); n].into()),
-        Algorithm::FixedWindow => State::Counters(vec![FixedCounter::default(); n].into()),
+        Algorithm::TokenBucket => State::Buckets(Vec::new()),
+        Algorithm::FixedWindow => State::Counters(Vec::new()),
     }
 }
 
 fn apply(state: &mut State, policy: &Policy, now: u64, request: Request) -> Verdict {
     let windows = policy.windows();
-    // A policy whose windows changed (a reload) starts its per-window state afresh.
-    let stale = match state {
-        State::Log(_) => false,
-        State::Buckets(b) => b.len() != windows.len(),
-        State::Counters(c) => c.len() != windows.len(),
-    };
-    if stale {
-        *state = fresh(policy);
-    }
     match state {
         State::Log(log) => sliding_log(log, windows, now, request),
-        State::Buckets(tats) => gcra(tats, windows, now, request),
-        State::Counters(counters) => fixed_window(counters, windows, now, request),
+        State::Buckets(stored) => {
+            per_window(stored, policy, |tats| gcra(tats, windows, now, request))
+        }
+        State::Counters(stored) => per_window(stored, policy, |counters| {
+            fixed_window(counters, windows, now, request)
+        }),
     }
+}
+
+/// Lays the stored per-window states out in the policy's window order, runs `evaluate` on
+/// them, and stores them back.
+fn per_window<T: Copy + Default>(
+    stored: &mut Vec<(u64, T)>,
+    policy: &Policy,
+    evaluate: impl FnOnce(&mut [T]) -> Verdict,
+) -> Verdict {
+    let windows = policy.windows();
+    let mut inline = [T::default(); INLINE_WINDOWS];
+    let mut heap = Vec::new();
+    let slots: &mut [T] = if windows.len() <= INLINE_WINDOWS {
+        &mut inline[..windows.len()]
+    } else {
+        heap.resize(windows.len(), T::default());
+        &mut heap
+    };
+    for (slot, w) in slots.iter_mut().zip(windows) {
+        if let Some((_, state)) = stored.iter().find(|(len, _)| *len == w.micros()) {
+            *slot = *state;
+        }
+    }
+    let verdict = evaluate(slots);
+    for (slot, w) in slots.iter().zip(windows) {
+        match stored.iter_mut().find(|(len, _)| *len == w.micros()) {
+            Some((_, state)) => *state = *slot,
+            None => stored.push((w.micros(), *slot)),
+        }
+    }
+    verdict
+}
+
+/// Drops the states of windows of the given lengths; whether none is left.
+fn forget<T>(stored: &mut Vec<(u64, T)>, lengths: &[u64]) -> bool {
+    stored.retain(|(len, _)| !lengths.contains(len));
+    stored.is_empty()
 }
 
 fn make_room(map: &mut HashMap<Box<[u8]>, Entry>, now: u64, capacity: usize) {
