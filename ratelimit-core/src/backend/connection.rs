@@ -82,13 +82,32 @@ impl std::fmt::Debug for Connector {
     }
 }
 
+/// Connection settings for one address: `TCP_NODELAY` on (a decision is one small request, and
+/// Nagle's algorithm would hold it back for the previous one's ACK), and keep-alive probes so a
+/// peer that vanished without a FIN is noticed.
+fn connection_info(url: &str) -> Result<redis::ConnectionInfo, Error> {
+    use redis::IntoConnectionInfo;
+    use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5));
+    let tcp = TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive);
+    Ok(url.into_connection_info()?.set_tcp_settings(tcp))
+}
+
 impl Connector {
     /// Prepares connections as `config` says; opens none.
     pub(crate) fn new(config: &RedisConfig) -> Result<Self, Error> {
         let timeout = config.timeout();
-        let urls = config.urls();
+        let infos = config
+            .urls()
+            .iter()
+            .map(|url| connection_info(url))
+            .collect::<Result<Vec<_>, _>>()?;
         if config.is_cluster() {
-            let client = ClusterClient::builder(urls)
+            let client = ClusterClient::builder(infos)
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
                 .retries(2)
@@ -100,10 +119,11 @@ impl Connector {
                 connection: OnceCell::new(),
             });
         }
-        let url = urls
-            .first()
+        let info = infos
+            .into_iter()
+            .next()
             .ok_or_else(|| Error::UnexpectedReply("no Redis address".into()))?;
-        let client = redis::Client::open(url.as_str())?;
+        let client = redis::Client::open(info)?;
         let config_mgr = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))

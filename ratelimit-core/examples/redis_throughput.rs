@@ -1,0 +1,192 @@
+//! Measures `allow` on Redis: one caller in sequence, then many at once.
+//!
+//! Beside the limiter it measures bare `EVALSHA` of the same script over a multiplexed
+//! connection and over a bb8 pool, so the cost of the limiter's own work and the choice of
+//! connection show in one run. `scripts/bench-redis.sh` runs it next to `redis-benchmark`.
+//!
+//! ```text
+//! cargo run --release -p ratelimit-core --example redis_throughput -- redis://127.0.0.1:6379 50 20000
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ratelimit_core::{Config, RateLimiter, RedisConfig, Window, scripts};
+use redis::AsyncCommands;
+
+/// The policy the benchmark measures: large enough that every call is allowed and writes.
+const LIMIT: u64 = 1_000_000;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let url = args
+        .next()
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let concurrency: usize = args.next().map_or(Ok(50), |a| a.parse())?;
+    let requests: usize = args.next().map_or(Ok(20_000), |a| a.parse())?;
+    let pool_sizes = [1usize, 4];
+
+    println!("# allow on {url}: {requests} requests, sliding_window {LIMIT}/1s");
+    for pool in pool_sizes {
+        let limiter = RateLimiter::new(
+            Config::new(LIMIT, Duration::from_secs(1)).with_redis_config(
+                RedisConfig::new([url.clone()])
+                    .with_pool_size(pool)
+                    .with_timeout(Duration::from_secs(2)),
+            ),
+        )
+        .await?;
+        let seq = run(1, requests / 4, {
+            let limiter = limiter.clone();
+            move |i| {
+                let limiter = limiter.clone();
+                async move {
+                    limiter
+                        .allow(format!("bench:{}", i % 1))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            }
+        })
+        .await?;
+        report(&format!("limiter allow, 1 caller, pool_size={pool}"), seq);
+        let par = run(concurrency, requests, {
+            let limiter = limiter.clone();
+            move |_| {
+                let limiter = limiter.clone();
+                async move {
+                    limiter
+                        .allow("bench:1")
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            }
+        })
+        .await?;
+        report(
+            &format!("limiter allow, {concurrency} callers, pool_size={pool}"),
+            par,
+        );
+    }
+
+    // The same script by hand, to see what the limiter adds.
+    let script = Arc::new(redis::Script::new(scripts::SLIDING_WINDOW));
+    let window_us = Window::per_second(LIMIT).duration().as_micros().to_string();
+    let client = redis::Client::open(url.as_str())?;
+    let multiplexed = client.get_multiplexed_async_connection().await?;
+    let raw = run(concurrency, requests, {
+        let (script, window_us) = (script.clone(), window_us.clone());
+        move |i| {
+            let (script, window_us, mut con) =
+                (script.clone(), window_us.clone(), multiplexed.clone());
+            async move {
+                script
+                    .key("raw:{bench:1}:sw")
+                    .arg("allow")
+                    .arg(1)
+                    .arg(format!("raw.{i}"))
+                    .arg(LIMIT)
+                    .arg(&window_us)
+                    .invoke_async::<Vec<i64>>(&mut con)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    })
+    .await?;
+    report(
+        &format!("bare EVALSHA, multiplexed, {concurrency} callers"),
+        raw,
+    );
+
+    let pool = bb8::Pool::builder()
+        .max_size(u32::try_from(concurrency).unwrap_or(50))
+        .build(client.clone())
+        .await?;
+    let pooled = run(concurrency, requests, {
+        let (script, window_us) = (script.clone(), window_us.clone());
+        move |i| {
+            let (script, window_us, pool) = (script.clone(), window_us.clone(), pool.clone());
+            async move {
+                let mut con = pool.get().await.map_err(|e| e.to_string())?;
+                script
+                    .key("bb8:{bench:1}:sw")
+                    .arg("allow")
+                    .arg(1)
+                    .arg(format!("bb8.{i}"))
+                    .arg(LIMIT)
+                    .arg(&window_us)
+                    .invoke_async::<Vec<i64>>(&mut *con)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    })
+    .await?;
+    report(
+        &format!("bare EVALSHA, bb8 pool of {concurrency}, {concurrency} callers"),
+        pooled,
+    );
+
+    let mut con = client.get_multiplexed_async_connection().await?;
+    let _: () = con
+        .del(&[
+            "ratelimit:{default:bench:1}:sw",
+            "ratelimit:{default:bench:0}:sw",
+            "raw:{bench:1}:sw",
+            "bb8:{bench:1}:sw",
+        ])
+        .await?;
+    Ok(())
+}
+
+struct Measured {
+    requests: usize,
+    elapsed: Duration,
+}
+
+fn report(label: &str, m: Measured) {
+    let secs = m.elapsed.as_secs_f64();
+    println!(
+        "{label:<50} {:>10.0} req/s {:>8.1} us/req",
+        m.requests as f64 / secs,
+        secs * 1e6 / m.requests as f64
+    );
+}
+
+/// Runs `requests` calls of `call` on `callers` concurrent tasks.
+async fn run<F, Fut>(callers: usize, requests: usize, call: F) -> Result<Measured, String>
+where
+    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    // Warm up connections and script caches.
+    for i in 0..callers.min(64) {
+        call(i).await?;
+    }
+    let started = Instant::now();
+    let per_caller = requests / callers;
+    let tasks: Vec<_> = (0..callers)
+        .map(|c| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                for i in 0..per_caller {
+                    call(c * per_caller + i).await?;
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.map_err(|e| e.to_string())??;
+    }
+    Ok(Measured {
+        requests: per_caller * callers,
+        elapsed: started.elapsed(),
+    })
+}
