@@ -127,7 +127,10 @@ struct HumanSize(u64);
 impl<'de> Deserialize<'de> for HumanSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
-        #[serde(untagged)]
+        #[serde(
+            untagged,
+            expecting = "a size such as `100MB`, or a whole number of bytes"
+        )]
         enum Raw {
             Bytes(u64),
             Text(String),
@@ -272,9 +275,20 @@ impl Config {
         })?;
         let mut config = file.rate_limiter.into_config().with_overrides(overrides);
         config.source = origin.map(Path::to_path_buf);
-        config
-            .validate()
-            .map_err(|e| e.located(origin, |field| locate::find(text, field)))?;
+        config.validate().map_err(|e| match e {
+            // An address from the environment is not in the file: say where it came from.
+            ConfigError::Invalid { field, message, .. }
+                if overrides.redis_url.is_some()
+                    && field.starts_with("rate_limiter.redis.addrs") =>
+            {
+                ConfigError::Invalid {
+                    location: Location::default(),
+                    field,
+                    message: format!("{message} (set by RATELIMIT_REDIS_URL)"),
+                }
+            }
+            e => e.located(origin, |field| locate::find(text, field)),
+        })?;
         Ok(config)
     }
 }

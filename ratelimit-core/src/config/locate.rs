@@ -109,7 +109,15 @@ fn walk(text: &str, field: &str) -> Option<(usize, usize, bool)> {
             .iter()
             .enumerate()
             .skip(start)
-            .take_while(|(_, m)| scope_column.is_none_or(|c| m.column > c))
+            // A block sequence may sit at its key's own indentation (`key:` then `- item`).
+            .take_while(|(_, m)| {
+                scope_column.is_none_or(|c| {
+                    m.column > c
+                        || (m.column == c
+                            && m.key.is_none()
+                            && matches!(segment, Segment::Index(_)))
+                })
+            })
             .collect();
         let Some(child_column) = scope.first().map(|(_, m)| m.column) else {
             break;
@@ -159,6 +167,17 @@ rate_limiter:
         );
         assert_eq!(find(YAML, "rate_limiter.windows[1]"), Some((8, 5)));
         assert_eq!(find(YAML, "rate_limiter.cache.ttl"), Some((12, 5)));
+    }
+
+    #[test]
+    fn finds_sequence_items_flush_with_their_key() {
+        let yaml = "rate_limiter:\n  windows:\n  - max_requests: 10\n    duration: 1m\n  - max_requests: 0\n    duration: 1h\n  cache:\n    ttl: 1s\n";
+        assert_eq!(
+            find(yaml, "rate_limiter.windows[1].max_requests"),
+            Some((5, 5))
+        );
+        assert_eq!(find(yaml, "rate_limiter.windows[0].duration"), Some((4, 5)));
+        assert_eq!(find(yaml, "rate_limiter.cache.ttl"), Some((8, 5)));
     }
 
     #[test]

@@ -1,0 +1,972 @@
+//! The configuration surface: the YAML format of the design document, errors that name the
+//! field, the file and the line, environment overrides, human units and builder validation.
+//!
+//! Every test parses with explicit [`Overrides`] (never the process environment), except the
+//! ones about the environment, which run in a child process so no other test can see the
+//! variable.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use ratelimit_core::config::{ConfigError, Overrides, parse_duration, parse_size};
+use ratelimit_core::{Algorithm, Config, Error, FallbackMode, RateLimiter, RedisConfig, Window};
+
+/// The `rate_limiter` block of the design document, unchanged.
+const DESIGN: &str = "\
+rate_limiter:
+  redis:
+    addrs: [redis-1:6379, redis-2:6379, redis-3:6379]
+    pool_size: 100
+    timeout: 100ms
+  windows:
+    - max_requests: 100
+      duration: 1m
+    - max_requests: 1000
+      duration: 1h
+  cache:
+    enabled: true
+    ttl: 500ms
+    max_size: 100MB
+  fallback:
+    mode: local
+    circuit_breaker_threshold: 10
+";
+
+/// The smallest valid block: one window, no Redis.
+const MINIMAL: &str = "\
+rate_limiter:
+  windows:
+    - max_requests: 10
+      duration: 1m
+";
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_yaml_str_with(text, None, &Overrides::default())
+}
+
+fn parse_as(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    Config::from_yaml_str_with(text, Some(Path::new(origin)), &Overrides::default())
+}
+
+fn with_redis_url(text: &str, url: &str) -> Result<Config, ConfigError> {
+    Config::from_yaml_str_with(
+        text,
+        None,
+        &Overrides {
+            redis_url: Some(url.to_owned()),
+        },
+    )
+}
+
+fn line_of(err: &ConfigError) -> Option<usize> {
+    err.location().and_then(|l| l.line())
+}
+
+#[test]
+fn design_block_parses_and_every_value_reads_back() {
+    let config = parse(DESIGN).expect("the design block is valid");
+
+    let redis = config.redis().expect("the design block configures Redis");
+    assert_eq!(
+        redis.addrs(),
+        ["redis-1:6379", "redis-2:6379", "redis-3:6379"]
+    );
+    assert_eq!(
+        redis.urls(),
+        [
+            "redis://redis-1:6379",
+            "redis://redis-2:6379",
+            "redis://redis-3:6379"
+        ]
+    );
+    assert!(redis.is_cluster(), "several addresses mean a cluster");
+    assert_eq!(redis.pool_size(), 100);
+    assert_eq!(redis.timeout(), Duration::from_millis(100));
+
+    let policy = config.policy();
+    assert_eq!(
+        policy.windows(),
+        [
+            Window::new(100, Duration::from_secs(60)),
+            Window::new(1000, Duration::from_secs(3600)),
+        ]
+    );
+    assert_eq!(policy.windows()[0].label(), "1m");
+    assert_eq!(policy.windows()[1].label(), "1h");
+    assert_eq!(policy.algorithm(), Algorithm::SlidingWindow);
+    assert_eq!(policy.cost(), 1);
+
+    let cache = config.cache();
+    assert!(cache.enabled());
+    assert_eq!(cache.ttl(), Duration::from_millis(500));
+    assert_eq!(cache.max_size(), 100_000_000);
+
+    let fallback = config.fallback();
+    assert_eq!(fallback.mode(), FallbackMode::Local);
+    assert_eq!(fallback.circuit_breaker_threshold(), 10);
+    assert_eq!(fallback.cool_down(), Duration::from_secs(1));
+
+    assert_eq!(config.prefix(), "ratelimit:");
+    assert_eq!(config.memory().max_keys(), 1_000_000);
+    assert_eq!(config.source(), None);
+    assert!(config.validate().is_ok());
+}
+
+#[test]
+fn defaults_fill_the_sections_left_out() {
+    let config = parse(MINIMAL).expect("the minimal block is valid");
+    assert!(config.redis().is_none(), "no redis section: in memory");
+    assert_eq!(config.policy().windows(), [Window::per_minute(10)]);
+    assert!(!config.cache().enabled(), "no cache section: no cache");
+    assert_eq!(config.fallback().mode(), FallbackMode::Local);
+    assert_eq!(config.fallback().circuit_breaker_threshold(), 10);
+
+    let one = parse(
+        "\
+rate_limiter:
+  redis:
+    addrs:
+      - 127.0.0.1:6379
+  windows:
+    - max_requests: 10
+      duration: 1m
+  cache: {}
+",
+    )
+    .expect("one address, empty cache section");
+    let redis = one.redis().expect("redis section");
+    assert!(!redis.is_cluster(), "one address means standalone");
+    assert_eq!(redis.pool_size(), RedisConfig::DEFAULT_POOL_SIZE);
+    assert_eq!(redis.timeout(), RedisConfig::DEFAULT_TIMEOUT);
+    assert!(one.cache().enabled(), "a cache section turns the cache on");
+    assert_eq!(one.cache().ttl(), Duration::from_millis(500));
+}
+
+/// A refused configuration: the field the error must name (`None` for a YAML syntax error,
+/// whose field is not asserted) and the 1-based line of that field in `yaml`.
+struct Case {
+    name: &'static str,
+    yaml: &'static str,
+    field: Option<&'static str>,
+    line: usize,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "unknown field at the top",
+        yaml: "\
+rate_limiter:
+  windows:
+    - max_requests: 10
+      duration: 1m
+  bogus: 1
+",
+        field: Some("rate_limiter.bogus"),
+        line: 5,
+    },
+    Case {
+        name: "unknown field outside rate_limiter",
+        yaml: "\
+rate_limiter:
+  windows:
+    - max_requests: 10
+      duration: 1m
+ratelimiter:
+  prefix: app
+",
+        field: Some("ratelimiter"),
+        line: 5,
+    },
+    Case {
+        name: "unknown field in redis",
+        yaml: "\
+rate_limiter:
+  redis:
+    addrs:
+      - redis-1:6379
+    pool_sise: 4
+  windows:
+    - max_requests: 10
+      duration: 1m
+",
+        field: Some("rate_limiter.redis.pool_sise"),
+        line: 5,
+    },
+    Case {
+        name: "unknown field in windows[1]",
+        yaml: "\
+rate_limiter:
+  windows:
+    - max_requests: 10
+      duration: 1m
+    - max_requests: 100
+      duraton: 1h
+",
+        field: Some("rate_limiter.windows[1].duraton"),
+        line: 6,
+    },
+    Case {
+        name: "unknown field in cache",
+        yaml: "\
+rate_limiter:
+  windows:
+    - max_requests: 10
+      duration: 1m
+  cache:
+    ttl: 100ms
+    max_bytes: 1MB
+",
+        field: Some("rate_limiter.cache.max_bytes"),
+        line: 7,
+    },
+    Case {
+        name: "unknown field in fallback",
+        yaml: "\
+rate_limiter:
+  windows:
+    - max_requests: 10
+      duration: 1m
+  fallback:
+    mode: local
+    threshold: 5
+",
+        field: Some("rate_limiter.fallback.threshold"),
+        line: 7,
+    },
+    Case {
+        name: "zero max_requests",
+        yaml: "\
+rate_limiter:
+  windows:
+    - max_requests: 10
+      duration: 1m
+    - max_requests: 0
+      duration: 1h
+",
+        field: Some("rate_limiter.windows[1].max_requests"),
+        line: 5,
+    },
+    Case {
+        name: "negative max_requests",
+        yaml: "\
+rate_limiter:
+  windows:
+    - max_requests: -5
+      duration: 1m
+",
+        field: Some("rate_limiter.windows[0].max_requests"),
+        line: 3,
+    },
+    Case {
+        name: "duration without a unit",
+        yaml: "\
+rate_limiter:
+  windows:
+    - max_requests: 10
+      duration: 1m
+    - max_requests: 100
+      duration: 60
+",
+        field: Some("rate_limiter.windows[1].duration"),
+        line: 6,
+    },
+    Case {
+        name: "garbage duration",
+        yaml: "\
+rate_limiter:
+  windows:
+    - max_requests: 10
+      duration: soon
+",
+        field: Some("rate_limiter.windows[0].duration"),
+        line: 4,
+    },
+    Case {
+        name: "zero duration",
+        yaml: "\
+rate_limiter:
+  windows:
+    - max_requests: 10
+      duration: 1m
+    - max_requests: 100
+      duration: 0s
+",
+        field: Some("rate_limiter.windows[1].duration"),
+        line: 6,
+    },
+    Case {
+        name: "duplicate window durations (1m and 60s)",
+        yaml: "\
+rate_limiter:
+  windows:
+    - max_requests: 10
+      duration: 1m
+    - max_requests: 100
+      duration: 60s
+",
+        field: Some("rate_limiter.windows[1].duration"),
+        line: 6,
+    },
+    Case {
+        name: "empty windows",
+        yaml: "\
+rate_limiter:
+  prefix: app
+  windows: []
+",
+        field: Some("rate_limiter.windows"),
+        line: 3,
+    },
+    Case {
+        name: "missing windows",
+        yaml: "\
+rate_limiter:
+  prefix: app
+",
+        field: Some("rate_limiter"),
+        line: 1,
+    },
+    Case {
+        name: "empty addrs",
+        yaml: "\
+rate_limiter:
+  redis:
+    addrs: []
+  windows:
+    - max_requests: 10
+      duration: 1m
+",
+        field: Some("rate_limiter.redis.addrs"),
+        line: 3,
+    },
+    Case {
+        name: "bad address",
+        yaml: "\
+rate_limiter:
+  redis:
+    addrs:
+      - redis-1:6379
+      - \"redis://:notaport\"
+  windows:
+    - max_requests: 10
+      duration: 1m
+",
+        field: Some("rate_limiter.redis.addrs[1]"),
+        line: 5,
+    },
+    Case {
+        name: "zero pool_size",
+        yaml: "\
+rate_limiter:
+  redis:
+    addrs:
+      - redis-1:6379
+    pool_size: 0
+  windows:
+    - max_requests: 10
+      duration: 1m
+",
+        field: Some("rate_limiter.redis.pool_size"),
+        line: 5,
+    },
+    Case {
+        name: "zero timeout",
+        yaml: "\
+rate_limiter:
+  redis:
+    addrs:
+      - redis-1:6379
+    pool_size: 8
+    timeout: 0ms
+  windows:
+    - max_requests: 10
+      duration: 1m
+",
+        field: Some("rate_limiter.redis.timeout"),
+        line: 6,
+    },
+    Case {
+        name: "timeout above 60s",
+        yaml: "\
+rate_limiter:
+  redis:
+    timeout: 5m
+    addrs:
+      - redis-1:6379
+  windows:
+    - max_requests: 10
+      duration: 1m
+",
+        field: Some("rate_limiter.redis.timeout"),
+        line: 3,
+    },
+    Case {
+        name: "cache ttl as long as the shortest window",
+        yaml: "\
+rate_limiter:
+  windows:
+    - max_requests: 100
+      duration: 1m
+    - max_requests: 10
+      duration: 1s
+  cache:
+    enabled: true
+    ttl: 1s
+",
+        field: Some("rate_limiter.cache.ttl"),
+        line: 9,
+    },
+    Case {
+        name: "cache max_size with a bad unit",
+        yaml: "\
+rate_limiter:
+  windows:
+    - max_requests: 10
+      duration: 1m
+  cache:
+    ttl: 100ms
+    max_size: 10XB
+",
+        field: Some("rate_limiter.cache.max_size"),
+        line: 7,
+    },
+    Case {
+        name: "unknown algorithm",
+        yaml: "\
+rate_limiter:
+  prefix: app
+  algorithm: leaky_bucket
+  windows:
+    - max_requests: 10
+      duration: 1m
+",
+        field: Some("rate_limiter.algorithm"),
+        line: 3,
+    },
+    Case {
+        name: "unknown fallback mode",
+        yaml: "\
+rate_limiter:
+  windows:
+    - max_requests: 10
+      duration: 1m
+  fallback:
+    circuit_breaker_threshold: 5
+    mode: panic
+",
+        field: Some("rate_limiter.fallback.mode"),
+        line: 7,
+    },
+    Case {
+        name: "zero circuit_breaker_threshold",
+        yaml: "\
+rate_limiter:
+  windows:
+    - max_requests: 10
+      duration: 1m
+  fallback:
+    mode: open
+    circuit_breaker_threshold: 0
+",
+        field: Some("rate_limiter.fallback.circuit_breaker_threshold"),
+        line: 7,
+    },
+    Case {
+        name: "prefix with a brace",
+        yaml: "\
+rate_limiter:
+  windows:
+    - max_requests: 10
+      duration: 1m
+  prefix: \"app{1}:\"
+",
+        field: Some("rate_limiter.prefix"),
+        line: 5,
+    },
+    Case {
+        name: "zero memory max_keys",
+        yaml: "\
+rate_limiter:
+  windows:
+    - max_requests: 10
+      duration: 1m
+  memory:
+    max_keys: 0
+",
+        field: Some("rate_limiter.memory.max_keys"),
+        line: 6,
+    },
+    Case {
+        name: "YAML syntax error",
+        yaml: "\
+rate_limiter:
+  windows:
+    - max_requests: 10
+      duration: 1m: 2m
+",
+        field: None,
+        line: 4,
+    },
+    Case {
+        name: "wrong type for windows",
+        yaml: "\
+rate_limiter:
+  prefix: app
+  windows: 5
+",
+        field: Some("rate_limiter.windows"),
+        line: 3,
+    },
+    Case {
+        name: "sliding_window limit above a million",
+        yaml: "\
+rate_limiter:
+  algorithm: sliding_window
+  windows:
+    - max_requests: 10
+      duration: 1s
+    - max_requests: 2000000
+      duration: 1h
+",
+        field: Some("rate_limiter.windows[1].max_requests"),
+        line: 6,
+    },
+    Case {
+        name: "unknown redis mode",
+        yaml: "\
+rate_limiter:
+  redis:
+    addrs:
+      - redis-1:6379
+    mode: sentinel
+  windows:
+    - max_requests: 10
+      duration: 1m
+",
+        field: Some("rate_limiter.redis.mode"),
+        line: 5,
+    },
+    Case {
+        name: "zero fallback cool_down",
+        yaml: "\
+rate_limiter:
+  windows:
+    - max_requests: 10
+      duration: 1m
+  fallback:
+    cool_down: 0s
+",
+        field: Some("rate_limiter.fallback.cool_down"),
+        line: 6,
+    },
+    Case {
+        name: "standalone mode with two addresses",
+        yaml: "\
+rate_limiter:
+  windows:
+    - max_requests: 10
+      duration: 1m
+  redis:
+    mode: standalone
+    addrs:
+      - redis-1:6379
+      - redis-2:6379
+",
+        field: Some("rate_limiter.redis.mode"),
+        line: 6,
+    },
+];
+
+#[test]
+fn broken_configs_name_the_field_and_its_line() {
+    assert!(CASES.len() >= 20);
+    let mut failures = Vec::new();
+    for case in CASES {
+        let err = match parse_as(case.yaml, "config.yaml") {
+            Ok(_) => {
+                failures.push(format!("{}: accepted", case.name));
+                continue;
+            }
+            Err(err) => err,
+        };
+        let shown = err.to_string();
+        if !matches!(err, ConfigError::Invalid { .. }) {
+            failures.push(format!("{}: not Invalid: {shown}", case.name));
+            continue;
+        }
+        if let Some(field) = case.field
+            && err.field() != Some(field)
+        {
+            failures.push(format!(
+                "{}: field {:?}, expected {field:?} ({shown})",
+                case.name,
+                err.field()
+            ));
+        }
+        if line_of(&err) != Some(case.line) {
+            failures.push(format!(
+                "{}: line {:?}, expected {} ({shown})",
+                case.name,
+                line_of(&err),
+                case.line
+            ));
+        }
+        if err.location().and_then(|l| l.file()) != Some(Path::new("config.yaml")) {
+            failures.push(format!("{}: file not named ({shown})", case.name));
+        }
+        let prefix = format!("config.yaml:{}:", case.line);
+        if !shown.starts_with(&prefix) {
+            failures.push(format!("{}: {shown:?} lacks {prefix:?}", case.name));
+        }
+        if let Some(field) = case.field
+            && !shown.contains(&format!(": {field}: "))
+        {
+            failures.push(format!("{}: {shown:?} lacks the field", case.name));
+        }
+
+        // Without an origin the same field and line, shown as `line N`.
+        match parse(case.yaml) {
+            Ok(_) => failures.push(format!("{}: accepted without origin", case.name)),
+            Err(bare) => {
+                let shown = bare.to_string();
+                if bare.field() != err.field() || line_of(&bare) != line_of(&err) {
+                    failures.push(format!("{}: differs without origin: {shown}", case.name));
+                }
+                if bare.location().and_then(|l| l.file()).is_some() {
+                    failures.push(format!("{}: file without origin: {shown}", case.name));
+                }
+                if !shown.starts_with(&format!("line {}:", case.line)) {
+                    failures.push(format!("{}: {shown:?} lacks `line N:`", case.name));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        failures.len(),
+        CASES.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn display_is_file_line_column_field_message() {
+    let yaml = "\
+rate_limiter:
+  windows:
+    - max_requests: 100
+      duration: 1m
+    - max_requests: 0
+      duration: 1h
+";
+    let err = parse_as(yaml, "config.yaml").expect_err("zero limit");
+    let location = err.location().expect("a location");
+    assert_eq!(location.line(), Some(5));
+    assert_eq!(location.column(), Some(7));
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with("config.yaml:5:7: rate_limiter.windows[1].max_requests: "),
+        "{shown}"
+    );
+    assert!(shown.ends_with("must be at least 1"), "{shown}");
+}
+
+#[test]
+fn yaml_files_are_read_and_errors_name_the_path() {
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        "\
+rate_limiter:
+  windows:
+    - max_requests: 10
+      duration: 1m
+    - max_requests: 20
+      duration: 60s
+",
+    )
+    .expect("write broken.yaml");
+    let err = Config::from_yaml_file(&broken).expect_err("duplicate window");
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with(&format!("{}:6:", broken.display())),
+        "{shown}"
+    );
+    assert_eq!(err.field(), Some("rate_limiter.windows[1].duration"));
+    assert_eq!(
+        err.location().and_then(|l| l.file()),
+        Some(broken.as_path())
+    );
+    assert_eq!(line_of(&err), Some(6));
+
+    let missing = dir.path().join("missing.yaml");
+    let err = Config::from_yaml_file(&missing).expect_err("no such file");
+    match &err {
+        ConfigError::Read { path, source } => {
+            assert_eq!(path, &missing);
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        }
+        other => panic!("expected Read, got {other:?}"),
+    }
+    assert!(
+        err.to_string().contains(&missing.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(err.field(), None);
+    assert!(err.location().is_none());
+
+    let good = dir.path().join("config.yaml");
+    std::fs::write(&good, DESIGN).expect("write config.yaml");
+    let config = Config::from_yaml_file(&good).expect("the design block is valid");
+    assert_eq!(config.source(), Some(good.as_path()));
+    assert_eq!(config.policy().windows().len(), 2);
+    assert_eq!(config.cache().max_size(), 100_000_000);
+}
+
+#[test]
+fn redis_url_override_replaces_the_file_addresses() {
+    let yaml = "\
+rate_limiter:
+  redis:
+    addrs:
+      - redis-1:6379
+      - redis-2:6379
+    pool_size: 8
+    timeout: 250ms
+  windows:
+    - max_requests: 10
+      duration: 1m
+";
+    let config = with_redis_url(yaml, "redis://override:6380").expect("valid");
+    let redis = config.redis().expect("redis");
+    assert_eq!(redis.addrs(), ["redis://override:6380"]);
+    assert_eq!(redis.urls(), ["redis://override:6380"]);
+    assert!(!redis.is_cluster(), "one address from the override");
+    assert_eq!(redis.pool_size(), 8, "the rest of the section is kept");
+    assert_eq!(redis.timeout(), Duration::from_millis(250));
+}
+
+#[test]
+fn redis_url_override_turns_redis_on() {
+    let config = parse(MINIMAL).expect("valid");
+    assert!(config.redis().is_none());
+
+    let config = with_redis_url(MINIMAL, "127.0.0.1:6379").expect("valid");
+    let redis = config.redis().expect("the override adds Redis");
+    assert_eq!(redis.addrs(), ["127.0.0.1:6379"]);
+    assert_eq!(redis.urls(), ["redis://127.0.0.1:6379"]);
+    assert!(!redis.is_cluster());
+    assert_eq!(redis.pool_size(), RedisConfig::DEFAULT_POOL_SIZE);
+    assert_eq!(redis.timeout(), RedisConfig::DEFAULT_TIMEOUT);
+}
+
+#[test]
+fn comma_separated_redis_url_is_a_cluster() {
+    let config = with_redis_url(MINIMAL, "node-1:7000, node-2:7001,node-3:7002,").expect("valid");
+    let redis = config.redis().expect("redis");
+    assert_eq!(redis.addrs(), ["node-1:7000", "node-2:7001", "node-3:7002"]);
+    assert!(redis.is_cluster());
+
+    // The override is validated like the file: a standalone section refuses several nodes.
+    let standalone = "\
+rate_limiter:
+  redis:
+    mode: standalone
+    addrs:
+      - redis-1:6379
+  windows:
+    - max_requests: 10
+      duration: 1m
+";
+    assert!(with_redis_url(standalone, "redis-9:6379").is_ok());
+    let err = with_redis_url(standalone, "a:1,b:2").expect_err("standalone with two addresses");
+    assert_eq!(err.field(), Some("rate_limiter.redis.mode"));
+    assert_eq!(line_of(&err), Some(3));
+}
+
+/// Set by [`environment_variable_overrides_the_file`] for the child process it spawns.
+const CHILD_FLAG: &str = "RATELIMIT_CONFIG_CHILD";
+
+/// Runs only in the child process spawned by [`environment_variable_overrides_the_file`]:
+/// parses through the environment-reading entry points and prints what they saw. In an ordinary
+/// test run it returns at once.
+#[test]
+fn env_override_child() {
+    if std::env::var_os(CHILD_FLAG).is_none_or(|v| v != "1") {
+        return;
+    }
+    let from_str = Config::from_yaml_str(MINIMAL).expect("valid with the override");
+    let redis = from_str.redis().expect("RATELIMIT_REDIS_URL adds Redis");
+    println!("STR_ADDRS={}", redis.addrs().join(","));
+    println!("STR_CLUSTER={}", redis.is_cluster());
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, DESIGN).expect("write config.yaml");
+    let from_file = Config::from_yaml_file(&path).expect("valid with the override");
+    let redis = from_file.redis().expect("redis");
+    println!("FILE_ADDRS={}", redis.addrs().join(","));
+    println!("FILE_POOL={}", redis.pool_size());
+    println!("OVERRIDES={:?}", Overrides::from_env().redis_url);
+}
+
+#[test]
+fn environment_variable_overrides_the_file() {
+    let exe = std::env::current_exe().expect("the test binary");
+    let output = Command::new(exe)
+        .args(["--exact", "env_override_child", "--nocapture"])
+        .env(CHILD_FLAG, "1")
+        .env("RATELIMIT_REDIS_URL", "env-1:7000,env-2:7001")
+        .output()
+        .expect("run the child test");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "child failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for expected in [
+        "STR_ADDRS=env-1:7000,env-2:7001",
+        "STR_CLUSTER=true",
+        "FILE_ADDRS=env-1:7000,env-2:7001",
+        "FILE_POOL=100",
+        "OVERRIDES=Some(\"env-1:7000,env-2:7001\")",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == expected),
+            "child did not print {expected:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+    }
+    assert!(
+        stdout.contains("1 passed"),
+        "the child test did not run:\n{stdout}"
+    );
+}
+
+#[test]
+fn durations_take_human_units() {
+    assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+    assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+    assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+    for bad in ["60", "abc", "", "10XB", "99999999999999999999999h"] {
+        assert!(
+            parse_duration(bad).is_err(),
+            "{bad:?} accepted as {:?}",
+            parse_duration(bad)
+        );
+    }
+    let message = parse_duration("60").expect_err("no unit");
+    assert!(message.contains("no unit"), "{message}");
+}
+
+#[test]
+fn sizes_take_human_units() {
+    assert_eq!(parse_size("100MB"), Ok(100_000_000));
+    assert_eq!(parse_size("64MiB"), Ok(64 * 1024 * 1024));
+    assert_eq!(parse_size("512"), Ok(512));
+    assert_eq!(parse_size("1KB"), Ok(1000));
+    assert_eq!(parse_size("1kib"), Ok(1024));
+    assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
+    for bad in [
+        "60XB",
+        "10XB",
+        "abc",
+        "",
+        "MB",
+        "20000000000GB",
+        "99999999999999999999",
+    ] {
+        assert!(
+            parse_size(bad).is_err(),
+            "{bad:?} accepted as {:?}",
+            parse_size(bad)
+        );
+    }
+    let message = parse_size("20000000000GB").expect_err("overflow");
+    assert!(message.contains("too large"), "{message}");
+}
+
+#[test]
+fn builder_configs_are_validated() {
+    let err = Config::new(0, Duration::from_secs(1))
+        .validate()
+        .expect_err("zero limit");
+    assert_eq!(err.field(), Some("rate_limiter.windows[0].max_requests"));
+    assert_eq!(line_of(&err), None);
+    assert_eq!(err.location().and_then(|l| l.file()), None);
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with("rate_limiter.windows[0].max_requests: "),
+        "{shown}"
+    );
+    assert!(shown.ends_with("must be at least 1"), "{shown}");
+
+    let err = Config::new(10, Duration::from_secs(60))
+        .with_window(Window::per_minute(100))
+        .validate()
+        .expect_err("duplicate window");
+    assert_eq!(err.field(), Some("rate_limiter.windows[1].duration"));
+
+    let err = Config::new(10, Duration::from_secs(60))
+        .with_redis("redis://:notaport")
+        .validate()
+        .expect_err("bad address");
+    assert_eq!(err.field(), Some("rate_limiter.redis.addrs[0]"));
+
+    assert!(
+        Config::new(10, Duration::from_secs(60))
+            .with_redis_cluster(["a:1", "b:2"])
+            .validate()
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn limiter_refuses_an_invalid_builder_config() {
+    let result = RateLimiter::new(Config::new(0, Duration::from_secs(1))).await;
+    match result {
+        Err(Error::Config(err)) => {
+            assert_eq!(err.field(), Some("rate_limiter.windows[0].max_requests"));
+        }
+        Err(other) => panic!("expected Error::Config, got {other:?}"),
+        Ok(_) => panic!("a zero limit was accepted"),
+    }
+}
+
+#[test]
+fn sequences_flush_with_their_key_are_located() {
+    let yaml = "\
+rate_limiter:
+  windows:
+  - max_requests: 10
+    duration: 1m
+  - max_requests: 0
+    duration: 1h
+";
+    let err = parse(yaml).expect_err("a zero limit is refused");
+    assert_eq!(err.field(), Some("rate_limiter.windows[1].max_requests"));
+    assert_eq!(line_of(&err), Some(5));
+}
+
+#[test]
+fn a_bad_address_from_the_environment_is_not_blamed_on_the_file() {
+    let yaml = "\
+rate_limiter:
+  redis:
+    addrs:
+      - redis-1:6379
+  windows:
+    - max_requests: 10
+      duration: 1m
+";
+    let err = with_redis_url(yaml, "redis://:bad").expect_err("a bad address is refused");
+    assert_eq!(err.field(), Some("rate_limiter.redis.addrs[0]"));
+    assert_eq!(line_of(&err), None, "the file's own address is fine");
+    assert!(err.to_string().contains("RATELIMIT_REDIS_URL"), "{err}");
+}
