@@ -1,1 +1,63 @@
-//! x
+//! A tower [`Layer`](tower_layer::Layer) that rate-limits HTTP requests.
+//!
+//! ```
+//! # async fn demo() {
+//! use std::time::Duration;
+//! use ratelimit_core::Config;
+//! use ratelimit_tower::RateLimitLayer;
+//! use tower::ServiceBuilder;
+//!
+//! let service = ServiceBuilder::new()
+//!     .layer(RateLimitLayer::new(Config::new(100, Duration::from_secs(60))))
+//!     .service_fn(|_req: http::Request<String>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello")))
+//!     });
+//! # drop(service);
+//! # }
+//! ```
+//!
+//! Every request is planned ([`Planner`]): exempt, rejected (no key), or limited under a policy
+//! for a key. A limited request that is allowed goes to the inner service and its response
+//! gains the rate-limit headers; a denied one is answered here with `429 Too Many Requests`, a
+//! `Retry-After` and an RFC 9457 problem document. A denial is a response, never an error, so
+//! the layer composes with any error handling.
+//!
+//! # Layout
+//!
+//! - [`layer`]: [`RateLimitLayer`], which builds the service.
+//! - [`service`]: [`RateLimit`], the `Service`.
+//! - [`future`]: its response future.
+//! - [`body`]: [`ResponseBody`], the inner body or one of ours, without boxing.
+//! - [`plan`]: [`Planner`], [`Plan`], [`Target`]: what to do with a request.
+//! - [`extract`]: [`KeyExtractor`] and the built-in extractors.
+//! - [`proxy`]: the client IP behind trusted proxies.
+//! - [`headers`]: the rate-limit header families.
+//! - [`response`]: the 429 and 400 responses.
+
+pub mod body;
+pub mod extract;
+pub mod future;
+pub mod headers;
+pub mod layer;
+pub mod plan;
+pub mod proxy;
+pub mod response;
+pub mod service;
+
+pub use body::ResponseBody;
+pub use extract::{
+    AllOf, ClientIp, FirstOf, FnKey, HeaderKey, KeyExtractor, PeerAddr, PeerIp, RequestInfo,
+};
+pub use layer::RateLimitLayer;
+pub use plan::{Plan, Planner, SinglePolicy, Target};
+pub use service::RateLimit;
+
+/// The decision of the request, left in the response's extensions (and, for handlers, in the
+/// request's): what ratelimit-axum's extractor reads.
+#[derive(Debug, Clone)]
+pub struct RateLimitInfo {
+    /// The decision.
+    pub decision: ratelimit_core::Decision,
+    /// The target it was made for.
+    pub target: std::sync::Arc<Target>,
+}

@@ -10,6 +10,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::error::{ConfigError, Location};
+use super::http::{
+    AllowList, HeaderFamilies, HttpConfig, IpBlock, KeySource, MissingKey, Rule, RuleMatch,
+};
 use super::locate;
 use super::model::{
     CacheConfig, Config, FallbackConfig, MemoryConfig, Overrides, RedisConfig, RedisMode,
@@ -34,6 +37,103 @@ struct RateLimiterSection {
     cache: Option<CacheSection>,
     fallback: Option<FallbackSection>,
     memory: Option<MemorySection>,
+    key: Option<KeyName>,
+    trusted_proxies: Option<Vec<IpBlockText>>,
+    headers: Option<Vec<HeaderFamilyName>>,
+    on_missing_key: Option<MissingKeyName>,
+    shadow: Option<bool>,
+    allow_list: Option<AllowListSection>,
+    rules: Option<Vec<RuleSection>>,
+}
+
+/// A key source written like `ip`, `header:x-api-key` or `ip+header:x-api-key`.
+struct KeyName(KeySource);
+
+impl<'de> Deserialize<'de> for KeyName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        KeySource::parse(&text)
+            .map(KeyName)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// An IP or CIDR block written as text.
+struct IpBlockText(IpBlock);
+
+impl<'de> Deserialize<'de> for IpBlockText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        IpBlock::parse(&text)
+            .map(IpBlockText)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum HeaderFamilyName {
+    Ietf,
+    Legacy,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum MissingKeyName {
+    Reject,
+    Deny,
+    Allow,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowListSection {
+    #[serde(default)]
+    ips: Vec<IpBlockText>,
+    #[serde(default)]
+    keys: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSection {
+    name: String,
+    #[serde(rename = "match", default)]
+    matches: Option<MatchSection>,
+    windows: Option<Vec<WindowSection>>,
+    algorithm: Option<AlgorithmName>,
+    key: Option<KeyName>,
+    cost: Option<u64>,
+    #[serde(default)]
+    shadow: bool,
+    #[serde(default)]
+    exempt: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatchSection {
+    path: Option<String>,
+    #[serde(default)]
+    methods: Vec<MethodName>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+}
+
+/// An HTTP method, upper-cased.
+struct MethodName(String);
+
+impl<'de> Deserialize<'de> for MethodName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let upper = text.trim().to_ascii_uppercase();
+        if upper.is_empty() || upper.len() > 32 || !upper.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(serde::de::Error::custom(format!(
+                "`{text}` is not an HTTP method"
+            )));
+        }
+        Ok(MethodName(upper))
+    }
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -196,6 +296,41 @@ impl RateLimiterSection {
                 cool_down: fallback.cool_down.map_or(defaults.cool_down, |d| d.0),
             };
         }
+        let default_windows = config.policy.windows().to_vec();
+        let rules = self
+            .rules
+            .unwrap_or_default()
+            .into_iter()
+            .map(|rule| rule.into_rule(&default_windows))
+            .collect();
+        config.http = HttpConfig {
+            key: self.key.map(|k| k.0),
+            trusted_proxies: self
+                .trusted_proxies
+                .unwrap_or_default()
+                .into_iter()
+                .map(|b| b.0)
+                .collect(),
+            headers: self
+                .headers
+                .map_or_else(HeaderFamilies::default, |families| HeaderFamilies {
+                    ietf: families.contains(&HeaderFamilyName::Ietf),
+                    legacy: families.contains(&HeaderFamilyName::Legacy),
+                }),
+            on_missing_key: match self.on_missing_key {
+                None | Some(MissingKeyName::Reject) => MissingKey::Reject,
+                Some(MissingKeyName::Deny) => MissingKey::Deny,
+                Some(MissingKeyName::Allow) => MissingKey::Allow,
+            },
+            shadow: self.shadow.unwrap_or(false),
+            allow_list: self
+                .allow_list
+                .map_or_else(AllowList::default, |a| AllowList {
+                    ips: a.ips.into_iter().map(|b| b.0).collect(),
+                    keys: a.keys,
+                }),
+            rules,
+        };
         if let Some(memory) = self.memory {
             config.memory = MemoryConfig {
                 max_keys: memory.max_keys.unwrap_or(MemoryConfig::default().max_keys),
@@ -216,6 +351,40 @@ fn parser_message(raw: &str) -> String {
             tail.to_owned()
         }
         _ => message.to_owned(),
+    }
+}
+
+impl RuleSection {
+    /// A rule without windows (and not exempt) applies the top-level windows under its own name.
+    fn into_rule(self, default_windows: &[Window]) -> Rule {
+        let matches = self.matches.map_or_else(RuleMatch::default, |m| RuleMatch {
+            path: m.path,
+            methods: m.methods.into_iter().map(|m| m.0).collect(),
+            headers: m
+                .headers
+                .into_iter()
+                .map(|(name, value)| (name.to_ascii_lowercase(), value))
+                .collect(),
+        });
+        let policy = (!self.exempt).then(|| {
+            let windows: Vec<Window> = match &self.windows {
+                Some(ws) => ws
+                    .iter()
+                    .map(|w| Window::new(w.max_requests, w.duration.0))
+                    .collect(),
+                None => default_windows.to_vec(),
+            };
+            Policy::new(self.name.clone(), windows)
+                .with_algorithm(self.algorithm.map(Algorithm::from).unwrap_or_default())
+                .with_cost(self.cost.unwrap_or(1))
+        });
+        Rule {
+            name: self.name,
+            matches,
+            policy,
+            key: self.key.map(|k| k.0),
+            shadow: self.shadow,
+        }
     }
 }
 

@@ -7,11 +7,15 @@
 
 mod error;
 mod file;
+mod http;
 mod locate;
 mod model;
 mod units;
 
 pub use error::{ConfigError, Location};
+pub use http::{
+    AllowList, HeaderFamilies, HttpConfig, IpBlock, KeySource, MissingKey, Rule, RuleMatch,
+};
 pub use model::{
     CacheConfig, Config, FallbackConfig, MemoryConfig, Overrides, RedisConfig, RedisMode,
 };

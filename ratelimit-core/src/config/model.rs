@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::ConfigError;
+use super::http::HttpConfig;
 use crate::clock::Clock;
 use crate::decision::FallbackMode;
 use crate::key::{KeyBuilder, is_valid_prefix};
@@ -321,6 +322,7 @@ pub struct Config {
     pub(crate) cache: CacheConfig,
     pub(crate) fallback: FallbackConfig,
     pub(crate) memory: MemoryConfig,
+    pub(crate) http: HttpConfig,
     pub(crate) clock: Option<Arc<dyn Clock>>,
     pub(crate) source: Option<PathBuf>,
 }
@@ -343,6 +345,7 @@ impl Config {
             cache: CacheConfig::default(),
             fallback: FallbackConfig::default(),
             memory: MemoryConfig::default(),
+            http: HttpConfig::default(),
             clock: None,
             source: None,
         }
@@ -409,6 +412,12 @@ impl Config {
         self
     }
 
+    /// Sets the HTTP settings (key source, proxies, headers, rules).
+    pub fn with_http(mut self, http: HttpConfig) -> Self {
+        self.http = http;
+        self
+    }
+
     /// The clock of the in-memory backend and cache (Redis decisions use Redis's clock).
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
         self.clock = Some(Arc::new(clock));
@@ -449,6 +458,11 @@ impl Config {
     /// The memory section.
     pub fn memory(&self) -> &MemoryConfig {
         &self.memory
+    }
+
+    /// The HTTP settings.
+    pub fn http(&self) -> &HttpConfig {
+        &self.http
     }
 
     /// The file this configuration was read from.
@@ -503,6 +517,7 @@ impl Config {
                 "must be above 0 and at most 5m",
             ));
         }
+        self.http.validate()?;
         if self.memory.max_keys == 0 {
             return Err(ConfigError::invalid(
                 "rate_limiter.memory.max_keys",
