@@ -1,1 +1,49 @@
-//! x
+//! Rate limiting for axum apps, with per-route rules, on top of `ratelimit-tower`.
+//!
+//! One call installs the limiter on a [`Router`](axum::Router): requests are matched against
+//! the configuration's rules (path, method, headers; the first match wins), limited under the
+//! rule's policy and key, and answered with `429 Too Many Requests` when over the limit.
+//! Handlers can read the decision with the [`RateLimited`] extractor.
+//!
+//! # Quick start
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use std::time::Duration;
+//! use axum::{Router, routing::get};
+//! use ratelimit_axum::{RateLimited, RouterExt};
+//! use ratelimit_core::{Config, RateLimiter};
+//!
+//! async fn handler(limit: RateLimited) -> String {
+//!     format!("hello; {} requests left", limit.decision().remaining())
+//! }
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // 100 requests a minute per client IP; `Config::from_yaml_file` adds Redis and rules.
+//! let limiter = RateLimiter::new(Config::new(100, Duration::from_secs(60))).await?;
+//! let app = Router::new().route("/", get(handler)).rate_limit(&limiter);
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! // The peer address is what IP keys are made of: serve with connect info.
+//! let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>());
+//! # drop(server); Ok(()) }
+//! # tokio::runtime::Runtime::new().expect("runtime").block_on(demo()).expect("demo");
+//! ```
+//!
+//! # Layout
+//!
+//! - [`rules`]: [`RuleSet`], the planner that matches requests against the configured rules.
+//! - [`extract`]: [`RateLimited`], the decision as an extractor, and its rejection.
+//! - [`router`]: [`layer`], [`layer_from_config`], [`connect_info_peer`], and
+//!   [`RouterExt::rate_limit`], the one-liner.
+//!
+//! The layer itself, its responses and headers, are `ratelimit-tower`'s [`RateLimitLayer`].
+
+pub mod extract;
+pub mod router;
+pub mod rules;
+
+pub use extract::{RateLimited, RateLimitedRejection};
+pub use ratelimit_tower::RateLimitLayer;
+pub use router::{RouterExt, connect_info_peer, layer, layer_from_config};
+pub use rules::RuleSet;

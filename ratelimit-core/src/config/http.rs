@@ -213,6 +213,12 @@ impl HttpConfig {
         let mut names: Vec<&str> = Vec::new();
         for (i, rule) in self.rules.iter().enumerate() {
             let base = format!("rate_limiter.rules[{i}]");
+            if rule.name == crate::policy::Policy::DEFAULT_NAME {
+                return Err(ConfigError::invalid(
+                    format!("{base}.name"),
+                    "`default` names the top-level policy; choose another name",
+                ));
+            }
             if names.contains(&rule.name.as_str()) {
                 return Err(ConfigError::invalid(
                     format!("{base}.name"),

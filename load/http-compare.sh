@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Requests a second of one axum route with no limiter, with this limiter in memory and on
+# Redis, and behind tower_governor, measured in one run with wrk on loopback.
+#
+#   load/http-compare.sh [seconds] [connections]
+#
+# Needs wrk (apt-get install wrk) and redis-server; starts and stops its own Redis.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+seconds=${1:-10}
+connections=${2:-50}
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+redis_port=$(free_port)
+dir=$(mktemp -d)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" --daemonize yes \
+  --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
+server_pid=""
+cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+  redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+cargo build --release -q -p example-bench-server
+echo "# $(nproc) cores; wrk -t2 -c$connections -d${seconds}s GET /api/hello; every request allowed"
+printf '%-10s %14s %12s %12s\n' mode "requests/s" "p50" "p99"
+for mode in none memory redis governor; do
+  port=$(free_port)
+  ./target/release/bench-server "$mode" --listen "127.0.0.1:$port" --redis "redis://127.0.0.1:$redis_port" >/dev/null &
+  server_pid=$!
+  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/api/hello" >/dev/null 2>&1 && break; sleep 0.1; done
+  wrk -t2 -c"$connections" -d2s "http://127.0.0.1:$port/api/hello" >/dev/null   # warm-up
+  out=$(wrk -t2 -c"$connections" -d"${seconds}s" --latency "http://127.0.0.1:$port/api/hello")
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  non2xx=$(echo "$out" | awk '/Non-2xx/ {print $4}')
+  printf '%-10s %14s %12s %12s %s\n' "$mode" "$rps" "$p50" "$p99" "${non2xx:+($non2xx non-2xx)}"
+  kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
+done

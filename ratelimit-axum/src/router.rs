@@ -1,0 +1,117 @@
+//! Wiring: the layer for an axum app, and the one-liner that installs it.
+//!
+//! [`layer`] builds a [`RateLimitLayer`] that plans with the configuration's [`RuleSet`] and
+//! finds the client's socket address in axum's [`ConnectInfo`]. [`RouterExt::rate_limit`]
+//! installs it on a [`Router`]. Serve the app with
+//! [`into_make_service_with_connect_info::<SocketAddr>()`](Router::into_make_service_with_connect_info)
+//! so that the peer is known: without it, IP keys cannot be found and requests are handled as
+//! `on_missing_key` says.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use http::Extensions;
+use ratelimit_core::{Config, RateLimiter};
+use ratelimit_tower::{PeerAddr, RateLimitLayer};
+
+use crate::rules::RuleSet;
+
+/// The socket peer of a request: axum's `ConnectInfo<SocketAddr>`, else a
+/// [`PeerAddr`] left by another server.
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use axum::extract::ConnectInfo;
+/// use ratelimit_axum::connect_info_peer;
+///
+/// let peer: SocketAddr = "192.0.2.1:4000".parse()?;
+/// let mut extensions = http::Extensions::new();
+/// assert_eq!(connect_info_peer(&extensions), None);
+/// extensions.insert(ConnectInfo(peer));
+/// assert_eq!(connect_info_peer(&extensions), Some(peer));
+/// # Ok::<(), std::net::AddrParseError>(())
+/// ```
+pub fn connect_info_peer(extensions: &Extensions) -> Option<SocketAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0)
+        .or_else(|| extensions.get::<PeerAddr>().map(|peer| peer.0))
+}
+
+/// The layer for `limiter`'s configuration: its rules (see [`RuleSet`]), header families and
+/// shadow flag, with the peer read by [`connect_info_peer`].
+///
+/// Without rules, every request gets the top-level policy, as with
+/// [`RateLimitLayer::from_limiter`].
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{Router, routing::get};
+/// use ratelimit_core::{Config, RateLimiter};
+///
+/// let limiter = RateLimiter::new_lazy(Config::new(100, Duration::from_secs(60)))?;
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { "hello" }))
+///     .layer(ratelimit_axum::layer(limiter));
+/// # drop(app);
+/// # Ok::<(), ratelimit_core::Error>(())
+/// ```
+pub fn layer(limiter: RateLimiter) -> RateLimitLayer {
+    let rules = RuleSet::from_config(limiter.config());
+    RateLimitLayer::from_limiter(limiter)
+        .with_planner(rules)
+        .with_peer_lookup(connect_info_peer)
+}
+
+/// [`layer`] for a limiter built from `config` without I/O (Redis connects on first use), or
+/// why `config` is refused.
+///
+/// ```
+/// use std::time::Duration;
+/// use ratelimit_core::Config;
+///
+/// let layer = ratelimit_axum::layer_from_config(Config::new(100, Duration::from_secs(60)))?;
+/// assert!(ratelimit_axum::layer_from_config(Config::new(0, Duration::from_secs(60))).is_err());
+/// # drop(layer);
+/// # Ok::<(), ratelimit_core::Error>(())
+/// ```
+pub fn layer_from_config(config: Config) -> Result<RateLimitLayer, ratelimit_core::Error> {
+    Ok(layer(RateLimiter::new_lazy(config)?))
+}
+
+/// Rate limiting for an axum [`Router`] in one call.
+///
+/// Like [`Router::layer`], it applies to the routes (and fallback) added before it: call it
+/// last. Install it on the outermost router; rules match the full path even behind
+/// [`Router::nest`].
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use std::time::Duration;
+/// use axum::{Router, routing::get};
+/// use ratelimit_axum::RouterExt;
+/// use ratelimit_core::{Config, RateLimiter};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let limiter = RateLimiter::new(Config::new(100, Duration::from_secs(60))).await?;
+/// let app = Router::new()
+///     .route("/", get(|| async { "hello" }))
+///     .rate_limit(&limiter);
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>());
+/// # drop(server); Ok(()) }
+/// ```
+pub trait RouterExt<S> {
+    /// `self` with [`layer`]`(limiter.clone())` applied.
+    fn rate_limit(self, limiter: &RateLimiter) -> Self;
+}
+
+impl<S> RouterExt<S> for Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    fn rate_limit(self, limiter: &RateLimiter) -> Self {
+        self.layer(layer(limiter.clone()))
+    }
+}
