@@ -152,6 +152,34 @@ impl Decision {
         }
     }
 
+    /// The same decision seen `elapsed` later: the waits are shorter by that much.
+    pub(crate) fn elapsed_by(mut self, elapsed: Duration) -> Self {
+        self.reset_after = self.reset_after.saturating_sub(elapsed);
+        self.retry_after = self.retry_after.map(|r| r.saturating_sub(elapsed));
+        self
+    }
+
+    /// The same decision with another count of permits left.
+    pub(crate) fn with_remaining(mut self, remaining: u64) -> Self {
+        self.remaining = remaining;
+        self
+    }
+
+    /// A fallback's decision without state: `allowed` or not, retry after `retry_after`.
+    pub(crate) fn fallback(
+        allowed: bool,
+        windows: &[Window],
+        mode: FallbackMode,
+        retry_after: Duration,
+    ) -> Self {
+        let mut decision = Self::stateless(allowed, windows, Source::Fallback(mode));
+        if !allowed {
+            decision.retry_after = Some(retry_after);
+            decision.reset_after = retry_after;
+        }
+        decision
+    }
+
     /// The same decision, attributed to another source.
     pub fn with_source(mut self, source: Source) -> Self {
         self.source = source;

@@ -147,6 +147,31 @@ impl Default for KeyBuilder {
     }
 }
 
+/// The longest local key: policy name (≤ 64), separator, tag, separator, identity (≤ 64).
+pub(crate) const MAX_KEY: usize = 64 + 1 + 2 + 1 + MAX_PLAIN_IDENTITY;
+
+/// `<policy>\0<tag>\0<identity>` in `buffer`; never longer than [`MAX_KEY`].
+pub(crate) fn store_key<'b>(
+    buffer: &'b mut [u8; MAX_KEY],
+    policy: &Policy,
+    identity: Identity<'_>,
+) -> &'b [u8] {
+    let parts: [&[u8]; 5] = [
+        policy.name().as_bytes(),
+        b"\0",
+        policy.algorithm().key_tag().as_bytes(),
+        b"\0",
+        identity.as_str().as_bytes(),
+    ];
+    let mut len = 0;
+    for part in parts {
+        let take = part.len().min(MAX_KEY - len);
+        buffer[len..len + take].copy_from_slice(&part[..take]);
+        len += take;
+    }
+    &buffer[..len]
+}
+
 /// Checks a key prefix: printable ASCII without braces, so it cannot open a hash tag.
 pub(crate) fn is_valid_prefix(prefix: &str) -> bool {
     prefix.len() <= 64

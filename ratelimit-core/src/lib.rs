@@ -32,24 +32,31 @@
 //!   the Lua scripts).
 //! - [`backend`]: where state lives: Redis standalone, Redis Cluster, memory.
 //! - [`clock`]: real and fake time for the in-memory backend.
+//! - [`breaker`]: the circuit breaker in front of Redis.
+//! - `cache` and `fallback` (private): decisions answered locally, and what answers while Redis
+//!   cannot.
 //! - [`limiter`]: [`RateLimiter`], which ties them together.
 //! - [`scripts`]: the Lua scripts, embedded.
 
 pub mod algorithm;
 pub mod backend;
+pub mod breaker;
+mod cache;
 pub mod clock;
 pub mod config;
 pub mod decision;
 mod error;
+mod fallback;
 pub mod key;
 pub mod limiter;
 pub mod policy;
 pub mod scripts;
 
+pub use cache::CacheStats;
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use config::{CacheConfig, Config, ConfigError, FallbackConfig, RedisConfig, RedisMode};
 pub use decision::{Decision, FallbackMode, Source};
 pub use error::Error;
 pub use key::{Identity, KeyBuilder};
-pub use limiter::RateLimiter;
+pub use limiter::{LimiterStats, RateLimiter};
 pub use policy::{Algorithm, Policy, PolicyError, Window};

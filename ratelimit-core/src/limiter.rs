@@ -3,11 +3,14 @@
 use std::sync::Arc;
 
 use crate::backend::{MemoryBackend, RedisBackend};
+use crate::breaker::{Admission, BreakerState, BreakerStats, CircuitBreaker};
+use crate::cache::{CacheStats, DecisionCache, Reservation};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::decision::{Decision, Source};
 use crate::error::Error;
-use crate::key::{Identity, KeyBuilder};
+use crate::fallback::Fallback;
+use crate::key::{Identity, KeyBuilder, MAX_KEY, store_key};
 use crate::policy::Policy;
 
 /// Answers whether a key may proceed, for a default policy or any other.
@@ -41,7 +44,32 @@ struct Inner {
 #[derive(Debug)]
 enum Backend {
     Memory(MemoryBackend),
-    Redis(Box<RedisBackend>),
+    Redis(Box<Guarded>),
+}
+
+/// Redis, with what protects the service from it: the cache, the breaker, the fallback.
+#[derive(Debug)]
+struct Guarded {
+    redis: RedisBackend,
+    clock: Arc<dyn Clock>,
+    cache: Option<DecisionCache>,
+    breaker: CircuitBreaker,
+    fallback: Fallback,
+}
+
+/// What the limiter has done so far, for operators and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimiterStats {
+    /// The circuit breaker's state (always closed for the in-memory backend).
+    pub breaker: Option<BreakerState>,
+    /// Breaker transitions.
+    pub breaker_transitions: BreakerStats,
+    /// Decisions made by the fallback.
+    pub fallback_decisions: u64,
+    /// What the cache answered.
+    pub cache: CacheStats,
+    /// Bytes the cache holds, by its own weighing.
+    pub cache_bytes: u64,
 }
 
 impl RateLimiter {
@@ -49,8 +77,8 @@ impl RateLimiter {
     /// an unreachable Redis is an error here.
     pub async fn new(config: Config) -> Result<Self, Error> {
         let limiter = Self::new_lazy(config)?;
-        if let Backend::Redis(redis) = &limiter.inner.backend {
-            redis.connect().await?;
+        if let Backend::Redis(guarded) = &limiter.inner.backend {
+            guarded.redis.connect().await?;
         }
         Ok(limiter)
     }
@@ -59,22 +87,55 @@ impl RateLimiter {
     /// first use. For building inside synchronous code, such as a tower layer.
     pub fn new_lazy(config: Config) -> Result<Self, Error> {
         config.validate()?;
+        let clock: Arc<dyn Clock> = config
+            .clock
+            .clone()
+            .unwrap_or_else(|| Arc::new(SystemClock::new()));
         let backend = match config.redis() {
-            Some(redis) => Backend::Redis(Box::new(RedisBackend::new(
-                redis,
-                KeyBuilder::new(config.prefix()),
-            )?)),
-            None => {
-                let clock: Arc<dyn Clock> = config
-                    .clock
-                    .clone()
-                    .unwrap_or_else(|| Arc::new(SystemClock::new()));
-                Backend::Memory(MemoryBackend::new(clock, config.memory().max_keys()))
+            Some(redis) => {
+                let fallback = config.fallback();
+                Backend::Redis(Box::new(Guarded {
+                    redis: RedisBackend::new(redis, KeyBuilder::new(config.prefix()))?,
+                    cache: config
+                        .cache()
+                        .enabled()
+                        .then(|| DecisionCache::new(config.cache())),
+                    breaker: CircuitBreaker::new(
+                        fallback.circuit_breaker_threshold(),
+                        fallback.cool_down(),
+                    ),
+                    fallback: Fallback::new(
+                        fallback.mode(),
+                        clock.clone(),
+                        config.memory().max_keys(),
+                        fallback.cool_down(),
+                    ),
+                    clock,
+                }))
             }
+            None => Backend::Memory(MemoryBackend::new(clock, config.memory().max_keys())),
         };
         Ok(Self {
             inner: Arc::new(Inner { config, backend }),
         })
+    }
+
+    /// What the limiter has done so far: breaker, fallback, cache.
+    pub fn stats(&self) -> LimiterStats {
+        match &self.inner.backend {
+            Backend::Memory(_) => LimiterStats::default(),
+            Backend::Redis(guarded) => LimiterStats {
+                breaker: Some(guarded.breaker.state()),
+                breaker_transitions: guarded.breaker.stats(),
+                fallback_decisions: guarded.fallback.events(),
+                cache: guarded
+                    .cache
+                    .as_ref()
+                    .map(DecisionCache::stats)
+                    .unwrap_or_default(),
+                cache_bytes: guarded.cache.as_ref().map_or(0, DecisionCache::weight),
+            },
+        }
     }
 
     /// The configuration in force.
@@ -152,8 +213,13 @@ impl RateLimiter {
                 memory.reset(policy, identity);
                 Source::Memory
             }
-            Backend::Redis(redis) => {
-                redis.reset(policy, identity).await?;
+            Backend::Redis(guarded) => {
+                guarded.fallback.reset(policy, identity);
+                if let Some(cache) = &guarded.cache {
+                    let mut buffer = [0u8; MAX_KEY];
+                    cache.forget(store_key(&mut buffer, policy, identity));
+                }
+                guarded.redis.reset(policy, identity).await?;
                 Source::Redis
             }
         };
@@ -181,14 +247,66 @@ impl RateLimiter {
                     Source::Memory,
                 ))
             }
-            Backend::Redis(redis) => {
-                let outcome = redis.evaluate(policy, identity, cost, consume).await?;
-                Ok(Decision::from_outcome(
-                    outcome,
-                    policy.windows(),
-                    Source::Redis,
-                ))
+            Backend::Redis(guarded) => guarded.evaluate(policy, identity, cost, consume).await,
+        }
+    }
+}
+
+impl Guarded {
+    /// Cache, then breaker, then Redis; the fallback when Redis cannot answer.
+    async fn evaluate(
+        &self,
+        policy: &Policy,
+        identity: Identity<'_>,
+        cost: u64,
+        consume: bool,
+    ) -> Result<Decision, Error> {
+        let mut buffer = [0u8; MAX_KEY];
+        let key = store_key(&mut buffer, policy, identity);
+        let now = self.clock.now_micros();
+        if let Some(cache) = &self.cache
+            && let Some(decision) = cache.lookup(key, cost, consume, now)
+        {
+            return Ok(decision);
+        }
+        if self.breaker.admit(now) == Admission::Reject {
+            return Ok(self.fallback.decide(policy, identity, cost, consume));
+        }
+        let reserve = match &self.cache {
+            Some(cache) => cache.reservation(key, cost, consume, policy.smallest_limit()),
+            None => Reservation::Exact,
+        };
+        let asked = match reserve {
+            Reservation::Exact => cost,
+            Reservation::Lease(size) => size,
+        };
+        let mut granted = asked;
+        let mut result = self.redis.evaluate(policy, identity, asked, consume).await;
+        if asked > cost && matches!(&result, Ok(outcome) if !outcome.allowed) {
+            // The lease did not fit; the request itself may.
+            granted = cost;
+            result = self.redis.evaluate(policy, identity, cost, consume).await;
+        }
+        match result {
+            Ok(outcome) => {
+                self.breaker.on_success();
+                let granted = if outcome.allowed { granted } else { cost };
+                let mut decision = Decision::from_outcome(outcome, policy.windows(), Source::Redis);
+                if granted > cost {
+                    // Permits reserved for this instance are still the client's to spend.
+                    decision = decision.with_remaining(decision.remaining() + granted - cost);
+                }
+                if let Some(cache) = &self.cache {
+                    cache.record(key, cost, granted, &decision, self.clock.now_micros());
+                }
+                Ok(decision)
             }
+            Err(error) if error.is_backend_failure() => {
+                tracing::debug!(%error, "redis failed; fallback answers");
+                self.breaker.on_failure(self.clock.now_micros());
+                Ok(self.fallback.decide(policy, identity, cost, consume))
+            }
+            Err(error) => Err(error),
         }
     }
 }

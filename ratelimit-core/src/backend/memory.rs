@@ -12,13 +12,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::algorithm::{FixedCounter, Request, Tat, Verdict, fixed_window, gcra, sliding_log};
 use crate::clock::Clock;
-use crate::key::{Identity, MAX_PLAIN_IDENTITY};
+use crate::key::{Identity, MAX_KEY, store_key};
 use crate::policy::{Algorithm, Policy};
 
 const SHARDS: usize = 64;
 const SWEEP_EVERY: u32 = 4096;
-/// Policy name (≤ 64), separator, tag, separator, identity (≤ 64).
-const MAX_KEY: usize = 64 + 1 + 2 + 1 + MAX_PLAIN_IDENTITY;
 
 /// Per-window state is kept by window length, as Redis keys it (`:tb:<ms>`, `:fw:<ms>`), so
 /// a policy whose windows change keeps the state of the windows it still has.
@@ -172,28 +170,6 @@ impl MemoryBackend {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// `<policy>\0<tag>\0<identity>` in `buffer`; never longer than [`MAX_KEY`].
-fn store_key<'b>(
-    buffer: &'b mut [u8; MAX_KEY],
-    policy: &Policy,
-    identity: Identity<'_>,
-) -> &'b [u8] {
-    let parts: [&[u8]; 5] = [
-        policy.name().as_bytes(),
-        b"\0",
-        policy.algorithm().key_tag().as_bytes(),
-        b"\0",
-        identity.as_str().as_bytes(),
-    ];
-    let mut len = 0;
-    for part in parts {
-        let take = part.len().min(MAX_KEY - len);
-        buffer[len..len + take].copy_from_slice(&part[..take]);
-        len += take;
-    }
-    &buffer[..len]
 }
 
 fn fresh(policy: &Policy) -> State {

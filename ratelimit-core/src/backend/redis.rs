@@ -70,7 +70,17 @@ impl RedisBackend {
         let reply: Vec<i64> = self
             .bounded(async {
                 let mut connection = self.connector.get().await?;
-                Ok(call.invoke_async(&mut connection).await?)
+                match call.invoke_async(&mut connection).await {
+                    // One retry, inside the same deadline, and only when the connection broke:
+                    // the connection manager has begun reconnecting. (If the script ran before
+                    // the connection broke, the retry counts the request twice: a false denial
+                    // at worst, never an admission over the limit.)
+                    Err(e) if is_broken_connection(&e) => {
+                        let mut connection = self.connector.get().await?;
+                        Ok(call.invoke_async(&mut connection).await?)
+                    }
+                    other => Ok(other?),
+                }
             })
             .await?;
         scripts::outcome(&reply)
@@ -95,6 +105,11 @@ impl RedisBackend {
             .await
             .map_err(|_| Error::Timeout(self.timeout))?
     }
+}
+
+/// A connection that broke under the call (as opposed to a slow or refusing server).
+fn is_broken_connection(error: &redis::RedisError) -> bool {
+    error.is_connection_dropped() || (error.is_io_error() && !error.is_timeout())
 }
 
 /// Unique members for sliding logs: a random per-process prefix and a counter, so two calls in

@@ -14,8 +14,11 @@ use super::http::{
     AllowList, HeaderFamilies, HttpConfig, IpBlock, KeySource, MissingKey, Rule, RuleMatch,
 };
 use super::locate;
+/// Permits a lease reserves when `lease_size` is not given.
+const DEFAULT_LEASE_SIZE: u64 = 20;
+
 use super::model::{
-    CacheConfig, Config, FallbackConfig, MemoryConfig, Overrides, RedisConfig, RedisMode,
+    CacheConfig, CacheMode, Config, FallbackConfig, MemoryConfig, Overrides, RedisConfig, RedisMode,
 };
 use super::units::{parse_duration, parse_size};
 use crate::decision::FallbackMode;
@@ -185,6 +188,15 @@ struct CacheSection {
     enabled: Option<bool>,
     ttl: Option<HumanDuration>,
     max_size: Option<HumanSize>,
+    mode: Option<CacheModeName>,
+    lease_size: Option<u64>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum CacheModeName {
+    Exact,
+    Lease,
 }
 
 #[derive(Deserialize)]
@@ -279,6 +291,12 @@ impl RateLimiterSection {
                 enabled: cache.enabled.unwrap_or(true),
                 ttl: cache.ttl.map_or(defaults.ttl, |t| t.0),
                 max_size: cache.max_size.map_or(defaults.max_size, |s| s.0),
+                mode: match cache.mode {
+                    None | Some(CacheModeName::Exact) => CacheMode::Exact,
+                    Some(CacheModeName::Lease) => CacheMode::Lease {
+                        size: cache.lease_size.unwrap_or(DEFAULT_LEASE_SIZE),
+                    },
+                },
             };
         }
         if let Some(fallback) = self.fallback {

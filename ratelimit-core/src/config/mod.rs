@@ -17,6 +17,6 @@ pub use http::{
     AllowList, HeaderFamilies, HttpConfig, IpBlock, KeySource, MissingKey, Rule, RuleMatch,
 };
 pub use model::{
-    CacheConfig, Config, FallbackConfig, MemoryConfig, Overrides, RedisConfig, RedisMode,
+    CacheConfig, CacheMode, Config, FallbackConfig, MemoryConfig, Overrides, RedisConfig, RedisMode,
 };
 pub use units::{parse_duration, parse_size};

@@ -143,12 +143,27 @@ impl RedisConfig {
     }
 }
 
+/// Which decisions the cache may answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheMode {
+    /// Only denials, until their `retry_after`: exact (the default).
+    #[default]
+    Exact,
+    /// Denials, and allowed decisions from leases of up to `size` permits reserved in Redis and
+    /// spent locally for at most the cache's `ttl`. Fewer Redis calls, measured inaccuracy.
+    Lease {
+        /// The most permits one lease reserves.
+        size: u64,
+    },
+}
+
 /// The `cache` section: decisions answered locally.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheConfig {
     pub(crate) enabled: bool,
     pub(crate) ttl: Duration,
     pub(crate) max_size: u64,
+    pub(crate) mode: CacheMode,
 }
 
 impl CacheConfig {
@@ -158,7 +173,19 @@ impl CacheConfig {
             enabled: true,
             ttl,
             max_size,
+            mode: CacheMode::Exact,
         }
+    }
+
+    /// Lets the cache answer allowed decisions too, from leases of up to `size` permits.
+    pub fn with_leases(mut self, size: u64) -> Self {
+        self.mode = CacheMode::Lease { size };
+        self
+    }
+
+    /// Which decisions the cache may answer.
+    pub fn mode(&self) -> CacheMode {
+        self.mode
     }
 
     /// Whether decisions are cached.
@@ -183,6 +210,7 @@ impl Default for CacheConfig {
             enabled: false,
             ttl: Duration::from_millis(500),
             max_size: 100_000_000,
+            mode: CacheMode::Exact,
         }
     }
 }
@@ -496,6 +524,14 @@ impl Config {
                     format!(
                         "must be above 0 and shorter than the shortest window ({shortest:?}): a decision cached longer than its window is stale"
                     ),
+                ));
+            }
+            if let CacheMode::Lease { size } = self.cache.mode
+                && !(2..=10_000).contains(&size)
+            {
+                return Err(ConfigError::invalid(
+                    "rate_limiter.cache.lease_size",
+                    "must be between 2 and 10000",
                 ));
             }
             if self.cache.max_size < 1024 {
