@@ -83,15 +83,15 @@ pub(crate) enum Reservation {
 #[derive(Debug)]
 pub(crate) struct DecisionCache {
     denials: Cache<Box<[u8]>, Denial, ByteWeighter>,
-    leases: Option<(
-        Cache<Box<[u8]>, Arc<Mutex<Lease>>, ByteWeighter>,
-        LeaseRules,
-    )>,
+    leases: Option<(LeaseTable, LeaseRules)>,
     denial_hits: AtomicU64,
     lease_hits: AtomicU64,
     leases_taken: AtomicU64,
     stranded: AtomicU64,
 }
+
+/// Leases by key.
+type LeaseTable = Cache<Box<[u8]>, Arc<Mutex<Lease>>, ByteWeighter>;
 
 #[derive(Debug, Clone, Copy)]
 struct LeaseRules {
