@@ -281,3 +281,104 @@ impl Lease {
             .with_source(Source::Cache)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::Outcome;
+    use crate::policy::Window;
+
+    const WINDOWS: [Window; 1] = [Window::per_second(10)];
+
+    fn decision(allowed: bool, remaining: u64, retry_us: u64) -> Decision {
+        Decision::from_outcome(
+            Outcome {
+                allowed,
+                window_index: 0,
+                remaining,
+                reset_after_us: 1_000_000,
+                retry_after_us: retry_us,
+            },
+            &WINDOWS,
+            Source::Redis,
+        )
+    }
+
+    fn exact() -> DecisionCache {
+        DecisionCache::new(&CacheConfig::new(Duration::from_millis(200), 1_000_000))
+    }
+
+    #[test]
+    fn a_denial_is_answered_until_retry_after_and_not_after() {
+        let cache = exact();
+        cache.record(b"k", 1, 1, &decision(false, 0, 300_000), 1_000);
+        let hit = cache.lookup(b"k", 1, true, 101_000).expect("cached denial");
+        assert!(!hit.allowed());
+        assert_eq!(hit.source(), Source::Cache);
+        assert_eq!(hit.retry_after(), Some(Duration::from_micros(200_000)));
+        assert!(
+            cache.lookup(b"k", 1, true, 301_000).is_none(),
+            "expired at retry_after"
+        );
+        assert_eq!(cache.stats().denial_hits, 1);
+    }
+
+    #[test]
+    fn a_denial_answers_only_requests_costing_as_much_or_more() {
+        let cache = exact();
+        cache.record(b"k", 3, 3, &decision(false, 2, 300_000), 0);
+        assert!(
+            cache.lookup(b"k", 1, true, 10).is_none(),
+            "a cheaper request may fit"
+        );
+        assert!(cache.lookup(b"k", 3, true, 10).is_some());
+        assert!(cache.lookup(b"k", 5, false, 10).is_some());
+    }
+
+    #[test]
+    fn exact_mode_never_answers_allowed() {
+        let cache = exact();
+        cache.record(b"k", 1, 1, &decision(true, 9, 0), 0);
+        assert!(cache.lookup(b"k", 1, true, 10).is_none());
+        assert_eq!(cache.reservation(b"k", 1, true, 10), Reservation::Exact);
+    }
+
+    #[test]
+    fn leases_are_spent_locally_and_shrink_with_the_quota() {
+        let config = CacheConfig::new(Duration::from_millis(200), 1_000_000).with_leases(8);
+        let cache = DecisionCache::new(&config);
+        assert_eq!(cache.reservation(b"k", 1, true, 100), Reservation::Lease(8));
+        cache.record(b"k", 1, 8, &decision(true, 12, 0), 0);
+        for _ in 0..7 {
+            let hit = cache.lookup(b"k", 1, true, 10).expect("lease permit");
+            assert!(hit.allowed());
+            assert_eq!(hit.source(), Source::Cache);
+        }
+        assert!(cache.lookup(b"k", 1, true, 10).is_none(), "lease spent");
+        assert!(
+            cache.lookup(b"k", 1, false, 10).is_none(),
+            "peeks go to Redis"
+        );
+        // Redis said 12 were left: the next lease takes at most half.
+        assert_eq!(cache.reservation(b"k", 1, true, 100), Reservation::Lease(6));
+        cache.record(b"k", 1, 2, &decision(true, 1, 0), 20);
+        assert_eq!(cache.reservation(b"k", 1, true, 100), Reservation::Exact);
+        // An unused lease that is replaced counts as stranded.
+        assert_eq!(cache.stats().stranded_permits, 0);
+        cache.record(b"k", 1, 3, &decision(true, 5, 0), 30);
+        assert_eq!(cache.stats().stranded_permits, 1);
+        assert!(
+            cache.lookup(b"k", 1, true, 30 + 200_000).is_none(),
+            "expired after ttl"
+        );
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_byte_budget() {
+        let cache = DecisionCache::new(&CacheConfig::new(Duration::from_millis(200), 64 * 1024));
+        for i in 0..100_000u32 {
+            cache.record(&i.to_be_bytes(), 1, 1, &decision(false, 0, 1_000_000), 0);
+        }
+        assert!(cache.weight() <= 64 * 1024, "{} bytes", cache.weight());
+    }
+}
