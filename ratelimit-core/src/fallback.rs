@@ -39,6 +39,10 @@ impl Fallback {
         }
     }
 
+    pub(crate) fn mode(&self) -> FallbackMode {
+        self.mode
+    }
+
     /// Decisions made by the fallback so far.
     pub(crate) fn events(&self) -> u64 {
         self.events.load(Ordering::Relaxed)

@@ -36,6 +36,7 @@
 //! - `cache` and `fallback` (private): decisions answered locally, and what answers while Redis
 //!   cannot.
 //! - [`limiter`]: [`RateLimiter`], which ties them together.
+//! - [`metrics`]: the Prometheus families.
 //! - [`scripts`]: the Lua scripts, embedded.
 
 pub mod algorithm;
@@ -49,6 +50,7 @@ mod error;
 mod fallback;
 pub mod key;
 pub mod limiter;
+pub mod metrics;
 pub mod policy;
 pub mod scripts;
 
@@ -59,4 +61,5 @@ pub use decision::{Decision, FallbackMode, Source};
 pub use error::Error;
 pub use key::{Identity, KeyBuilder};
 pub use limiter::{LimiterStats, RateLimiter};
+pub use metrics::Metrics;
 pub use policy::{Algorithm, Policy, PolicyError, Window};

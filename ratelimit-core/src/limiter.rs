@@ -11,6 +11,7 @@ use crate::decision::{Decision, Source};
 use crate::error::Error;
 use crate::fallback::Fallback;
 use crate::key::{Identity, KeyBuilder, MAX_KEY, store_key};
+use crate::metrics::{Metrics, Operation, error_kind};
 use crate::policy::Policy;
 
 /// Answers whether a key may proceed, for a default policy or any other.
@@ -39,6 +40,7 @@ pub struct RateLimiter {
 struct Inner {
     config: Config,
     backend: Backend,
+    metrics: Metrics,
 }
 
 #[derive(Debug)]
@@ -55,6 +57,7 @@ struct Guarded {
     cache: Option<DecisionCache>,
     breaker: CircuitBreaker,
     fallback: Fallback,
+    metrics: Metrics,
 }
 
 /// What the limiter has done so far, for operators and tests.
@@ -91,6 +94,7 @@ impl RateLimiter {
             .clock
             .clone()
             .unwrap_or_else(|| Arc::new(SystemClock::new()));
+        let metrics = Metrics::new();
         let backend = match config.redis() {
             Some(redis) => {
                 let fallback = config.fallback();
@@ -111,13 +115,24 @@ impl RateLimiter {
                         fallback.cool_down(),
                     ),
                     clock,
+                    metrics: metrics.clone(),
                 }))
             }
             None => Backend::Memory(MemoryBackend::new(clock, config.memory().max_keys())),
         };
         Ok(Self {
-            inner: Arc::new(Inner { config, backend }),
+            inner: Arc::new(Inner {
+                config,
+                backend,
+                metrics,
+            }),
         })
+    }
+
+    /// The limiter's Prometheus families: register them in your `Registry` with
+    /// [`Metrics::register`].
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// What the limiter has done so far: breaker, fallback, cache.
@@ -219,7 +234,15 @@ impl RateLimiter {
                     let mut buffer = [0u8; MAX_KEY];
                     cache.forget(store_key(&mut buffer, policy, identity));
                 }
-                guarded.redis.reset(policy, identity).await?;
+                let started = std::time::Instant::now();
+                let result = guarded.redis.reset(policy, identity).await;
+                guarded
+                    .metrics
+                    .redis_latency(Operation::reset, started.elapsed());
+                if let Err(error) = &result {
+                    guarded.metrics.redis_error(error_kind(error));
+                }
+                result?;
                 Source::Redis
             }
         };
@@ -238,17 +261,17 @@ impl RateLimiter {
             return Err(Error::CostAboveLimit { cost, limit });
         }
         let identity = Identity::new(key);
-        match &self.inner.backend {
+        let decision = match &self.inner.backend {
             Backend::Memory(memory) => {
                 let verdict = memory.evaluate(policy, identity, cost, consume);
-                Ok(Decision::from_outcome(
-                    verdict.outcome(),
-                    policy.windows(),
-                    Source::Memory,
-                ))
+                Decision::from_outcome(verdict.outcome(), policy.windows(), Source::Memory)
             }
-            Backend::Redis(guarded) => guarded.evaluate(policy, identity, cost, consume).await,
+            Backend::Redis(guarded) => guarded.evaluate(policy, identity, cost, consume).await?,
+        };
+        if consume {
+            self.inner.metrics.decision(policy.shared_name(), &decision);
         }
+        Ok(decision)
     }
 }
 
@@ -267,11 +290,18 @@ impl Guarded {
         if let Some(cache) = &self.cache
             && let Some(decision) = cache.lookup(key, cost, consume, now)
         {
+            self.metrics.cache_hit();
             return Ok(decision);
         }
         if self.breaker.admit(now) == Admission::Reject {
-            return Ok(self.fallback.decide(policy, identity, cost, consume));
+            return Ok(self.fall_back(policy, identity, cost, consume));
         }
+        let operation = if consume {
+            Operation::allow
+        } else {
+            Operation::peek
+        };
+        let started = std::time::Instant::now();
         let reserve = match &self.cache {
             Some(cache) => cache.reservation(key, cost, consume, policy.smallest_limit()),
             None => Reservation::Exact,
@@ -287,9 +317,11 @@ impl Guarded {
             granted = cost;
             result = self.redis.evaluate(policy, identity, cost, consume).await;
         }
+        self.metrics.redis_latency(operation, started.elapsed());
         match result {
             Ok(outcome) => {
                 self.breaker.on_success();
+                self.metrics.set_circuit_state(self.breaker.state());
                 let granted = if outcome.allowed { granted } else { cost };
                 let mut decision = Decision::from_outcome(outcome, policy.windows(), Source::Redis);
                 if granted > cost {
@@ -303,10 +335,23 @@ impl Guarded {
             }
             Err(error) if error.is_backend_failure() => {
                 tracing::debug!(%error, "redis failed; fallback answers");
+                self.metrics.redis_error(error_kind(&error));
                 self.breaker.on_failure(self.clock.now_micros());
-                Ok(self.fallback.decide(policy, identity, cost, consume))
+                self.metrics.set_circuit_state(self.breaker.state());
+                Ok(self.fall_back(policy, identity, cost, consume))
             }
             Err(error) => Err(error),
         }
+    }
+
+    fn fall_back(
+        &self,
+        policy: &Policy,
+        identity: Identity<'_>,
+        cost: u64,
+        consume: bool,
+    ) -> Decision {
+        self.metrics.fallback(self.fallback.mode());
+        self.fallback.decide(policy, identity, cost, consume)
     }
 }

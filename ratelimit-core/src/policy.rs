@@ -196,6 +196,11 @@ impl Policy {
         &self.name
     }
 
+    /// The name, shared (for metric labels).
+    pub(crate) fn shared_name(&self) -> &Arc<str> {
+        &self.name
+    }
+
     /// The algorithm.
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm

@@ -5,12 +5,14 @@
 //! by its top-level windows, keyed by client IP); `/health`, `/ready` and `/metrics` never are.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json};
 use axum::routing::{get, post};
+use prometheus_client::registry::Registry;
 use ratelimit_axum::{RateLimited, RouterExt};
 use ratelimit_core::{Config, ConfigError, RateLimiter};
 use serde_json::json;
@@ -27,8 +29,22 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
     }
 }
 
-/// The whole app around `limiter`.
+/// What the operational routes share.
+#[derive(Clone)]
+struct Ops {
+    limiter: RateLimiter,
+    registry: Arc<Registry>,
+}
+
+/// The whole app around `limiter`; its metrics are served on `/metrics`.
 pub fn app(limiter: RateLimiter) -> Router {
+    let mut registry = Registry::default();
+    limiter.metrics().register(&mut registry);
+    app_with_registry(limiter, Arc::new(registry))
+}
+
+/// The whole app, serving `registry` (which should hold the limiter's metrics) on `/metrics`.
+pub fn app_with_registry(limiter: RateLimiter, registry: Arc<Registry>) -> Router {
     let api = Router::new()
         .route("/api/hello", get(hello))
         .route("/api/users/{id}", get(user))
@@ -38,7 +54,7 @@ pub fn app(limiter: RateLimiter) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(limiter);
+        .with_state(Ops { limiter, registry });
     api.merge(ops)
 }
 
@@ -74,7 +90,7 @@ async fn health() -> &'static str {
 
 /// Ready when the configuration is loaded and the backend answers, or its absence is covered
 /// by a fallback that still answers requests.
-async fn ready(State(limiter): State<RateLimiter>) -> impl IntoResponse {
+async fn ready(State(Ops { limiter, .. }): State<Ops>) -> impl IntoResponse {
     let backend = if limiter.uses_redis() {
         "redis"
     } else {
@@ -97,13 +113,22 @@ async fn ready(State(limiter): State<RateLimiter>) -> impl IntoResponse {
     }
 }
 
-/// Prometheus text exposition (the families are added with the observability work).
-async fn metrics() -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        "",
-    )
+/// The registry in the OpenMetrics text format, which Prometheus scrapes.
+async fn metrics(State(Ops { registry, .. }): State<Ops>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        ),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "metrics could not be encoded\n".to_owned(),
+        ),
+    }
 }

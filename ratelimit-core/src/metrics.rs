@@ -1,0 +1,307 @@
+//! Prometheus metrics of a limiter, with `prometheus-client`.
+//!
+//! | family | labels | meaning |
+//! | --- | --- | --- |
+//! | `ratelimiter_requests_total` | `result` (allowed, denied), `window` (`1m`), `rule` | decisions, by the binding window; `rule` is the policy's name (the rule's name under rules, `default` otherwise) |
+//! | `ratelimiter_redis_latency_seconds` | `operation` (allow, peek, reset) | Redis round trips, histogram |
+//! | `ratelimiter_cache_hits_total` | | decisions answered by the local cache |
+//! | `ratelimiter_fallback_events_total` | `mode` (open, closed, local) | decisions made by the fallback |
+//! | `ratelimiter_circuit_state` | `state` (closed, open, half_open) | 1 for the current state, 0 otherwise |
+//! | `ratelimiter_redis_errors_total` | `kind` (timeout, connection, server, other) | failed Redis calls |
+//! | `ratelimiter_config_reloads_total` | `result` (ok, failed) | configuration reloads (counted by the application that reloads) |
+//!
+//! Every label value comes from configuration or a fixed set, never from a request. Recording
+//! a decision allocates nothing: label sets are small `Copy` values and a shared policy name.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::breaker::BreakerState;
+use crate::decision::{Decision, FallbackMode};
+use crate::policy::duration_label;
+
+/// `allowed` or `denied`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+enum Outcome {
+    allowed,
+    denied,
+}
+
+/// A window's length, written like configuration writes it (`1m`) when encoded.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+struct WindowLabel(Duration);
+
+impl EncodeLabelValue for WindowLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&duration_label(self.0))
+    }
+}
+
+/// A policy or rule name from configuration.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct NameLabel(Arc<str>);
+
+impl EncodeLabelValue for NameLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    result: Outcome,
+    window: WindowLabel,
+    rule: NameLabel,
+}
+
+/// The Redis operation timed.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum Operation {
+    allow,
+    peek,
+    reset,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: Operation,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+enum ModeValue {
+    open,
+    closed,
+    local,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    mode: ModeValue,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+enum StateValue {
+    closed,
+    open,
+    half_open,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: StateValue,
+}
+
+/// Why a Redis call failed.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum ErrorKind {
+    timeout,
+    connection,
+    server,
+    other,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    kind: ErrorKind,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+enum ReloadValue {
+    ok,
+    failed,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: ReloadValue,
+}
+
+type LatencyFamily = Family<OperationLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to about 1.6 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 15))
+}
+
+/// The metric families of one limiter. Cheap to clone: clones share the same series.
+///
+/// ```
+/// # async fn demo() -> Result<(), ratelimit_core::Error> {
+/// use std::time::Duration;
+/// use prometheus_client::registry::Registry;
+/// use ratelimit_core::{Config, RateLimiter};
+///
+/// let limiter = RateLimiter::new(Config::new(10, Duration::from_secs(60))).await?;
+/// let mut registry = Registry::default();
+/// limiter.metrics().register(&mut registry);
+/// limiter.allow("user:1").await?;
+/// let mut text = String::new();
+/// prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+/// assert!(text.contains(r#"ratelimiter_requests_total{result="allowed",window="1m",rule="default"} 1"#));
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    redis_latency: LatencyFamily,
+    cache_hits: Counter,
+    fallback_events: Family<ModeLabels, Counter>,
+    circuit_state: Family<StateLabels, Gauge>,
+    redis_errors: Family<ErrorLabels, Counter>,
+    config_reloads: Family<ReloadLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Fresh families, registered nowhere yet.
+    pub fn new() -> Self {
+        let metrics = Self {
+            requests: Family::default(),
+            redis_latency: Family::new_with_constructor(latency_histogram),
+            cache_hits: Counter::default(),
+            fallback_events: Family::default(),
+            circuit_state: Family::default(),
+            redis_errors: Family::default(),
+            config_reloads: Family::default(),
+        };
+        metrics.set_circuit_state(BreakerState::Closed);
+        metrics
+    }
+
+    /// Registers every family in `registry` (yours, or a fresh one).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "ratelimiter_requests",
+            "Rate-limit decisions by result, binding window and rule",
+            self.requests.clone(),
+        );
+        registry.register(
+            "ratelimiter_redis_latency_seconds",
+            "Latency of Redis calls by operation",
+            self.redis_latency.clone(),
+        );
+        registry.register(
+            "ratelimiter_cache_hits",
+            "Decisions answered by the local cache",
+            self.cache_hits.clone(),
+        );
+        registry.register(
+            "ratelimiter_fallback_events",
+            "Decisions made by the fallback while Redis could not answer",
+            self.fallback_events.clone(),
+        );
+        registry.register(
+            "ratelimiter_circuit_state",
+            "Circuit breaker state: 1 for the current state",
+            self.circuit_state.clone(),
+        );
+        registry.register(
+            "ratelimiter_redis_errors",
+            "Failed Redis calls by kind",
+            self.redis_errors.clone(),
+        );
+        registry.register(
+            "ratelimiter_config_reloads",
+            "Configuration reloads by result",
+            self.config_reloads.clone(),
+        );
+    }
+
+    pub(crate) fn decision(&self, rule: &Arc<str>, decision: &Decision) {
+        let labels = RequestLabels {
+            result: if decision.allowed() {
+                Outcome::allowed
+            } else {
+                Outcome::denied
+            },
+            window: WindowLabel(decision.window().duration()),
+            rule: NameLabel(rule.clone()),
+        };
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    pub(crate) fn redis_latency(&self, operation: Operation, latency: Duration) {
+        self.redis_latency
+            .get_or_create(&OperationLabels { operation })
+            .observe(latency.as_secs_f64());
+    }
+
+    pub(crate) fn cache_hit(&self) {
+        self.cache_hits.inc();
+    }
+
+    pub(crate) fn fallback(&self, mode: FallbackMode) {
+        let mode = match mode {
+            FallbackMode::Open => ModeValue::open,
+            FallbackMode::Closed => ModeValue::closed,
+            FallbackMode::Local => ModeValue::local,
+        };
+        self.fallback_events
+            .get_or_create(&ModeLabels { mode })
+            .inc();
+    }
+
+    pub(crate) fn set_circuit_state(&self, state: BreakerState) {
+        for (value, current) in [
+            (StateValue::closed, state == BreakerState::Closed),
+            (StateValue::open, state == BreakerState::Open),
+            (StateValue::half_open, state == BreakerState::HalfOpen),
+        ] {
+            self.circuit_state
+                .get_or_create(&StateLabels { state: value })
+                .set(i64::from(current));
+        }
+    }
+
+    pub(crate) fn redis_error(&self, kind: ErrorKind) {
+        self.redis_errors.get_or_create(&ErrorLabels { kind }).inc();
+    }
+
+    /// Counts a configuration reload, for applications that reload (the limiter itself does not
+    /// read files).
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok {
+            ReloadValue::ok
+        } else {
+            ReloadValue::failed
+        };
+        self.config_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
+    }
+}
+
+/// The kind of a failed Redis call, for `ratelimiter_redis_errors_total`.
+pub(crate) fn error_kind(error: &crate::Error) -> ErrorKind {
+    match error {
+        crate::Error::Timeout(_) => ErrorKind::timeout,
+        crate::Error::Redis(e) if e.is_timeout() => ErrorKind::timeout,
+        crate::Error::Redis(e)
+            if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() =>
+        {
+            ErrorKind::connection
+        }
+        crate::Error::Redis(_) => ErrorKind::server,
+        _ => ErrorKind::other,
+    }
+}
