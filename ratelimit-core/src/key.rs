@@ -6,7 +6,7 @@
 //! `{` and `}`); anything else is replaced by `#` and a SHA-256 prefix, so no client can pick
 //! the slot its keys land in, nor make a large key.
 
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
 use crate::policy::Policy;
 
@@ -64,6 +64,26 @@ impl<'a> Identity<'a> {
         }
     }
 
+    /// A short, stable digest of the identity (16 hex digits of SHA-256), for logs and traces,
+    /// where the identity itself (an IP, an API key) must not appear.
+    ///
+    /// ```
+    /// use ratelimit_core::Identity;
+    /// let digest = Identity::new(b"user:42").digest();
+    /// assert_eq!(digest.as_str().len(), 16);
+    /// assert!(digest.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
+    /// ```
+    pub fn digest(&self) -> Digest {
+        let hash = Sha256::digest(self.as_str().as_bytes());
+        let mut out = [0u8; 16];
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, byte) in hash.iter().take(8).enumerate() {
+            out[2 * i] = HEX[usize::from(byte >> 4)];
+            out[2 * i + 1] = HEX[usize::from(byte & 0x0f)];
+        }
+        Digest(out)
+    }
+
     /// Whether the raw identity was replaced by its hash.
     pub fn is_hashed(&self) -> bool {
         matches!(self.repr, Repr::Hashed(_))
@@ -76,6 +96,17 @@ impl<'a> Identity<'a> {
             // Only ASCII hex and '#' were written.
             Repr::Hashed(bytes) => std::str::from_utf8(bytes).unwrap_or("#"),
         }
+    }
+}
+
+/// A digest of an identity, printable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Digest([u8; 16]);
+
+impl Digest {
+    /// The digest as 16 hex digits.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("")
     }
 }
 

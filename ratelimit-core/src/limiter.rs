@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use crate::backend::{MemoryBackend, RedisBackend};
 use crate::breaker::{Admission, BreakerState, BreakerStats, CircuitBreaker};
 use crate::cache::{CacheStats, DecisionCache, Reservation};
@@ -261,13 +263,45 @@ impl RateLimiter {
             return Err(Error::CostAboveLimit { cost, limit });
         }
         let identity = Identity::new(key);
+        // One span a decision; building it costs nothing when no subscriber wants it.
+        let span = tracing::debug_span!(
+            "ratelimit.decision",
+            policy = policy.name(),
+            rule = policy.name(),
+            key_hash = tracing::field::Empty,
+            cost,
+            result = tracing::field::Empty,
+            source = tracing::field::Empty,
+            latency_us = tracing::field::Empty,
+        );
+        let started = (!span.is_disabled()).then(|| {
+            span.record("key_hash", identity.digest().as_str());
+            std::time::Instant::now()
+        });
         let decision = match &self.inner.backend {
             Backend::Memory(memory) => {
                 let verdict = memory.evaluate(policy, identity, cost, consume);
                 Decision::from_outcome(verdict.outcome(), policy.windows(), Source::Memory)
             }
-            Backend::Redis(guarded) => guarded.evaluate(policy, identity, cost, consume).await?,
+            Backend::Redis(guarded) => {
+                guarded
+                    .evaluate(policy, identity, cost, consume)
+                    .instrument(span.clone())
+                    .await?
+            }
         };
+        if let Some(started) = started {
+            span.record(
+                "result",
+                if decision.allowed() {
+                    "allowed"
+                } else {
+                    "denied"
+                },
+            );
+            span.record("source", decision.source().name());
+            span.record("latency_us", started.elapsed().as_micros() as u64);
+        }
         if consume {
             self.inner.metrics.decision(policy.shared_name(), &decision);
         }
