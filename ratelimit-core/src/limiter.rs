@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::decision::{Decision, Source};
 use crate::error::Error;
 use crate::fallback::Fallback;
+use crate::invariants::{self, Invariant, Invariants};
 use crate::key::{Identity, KeyBuilder, MAX_KEY, store_key};
 use crate::metrics::{Metrics, Operation, error_kind};
 use crate::policy::Policy;
@@ -135,6 +136,57 @@ impl RateLimiter {
     /// [`Metrics::register`].
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Checks the invariants now (one bounded `SCAN` a node for keys without TTL), records them
+    /// in `ratelimiter_invariant_ok`, and returns them.
+    pub async fn check_invariants(&self) -> Invariants {
+        let config_loaded = Invariant {
+            name: "config_loaded",
+            ok: true,
+            detail: self.inner.config.source().map_or_else(
+                || "built in code".to_owned(),
+                |path| path.display().to_string(),
+            ),
+        };
+        let (redis_healthy, no_stuck_keys, breaker) = match &self.inner.backend {
+            Backend::Memory(_) => (
+                Invariant {
+                    name: "redis_healthy",
+                    ok: true,
+                    detail: "in-memory backend".to_owned(),
+                },
+                Invariant {
+                    name: "no_stuck_keys",
+                    ok: true,
+                    detail: "in-memory backend: state expires in process".to_owned(),
+                },
+                invariants::breaker(None),
+            ),
+            Backend::Redis(guarded) => {
+                let ping = guarded.redis.ping().await;
+                let stuck = guarded.redis.stuck_keys().await;
+                (
+                    Invariant {
+                        name: "redis_healthy",
+                        ok: ping.is_ok(),
+                        detail: ping.map_or_else(|e| e.to_string(), |()| "PING answered".into()),
+                    },
+                    Invariant {
+                        name: "no_stuck_keys",
+                        ok: matches!(&stuck, Ok(keys) if keys.is_empty()),
+                        detail: match stuck {
+                            Ok(keys) => format!("{} keys without a TTL", keys.len()),
+                            Err(e) => format!("scan failed: {e}"),
+                        },
+                    },
+                    invariants::breaker(Some(guarded.breaker.state())),
+                )
+            }
+        };
+        let report = Invariants::new(vec![config_loaded, redis_healthy, breaker, no_stuck_keys]);
+        self.inner.metrics.invariants(&report);
+        report
     }
 
     /// What the limiter has done so far: breaker, fallback, cache.

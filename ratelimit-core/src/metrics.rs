@@ -9,6 +9,7 @@
 //! | `ratelimiter_circuit_state` | `state` (closed, open, half_open) | 1 for the current state, 0 otherwise |
 //! | `ratelimiter_redis_errors_total` | `kind` (timeout, connection, server, other) | failed Redis calls |
 //! | `ratelimiter_config_reloads_total` | `result` (ok, failed) | configuration reloads (counted by the application that reloads) |
+//! | `ratelimiter_invariant_ok` | `invariant` | 1 when the invariant held at its last check |
 //!
 //! Every label value comes from configuration or a fixed set, never from a request. Recording
 //! a decision allocates nothing: label sets are small `Copy` values and a shared policy name.
@@ -130,6 +131,11 @@ struct ReloadLabels {
     result: ReloadValue,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InvariantLabels {
+    invariant: &'static str,
+}
+
 type LatencyFamily = Family<OperationLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -164,6 +170,7 @@ pub struct Metrics {
     circuit_state: Family<StateLabels, Gauge>,
     redis_errors: Family<ErrorLabels, Counter>,
     config_reloads: Family<ReloadLabels, Counter>,
+    invariants: Family<InvariantLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -183,6 +190,7 @@ impl Metrics {
             circuit_state: Family::default(),
             redis_errors: Family::default(),
             config_reloads: Family::default(),
+            invariants: Family::default(),
         };
         metrics.set_circuit_state(BreakerState::Closed);
         metrics
@@ -225,6 +233,21 @@ impl Metrics {
             "Configuration reloads by result",
             self.config_reloads.clone(),
         );
+        registry.register(
+            "ratelimiter_invariant_ok",
+            "Whether each invariant held at its last check (1) or not (0)",
+            self.invariants.clone(),
+        );
+    }
+
+    pub(crate) fn invariants(&self, report: &crate::Invariants) {
+        for check in report.iter() {
+            self.invariants
+                .get_or_create(&InvariantLabels {
+                    invariant: check.name,
+                })
+                .set(i64::from(check.ok));
+        }
     }
 
     pub(crate) fn decision(&self, rule: &Arc<str>, decision: &Decision) {

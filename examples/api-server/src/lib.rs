@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Json};
 use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 use ratelimit_axum::{RateLimited, RouterExt};
-use ratelimit_core::{Config, ConfigError, RateLimiter};
+use ratelimit_core::{Config, ConfigError, FallbackMode, RateLimiter};
 use serde_json::json;
 
 /// The built-in demo configuration: `examples/config.yaml`, in memory.
@@ -88,29 +88,46 @@ async fn health() -> &'static str {
     "ok"
 }
 
-/// Ready when the configuration is loaded and the backend answers, or its absence is covered
-/// by a fallback that still answers requests.
+/// Ready when the configuration is loaded and Redis answers, or its absence is covered by a
+/// fallback that still answers requests (`open` or `local`). The body lists every invariant.
 async fn ready(State(Ops { limiter, .. }): State<Ops>) -> impl IntoResponse {
+    let report = limiter.check_invariants().await;
+    let holds = |name: &str| report.get(name).is_some_and(|c| c.ok);
+    let fallback_answers = limiter.config().fallback().mode() != FallbackMode::Closed;
+    let ready = holds("config_loaded") && (holds("redis_healthy") || fallback_answers);
+    let invariants: serde_json::Map<String, serde_json::Value> = report
+        .iter()
+        .map(|c| (c.name.to_owned(), json!({ "ok": c.ok, "detail": c.detail })))
+        .collect();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let backend = if limiter.uses_redis() {
         "redis"
     } else {
         "memory"
     };
-    match limiter.peek("__ready_probe__").await {
-        Ok(_) => (
-            StatusCode::OK,
-            Json(json!({ "ready": true, "backend": backend, "config_loaded": true })),
-        ),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({
-                "ready": false,
-                "backend": backend,
-                "config_loaded": true,
-                "detail": e.to_string(),
-            })),
-        ),
-    }
+    (
+        status,
+        Json(json!({ "ready": ready, "backend": backend, "invariants": invariants })),
+    )
+}
+
+/// Checks the invariants every `period`, so that `ratelimiter_invariant_ok` stays current
+/// between scrapes of `/ready`.
+pub fn spawn_invariant_checks(limiter: RateLimiter, period: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        loop {
+            ticks.tick().await;
+            let report = limiter.check_invariants().await;
+            if !report.all_ok() {
+                tracing::warn!(report = %report, "invariant check failed");
+            }
+        }
+    });
 }
 
 /// The registry in the OpenMetrics text format, which Prometheus scrapes.

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use example_api_server::{app, load_config};
+use example_api_server::{app, load_config, spawn_invariant_checks};
 use ratelimit_core::RateLimiter;
 use tracing_subscriber::EnvFilter;
 
@@ -84,6 +84,7 @@ async fn main() -> ExitCode {
         }
     };
     tracing::info!(listen = %args.listen, backend, "api-server listening");
+    spawn_invariant_checks(limiter.clone(), std::time::Duration::from_secs(30));
     let service = app(limiter).into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, service)
         .with_graceful_shutdown(shutdown_signal())

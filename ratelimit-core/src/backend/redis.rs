@@ -1,7 +1,13 @@
 //! The Redis backend: one script call a decision, on a standalone server or a cluster.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
+
+use super::connection::Connection;
 
 use super::connection::Connector;
 use crate::config::RedisConfig;
@@ -20,7 +26,14 @@ pub struct RedisBackend {
     keys: KeyBuilder,
     timeout: Duration,
     nonce: Nonce,
+    /// Where the stuck-key scan of each node stopped (`""` for a standalone server).
+    scan_cursors: Mutex<HashMap<String, u64>>,
 }
+
+/// Keys examined by one stuck-key scan on each node, at most.
+const SCAN_BUDGET: usize = 5_000;
+/// Keys asked for by one `SCAN` call.
+const SCAN_COUNT: usize = 500;
 
 impl RedisBackend {
     /// A backend for `config`, keys under `keys`; opens no connection yet.
@@ -30,6 +43,7 @@ impl RedisBackend {
             keys,
             timeout: config.timeout(),
             nonce: Nonce::new(),
+            scan_cursors: Mutex::new(HashMap::new()),
         })
     }
 
@@ -96,6 +110,111 @@ impl RedisBackend {
                 .query_async::<()>(&mut connection)
                 .await?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Answers `PING` within the timeout.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.bounded(async {
+            let mut connection = self.connector.get().await?;
+            redis::cmd("PING")
+                .query_async::<()>(&mut connection)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Keys under the prefix that have no TTL, from a bounded `SCAN` of every node that
+    /// continues where the previous call stopped, so successive calls cover the whole keyspace.
+    pub async fn stuck_keys(&self) -> Result<Vec<String>, Error> {
+        let mut connection = self.connector.get().await?;
+        let pattern = format!("{}*", self.keys.prefix());
+        let nodes: Vec<Option<(String, u16)>> = match &mut connection {
+            Connection::Standalone(_) => vec![None],
+            Connection::Cluster(cluster) => {
+                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                let reply = self
+                    .bounded(async {
+                        Ok(cluster.route_command(redis::cmd("PING"), routing).await?)
+                    })
+                    .await?;
+                let redis::Value::Map(replies) = reply else {
+                    return Err(Error::UnexpectedReply("PING to every primary".into()));
+                };
+                replies
+                    .into_iter()
+                    .filter_map(|(address, _)| match address {
+                        redis::Value::BulkString(a) => String::from_utf8(a).ok(),
+                        _ => None,
+                    })
+                    .filter_map(|a| {
+                        let (host, port) = a.rsplit_once(':')?;
+                        Some(Some((host.to_owned(), port.parse().ok()?)))
+                    })
+                    .collect()
+            }
+        };
+        let mut stuck = Vec::new();
+        for node in nodes {
+            let name = node
+                .as_ref()
+                .map_or_else(String::new, |(h, p)| format!("{h}:{p}"));
+            let mut cursor = self
+                .scan_cursors
+                .lock()
+                .map_or(0, |c| c.get(&name).copied().unwrap_or(0));
+            let mut examined = 0;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT);
+                let (next, keys): (u64, Vec<String>) =
+                    self.on_node(&mut connection, &node, scan).await?;
+                for key in keys {
+                    let mut pttl = redis::cmd("PTTL");
+                    pttl.arg(&key);
+                    let ttl: i64 = self.on_node(&mut connection, &node, pttl).await?;
+                    if ttl == -1 {
+                        stuck.push(key);
+                    }
+                }
+                examined += SCAN_COUNT;
+                cursor = next;
+                if cursor == 0 || examined >= SCAN_BUDGET {
+                    break;
+                }
+            }
+            if let Ok(mut cursors) = self.scan_cursors.lock() {
+                cursors.insert(name, cursor);
+            }
+        }
+        Ok(stuck)
+    }
+
+    /// Runs `cmd` on `node` (a cluster primary), or on the standalone server.
+    async fn on_node<T: redis::FromRedisValue>(
+        &self,
+        connection: &mut Connection,
+        node: &Option<(String, u16)>,
+        cmd: redis::Cmd,
+    ) -> Result<T, Error> {
+        self.bounded(async {
+            let value = match (connection, node) {
+                (Connection::Cluster(cluster), Some((host, port))) => {
+                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: *port,
+                    });
+                    cluster.route_command(cmd, routing).await?
+                }
+                (connection, _) => cmd.query_async::<redis::Value>(connection).await?,
+            };
+            redis::from_redis_value(value).map_err(|e| Error::UnexpectedReply(e.to_string()))
         })
         .await
     }
