@@ -45,5 +45,5 @@ pub mod rules;
 
 pub use extract::{RateLimited, RateLimitedRejection};
 pub use ratelimit_tower::RateLimitLayer;
-pub use router::{RouterExt, connect_info_peer, layer, layer_from_config};
+pub use router::{RouterExt, connect_info_peer, layer, layer_from_config, rules_planner};
 pub use rules::RuleSet;

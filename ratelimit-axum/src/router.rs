@@ -58,10 +58,15 @@ pub fn connect_info_peer(extensions: &Extensions) -> Option<SocketAddr> {
 /// # Ok::<(), ratelimit_core::Error>(())
 /// ```
 pub fn layer(limiter: RateLimiter) -> RateLimitLayer {
-    let rules = RuleSet::from_config(limiter.config());
     RateLimitLayer::from_limiter(limiter)
-        .with_planner(rules)
+        .with_planner_builder(rules_planner)
         .with_peer_lookup(connect_info_peer)
+}
+
+/// The rules of `config` as a planner: rebuilt from the new configuration on every reload
+/// (see [`RateLimitLayer::reload_handle`]).
+pub fn rules_planner(config: &Config) -> std::sync::Arc<dyn ratelimit_tower::Planner> {
+    std::sync::Arc::new(RuleSet::from_config(config))
 }
 
 /// [`layer`] for a limiter built from `config` without I/O (Redis connects on first use), or

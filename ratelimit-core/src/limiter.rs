@@ -42,7 +42,7 @@ pub struct RateLimiter {
 #[derive(Debug)]
 struct Inner {
     config: Config,
-    backend: Backend,
+    backend: Arc<Backend>,
     metrics: Metrics,
 }
 
@@ -83,7 +83,7 @@ impl RateLimiter {
     /// an unreachable Redis is an error here.
     pub async fn new(config: Config) -> Result<Self, Error> {
         let limiter = Self::new_lazy(config)?;
-        if let Backend::Redis(guarded) = &limiter.inner.backend {
+        if let Backend::Redis(guarded) = limiter.inner.backend.as_ref() {
             guarded.redis.connect().await?;
         }
         Ok(limiter)
@@ -92,12 +92,40 @@ impl RateLimiter {
     /// Validates `config` and builds the limiter without any I/O: Redis connections open on
     /// first use. For building inside synchronous code, such as a tower layer.
     pub fn new_lazy(config: Config) -> Result<Self, Error> {
+        Self::build(config, Metrics::new())
+    }
+
+    /// A limiter for `config` that carries on from this one: the same metric families, and,
+    /// when the backend's sections (`redis`, `prefix`, `cache`, `fallback`, `memory`) are
+    /// unchanged, the same backend and its state (in-memory counts, connections, cache,
+    /// breaker). New policies, rules and HTTP settings take effect for new requests; requests
+    /// in flight finish under the old ones. For hot reloads.
+    pub fn reconfigure(&self, config: Config) -> Result<Self, Error> {
+        config.validate()?;
+        let old = &self.inner.config;
+        let same_backend = old.redis == config.redis
+            && old.prefix == config.prefix
+            && old.cache == config.cache
+            && old.fallback == config.fallback
+            && old.memory == config.memory;
+        if same_backend {
+            return Ok(Self {
+                inner: Arc::new(Inner {
+                    config,
+                    backend: self.inner.backend.clone(),
+                    metrics: self.inner.metrics.clone(),
+                }),
+            });
+        }
+        Self::build(config, self.inner.metrics.clone())
+    }
+
+    fn build(config: Config, metrics: Metrics) -> Result<Self, Error> {
         config.validate()?;
         let clock: Arc<dyn Clock> = config
             .clock
             .clone()
             .unwrap_or_else(|| Arc::new(SystemClock::new()));
-        let metrics = Metrics::new();
         let backend = match config.redis() {
             Some(redis) => {
                 let fallback = config.fallback();
@@ -126,7 +154,7 @@ impl RateLimiter {
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
-                backend,
+                backend: Arc::new(backend),
                 metrics,
             }),
         })
@@ -149,7 +177,7 @@ impl RateLimiter {
                 |path| path.display().to_string(),
             ),
         };
-        let (redis_healthy, no_stuck_keys, breaker) = match &self.inner.backend {
+        let (redis_healthy, no_stuck_keys, breaker) = match self.inner.backend.as_ref() {
             Backend::Memory(_) => (
                 Invariant {
                     name: "redis_healthy",
@@ -191,7 +219,7 @@ impl RateLimiter {
 
     /// What the limiter has done so far: breaker, fallback, cache.
     pub fn stats(&self) -> LimiterStats {
-        match &self.inner.backend {
+        match self.inner.backend.as_ref() {
             Backend::Memory(_) => LimiterStats::default(),
             Backend::Redis(guarded) => LimiterStats {
                 breaker: Some(guarded.breaker.state()),
@@ -219,7 +247,7 @@ impl RateLimiter {
 
     /// Whether decisions are made by Redis (rather than in memory).
     pub fn uses_redis(&self) -> bool {
-        matches!(self.inner.backend, Backend::Redis(_))
+        matches!(self.inner.backend.as_ref(), Backend::Redis(_))
     }
 
     /// Takes the default cost (1 unless configured) from `key`'s quota, if it fits.
@@ -277,7 +305,7 @@ impl RateLimiter {
         key: impl AsRef<[u8]>,
     ) -> Result<Decision, Error> {
         let identity = Identity::new(key.as_ref());
-        let source = match &self.inner.backend {
+        let source = match self.inner.backend.as_ref() {
             Backend::Memory(memory) => {
                 memory.reset(policy, identity);
                 Source::Memory
@@ -330,7 +358,7 @@ impl RateLimiter {
             span.record("key_hash", identity.digest().as_str());
             std::time::Instant::now()
         });
-        let decision = match &self.inner.backend {
+        let decision = match self.inner.backend.as_ref() {
             Backend::Memory(memory) => {
                 let verdict = memory.evaluate(policy, identity, cost, consume);
                 Decision::from_outcome(verdict.outcome(), policy.windows(), Source::Memory)

@@ -8,7 +8,9 @@ use tower_layer::Layer;
 
 use crate::extract::from_source;
 use crate::plan::{Exemptions, Planner, SinglePolicy, Target};
-use crate::service::{PeerLookup, RateLimit, Shared, peer_from_extension};
+use crate::service::{
+    PeerLookup, PlannerBuilder, RateLimit, Shared, SharedCell, peer_from_extension,
+};
 
 /// Rate-limits every request of the wrapped service.
 ///
@@ -27,7 +29,56 @@ use crate::service::{PeerLookup, RateLimit, Shared, peer_from_extension};
 /// ```
 #[derive(Debug, Clone)]
 pub struct RateLimitLayer {
-    shared: Arc<Shared>,
+    shared: SharedCell,
+}
+
+/// Replaces the limiter (and so the policies, rules and HTTP settings) of a layer and of every
+/// service it built, atomically: requests that arrive afterwards see the new one, requests in
+/// flight finish with the old.
+///
+/// ```
+/// # async fn demo() -> Result<(), ratelimit_core::Error> {
+/// use std::time::Duration;
+/// use ratelimit_core::{Config, RateLimiter};
+/// use ratelimit_tower::RateLimitLayer;
+///
+/// let limiter = RateLimiter::new(Config::new(10, Duration::from_secs(60))).await?;
+/// let layer = RateLimitLayer::from_limiter(limiter.clone());
+/// let reload = layer.reload_handle();
+/// reload.apply(limiter.reconfigure(Config::new(20, Duration::from_secs(60)))?);
+/// assert_eq!(layer.limiter().policy().windows()[0].max_requests(), 20);
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct ReloadHandle {
+    shared: SharedCell,
+}
+
+impl ReloadHandle {
+    /// Puts `limiter` in force. The planner is rebuilt from its configuration (unless the layer
+    /// was given a fixed planner), and so are the header families and shadow flag.
+    pub fn apply(&self, limiter: RateLimiter) {
+        let current = self.shared.load_full();
+        let http = limiter.config().http();
+        let planner = match current.planner_builder {
+            Some(build) => build(limiter.config()),
+            None => current.planner.clone(),
+        };
+        self.shared.store(Arc::new(Shared {
+            planner,
+            planner_builder: current.planner_builder,
+            families: http.headers,
+            shadow: http.shadow,
+            peer: current.peer,
+            limiter,
+        }));
+    }
+
+    /// The limiter in force.
+    pub fn limiter(&self) -> RateLimiter {
+        self.shared.load().limiter.clone()
+    }
 }
 
 impl RateLimitLayer {
@@ -58,18 +109,39 @@ impl RateLimitLayer {
             families: http.headers,
             shadow: http.shadow,
             planner,
+            planner_builder: Some(default_planner),
             limiter,
             peer: peer_from_extension,
         };
         Self {
-            shared: Arc::new(shared),
+            shared: Arc::new(arc_swap::ArcSwap::from_pointee(shared)),
         }
     }
 
-    /// Plans requests with `planner` (rules, a custom key) instead of the configuration's
-    /// single policy.
+    /// Plans requests with `planner` (a custom key, a custom policy choice) instead of the
+    /// configuration's single policy. A reload keeps this planner.
     pub fn with_planner(self, planner: impl Planner) -> Self {
-        self.map_shared(|s| s.planner = Arc::new(planner))
+        self.map_shared(|s| {
+            s.planner = Arc::new(planner);
+            s.planner_builder = None;
+        })
+    }
+
+    /// Plans requests with the planner `build` makes from the configuration (such as
+    /// ratelimit-axum's rules), now and after every reload.
+    pub fn with_planner_builder(self, build: PlannerBuilder) -> Self {
+        self.map_shared(|s| {
+            s.planner = build(s.limiter.config());
+            s.planner_builder = Some(build);
+        })
+    }
+
+    /// A handle that replaces this layer's limiter (and its services') later. Take it after
+    /// the `with_*` calls: each of them makes a new layer.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Which header families responses carry.
@@ -87,22 +159,24 @@ impl RateLimitLayer {
         self.map_shared(|s| s.shadow = shadow)
     }
 
-    /// The limiter.
-    pub fn limiter(&self) -> &RateLimiter {
-        &self.shared.limiter
+    /// The limiter in force.
+    pub fn limiter(&self) -> RateLimiter {
+        self.shared.load().limiter.clone()
     }
 
     fn map_shared(self, change: impl FnOnce(&mut Shared)) -> Self {
+        let current = self.shared.load_full();
         let mut shared = Shared {
-            limiter: self.shared.limiter.clone(),
-            planner: self.shared.planner.clone(),
-            families: self.shared.families,
-            peer: self.shared.peer,
-            shadow: self.shared.shadow,
+            limiter: current.limiter.clone(),
+            planner: current.planner.clone(),
+            planner_builder: current.planner_builder,
+            families: current.families,
+            peer: current.peer,
+            shadow: current.shadow,
         };
         change(&mut shared);
         Self {
-            shared: Arc::new(shared),
+            shared: Arc::new(arc_swap::ArcSwap::from_pointee(shared)),
         }
     }
 }

@@ -48,7 +48,7 @@ pub use body::ResponseBody;
 pub use extract::{
     AllOf, ClientIp, FirstOf, FnKey, HeaderKey, KeyExtractor, PeerAddr, PeerIp, RequestInfo,
 };
-pub use layer::RateLimitLayer;
+pub use layer::{RateLimitLayer, ReloadHandle};
 pub use plan::{Plan, Planner, SinglePolicy, Target};
 pub use service::RateLimit;
 

@@ -23,16 +23,24 @@ pub fn peer_from_extension(extensions: &Extensions) -> Option<SocketAddr> {
     extensions.get::<PeerAddr>().map(|p| p.0)
 }
 
-/// What every clone of the service shares.
+/// Builds the planner of a configuration (its rules, or its single policy).
+pub type PlannerBuilder = fn(&ratelimit_core::Config) -> Arc<dyn Planner>;
+
+/// What every clone of the service shares; replaced whole on a reload.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) limiter: RateLimiter,
     pub(crate) planner: Arc<dyn Planner>,
+    /// How `planner` was made, to make the next one on a reload; `None` for a fixed planner.
+    pub(crate) planner_builder: Option<PlannerBuilder>,
     pub(crate) families: HeaderFamilies,
     pub(crate) peer: PeerLookup,
     /// Shadow mode for everything, whatever the targets say.
     pub(crate) shadow: bool,
 }
+
+/// The swappable state of a layer and its services.
+pub(crate) type SharedCell = Arc<arc_swap::ArcSwap<Shared>>;
 
 /// Rate-limits requests to `S`.
 ///
@@ -42,11 +50,11 @@ pub(crate) struct Shared {
 #[derive(Debug, Clone)]
 pub struct RateLimit<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: SharedCell,
 }
 
 impl<S> RateLimit<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(inner: S, shared: SharedCell) -> Self {
         Self { inner, shared }
     }
 
@@ -55,9 +63,9 @@ impl<S> RateLimit<S> {
         &self.inner
     }
 
-    /// The limiter.
-    pub fn limiter(&self) -> &RateLimiter {
-        &self.shared.limiter
+    /// The limiter in force now.
+    pub fn limiter(&self) -> RateLimiter {
+        self.shared.load().limiter.clone()
     }
 }
 
@@ -77,15 +85,17 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        // The state in force when the request arrived decides it, even if a reload follows.
+        let shared = self.shared.load_full();
         let plan = {
             let info = RequestInfo {
                 method: request.method(),
                 uri: request.uri(),
                 headers: request.headers(),
                 extensions: request.extensions(),
-                peer: (self.shared.peer)(request.extensions()),
+                peer: (shared.peer)(request.extensions()),
             };
-            self.shared.planner.plan(&info)
+            shared.planner.plan(&info)
         };
         match plan {
             Plan::Exempt | Plan::NoKey(MissingKey::Allow) => {
@@ -94,7 +104,7 @@ where
             Plan::NoKey(MissingKey::Reject) => ResponseFuture::ready(response::missing_key()),
             Plan::NoKey(MissingKey::Deny) => ResponseFuture::ready(response::denied_without_key()),
             Plan::Limit { target, key } => {
-                ResponseFuture::checking(self.shared.clone(), target, key, request, inner)
+                ResponseFuture::checking(shared, target, key, request, inner)
             }
         }
     }

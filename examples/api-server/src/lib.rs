@@ -4,8 +4,9 @@
 //! Routes under `/api` are rate-limited by the rules of the configuration (or, without rules,
 //! by its top-level windows, keyed by client IP); `/health`, `/ready` and `/metrics` never are.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path as UrlPath, State};
@@ -13,8 +14,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json};
 use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
-use ratelimit_axum::{RateLimited, RouterExt};
+use ratelimit_axum::RateLimited;
 use ratelimit_core::{Config, ConfigError, FallbackMode, RateLimiter};
+use ratelimit_tower::ReloadHandle;
 use serde_json::json;
 
 /// The built-in demo configuration: `examples/config.yaml`, in memory.
@@ -32,30 +34,148 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
 /// What the operational routes share.
 #[derive(Clone)]
 struct Ops {
-    limiter: RateLimiter,
+    reload: ReloadHandle,
     registry: Arc<Registry>,
+    status: ReloadStatus,
+}
+
+/// The outcome of the last configuration reload, for `/ready`.
+#[derive(Clone, Default)]
+pub struct ReloadStatus(Arc<Mutex<Option<String>>>);
+
+impl ReloadStatus {
+    /// The error of the last reload, if it failed (the previous configuration kept running).
+    pub fn last_error(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, error: Option<String>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = error;
+    }
+}
+
+/// The app, and what reloads it.
+pub struct Server {
+    /// The routes.
+    pub router: Router,
+    /// Replaces the limiter of every rate-limited route.
+    pub reload: ReloadHandle,
+    /// The outcome of the last reload.
+    pub status: ReloadStatus,
 }
 
 /// The whole app around `limiter`; its metrics are served on `/metrics`.
 pub fn app(limiter: RateLimiter) -> Router {
-    let mut registry = Registry::default();
-    limiter.metrics().register(&mut registry);
-    app_with_registry(limiter, Arc::new(registry))
+    server(limiter).router
 }
 
-/// The whole app, serving `registry` (which should hold the limiter's metrics) on `/metrics`.
-pub fn app_with_registry(limiter: RateLimiter, registry: Arc<Registry>) -> Router {
+/// The app around `limiter`, with its reload handle.
+pub fn server(limiter: RateLimiter) -> Server {
+    let mut registry = Registry::default();
+    limiter.metrics().register(&mut registry);
+    let layer = ratelimit_axum::layer(limiter);
+    let reload = layer.reload_handle();
+    let status = ReloadStatus::default();
     let api = Router::new()
         .route("/api/hello", get(hello))
         .route("/api/users/{id}", get(user))
         .route("/api/orders", post(order))
-        .rate_limit(&limiter);
+        .layer(layer);
     let ops = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(Ops { limiter, registry });
-    api.merge(ops)
+        .with_state(Ops {
+            reload: reload.clone(),
+            registry: Arc::new(registry),
+            status: status.clone(),
+        });
+    Server {
+        router: api.merge(ops),
+        reload,
+        status,
+    }
+}
+
+/// Reloads the configuration file into a running server.
+#[derive(Clone)]
+pub struct Reloader {
+    path: PathBuf,
+    reload: ReloadHandle,
+    status: ReloadStatus,
+}
+
+impl Reloader {
+    /// Reloads `path` into `server`.
+    pub fn new(path: impl Into<PathBuf>, server: &Server) -> Self {
+        Self {
+            path: path.into(),
+            reload: server.reload.clone(),
+            status: server.status.clone(),
+        }
+    }
+
+    /// Reads the file again and puts it in force for new requests. A broken file is refused
+    /// with its path, line and field; the running configuration stays.
+    pub fn reload(&self) -> Result<(), String> {
+        let current = self.reload.limiter();
+        let outcome = load_config(Some(&self.path))
+            .map_err(|e| e.to_string())
+            .and_then(|config| current.reconfigure(config).map_err(|e| e.to_string()));
+        let metrics = current.metrics();
+        match outcome {
+            Ok(limiter) => {
+                self.reload.apply(limiter);
+                metrics.config_reload(true);
+                self.status.set(None);
+                tracing::info!(path = %self.path.display(), "configuration reloaded");
+                Ok(())
+            }
+            Err(error) => {
+                metrics.config_reload(false);
+                self.status.set(Some(error.clone()));
+                tracing::error!(%error, "configuration refused; the running one stays");
+                Err(error)
+            }
+        }
+    }
+
+    /// Reloads whenever the file changes. Watches its directory, not the file: editors and
+    /// ConfigMap updates replace files rather than write them in place. Changes are coalesced
+    /// for `settle` before reading. Keep the returned watcher alive.
+    pub fn watch(&self, settle: Duration) -> notify::Result<notify::RecommendedWatcher> {
+        use notify::Watcher;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let name = self.path.file_name().map(ToOwned::to_owned);
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if let Ok(event) = event
+                    && event
+                        .paths
+                        .iter()
+                        .any(|p| p.file_name().map(ToOwned::to_owned) == name)
+                {
+                    let _ = tx.send(());
+                }
+            })?;
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+        let reloader = self.clone();
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                tokio::time::sleep(settle).await;
+                while rx.try_recv().is_ok() {}
+                let _ = reloader.reload();
+            }
+        });
+        Ok(watcher)
+    }
 }
 
 /// What a handler can tell the client about its quota.
@@ -90,7 +210,8 @@ async fn health() -> &'static str {
 
 /// Ready when the configuration is loaded and Redis answers, or its absence is covered by a
 /// fallback that still answers requests (`open` or `local`). The body lists every invariant.
-async fn ready(State(Ops { limiter, .. }): State<Ops>) -> impl IntoResponse {
+async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
+    let limiter = ops.reload.limiter();
     let report = limiter.check_invariants().await;
     let holds = |name: &str| report.get(name).is_some_and(|c| c.ok);
     let fallback_answers = limiter.config().fallback().mode() != FallbackMode::Closed;
@@ -111,18 +232,23 @@ async fn ready(State(Ops { limiter, .. }): State<Ops>) -> impl IntoResponse {
     };
     (
         status,
-        Json(json!({ "ready": ready, "backend": backend, "invariants": invariants })),
+        Json(json!({
+            "ready": ready,
+            "backend": backend,
+            "invariants": invariants,
+            "last_reload_error": ops.status.last_error(),
+        })),
     )
 }
 
 /// Checks the invariants every `period`, so that `ratelimiter_invariant_ok` stays current
 /// between scrapes of `/ready`.
-pub fn spawn_invariant_checks(limiter: RateLimiter, period: std::time::Duration) {
+pub fn spawn_invariant_checks(reload: ReloadHandle, period: Duration) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(period);
         loop {
             ticks.tick().await;
-            let report = limiter.check_invariants().await;
+            let report = reload.limiter().check_invariants().await;
             if !report.all_ok() {
                 tracing::warn!(report = %report, "invariant check failed");
             }

@@ -8,22 +8,26 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use example_api_server::{app, load_config, spawn_invariant_checks};
+use example_api_server::{Reloader, load_config, server, spawn_invariant_checks};
 use ratelimit_core::RateLimiter;
 use tracing_subscriber::EnvFilter;
 
-const USAGE: &str = "usage: api-server [--config FILE] [--listen ADDR]";
+const USAGE: &str =
+    "usage: api-server [--config FILE] [--listen ADDR] [--shutdown-timeout SECONDS]";
 
 struct Args {
     config: Option<PathBuf>,
     listen: SocketAddr,
+    shutdown_timeout: Duration,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         config: None,
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        shutdown_timeout: Duration::from_secs(10),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -36,6 +40,13 @@ fn parse_args() -> Result<Args, String> {
                 args.listen = addr.parse().map_err(|_| {
                     format!("--listen: `{addr}` is not an address like 127.0.0.1:8080")
                 })?;
+            }
+            "--shutdown-timeout" => {
+                let secs = it.next().ok_or("--shutdown-timeout needs seconds")?;
+                let secs: u64 = secs
+                    .parse()
+                    .map_err(|_| format!("--shutdown-timeout: `{secs}` is not whole seconds"))?;
+                args.shutdown_timeout = Duration::from_secs(secs);
             }
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
@@ -84,17 +95,70 @@ async fn main() -> ExitCode {
         }
     };
     tracing::info!(listen = %args.listen, backend, "api-server listening");
-    spawn_invariant_checks(limiter.clone(), std::time::Duration::from_secs(30));
-    let service = app(limiter).into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-    {
-        eprintln!("api-server: {e}");
-        return ExitCode::FAILURE;
+    let server = server(limiter);
+    spawn_invariant_checks(server.reload.clone(), Duration::from_secs(30));
+    // Hot reload: the file is watched, and SIGHUP reloads it too.
+    let _watcher = match &args.config {
+        Some(path) => {
+            let reloader = Reloader::new(path, &server);
+            spawn_sighup_reload(reloader.clone());
+            match reloader.watch(Duration::from_millis(200)) {
+                Ok(watcher) => Some(watcher),
+                Err(e) => {
+                    tracing::warn!(%e, "cannot watch the configuration file; SIGHUP still reloads");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let service = server
+        .router
+        .into_make_service_with_connect_info::<SocketAddr>();
+    // On SIGTERM or Ctrl-C: stop accepting, let requests in flight finish, and give up on
+    // connections still open after the deadline. Decisions hold no local state that Redis
+    // lacks (leases are recorded in Redis when taken), so nothing needs flushing.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let serve = axum::serve(listener, service).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let deadline = async move {
+        let mut stop_rx = stop_rx;
+        let _ = stop_rx.wait_for(|stopped| *stopped).await;
+        tokio::time::sleep(args.shutdown_timeout).await;
+    };
+    tokio::select! {
+        result = serve => {
+            if let Err(e) = result {
+                eprintln!("api-server: {e}");
+                return ExitCode::FAILURE;
+            }
+            tracing::info!("api-server stopped");
+        }
+        () = deadline => {
+            tracing::warn!("shutdown deadline passed; closing the connections still open");
+        }
     }
-    tracing::info!("api-server stopped");
     ExitCode::SUCCESS
+}
+
+/// Reloads on every SIGHUP.
+fn spawn_sighup_reload(reloader: Reloader) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let _ = reloader.reload();
+        }
+    });
+    #[cfg(not(unix))]
+    drop(reloader);
 }
 
 /// Ctrl-C or SIGTERM.
