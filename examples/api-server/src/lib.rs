@@ -4,6 +4,8 @@
 //! Routes under `/api` are rate-limited by the rules of the configuration (or, without rules,
 //! by its top-level windows, keyed by client IP); `/health`, `/ready` and `/metrics` never are.
 
+pub mod telemetry;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;

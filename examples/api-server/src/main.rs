@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use example_api_server::{Reloader, load_config, server, spawn_invariant_checks};
 use ratelimit_core::RateLimiter;
-use tracing_subscriber::EnvFilter;
 
 const USAGE: &str =
     "usage: api-server [--config FILE] [--listen ADDR] [--shutdown-timeout SECONDS]";
@@ -57,9 +56,7 @@ fn parse_args() -> Result<Args, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    let _telemetry = example_api_server::telemetry::init();
     let args = match parse_args() {
         Ok(args) => args,
         Err(message) => {
