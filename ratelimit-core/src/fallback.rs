@@ -2,8 +2,9 @@
 //! policy in this instance's memory.
 //!
 //! A local fallback keeps each instance within the policy on its own, so across N instances up
-//! to N times the limit can pass while Redis is away; it starts from empty state when Redis
-//! fails and is dropped from use (not merged) when Redis returns.
+//! to N times the limit can pass while Redis is away. Its counts are not merged into Redis when
+//! Redis returns; they stay in memory, expiring with their windows, and count again if Redis
+//! fails again before they expire (so a flapping Redis cannot reset a client's local quota).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -407,9 +407,15 @@ impl Guarded {
             self.metrics.cache_hit();
             return Ok(decision);
         }
-        if self.breaker.admit(now) == Admission::Reject {
+        let admission = self.breaker.admit(now);
+        if admission == Admission::Reject {
             return Ok(self.fall_back(policy, identity, cost, consume));
         }
+        // A probe whose caller gives up (the future is dropped) must still end the half-open
+        // state, or the breaker never lets another call through.
+        let probe = ProbeGuard {
+            guarded: (admission == Admission::Probe).then_some(self),
+        };
         let operation = if consume {
             Operation::allow
         } else {
@@ -432,6 +438,7 @@ impl Guarded {
             result = self.redis.evaluate(policy, identity, cost, consume).await;
         }
         self.metrics.redis_latency(operation, started.elapsed());
+        probe.disarm();
         match result {
             Ok(outcome) => {
                 self.breaker.on_success();
@@ -467,5 +474,24 @@ impl Guarded {
     ) -> Decision {
         self.metrics.fallback(self.fallback.mode());
         self.fallback.decide(policy, identity, cost, consume)
+    }
+}
+
+/// Records a failed probe if dropped before [`ProbeGuard::disarm`].
+struct ProbeGuard<'a> {
+    guarded: Option<&'a Guarded>,
+}
+
+impl ProbeGuard<'_> {
+    fn disarm(mut self) {
+        self.guarded = None;
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(guarded) = self.guarded {
+            guarded.breaker.on_failure(guarded.clock.now_micros());
+        }
     }
 }

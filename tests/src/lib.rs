@@ -27,6 +27,7 @@ mod backends;
 mod cluster;
 mod inspect;
 pub mod ports;
+pub mod proxy;
 mod reaper;
 mod server;
 mod shared;

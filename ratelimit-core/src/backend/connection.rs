@@ -8,6 +8,7 @@
 //! that a bare multiplexed connection lacks.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -61,7 +62,7 @@ pub(crate) enum Connector {
     Standalone {
         client: redis::Client,
         config: ConnectionManagerConfig,
-        pool: Box<[OnceCell<ConnectionManager>]>,
+        pool: Box<[RwLock<Arc<OnceCell<ConnectionManager>>>]>,
         next: AtomicUsize,
     },
     Cluster {
@@ -133,13 +134,30 @@ impl Connector {
         Ok(Self::Standalone {
             client,
             config: config_mgr,
-            pool: (0..config.pool_size()).map(|_| OnceCell::new()).collect(),
+            pool: (0..config.pool_size())
+                .map(|_| RwLock::new(Arc::new(OnceCell::new())))
+                .collect(),
             next: AtomicUsize::new(0),
         })
     }
 
     /// A connection for one call, opening it when needed.
     pub(crate) async fn get(&self) -> Result<Connection, Error> {
+        Ok(self.get_slot().await?.1)
+    }
+
+    /// Replaces the pooled connection `slot` (from [`Self::get_slot`]) by a new one, opened on
+    /// next use.
+    pub(crate) fn discard(&self, slot: usize) {
+        if let Self::Standalone { pool, .. } = self
+            && let Some(cell) = pool.get(slot)
+        {
+            *cell.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(OnceCell::new());
+        }
+    }
+
+    /// A connection for one call and which pooled connection it is.
+    pub(crate) async fn get_slot(&self) -> Result<(usize, Connection), Error> {
         match self {
             Self::Standalone {
                 client,
@@ -147,19 +165,23 @@ impl Connector {
                 pool,
                 next,
             } => {
-                let slot = &pool[next.fetch_add(1, Ordering::Relaxed) % pool.len()];
+                let index = next.fetch_add(1, Ordering::Relaxed) % pool.len();
+                let slot = pool[index]
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
                 let manager = slot
                     .get_or_try_init(|| {
                         ConnectionManager::new_with_config(client.clone(), config.clone())
                     })
                     .await?;
-                Ok(Connection::Standalone(manager.clone()))
+                Ok((index, Connection::Standalone(manager.clone())))
             }
             Self::Cluster { client, connection } => {
                 let connection = connection
                     .get_or_try_init(|| client.get_async_connection())
                     .await?;
-                Ok(Connection::Cluster(connection.clone()))
+                Ok((0, Connection::Cluster(connection.clone())))
             }
         }
     }

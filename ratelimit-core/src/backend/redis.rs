@@ -81,22 +81,35 @@ impl RedisBackend {
         let keys = self.keys.keys(policy, identity);
         let nonce = self.nonce.next();
         let call = scripts::invocation(policy, &keys, consume, cost, &nonce);
+        let slot = std::sync::atomic::AtomicUsize::new(usize::MAX);
         let reply: Vec<i64> = self
             .bounded(async {
-                let mut connection = self.connector.get().await?;
+                let (used, mut connection) = self.connector.get_slot().await?;
+                slot.store(used, Ordering::Relaxed);
                 match call.invoke_async(&mut connection).await {
                     // One retry, inside the same deadline, and only when the connection broke:
                     // the connection manager has begun reconnecting. (If the script ran before
                     // the connection broke, the retry counts the request twice: a false denial
                     // at worst, never an admission over the limit.)
                     Err(e) if is_broken_connection(&e) => {
-                        let mut connection = self.connector.get().await?;
                         Ok(call.invoke_async(&mut connection).await?)
                     }
                     other => Ok(other?),
                 }
             })
-            .await?;
+            .await
+            .inspect_err(|e| {
+                // No reply in time: the connection may be dead without knowing it (a partition,
+                // a vanished peer); the connection manager only reconnects on errors it sees.
+                let timed_out = match e {
+                    Error::Timeout(_) => true,
+                    Error::Redis(e) => e.is_timeout(),
+                    _ => false,
+                };
+                if timed_out {
+                    self.connector.discard(slot.load(Ordering::Relaxed));
+                }
+            })?;
         scripts::outcome(&reply)
     }
 
