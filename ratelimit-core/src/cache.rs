@@ -7,13 +7,16 @@
 //! evicts by its own policy).
 //!
 //! **Leases (`cache.mode: lease`).** An instance reserves several permits in one Redis call
-//! (`allow_n(lease)`) and hands them out locally for at most `cache.ttl`. The global count is
-//! never exceeded, because every permit is recorded in Redis before it is used; the price is
-//! that a permit is recorded when reserved rather than when used (by at most `ttl`), and that
-//! permits still unused when the lease expires were recorded for nothing (stranded), which can
-//! deny other instances' requests that an exact limiter would have allowed. The lease shrinks
-//! as the key's remaining quota does, so near the limit the cache steps aside and every
-//! decision goes to Redis again. Accuracy and savings are measured in `docs/Performance.md`.
+//! (`allow_n(lease)`) and hands them out locally for at most `cache.ttl`. Redis never records
+//! more than the limit, because every permit is recorded before it is used; the price is that a
+//! permit is recorded when reserved rather than when used (up to `ttl` earlier), so counted by
+//! when requests were *served*, a window can briefly hold a few more than the limit; and permits
+//! still unused when a lease expires were recorded for nothing (stranded), which can deny other
+//! requests that an exact limiter would have allowed. The lease size follows local demand (it
+//! starts at 2, doubles when a lease is used up within its `ttl`, and drops to what was used
+//! when one expires under-used), never exceeds `lease_size`, and shrinks with the key's
+//! remaining quota, so near the limit the cache steps aside. Accuracy and savings are measured
+//! in `docs/Performance.md`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -38,11 +41,37 @@ struct Denial {
 /// A reserved batch of permits.
 #[derive(Debug)]
 struct Lease {
+    /// Permits left to hand out.
     permits: u64,
+    /// Permits granted since the lease was (re)started.
+    granted: u64,
     expires_us: u64,
-    /// What Redis said was left after the reservation: the lease size follows it.
+    /// What Redis said was left after the last reservation: the lease size follows it.
     remaining: u64,
+    /// The size of the next reservation, following demand.
+    next_size: u64,
     decision: Decision,
+}
+
+/// The first lease of a key: demand is unknown yet.
+const INITIAL_LEASE: u64 = 2;
+
+impl Lease {
+    /// Ends an expired lease: counts what it stranded, and sizes the next one by what was used.
+    fn expire(&mut self, stranded: &AtomicU64) {
+        if self.permits == 0 && self.granted == 0 {
+            return;
+        }
+        let used = self.granted - self.permits;
+        stranded.fetch_add(self.permits, Ordering::Relaxed);
+        self.next_size = if self.permits == 0 {
+            self.next_size.saturating_mul(2)
+        } else {
+            used.max(INITIAL_LEASE)
+        };
+        self.permits = 0;
+        self.granted = 0;
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -134,6 +163,20 @@ impl DecisionCache {
         consume: bool,
         now_us: u64,
     ) -> Option<Decision> {
+        // Leased permits first: they are already recorded in Redis, whatever it said since.
+        if consume
+            && let Some((leases, _)) = &self.leases
+            && let Some(lease) = leases.get(key)
+        {
+            let mut lease = lease.lock().unwrap_or_else(PoisonError::into_inner);
+            if now_us >= lease.expires_us {
+                lease.expire(&self.stranded);
+            } else if lease.permits >= cost {
+                lease.permits -= cost;
+                self.lease_hits.fetch_add(1, Ordering::Relaxed);
+                return Some(lease.answer(now_us));
+            }
+        }
         if let Some(denial) = self.denials.get(key) {
             if now_us < denial.until_us && cost >= denial.cost {
                 self.denial_hits.fetch_add(1, Ordering::Relaxed);
@@ -143,18 +186,7 @@ impl DecisionCache {
                 self.denials.remove(key);
             }
         }
-        if !consume {
-            return None;
-        }
-        let (leases, _) = self.leases.as_ref()?;
-        let lease = leases.get(key)?;
-        let mut lease = lease.lock().unwrap_or_else(PoisonError::into_inner);
-        if now_us >= lease.expires_us || lease.permits < cost {
-            return None;
-        }
-        lease.permits -= cost;
-        self.lease_hits.fetch_add(1, Ordering::Relaxed);
-        Some(lease.answer(now_us))
+        None
     }
 
     /// How many permits to ask Redis for, for a request of `cost`.
@@ -171,17 +203,14 @@ impl DecisionCache {
         if !consume || cost == 0 {
             return Reservation::Exact;
         }
-        // Start at the configured size; afterwards take at most half of what Redis said was left,
-        // so leases shrink to nothing as the quota runs out.
-        let known_remaining = leases
-            .get(key)
-            .map_or(rules.size.saturating_mul(2), |lease| {
-                lease
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remaining
+        // Follow demand, never above the configured size, and take at most half of what Redis
+        // said was left, so leases shrink to nothing as the quota runs out.
+        let (demand, known_remaining) =
+            leases.get(key).map_or((INITIAL_LEASE, u64::MAX), |lease| {
+                let lease = lease.lock().unwrap_or_else(PoisonError::into_inner);
+                (lease.next_size, lease.remaining)
             });
-        let size = rules.size.min(known_remaining / 2).min(limit);
+        let size = demand.min(rules.size).min(known_remaining / 2).min(limit);
         if size > cost {
             Reservation::Lease(size)
         } else {
@@ -224,22 +253,37 @@ impl DecisionCache {
         let Some((leases, rules)) = &self.leases else {
             return;
         };
-        let fresh = Lease {
-            permits: reserved.saturating_sub(cost),
-            expires_us: now_us + rules.ttl_us,
-            remaining: decision.remaining(),
-            decision: *decision,
-        };
-        if reserved > cost {
+        let extra = reserved.saturating_sub(cost);
+        if extra > 0 {
             self.leases_taken.fetch_add(1, Ordering::Relaxed);
         }
         match leases.get(key) {
             Some(lease) => {
                 let mut lease = lease.lock().unwrap_or_else(PoisonError::into_inner);
-                self.stranded.fetch_add(lease.permits, Ordering::Relaxed);
-                *lease = fresh;
+                if now_us >= lease.expires_us {
+                    lease.expire(&self.stranded);
+                }
+                // Concurrent misses each reserve: their permits join the live lease rather
+                // than replace it, so none is stranded by another.
+                lease.permits += extra;
+                lease.granted += extra;
+                lease.remaining = decision.remaining();
+                lease.decision = *decision;
+                if extra > 0 {
+                    lease.expires_us = now_us + rules.ttl_us;
+                }
             }
-            None => leases.insert(key.into(), Arc::new(Mutex::new(fresh))),
+            None => leases.insert(
+                key.into(),
+                Arc::new(Mutex::new(Lease {
+                    permits: extra,
+                    granted: extra,
+                    expires_us: now_us + rules.ttl_us,
+                    remaining: decision.remaining(),
+                    next_size: INITIAL_LEASE,
+                    decision: *decision,
+                })),
+            ),
         }
     }
 
@@ -344,33 +388,49 @@ mod tests {
     }
 
     #[test]
-    fn leases_are_spent_locally_and_shrink_with_the_quota() {
+    fn leases_follow_demand_and_shrink_with_the_quota() {
         let config = CacheConfig::new(Duration::from_millis(200), 1_000_000).with_leases(8);
         let cache = DecisionCache::new(&config);
-        assert_eq!(cache.reservation(b"k", 1, true, 100), Reservation::Lease(8));
-        cache.record(b"k", 1, 8, &decision(true, 12, 0), 0);
-        for _ in 0..7 {
-            let hit = cache.lookup(b"k", 1, true, 10).expect("lease permit");
-            assert!(hit.allowed());
-            assert_eq!(hit.source(), Source::Cache);
-        }
+        assert_eq!(cache.reservation(b"k", 1, true, 100), Reservation::Lease(2));
+        cache.record(b"k", 1, 2, &decision(true, 50, 0), 0);
+        let hit = cache.lookup(b"k", 1, true, 10).expect("lease permit");
+        assert!(hit.allowed());
+        assert_eq!(hit.source(), Source::Cache);
         assert!(cache.lookup(b"k", 1, true, 10).is_none(), "lease spent");
         assert!(
             cache.lookup(b"k", 1, false, 10).is_none(),
             "peeks go to Redis"
         );
-        // Redis said 12 were left: the next lease takes at most half.
-        assert_eq!(cache.reservation(b"k", 1, true, 100), Reservation::Lease(6));
-        cache.record(b"k", 1, 2, &decision(true, 1, 0), 20);
+        // Used up within its ttl: the next one doubles once the old one has expired.
+        assert!(cache.lookup(b"k", 1, true, 300_000).is_none());
+        assert_eq!(cache.reservation(b"k", 1, true, 100), Reservation::Lease(4));
+        cache.record(b"k", 1, 4, &decision(true, 40, 0), 300_000);
+        // Expires with 2 of its 3 extra permits unused: stranded, and the next size follows use.
+        assert!(cache.lookup(b"k", 1, true, 300_010).is_some());
+        assert!(cache.lookup(b"k", 1, true, 600_000).is_none());
+        assert_eq!(cache.stats().stranded_permits, 2);
+        assert_eq!(cache.reservation(b"k", 1, true, 100), Reservation::Lease(2));
+        // Near the limit the cache steps aside.
+        cache.record(b"k", 1, 2, &decision(true, 3, 0), 600_000);
         assert_eq!(cache.reservation(b"k", 1, true, 100), Reservation::Exact);
-        // An unused lease that is replaced counts as stranded.
+    }
+
+    #[test]
+    fn concurrent_grants_join_the_live_lease_and_beat_a_cached_denial() {
+        let config = CacheConfig::new(Duration::from_millis(200), 1_000_000).with_leases(8);
+        let cache = DecisionCache::new(&config);
+        // Three misses in flight each reserved 4 permits.
+        for _ in 0..3 {
+            cache.record(b"k", 1, 4, &decision(true, 20, 0), 0);
+        }
+        // Meanwhile another request was denied by Redis and cached.
+        cache.record(b"k", 1, 1, &decision(false, 0, 500_000), 0);
+        let mut served = 0;
+        while cache.lookup(b"k", 1, true, 10).is_some_and(|d| d.allowed()) {
+            served += 1;
+        }
+        assert_eq!(served, 9, "every reserved permit is served, none stranded");
         assert_eq!(cache.stats().stranded_permits, 0);
-        cache.record(b"k", 1, 3, &decision(true, 5, 0), 30);
-        assert_eq!(cache.stats().stranded_permits, 1);
-        assert!(
-            cache.lookup(b"k", 1, true, 30 + 200_000).is_none(),
-            "expired after ttl"
-        );
     }
 
     #[test]

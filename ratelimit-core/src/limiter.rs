@@ -364,10 +364,13 @@ impl RateLimiter {
                 Decision::from_outcome(verdict.outcome(), policy.windows(), Source::Memory)
             }
             Backend::Redis(guarded) => {
-                guarded
-                    .evaluate(policy, identity, cost, consume)
-                    .instrument(span.clone())
-                    .await?
+                let decide = guarded.evaluate(policy, identity, cost, consume);
+                // Wrapping the future copies it: only when someone listens.
+                if started.is_some() {
+                    decide.instrument(span.clone()).await?
+                } else {
+                    decide.await?
+                }
             }
         };
         if let Some(started) = started {
