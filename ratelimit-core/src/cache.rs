@@ -45,6 +45,8 @@ struct Lease {
     permits: u64,
     /// Permits granted since the lease was (re)started.
     granted: u64,
+    /// When the current permits started to be handed out.
+    started_us: u64,
     expires_us: u64,
     /// What Redis said was left after the last reservation: the lease size follows it.
     remaining: u64,
@@ -263,6 +265,17 @@ impl DecisionCache {
                 if now_us >= lease.expires_us {
                     lease.expire(&self.stranded);
                 }
+                // A lease used up in under half its ttl is too small for this key's traffic.
+                if extra > 0 && lease.permits == 0 && lease.granted > 0 {
+                    if now_us.saturating_sub(lease.started_us) < rules.ttl_us / 2 {
+                        lease.next_size = lease.next_size.saturating_mul(2);
+                    }
+                    lease.granted = 0;
+                    lease.started_us = now_us;
+                }
+                if lease.granted == 0 {
+                    lease.started_us = now_us;
+                }
                 // Concurrent misses each reserve: their permits join the live lease rather
                 // than replace it, so none is stranded by another.
                 lease.permits += extra;
@@ -278,6 +291,7 @@ impl DecisionCache {
                 Arc::new(Mutex::new(Lease {
                     permits: extra,
                     granted: extra,
+                    started_us: now_us,
                     expires_us: now_us + rules.ttl_us,
                     remaining: decision.remaining(),
                     next_size: INITIAL_LEASE,
@@ -413,6 +427,25 @@ mod tests {
         // Near the limit the cache steps aside.
         cache.record(b"k", 1, 2, &decision(true, 3, 0), 600_000);
         assert_eq!(cache.reservation(b"k", 1, true, 100), Reservation::Exact);
+    }
+
+    #[test]
+    fn a_lease_used_up_quickly_grows() {
+        let config = CacheConfig::new(Duration::from_millis(200), 1_000_000).with_leases(16);
+        let cache = DecisionCache::new(&config);
+        let mut now = 0;
+        let mut sizes = Vec::new();
+        for _ in 0..4 {
+            let Reservation::Lease(size) = cache.reservation(b"k", 1, true, 1000) else {
+                panic!("expected a lease");
+            };
+            sizes.push(size);
+            cache.record(b"k", 1, size, &decision(true, 500, 0), now);
+            now += 1_000;
+            while cache.lookup(b"k", 1, true, now).is_some() {}
+        }
+        // Growth shows from the lease after the one that was used up.
+        assert_eq!(sizes, [2, 2, 4, 8]);
     }
 
     #[test]
