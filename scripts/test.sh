@@ -22,6 +22,11 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools
 fi
 
+# Deployment files (Kubernetes manifests against the schemas, Helm chart, compose,
+# Grafana and Prometheus provisioning); installs kubernetes-validate from PyPI into
+# target/deploy-venv on first use.
+scripts/validate-deploy.sh
+
 # Unit, integration and example/bench targets, then doctests (which
 # --all-targets does not include).
 cargo test --workspace --all-targets "$@"
