@@ -96,7 +96,8 @@ pub(crate) fn raw_command(port: u16, line: &str) -> Option<String> {
 
 /// Whether the node on `port` answers `PING` with `+PONG`.
 pub(crate) fn answers_ping(port: u16) -> bool {
-    raw_command(port, "PING").is_some_and(|r| r.starts_with("+PONG"))
+    // A server that requires AUTH answers with -NOAUTH: it is up all the same.
+    raw_command(port, "PING").is_some_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH"))
 }
 
 /// Opens a synchronous connection with short connect/read/write timeouts.

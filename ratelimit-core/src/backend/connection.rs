@@ -86,7 +86,10 @@ impl std::fmt::Debug for Connector {
 /// Connection settings for one address: `TCP_NODELAY` on (a decision is one small request, and
 /// Nagle's algorithm would hold it back for the previous one's ACK), and keep-alive probes so a
 /// peer that vanished without a FIN is noticed.
-fn connection_info(url: &str) -> Result<redis::ConnectionInfo, Error> {
+fn connection_info(
+    url: &str,
+    credentials: Option<&crate::config::Credentials>,
+) -> Result<redis::ConnectionInfo, Error> {
     use redis::IntoConnectionInfo;
     use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
     let keepalive = TcpKeepalive::new()
@@ -95,7 +98,18 @@ fn connection_info(url: &str) -> Result<redis::ConnectionInfo, Error> {
     let tcp = TcpSettings::default()
         .set_nodelay(true)
         .set_keepalive(keepalive);
-    Ok(url.into_connection_info()?.set_tcp_settings(tcp))
+    let mut info = url.into_connection_info()?.set_tcp_settings(tcp);
+    if let Some(credentials) = credentials {
+        let mut settings = info
+            .redis_settings()
+            .clone()
+            .set_password(credentials.password.expose());
+        if let Some(username) = &credentials.username {
+            settings = settings.set_username(username);
+        }
+        info = info.set_redis_settings(settings);
+    }
+    Ok(info)
 }
 
 impl Connector {
@@ -105,7 +119,7 @@ impl Connector {
         let infos = config
             .urls()
             .iter()
-            .map(|url| connection_info(url))
+            .map(|url| connection_info(url, config.credentials.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
         if config.is_cluster() {
             let client = ClusterClient::builder(infos)

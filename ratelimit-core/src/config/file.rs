@@ -18,7 +18,8 @@ use super::locate;
 const DEFAULT_LEASE_SIZE: u64 = 20;
 
 use super::model::{
-    CacheConfig, CacheMode, Config, FallbackConfig, MemoryConfig, Overrides, RedisConfig, RedisMode,
+    CacheConfig, CacheMode, Config, Credentials, FallbackConfig, MemoryConfig, Overrides,
+    RedisConfig, RedisMode, Secret,
 };
 use super::units::{parse_duration, parse_size};
 use crate::decision::FallbackMode;
@@ -165,6 +166,10 @@ struct RedisSection {
     mode: Option<ModeName>,
     pool_size: Option<usize>,
     timeout: Option<HumanDuration>,
+    /// ACL user; the password comes from the environment or a file, never from this file.
+    username: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -256,8 +261,50 @@ impl<'de> Deserialize<'de> for HumanSize {
     }
 }
 
+impl RedisSection {
+    /// Reads the password named by `password_env` or `password_file`.
+    fn credentials(&self) -> Result<Option<Credentials>, ConfigError> {
+        let password = match (&self.password_env, &self.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "rate_limiter.redis.password_env",
+                    "give `password_env` or `password_file`, not both",
+                ));
+            }
+            (Some(name), None) => std::env::var(name).map_err(|_| {
+                ConfigError::invalid(
+                    "rate_limiter.redis.password_env",
+                    format!("the environment variable `{name}` is not set (or not UTF-8)"),
+                )
+            })?,
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| {
+                    ConfigError::invalid(
+                        "rate_limiter.redis.password_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+            (None, None) => {
+                if self.username.is_some() {
+                    return Err(ConfigError::invalid(
+                        "rate_limiter.redis.username",
+                        "a username needs `password_env` or `password_file`",
+                    ));
+                }
+                return Ok(None);
+            }
+        };
+        Ok(Some(Credentials::new(
+            self.username.clone(),
+            Secret::new(password),
+        )))
+    }
+}
+
 impl RateLimiterSection {
-    fn into_config(self) -> Config {
+    fn into_config(self) -> Result<Config, ConfigError> {
         let windows = self
             .windows
             .iter()
@@ -270,6 +317,7 @@ impl RateLimiterSection {
             config.prefix = prefix;
         }
         if let Some(redis) = self.redis {
+            let credentials = redis.credentials()?;
             let mut r = RedisConfig::new(redis.addrs);
             r.mode = match redis.mode {
                 None | Some(ModeName::Auto) => RedisMode::Auto,
@@ -282,6 +330,7 @@ impl RateLimiterSection {
             if let Some(timeout) = redis.timeout {
                 r.timeout = timeout.0;
             }
+            r.credentials = credentials;
             config.redis = Some(r);
         }
         if let Some(cache) = self.cache {
@@ -354,7 +403,7 @@ impl RateLimiterSection {
                 max_keys: memory.max_keys.unwrap_or(MemoryConfig::default().max_keys),
             };
         }
-        config
+        Ok(config)
     }
 }
 
@@ -460,7 +509,11 @@ impl Config {
                 field,
             }
         })?;
-        let mut config = file.rate_limiter.into_config().with_overrides(overrides);
+        let mut config = file
+            .rate_limiter
+            .into_config()
+            .map_err(|e| e.located(origin, |field| locate::find(text, field)))?
+            .with_overrides(overrides);
         config.source = origin.map(Path::to_path_buf);
         config.validate().map_err(|e| match e {
             // An address from the environment is not in the file: say where it came from.

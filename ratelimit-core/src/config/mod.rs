@@ -17,6 +17,7 @@ pub use http::{
     AllowList, HeaderFamilies, HttpConfig, IpBlock, KeySource, MissingKey, Rule, RuleMatch,
 };
 pub use model::{
-    CacheConfig, CacheMode, Config, FallbackConfig, MemoryConfig, Overrides, RedisConfig, RedisMode,
+    CacheConfig, CacheMode, Config, Credentials, FallbackConfig, MemoryConfig, Overrides,
+    RedisConfig, RedisMode, Secret,
 };
 pub use units::{parse_duration, parse_size};

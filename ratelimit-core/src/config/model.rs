@@ -23,6 +23,41 @@ pub enum RedisMode {
     Cluster,
 }
 
+/// A secret: compared and used, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Redis ACL credentials (`AUTH username password`, or `AUTH password` without a user).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub(crate) username: Option<String>,
+    pub(crate) password: Secret,
+}
+
+impl Credentials {
+    /// `password`, for the default user or `username`.
+    pub fn new(username: Option<String>, password: Secret) -> Self {
+        Self { username, password }
+    }
+}
+
 /// The `redis` section: where Redis is and how to talk to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
@@ -30,6 +65,7 @@ pub struct RedisConfig {
     pub(crate) mode: RedisMode,
     pub(crate) pool_size: usize,
     pub(crate) timeout: Duration,
+    pub(crate) credentials: Option<Credentials>,
 }
 
 impl RedisConfig {
@@ -45,7 +81,14 @@ impl RedisConfig {
             mode: RedisMode::Auto,
             pool_size: Self::DEFAULT_POOL_SIZE,
             timeout: Self::DEFAULT_TIMEOUT,
+            credentials: None,
         }
+    }
+
+    /// Authenticates every connection with `credentials` (they override any in the URLs).
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
     }
 
     /// Standalone or cluster.
