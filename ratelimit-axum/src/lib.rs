@@ -47,3 +47,8 @@ pub use extract::{RateLimited, RateLimitedRejection};
 pub use ratelimit_tower::RateLimitLayer;
 pub use router::{RouterExt, connect_info_peer, layer, layer_from_config, rules_planner};
 pub use rules::RuleSet;
+
+/// The examples of `docs/API.md`, compiled and run as doctests so the page stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/API.md")]
+mod api_docs {}
