@@ -31,8 +31,12 @@ fn embedded(path: &str, pointer: &[&str]) -> String {
 }
 
 fn accepted(origin: &str, text: &str) -> Config {
-    Config::from_yaml_str_with(text, Some(std::path::Path::new(origin)), &Overrides::default())
-        .unwrap_or_else(|e| panic!("the shipped configuration is refused: {e}"))
+    Config::from_yaml_str_with(
+        text,
+        Some(std::path::Path::new(origin)),
+        &Overrides::default(),
+    )
+    .unwrap_or_else(|e| panic!("the shipped configuration is refused: {e}"))
 }
 
 #[test]
@@ -41,7 +45,10 @@ fn the_kubernetes_configmap_config_is_accepted() {
         "deploy/kubernetes/configmap.yaml",
         &embedded("deploy/kubernetes/configmap.yaml", &["data", "config.yaml"]),
     );
-    assert!(config.redis().is_some(), "the cluster config talks to Redis");
+    assert!(
+        config.redis().is_some(),
+        "the cluster config talks to Redis"
+    );
     assert!(!config.http().rules.is_empty(), "and routes by rules");
 }
 

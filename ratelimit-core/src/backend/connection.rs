@@ -115,14 +115,26 @@ fn connection_info(
 impl Connector {
     /// Prepares connections as `config` says; opens none.
     pub(crate) fn new(config: &RedisConfig) -> Result<Self, Error> {
+        // `rediss://` needs a rustls crypto provider, which the redis crate leaves to the
+        // application; install ring's unless the process already chose one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let timeout = config.timeout();
+        // A configured CA replaces the system's roots for `rediss://` addresses.
+        let certs = config.tls_ca.as_ref().map(|ca| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca.0.clone()),
+        });
         let infos = config
             .urls()
             .iter()
             .map(|url| connection_info(url, config.credentials.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
         if config.is_cluster() {
-            let client = ClusterClient::builder(infos)
+            let mut builder = ClusterClient::builder(infos);
+            if let Some(certs) = certs {
+                builder = builder.certs(certs);
+            }
+            let client = builder
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
                 .retries(2)
@@ -138,7 +150,12 @@ impl Connector {
             .into_iter()
             .next()
             .ok_or_else(|| Error::UnexpectedReply("no Redis address".into()))?;
-        let client = redis::Client::open(info)?;
+        let client = match certs {
+            Some(certs) if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) => {
+                redis::Client::build_with_tls(info, certs)?
+            }
+            _ => redis::Client::open(info)?,
+        };
         let config_mgr = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))

@@ -170,6 +170,8 @@ struct RedisSection {
     username: Option<String>,
     password_env: Option<String>,
     password_file: Option<std::path::PathBuf>,
+    /// PEM file of the CA(s) trusted for `rediss://` addresses, instead of the system's roots.
+    tls_ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -331,6 +333,15 @@ impl RateLimiterSection {
                 r.timeout = timeout.0;
             }
             r.credentials = credentials;
+            if let Some(path) = &redis.tls_ca_file {
+                let pem = std::fs::read(path).map_err(|e| {
+                    ConfigError::invalid(
+                        "rate_limiter.redis.tls_ca_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                r = r.with_tls_ca_pem(pem);
+            }
             config.redis = Some(r);
         }
         if let Some(cache) = self.cache {

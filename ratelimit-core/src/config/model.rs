@@ -66,6 +66,17 @@ pub struct RedisConfig {
     pub(crate) pool_size: usize,
     pub(crate) timeout: Duration,
     pub(crate) credentials: Option<Credentials>,
+    pub(crate) tls_ca: Option<TlsCa>,
+}
+
+/// PEM certificates of the authorities trusted for `rediss://` addresses.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct TlsCa(pub(crate) Vec<u8>);
+
+impl std::fmt::Debug for TlsCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TlsCa({} bytes of PEM)", self.0.len())
+    }
 }
 
 impl RedisConfig {
@@ -82,7 +93,15 @@ impl RedisConfig {
             pool_size: Self::DEFAULT_POOL_SIZE,
             timeout: Self::DEFAULT_TIMEOUT,
             credentials: None,
+            tls_ca: None,
         }
+    }
+
+    /// Trusts the certificate authorities in `pem` (PEM certificates) for `rediss://`
+    /// addresses, instead of the system's roots. Plain `redis://` addresses are unaffected.
+    pub fn with_tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca = Some(TlsCa(pem.into()));
+        self
     }
 
     /// Authenticates every connection with `credentials` (they override any in the URLs).
@@ -167,6 +186,20 @@ impl RedisConfig {
                 return Err(ConfigError::invalid(
                     format!("rate_limiter.redis.addrs[{i}]"),
                     format!("not a Redis address: {}", e.detail().unwrap_or("malformed")),
+                ));
+            }
+        }
+        if let Some(TlsCa(pem)) = &self.tls_ca {
+            if !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(ConfigError::invalid(
+                    "rate_limiter.redis.tls_ca_file",
+                    "holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                ));
+            }
+            if !self.urls().iter().any(|url| url.starts_with("rediss://")) {
+                return Err(ConfigError::invalid(
+                    "rate_limiter.redis.tls_ca_file",
+                    "a CA applies to TLS connections, but no address is a rediss:// URL",
                 ));
             }
         }
