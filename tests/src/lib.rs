@@ -23,6 +23,7 @@
 //! assert!(keys_without_ttl(&[server.url()]).is_empty());
 //! ```
 
+mod app;
 mod backends;
 mod cluster;
 mod inspect;
@@ -33,6 +34,7 @@ mod server;
 mod shared;
 mod tools;
 
+pub use app::serve;
 pub use backends::Backend;
 pub use cluster::RedisCluster;
 pub use inspect::{all_keys, key_slot, key_slot_bytes, keys_without_ttl};

@@ -29,20 +29,7 @@ fn names(samples: &BTreeMap<String, f64>) -> BTreeSet<String> {
 }
 
 async fn serve(limiter: RateLimiter) -> SocketAddr {
-    let app = example_api_server::app(limiter);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .expect("serve");
-    });
-    addr
+    ratelimit_tests::serve(example_api_server::app(limiter)).await
 }
 
 async fn scrape(client: &reqwest::Client, addr: SocketAddr) -> String {

@@ -40,18 +40,7 @@ async fn start(path: &Path) -> (SocketAddr, Server) {
         .expect("limiter");
     let server = example_api_server::server(limiter);
     let router = server.router.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .expect("serve");
-    });
+    let addr = ratelimit_tests::serve(router).await;
     (addr, server)
 }
 
