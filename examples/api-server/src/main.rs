@@ -57,6 +57,15 @@ fn parse_args() -> Result<Args, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let _telemetry = example_api_server::telemetry::init();
+    // Signal handlers are installed before anything can be asked of the server: a signal that
+    // arrives before its handler would take the default action (end the process).
+    let signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("api-server: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let args = match parse_args() {
         Ok(args) => args,
         Err(message) => {
@@ -98,7 +107,7 @@ async fn main() -> ExitCode {
     let _watcher = match &args.config {
         Some(path) => {
             let reloader = Reloader::new(path, &server);
-            spawn_sighup_reload(reloader.clone());
+            spawn_sighup_reload(reloader.clone(), signals.hangup);
             match reloader.watch(Duration::from_millis(200)) {
                 Ok(watcher) => Some(watcher),
                 Err(e) => {
@@ -117,7 +126,7 @@ async fn main() -> ExitCode {
     // lacks (leases are recorded in Redis when taken), so nothing needs flushing.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serve = axum::serve(listener, service).with_graceful_shutdown(async move {
-        shutdown_signal().await;
+        shutdown_signal(signals.terminate).await;
         let _ = stop_tx.send(true);
     });
     let deadline = async move {
@@ -140,45 +149,67 @@ async fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Reloads on every SIGHUP.
-fn spawn_sighup_reload(reloader: Reloader) {
+/// The signals the server acts on, registered once at start.
+struct Signals {
     #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(not(unix))]
+    hangup: (),
+    #[cfg(not(unix))]
+    terminate: (),
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                hangup: signal(SignalKind::hangup())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {
+            hangup: (),
+            terminate: (),
+        })
+    }
+}
+
+/// Reloads on every SIGHUP.
+#[cfg(unix)]
+fn spawn_sighup_reload(reloader: Reloader, mut hangups: tokio::signal::unix::Signal) {
     tokio::spawn(async move {
-        let Ok(mut hangups) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            tracing::warn!("cannot listen for SIGHUP");
-            return;
-        };
         while hangups.recv().await.is_some() {
             let _ = reloader.reload();
         }
     });
-    #[cfg(not(unix))]
-    drop(reloader);
 }
 
+#[cfg(not(unix))]
+fn spawn_sighup_reload(_reloader: Reloader, _hangups: ()) {}
+
 /// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+#[cfg(unix)]
+async fn shutdown_signal(mut terminate: tokio::signal::unix::Signal) {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
     };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
     tokio::select! {
         () = ctrl_c => {},
-        () = term => {},
+        _ = terminate.recv() => {},
     }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// Ctrl-C.
+#[cfg(not(unix))]
+async fn shutdown_signal(_terminate: ()) {
+    let _ = tokio::signal::ctrl_c().await;
     tracing::info!("shutting down: finishing requests in flight");
 }
