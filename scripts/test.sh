@@ -7,8 +7,10 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Install redis-server and redis-cli (Debian/Ubuntu packages) if absent.
-if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+# Install redis-server and redis-cli (Debian/Ubuntu packages) if absent, and openssl, with
+# which the TLS test makes its throwaway certificate authority.
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null \
+    || ! command -v openssl >/dev/null; then
     if [ "$(id -u)" -eq 0 ]; then
         SUDO=""
     elif command -v sudo >/dev/null; then
@@ -19,7 +21,7 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
         exit 1
     fi
     $SUDO apt-get update
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools openssl
 fi
 
 # Deployment files (Kubernetes manifests against the schemas, Helm chart, compose,
