@@ -173,7 +173,7 @@ impl RateLimiter {
             name: "config_loaded",
             ok: true,
             detail: self.inner.config.source().map_or_else(
-                || "built in code".to_owned(),
+                || "not read from a file (built in code or from a string)".to_owned(),
                 |path| path.display().to_string(),
             ),
         };
