@@ -12,19 +12,15 @@ seconds=${1:-10}
 connections=${2:-50}
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-redis_port=$(free_port)
-dir=$(mktemp -d)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" --daemonize yes \
-  --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
+. scripts/lib/throwaway-redis.sh
+start_throwaway_redis
+redis_port=$REDIS_PORT
 server_pid=""
 cleanup() {
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
-  redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
-  rm -rf "$dir"
+  stop_throwaway_redis
 }
 trap cleanup EXIT
-for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 cargo build --release -q -p example-bench-server
 echo "# $(nproc) cores; wrk -t2 -c$connections -d${seconds}s GET /api/hello; every request allowed"

@@ -10,12 +10,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 requests=${1:-100000}
 concurrency=${2:-50}
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-dir=$(mktemp -d)
-redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" --daemonize yes \
-  --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
-trap 'redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
-for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+. scripts/lib/throwaway-redis.sh
+start_throwaway_redis
+trap stop_throwaway_redis EXIT
+port=$REDIS_PORT
 
 cargo build --release -q -p ratelimit-core --example redis_throughput
 sha=$(redis-cli -p "$port" script load "$(cat lua/sliding_window.lua)")
