@@ -18,16 +18,14 @@ async fn ready(addr: SocketAddr) -> (u16, serde_json::Value) {
     (status, response.json().await.expect("json"))
 }
 
-async fn plant_and_remove(
-    limiter: &RateLimiter,
-    addr: SocketAddr,
-    plant: impl AsyncFn(&str, bool),
-) {
+/// Plants a key without TTL under the limiter's prefix, then removes it, watching `/ready`;
+/// `run` sends a command to the Redis under test (standalone or cluster).
+async fn plant_and_remove(limiter: &RateLimiter, addr: SocketAddr, run: impl AsyncFn(redis::Cmd)) {
     let (status, body) = ready(addr).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["invariants"]["no_stuck_keys"]["ok"], true, "{body}");
     let stuck = format!("{}{{default:planted}}:sw", limiter.config().prefix());
-    plant(&stuck, true).await;
+    run(redis::cmd("SET").arg(&stuck).arg("x").clone()).await;
     // The scan is bounded and resumes where it stopped: a few checks cover the keyspace.
     let mut seen = false;
     for _ in 0..4 {
@@ -50,7 +48,7 @@ async fn plant_and_remove(
         }
     }
     assert!(seen, "the planted key without TTL was not found");
-    plant(&stuck, false).await;
+    run(redis::cmd("DEL").arg(&stuck).clone()).await;
     let mut cleared = false;
     for _ in 0..4 {
         let (_, body) = ready(addr).await;
@@ -76,16 +74,11 @@ async fn a_key_without_ttl_fails_no_stuck_keys_until_it_is_gone() {
     limiter.allow("someone").await.expect("allow");
     let addr = serve(limiter.clone()).await;
     let client = redis.client();
-    plant_and_remove(&limiter, addr, async |key: &str, plant: bool| {
+    plant_and_remove(&limiter, addr, async |cmd: redis::Cmd| {
         let mut c = client
             .get_multiplexed_async_connection()
             .await
             .expect("connect");
-        let cmd = if plant {
-            redis::cmd("SET").arg(key).arg("x").clone()
-        } else {
-            redis::cmd("DEL").arg(key).clone()
-        };
         cmd.exec_async(&mut c).await.expect("plant or remove");
     })
     .await;
@@ -105,13 +98,8 @@ async fn the_checker_scans_every_cluster_primary() {
     let limiter = RateLimiter::new(config).await.expect("limiter");
     let addr = serve(limiter.clone()).await;
     let client = cluster.client();
-    plant_and_remove(&limiter, addr, async |key: &str, plant: bool| {
+    plant_and_remove(&limiter, addr, async |cmd: redis::Cmd| {
         let mut c = client.get_async_connection().await.expect("connect");
-        let cmd = if plant {
-            redis::cmd("SET").arg(key).arg("x").clone()
-        } else {
-            redis::cmd("DEL").arg(key).clone()
-        };
         cmd.exec_async(&mut c).await.expect("plant or remove");
     })
     .await;
