@@ -386,7 +386,7 @@ impl RateLimiter {
             span.record("latency_us", started.elapsed().as_micros() as u64);
         }
         if consume {
-            self.inner.metrics.decision(policy.shared_name(), &decision);
+            self.inner.metrics.decision(policy, &decision);
         }
         Ok(decision)
     }

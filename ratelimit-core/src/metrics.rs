@@ -15,7 +15,8 @@
 //! a decision allocates nothing: label sets are small `Copy` values and a shared policy name.
 
 use std::fmt::Write;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -27,7 +28,7 @@ use prometheus_client::registry::Registry;
 
 use crate::breaker::BreakerState;
 use crate::decision::{Decision, FallbackMode};
-use crate::policy::duration_label;
+use crate::policy::{Policy, duration_label};
 
 /// `allowed` or `denied`.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -163,6 +164,8 @@ fn latency_histogram() -> Histogram {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Metrics {
+    /// Tells these families apart from another limiter's, for [`DecisionCounters`].
+    id: u64,
     requests: Family<RequestLabels, Counter>,
     redis_latency: LatencyFamily,
     cache_hits: Counter,
@@ -182,7 +185,9 @@ impl Default for Metrics {
 impl Metrics {
     /// Fresh families, registered nowhere yet.
     pub fn new() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let metrics = Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             requests: Family::default(),
             redis_latency: Family::new_with_constructor(latency_histogram),
             cache_hits: Counter::default(),
@@ -250,17 +255,44 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn decision(&self, rule: &Arc<str>, decision: &Decision) {
+    /// Counts `decision`, made under `policy`.
+    ///
+    /// The counters of a policy's windows are looked up in the family once and kept in the
+    /// policy, so a decision costs one atomic increment; a policy used by a limiter with other
+    /// families (rare) looks them up each time.
+    pub(crate) fn decision(&self, policy: &Policy, decision: &Decision) {
+        let result = usize::from(!decision.allowed());
+        let resolved = policy.decision_counters().get_or_init(|| Resolved {
+            owner: self.id,
+            counters: (0..policy.windows().len())
+                .map(|index| {
+                    [true, false].map(|allowed| self.request_counter(policy, index, allowed))
+                })
+                .collect(),
+        });
+        match resolved.counters.get(decision.window_index()) {
+            Some(pair) if resolved.owner == self.id => pair[result].inc(),
+            _ => self
+                .request_counter(policy, decision.window_index(), decision.allowed())
+                .inc(),
+        };
+    }
+
+    fn request_counter(&self, policy: &Policy, window_index: usize, allowed: bool) -> Counter {
+        let window = policy
+            .windows()
+            .get(window_index)
+            .map_or(Duration::ZERO, |w| w.duration());
         let labels = RequestLabels {
-            result: if decision.allowed() {
+            result: if allowed {
                 Outcome::allowed
             } else {
                 Outcome::denied
             },
-            window: WindowLabel(decision.window().duration()),
-            rule: NameLabel(rule.clone()),
+            window: WindowLabel(window),
+            rule: NameLabel(policy.shared_name().clone()),
         };
-        self.requests.get_or_create(&labels).inc();
+        self.requests.get_or_create(&labels).clone()
     }
 
     pub(crate) fn redis_latency(&self, operation: Operation, latency: Duration) {
@@ -311,6 +343,32 @@ impl Metrics {
         self.config_reloads
             .get_or_create(&ReloadLabels { result })
             .inc();
+    }
+}
+
+/// A policy's request counters, resolved from one limiter's families on first use.
+///
+/// Kept in the [`Policy`] (clones share it; renaming a policy starts a fresh one), so the
+/// label set of a decision is never hashed on the hot path.
+#[derive(Default)]
+pub(crate) struct DecisionCounters(OnceLock<Resolved>);
+
+struct Resolved {
+    /// The [`Metrics::id`] the counters belong to.
+    owner: u64,
+    /// `[allowed, denied]` for each window of the policy, in order.
+    counters: Box<[[Counter; 2]]>,
+}
+
+impl DecisionCounters {
+    fn get_or_init(&self, init: impl FnOnce() -> Resolved) -> &Resolved {
+        self.0.get_or_init(init)
+    }
+}
+
+impl std::fmt::Debug for DecisionCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DecisionCounters")
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::micros;
+use crate::metrics::DecisionCounters;
 
 /// At most `max_requests` permits in any interval of length `duration`.
 ///
@@ -151,13 +152,26 @@ pub const MAX_SLIDING_LOG_LIMIT: u64 = 1_000_000;
 /// assert!(policy.validate().is_ok());
 /// assert_eq!(policy.windows().len(), 2);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     name: Arc<str>,
     algorithm: Algorithm,
     windows: Arc<[Window]>,
     cost: u64,
+    /// Metric handles, found once: not part of what the policy is.
+    counters: Arc<DecisionCounters>,
 }
+
+impl PartialEq for Policy {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.algorithm == other.algorithm
+            && self.windows == other.windows
+            && self.cost == other.cost
+    }
+}
+
+impl Eq for Policy {}
 
 impl Policy {
     /// The name of the policy built from the top-level `windows` of a configuration.
@@ -170,6 +184,7 @@ impl Policy {
             algorithm: Algorithm::default(),
             windows: windows.into_iter().collect(),
             cost: 1,
+            counters: Arc::default(),
         }
     }
 
@@ -188,6 +203,8 @@ impl Policy {
     /// The same policy under another name.
     pub fn with_name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.name = name.into();
+        // The metric labels carry the name.
+        self.counters = Arc::default();
         self
     }
 
@@ -199,6 +216,10 @@ impl Policy {
     /// The name, shared (for metric labels).
     pub(crate) fn shared_name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    pub(crate) fn decision_counters(&self) -> &DecisionCounters {
+        &self.counters
     }
 
     /// The algorithm.

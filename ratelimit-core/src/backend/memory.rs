@@ -6,9 +6,11 @@
 //! full. When a shard is still full after that, an arbitrary eighth of it is forgotten (those
 //! keys start afresh): the bound on memory wins over exactness for the evicted keys.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, PoisonError};
+
+use hashbrown::HashTable;
 
 use crate::algorithm::{FixedCounter, Request, Tat, Verdict, fixed_window, gcra, sliding_log};
 use crate::clock::Clock;
@@ -32,13 +34,14 @@ const INLINE_WINDOWS: usize = 8;
 
 #[derive(Debug)]
 struct Entry {
+    key: Box<[u8]>,
     state: State,
     expires_at_us: u64,
 }
 
 #[derive(Debug, Default)]
 struct Shard {
-    map: HashMap<Box<[u8]>, Entry>,
+    map: HashTable<Entry>,
     ops: u32,
 }
 
@@ -61,7 +64,9 @@ struct Shard {
 pub struct MemoryBackend {
     clock: Arc<dyn Clock>,
     shards: Box<[Mutex<Shard>]>,
-    hasher: std::collections::hash_map::RandomState,
+    /// One hash a key picks its shard and its bucket: seeded per backend, so clients cannot
+    /// aim keys at one bucket.
+    hasher: foldhash::quality::RandomState,
     shard_capacity: usize,
 }
 
@@ -93,12 +98,13 @@ impl MemoryBackend {
         let key = store_key(&mut buffer, policy, identity);
         let now = self.clock.now_micros();
         let request = Request { cost, consume };
-        let mut shard = self.shard(key);
+        let hash = self.hasher.hash_one(key);
+        let mut shard = self.shard(hash);
         shard.ops = shard.ops.wrapping_add(1);
         if shard.ops.is_multiple_of(SWEEP_EVERY) {
-            shard.map.retain(|_, e| e.expires_at_us > now);
+            shard.map.retain(|e| e.expires_at_us > now);
         }
-        if let Some(entry) = shard.map.get_mut(key) {
+        if let Some(entry) = shard.map.find_mut(hash, |e| *e.key == *key) {
             let verdict = apply(&mut entry.state, policy, now, request);
             entry.expires_at_us = verdict.expires_at_us;
             return verdict;
@@ -109,13 +115,14 @@ impl MemoryBackend {
             if shard.map.len() >= self.shard_capacity {
                 make_room(&mut shard.map, now, self.shard_capacity);
             }
-            shard.map.insert(
-                key.into(),
-                Entry {
-                    state,
-                    expires_at_us: verdict.expires_at_us,
-                },
-            );
+            let entry = Entry {
+                key: key.into(),
+                state,
+                expires_at_us: verdict.expires_at_us,
+            };
+            shard
+                .map
+                .insert_unique(hash, entry, |e| self.hasher.hash_one(&e.key));
         }
         verdict
     }
@@ -124,19 +131,21 @@ impl MemoryBackend {
     pub fn reset(&self, policy: &Policy, identity: Identity<'_>) {
         let mut buffer = [0u8; MAX_KEY];
         let key = store_key(&mut buffer, policy, identity);
-        let mut shard = self.shard(key);
-        let Some(entry) = shard.map.get_mut(key) else {
+        let hash = self.hasher.hash_one(key);
+        let mut shard = self.shard(hash);
+        let Ok(entry) = shard.map.find_entry(hash, |e| *e.key == *key) else {
             return;
         };
         // As in Redis, only the policy's own windows are forgotten (one log serves them all).
         let lengths: Vec<u64> = policy.windows().iter().map(|w| w.micros()).collect();
-        let emptied = match &mut entry.state {
+        let mut entry = entry;
+        let emptied = match &mut entry.get_mut().state {
             State::Log(_) => true,
             State::Buckets(stored) => forget(stored, &lengths),
             State::Counters(stored) => forget(stored, &lengths),
         };
         if emptied {
-            shard.map.remove(key);
+            entry.remove();
         }
     }
 
@@ -158,12 +167,14 @@ impl MemoryBackend {
         let now = self.clock.now_micros();
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            shard.map.retain(|_, e| e.expires_at_us > now);
+            shard.map.retain(|e| e.expires_at_us > now);
         }
     }
 
-    fn shard(&self, key: &[u8]) -> std::sync::MutexGuard<'_, Shard> {
-        let index = (self.hasher.hash_one(key) as usize) % SHARDS;
+    fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
+        // Bits the table itself does not use: it takes the low bits for the bucket and the top
+        // seven as a tag, so keys of one shard still spread over its buckets.
+        let index = ((hash >> 32) as usize) % SHARDS;
         // A panic while holding the lock cannot leave an entry half-written: states are
         // replaced whole. Keep serving.
         self.shards[index]
@@ -230,13 +241,14 @@ fn forget<T>(stored: &mut Vec<(u64, T)>, lengths: &[u64]) -> bool {
     stored.is_empty()
 }
 
-fn make_room(map: &mut HashMap<Box<[u8]>, Entry>, now: u64, capacity: usize) {
-    map.retain(|_, e| e.expires_at_us > now);
+fn make_room(map: &mut HashTable<Entry>, now: u64, capacity: usize) {
+    map.retain(|e| e.expires_at_us > now);
     if map.len() >= capacity {
-        let evict = (capacity / 8).max(1);
-        let victims: Vec<Box<[u8]>> = map.keys().take(evict).cloned().collect();
-        for key in victims {
-            map.remove(&key);
-        }
+        let mut evict = (capacity / 8).max(1);
+        map.retain(|_| {
+            let keep = evict == 0;
+            evict = evict.saturating_sub(1);
+            keep
+        });
     }
 }
