@@ -128,6 +128,18 @@ impl Decision {
         }
     }
 
+    /// A sub-counter's decision (see [`Policy::with_spread`](crate::Policy::with_spread))
+    /// told in terms of the whole policy: its windows and limits, and the sub-counter's
+    /// remaining permits times `parts` as the estimate of what is left.
+    pub(crate) fn of_whole(mut self, windows: &[Window], parts: u64) -> Self {
+        if let Some(window) = windows.get(self.window_index) {
+            self.window = *window;
+            self.limit = window.max_requests();
+            self.remaining = self.remaining.saturating_mul(parts).min(self.limit);
+        }
+        self
+    }
+
     /// A decision that a fallback makes without state: everything or nothing left.
     pub(crate) fn stateless(allowed: bool, windows: &[Window], source: Source) -> Self {
         let (index, window) = windows

@@ -35,6 +35,7 @@
 //! - [`breaker`]: the circuit breaker in front of Redis.
 //! - `cache` and `fallback` (private): decisions answered locally, and what answers while Redis
 //!   cannot.
+//! - [`hot_keys`]: which keys take a disproportionate share of decisions.
 //! - [`limiter`]: [`RateLimiter`], which ties them together.
 //! - [`metrics`]: the Prometheus families.
 //! - [`scripts`]: the Lua scripts, embedded.
@@ -48,6 +49,7 @@ pub mod config;
 pub mod decision;
 mod error;
 mod fallback;
+pub mod hot_keys;
 pub mod invariants;
 pub mod key;
 pub mod limiter;
@@ -60,6 +62,7 @@ pub use clock::{Clock, FakeClock, SystemClock};
 pub use config::{CacheConfig, Config, ConfigError, FallbackConfig, RedisConfig, RedisMode};
 pub use decision::{Decision, FallbackMode, Source};
 pub use error::Error;
+pub use hot_keys::{HotKey, HotKeyConfig};
 pub use invariants::{Invariant, Invariants};
 pub use key::{Identity, KeyBuilder};
 pub use limiter::{LimiterStats, RateLimiter};

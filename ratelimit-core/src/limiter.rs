@@ -1,6 +1,7 @@
 //! [`RateLimiter`]: the public entry point.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::Instrument;
 
@@ -8,14 +9,20 @@ use crate::backend::{MemoryBackend, RedisBackend};
 use crate::breaker::{Admission, BreakerState, BreakerStats, CircuitBreaker};
 use crate::cache::{CacheStats, DecisionCache, Reservation};
 use crate::clock::{Clock, SystemClock};
+use crate::config::CacheConfig;
 use crate::config::Config;
 use crate::decision::{Decision, Source};
 use crate::error::Error;
 use crate::fallback::Fallback;
+use crate::hot_keys::{HotKey, HotKeys};
 use crate::invariants::{self, Invariant, Invariants};
 use crate::key::{Identity, KeyBuilder, MAX_KEY, store_key};
 use crate::metrics::{Metrics, Operation, error_kind};
 use crate::policy::Policy;
+
+/// The bound on the memory of the hot-key shield (denials of hot keys, when the cache is off):
+/// it holds at most `hot_keys.capacity` keys at a time in practice.
+const SHIELD_BYTES: u64 = 256 * 1024;
 
 /// Answers whether a key may proceed, for a default policy or any other.
 ///
@@ -44,6 +51,9 @@ struct Inner {
     config: Config,
     backend: Arc<Backend>,
     metrics: Metrics,
+    hot_keys: Arc<HotKeys>,
+    /// Whose turn it is among the sub-counters of spread policies.
+    turn: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -58,6 +68,9 @@ struct Guarded {
     redis: RedisBackend,
     clock: Arc<dyn Clock>,
     cache: Option<DecisionCache>,
+    /// Whether every denial is cached (the cache is on), or only hot keys' (the shield).
+    cache_every_denial: bool,
+    hot_keys: Arc<HotKeys>,
     breaker: CircuitBreaker,
     fallback: Fallback,
     metrics: Metrics,
@@ -107,13 +120,16 @@ impl RateLimiter {
             && old.prefix == config.prefix
             && old.cache == config.cache
             && old.fallback == config.fallback
-            && old.memory == config.memory;
+            && old.memory == config.memory
+            && old.hot_keys == config.hot_keys;
         if same_backend {
             return Ok(Self {
                 inner: Arc::new(Inner {
                     config,
                     backend: self.inner.backend.clone(),
                     metrics: self.inner.metrics.clone(),
+                    hot_keys: self.inner.hot_keys.clone(),
+                    turn: AtomicU64::new(0),
                 }),
             });
         }
@@ -126,15 +142,30 @@ impl RateLimiter {
             .clock
             .clone()
             .unwrap_or_else(|| Arc::new(SystemClock::new()));
+        let hot_keys = Arc::new(HotKeys::new(
+            config.hot_keys().clone(),
+            clock.clone(),
+            metrics.clone(),
+        ));
         let backend = match config.redis() {
             Some(redis) => {
                 let fallback = config.fallback();
+                let cache_every_denial = config.cache().enabled();
+                let cache = if cache_every_denial {
+                    Some(DecisionCache::new(config.cache()))
+                } else {
+                    hot_keys.shields().then(|| {
+                        DecisionCache::new(&CacheConfig::new(
+                            std::time::Duration::from_millis(500),
+                            SHIELD_BYTES,
+                        ))
+                    })
+                };
                 Backend::Redis(Box::new(Guarded {
                     redis: RedisBackend::new(redis, KeyBuilder::new(config.prefix()))?,
-                    cache: config
-                        .cache()
-                        .enabled()
-                        .then(|| DecisionCache::new(config.cache())),
+                    cache,
+                    cache_every_denial,
+                    hot_keys: hot_keys.clone(),
                     breaker: CircuitBreaker::new(
                         fallback.circuit_breaker_threshold(),
                         fallback.cool_down(),
@@ -156,8 +187,36 @@ impl RateLimiter {
                 config,
                 backend: Arc::new(backend),
                 metrics,
+                hot_keys,
+                turn: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// The keys with the largest shares of recent decisions, heaviest first, as the hot-key
+    /// detector sees them (at most `hot_keys.capacity`; empty when detection is off). For an
+    /// admin endpoint: it names keys, which metrics never do. Also refreshes the
+    /// `ratelimiter_hot_key*` metrics.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), ratelimit_core::Error> {
+    /// use std::time::Duration;
+    /// use ratelimit_core::{Config, HotKeyConfig, RateLimiter};
+    /// let config = Config::new(5, Duration::from_secs(60))
+    ///     .with_hot_keys(HotKeyConfig::default().with_sample_every(1));
+    /// let limiter = RateLimiter::new(config).await?;
+    /// for _ in 0..50 {
+    ///     limiter.allow("abuser").await?;
+    /// }
+    /// limiter.allow("someone").await?;
+    /// let hot = limiter.hot_keys();
+    /// assert_eq!(hot[0].key, "abuser");
+    /// assert!(hot[0].hot && hot[0].denied_share > 0.8);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub fn hot_keys(&self) -> Vec<HotKey> {
+        self.inner.hot_keys.report()
     }
 
     /// The limiter's Prometheus families: register them in your `Registry` with
@@ -305,7 +364,23 @@ impl RateLimiter {
         key: impl AsRef<[u8]>,
     ) -> Result<Decision, Error> {
         let identity = Identity::new(key.as_ref());
-        let source = match self.inner.backend.as_ref() {
+        let source = if policy.spread() > 1 {
+            let mut source = Source::Memory;
+            for (index, part) in policy.parts().iter().enumerate() {
+                let mut buffer = [0u8; PART_IDENTITY];
+                source = self
+                    .reset_one(part, part_identity(&mut buffer, identity, index))
+                    .await?;
+            }
+            source
+        } else {
+            self.reset_one(policy, identity).await?
+        };
+        Ok(Decision::stateless(true, policy.windows(), source))
+    }
+
+    async fn reset_one(&self, policy: &Policy, identity: Identity<'_>) -> Result<Source, Error> {
+        Ok(match self.inner.backend.as_ref() {
             Backend::Memory(memory) => {
                 memory.reset(policy, identity);
                 Source::Memory
@@ -327,8 +402,7 @@ impl RateLimiter {
                 result?;
                 Source::Redis
             }
-        };
-        Ok(Decision::stateless(true, policy.windows(), source))
+        })
     }
 
     async fn evaluate(
@@ -358,18 +432,27 @@ impl RateLimiter {
             span.record("key_hash", identity.digest().as_str());
             std::time::Instant::now()
         });
-        let decision = match self.inner.backend.as_ref() {
-            Backend::Memory(memory) => {
-                let verdict = memory.evaluate(policy, identity, cost, consume);
-                Decision::from_outcome(verdict.outcome(), policy.windows(), Source::Memory)
+        let decision = if policy.spread() > 1 {
+            let decide = self.decide_spread(policy, identity, cost, consume);
+            if started.is_some() {
+                decide.instrument(span.clone()).await?
+            } else {
+                decide.await?
             }
-            Backend::Redis(guarded) => {
-                let decide = guarded.evaluate(policy, identity, cost, consume);
-                // Wrapping the future copies it: only when someone listens.
-                if started.is_some() {
-                    decide.instrument(span.clone()).await?
-                } else {
-                    decide.await?
+        } else {
+            match self.inner.backend.as_ref() {
+                Backend::Memory(memory) => {
+                    let verdict = memory.evaluate(policy, identity, cost, consume);
+                    Decision::from_outcome(verdict.outcome(), policy.windows(), Source::Memory)
+                }
+                Backend::Redis(guarded) => {
+                    let decide = guarded.evaluate(policy, identity, cost, consume);
+                    // Wrapping the future copies it: only when someone listens.
+                    if started.is_some() {
+                        decide.instrument(span.clone()).await?
+                    } else {
+                        decide.await?
+                    }
                 }
             }
         };
@@ -387,9 +470,86 @@ impl RateLimiter {
         }
         if consume {
             self.inner.metrics.decision(policy, &decision);
+            self.inner
+                .hot_keys
+                .record(policy, identity, decision.allowed());
         }
         Ok(decision)
     }
+}
+
+impl RateLimiter {
+    /// A decision on one sub-counter of a spread policy (see [`Policy::with_spread`]): the
+    /// next in turn, then the one after it if the first denies.
+    async fn decide_spread(
+        &self,
+        policy: &Policy,
+        identity: Identity<'_>,
+        cost: u64,
+        consume: bool,
+    ) -> Result<Decision, Error> {
+        let parts = policy.parts();
+        let n = parts.len().max(1);
+        let turn = self.inner.turn.fetch_add(1, Ordering::Relaxed);
+        let first = usize::try_from(turn % n as u64).unwrap_or(0);
+        let mut denied: Option<Decision> = None;
+        for index in [first, (first + 1) % n] {
+            let Some(part) = parts.get(index) else {
+                continue;
+            };
+            let mut buffer = [0u8; PART_IDENTITY];
+            let part_identity = part_identity(&mut buffer, identity, index);
+            let decision = match self.inner.backend.as_ref() {
+                Backend::Memory(memory) => {
+                    let verdict = memory.evaluate(part, part_identity, cost, consume);
+                    Decision::from_outcome(verdict.outcome(), part.windows(), Source::Memory)
+                }
+                Backend::Redis(guarded) => {
+                    guarded.evaluate(part, part_identity, cost, consume).await?
+                }
+            }
+            .of_whole(policy.windows(), n as u64);
+            if decision.allowed() {
+                return Ok(decision);
+            }
+            // Both denied: the one that frees up first.
+            denied = Some(match denied {
+                Some(earlier) if earlier.retry_after() <= decision.retry_after() => earlier,
+                _ => decision,
+            });
+        }
+        denied.ok_or(Error::CostAboveLimit {
+            cost,
+            limit: policy.smallest_limit(),
+        })
+    }
+}
+
+/// Room for an identity (at most 64 bytes as stored) and `#<index>`.
+const PART_IDENTITY: usize = crate::key::MAX_PLAIN_IDENTITY + 4;
+
+/// The identity of sub-counter `index` of `identity`: `<identity>#<index>`. Inside the key's
+/// hash tag, so each sub-counter lands in a slot of its own; hashed like any identity when it
+/// grows past 64 bytes.
+fn part_identity<'b>(
+    buffer: &'b mut [u8; PART_IDENTITY],
+    identity: Identity<'_>,
+    index: usize,
+) -> Identity<'b> {
+    let id = identity.as_str().as_bytes();
+    let mut len = id.len().min(crate::key::MAX_PLAIN_IDENTITY);
+    buffer[..len].copy_from_slice(&id[..len]);
+    buffer[len] = b'#';
+    len += 1;
+    // MAX_SPREAD is 64: at most two digits.
+    let index = index % 100;
+    if index >= 10 {
+        buffer[len] = b'0' + (index / 10) as u8;
+        len += 1;
+    }
+    buffer[len] = b'0' + (index % 10) as u8;
+    len += 1;
+    Identity::new(&buffer[..len])
 }
 
 impl Guarded {
@@ -452,7 +612,11 @@ impl Guarded {
                     // Permits reserved for this instance are still the client's to spend.
                     decision = decision.with_remaining(decision.remaining() + granted - cost);
                 }
-                if let Some(cache) = &self.cache {
+                if let Some(cache) = &self.cache
+                    && (self.cache_every_denial
+                        || decision.allowed()
+                        || self.hot_keys.is_hot(policy, identity))
+                {
                     cache.record(key, cost, granted, &decision, self.clock.now_micros());
                 }
                 Ok(decision)

@@ -10,6 +10,8 @@
 //! | `ratelimiter_redis_errors_total` | `kind` (timeout, connection, server, other) | failed Redis calls |
 //! | `ratelimiter_config_reloads_total` | `result` (ok, failed) | configuration reloads (counted by the application that reloads) |
 //! | `ratelimiter_invariant_ok` | `invariant` | 1 when the invariant held at its last check |
+//! | `ratelimiter_hot_keys` | | keys over the hot-key threshold (see [`hot_keys`](crate::hot_keys)) |
+//! | `ratelimiter_hot_key_share` | `rank` (1 to 5) | share of recent decisions of the n-th heaviest key |
 //!
 //! Every label value comes from configuration or a fixed set, never from a request. Recording
 //! a decision allocates nothing: label sets are small `Copy` values and a shared policy name.
@@ -137,6 +139,16 @@ struct InvariantLabels {
     invariant: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RankLabels {
+    rank: &'static str,
+}
+
+/// The ranks `ratelimiter_hot_key_share` reports.
+const RANKS: [&str; 5] = ["1", "2", "3", "4", "5"];
+
+type ShareGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
 type LatencyFamily = Family<OperationLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -174,6 +186,8 @@ pub struct Metrics {
     redis_errors: Family<ErrorLabels, Counter>,
     config_reloads: Family<ReloadLabels, Counter>,
     invariants: Family<InvariantLabels, Gauge>,
+    hot_keys: Gauge,
+    hot_key_share: Family<RankLabels, ShareGauge>,
 }
 
 impl Default for Metrics {
@@ -196,6 +210,8 @@ impl Metrics {
             redis_errors: Family::default(),
             config_reloads: Family::default(),
             invariants: Family::default(),
+            hot_keys: Gauge::default(),
+            hot_key_share: Family::default(),
         };
         metrics.set_circuit_state(BreakerState::Closed);
         metrics
@@ -243,6 +259,28 @@ impl Metrics {
             "Whether each invariant held at its last check (1) or not (0)",
             self.invariants.clone(),
         );
+        registry.register(
+            "ratelimiter_hot_keys",
+            "Keys whose share of recent decisions is over the hot-key threshold",
+            self.hot_keys.clone(),
+        );
+        registry.register(
+            "ratelimiter_hot_key_share",
+            "Share of recent decisions of the n-th heaviest key (the key itself is never a label)",
+            self.hot_key_share.clone(),
+        );
+    }
+
+    /// Publishes the hot-key detector's view: how many keys are hot, and the shares of the
+    /// heaviest, heaviest first.
+    pub(crate) fn hot_keys(&self, hot: usize, shares: impl Iterator<Item = f64>) {
+        self.hot_keys.set(i64::try_from(hot).unwrap_or(i64::MAX));
+        let mut shares = shares;
+        for rank in RANKS {
+            self.hot_key_share
+                .get_or_create(&RankLabels { rank })
+                .set(shares.next().unwrap_or(0.0));
+        }
     }
 
     pub(crate) fn invariants(&self, report: &crate::Invariants) {

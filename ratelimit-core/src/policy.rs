@@ -5,7 +5,7 @@
 //! backend always has at least one window, no zero limit and no duplicate window.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::clock::micros;
@@ -141,6 +141,9 @@ impl fmt::Display for Algorithm {
 /// The largest limit a sliding log accepts: its memory grows with the limit.
 pub const MAX_SLIDING_LOG_LIMIT: u64 = 1_000_000;
 
+/// The largest [`Policy::with_spread`].
+pub const MAX_SPREAD: u32 = 64;
+
 /// A named set of windows evaluated together by one algorithm, with a default cost.
 ///
 /// Cheap to clone. Built with a constructor and refined with `with_*` methods:
@@ -158,8 +161,11 @@ pub struct Policy {
     algorithm: Algorithm,
     windows: Arc<[Window]>,
     cost: u64,
+    spread: u32,
     /// Metric handles, found once: not part of what the policy is.
     counters: Arc<DecisionCounters>,
+    /// The policies of the sub-counters when `spread > 1`, built on first use.
+    parts: Arc<OnceLock<Box<[Policy]>>>,
 }
 
 impl PartialEq for Policy {
@@ -168,6 +174,7 @@ impl PartialEq for Policy {
             && self.algorithm == other.algorithm
             && self.windows == other.windows
             && self.cost == other.cost
+            && self.spread == other.spread
     }
 }
 
@@ -184,27 +191,86 @@ impl Policy {
             algorithm: Algorithm::default(),
             windows: windows.into_iter().collect(),
             cost: 1,
+            spread: 1,
             counters: Arc::default(),
+            parts: Arc::default(),
         }
     }
 
     /// The same policy under another algorithm.
     pub fn with_algorithm(mut self, algorithm: Algorithm) -> Self {
         self.algorithm = algorithm;
+        self.parts = Arc::default();
         self
     }
 
     /// The same policy with another default cost (what `allow` spends).
     pub fn with_cost(mut self, cost: u64) -> Self {
         self.cost = cost;
+        self.parts = Arc::default();
         self
+    }
+
+    /// Spreads each key's counter over `n` sub-counters (token bucket and fixed window only),
+    /// each holding its share of every window's limit, so one hot key's load lands on up to
+    /// `n` Redis Cluster slots instead of one. Requests go to the sub-counters in turn; a
+    /// request its sub-counter denies tries the next one before it is denied.
+    ///
+    /// The cost is accuracy, in one direction only: the total admitted never exceeds the
+    /// limit, but a request can be denied while other sub-counters still have permits (see
+    /// `docs/Performance.md` for measured rates). `n = 1` (the default) is a single counter.
+    ///
+    /// ```
+    /// use ratelimit_core::{Algorithm, Policy, Window};
+    /// let policy = Policy::new("search", [Window::per_second(1000)])
+    ///     .with_algorithm(Algorithm::TokenBucket)
+    ///     .with_spread(4);
+    /// assert!(policy.validate().is_ok());
+    /// assert_eq!(policy.spread(), 4);
+    /// ```
+    pub fn with_spread(mut self, n: u32) -> Self {
+        self.spread = n;
+        self.parts = Arc::default();
+        self
+    }
+
+    /// Over how many sub-counters a key's counter is spread (1: not spread).
+    pub fn spread(&self) -> u32 {
+        self.spread
+    }
+
+    /// The sub-counters' policies: the same name, algorithm and cost, and sub-counter `i`
+    /// holds `limit / n` of every window's limit, plus one when `i < limit % n`.
+    pub(crate) fn parts(&self) -> &[Policy] {
+        self.parts.get_or_init(|| {
+            let n = u64::from(self.spread.max(1));
+            (0..n)
+                .map(|i| Policy {
+                    name: self.name.clone(),
+                    algorithm: self.algorithm,
+                    windows: self
+                        .windows
+                        .iter()
+                        .map(|w| {
+                            let share = w.max_requests / n + u64::from(i < w.max_requests % n);
+                            Window::new(share, w.duration)
+                        })
+                        .collect(),
+                    cost: self.cost,
+                    spread: 1,
+                    counters: Arc::default(),
+                    parts: Arc::default(),
+                })
+                .collect()
+        })
     }
 
     /// The same policy under another name.
     pub fn with_name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.name = name.into();
-        // The metric labels carry the name.
+        // The metric labels and the sub-counters carry the name.
         self.counters = Arc::default();
+        self.parts = Arc::default();
         self
     }
 
@@ -288,6 +354,21 @@ impl Policy {
                 return Err(PolicyError::DuplicateWindow { index });
             }
         }
+        if self.spread == 0 || self.spread > MAX_SPREAD {
+            return Err(PolicyError::Spread(self.spread));
+        }
+        if self.spread > 1 {
+            if self.algorithm == Algorithm::SlidingWindow {
+                return Err(PolicyError::SpreadAlgorithm);
+            }
+            // The smallest sub-counter must still fit a request of the policy's cost.
+            if self.smallest_limit() / u64::from(self.spread) < self.cost.max(1) {
+                return Err(PolicyError::SpreadAboveLimit {
+                    spread: self.spread,
+                    limit: self.smallest_limit(),
+                });
+            }
+        }
         if self.cost > self.smallest_limit() {
             return Err(PolicyError::CostAboveLimit {
                 cost: self.cost,
@@ -348,6 +429,22 @@ pub enum PolicyError {
     LogTooLarge {
         /// Which window (0-based).
         index: usize,
+    },
+    /// `spread` is 0 or above [`MAX_SPREAD`].
+    #[error("spread must be between 1 and {MAX_SPREAD}, not {0}")]
+    Spread(u32),
+    /// `spread` above 1 with the sliding log.
+    #[error("spread applies to token_bucket and fixed_window only")]
+    SpreadAlgorithm,
+    /// A sub-counter would hold less than one request's cost.
+    #[error(
+        "spread {spread} leaves a sub-counter less than one request's cost of the limit {limit}"
+    )]
+    SpreadAboveLimit {
+        /// The spread asked for.
+        spread: u32,
+        /// The smallest window's limit.
+        limit: u64,
     },
     /// Two windows of the same length.
     #[error("window {index}: another window has the same duration")]

@@ -23,6 +23,7 @@ use super::model::{
 };
 use super::units::{parse_duration, parse_size};
 use crate::decision::FallbackMode;
+use crate::hot_keys::{HotKeyConfig, share_to_ppm};
 use crate::policy::{Algorithm, Policy, Window};
 
 #[derive(Deserialize)]
@@ -36,11 +37,13 @@ struct File {
 struct RateLimiterSection {
     prefix: Option<String>,
     algorithm: Option<AlgorithmName>,
+    spread: Option<u32>,
     redis: Option<RedisSection>,
     windows: Vec<WindowSection>,
     cache: Option<CacheSection>,
     fallback: Option<FallbackSection>,
     memory: Option<MemorySection>,
+    hot_keys: Option<HotKeysSection>,
     key: Option<KeyName>,
     trusted_proxies: Option<Vec<IpBlockText>>,
     headers: Option<Vec<HeaderFamilyName>>,
@@ -106,6 +109,7 @@ struct RuleSection {
     matches: Option<MatchSection>,
     windows: Option<Vec<WindowSection>>,
     algorithm: Option<AlgorithmName>,
+    spread: Option<u32>,
     key: Option<KeyName>,
     cost: Option<u64>,
     #[serde(default)]
@@ -228,6 +232,17 @@ struct MemorySection {
     max_keys: Option<usize>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HotKeysSection {
+    enabled: Option<bool>,
+    capacity: Option<usize>,
+    min_share: Option<f64>,
+    sample_every: Option<u32>,
+    window: Option<HumanDuration>,
+    shield: Option<bool>,
+}
+
 /// A duration written like `100ms` or `1h`.
 struct HumanDuration(Duration);
 
@@ -313,7 +328,9 @@ impl RateLimiterSection {
             .map(|w| Window::new(w.max_requests, w.duration.0));
         let algorithm = self.algorithm.map(Algorithm::from).unwrap_or_default();
         let mut config = Config::with_policy(
-            Policy::new(Policy::DEFAULT_NAME, windows).with_algorithm(algorithm),
+            Policy::new(Policy::DEFAULT_NAME, windows)
+                .with_algorithm(algorithm)
+                .with_spread(self.spread.unwrap_or(1)),
         );
         if let Some(prefix) = self.prefix {
             config.prefix = prefix;
@@ -409,6 +426,17 @@ impl RateLimiterSection {
                 }),
             rules,
         };
+        if let Some(hot) = self.hot_keys {
+            let defaults = HotKeyConfig::default();
+            config.hot_keys = HotKeyConfig {
+                enabled: hot.enabled.unwrap_or(defaults.enabled),
+                capacity: hot.capacity.unwrap_or(defaults.capacity),
+                min_share_ppm: hot.min_share.map_or(defaults.min_share_ppm, share_to_ppm),
+                sample_every: hot.sample_every.unwrap_or(defaults.sample_every),
+                window: hot.window.map_or(defaults.window, |w| w.0),
+                shield: hot.shield.unwrap_or(defaults.shield),
+            };
+        }
         if let Some(memory) = self.memory {
             config.memory = MemoryConfig {
                 max_keys: memory.max_keys.unwrap_or(MemoryConfig::default().max_keys),
@@ -455,6 +483,7 @@ impl RuleSection {
             Policy::new(self.name.clone(), windows)
                 .with_algorithm(self.algorithm.map(Algorithm::from).unwrap_or_default())
                 .with_cost(self.cost.unwrap_or(1))
+                .with_spread(self.spread.unwrap_or(1))
         });
         Rule {
             name: self.name,

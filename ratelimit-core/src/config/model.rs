@@ -8,6 +8,7 @@ use super::error::ConfigError;
 use super::http::HttpConfig;
 use crate::clock::Clock;
 use crate::decision::FallbackMode;
+use crate::hot_keys::HotKeyConfig;
 use crate::key::{KeyBuilder, is_valid_prefix};
 use crate::policy::{Algorithm, Policy, PolicyError, Window};
 
@@ -426,6 +427,7 @@ pub struct Config {
     pub(crate) cache: CacheConfig,
     pub(crate) fallback: FallbackConfig,
     pub(crate) memory: MemoryConfig,
+    pub(crate) hot_keys: HotKeyConfig,
     pub(crate) http: HttpConfig,
     pub(crate) clock: Option<Arc<dyn Clock>>,
     pub(crate) source: Option<PathBuf>,
@@ -449,6 +451,7 @@ impl Config {
             cache: CacheConfig::default(),
             fallback: FallbackConfig::default(),
             memory: MemoryConfig::default(),
+            hot_keys: HotKeyConfig::default(),
             http: HttpConfig::default(),
             clock: None,
             source: None,
@@ -466,7 +469,8 @@ impl Config {
             .collect();
         self.policy = Policy::new(self.policy.name().to_owned(), windows)
             .with_algorithm(self.policy.algorithm())
-            .with_cost(self.policy.cost());
+            .with_cost(self.policy.cost())
+            .with_spread(self.policy.spread());
         self
     }
 
@@ -516,6 +520,12 @@ impl Config {
         self
     }
 
+    /// Sets hot-key detection (on by default).
+    pub fn with_hot_keys(mut self, hot_keys: HotKeyConfig) -> Self {
+        self.hot_keys = hot_keys;
+        self
+    }
+
     /// Sets the HTTP settings (key source, proxies, headers, rules).
     pub fn with_http(mut self, http: HttpConfig) -> Self {
         self.http = http;
@@ -562,6 +572,11 @@ impl Config {
     /// The memory section.
     pub fn memory(&self) -> &MemoryConfig {
         &self.memory
+    }
+
+    /// The hot-key section.
+    pub fn hot_keys(&self) -> &HotKeyConfig {
+        &self.hot_keys
     }
 
     /// The HTTP settings.
@@ -630,6 +645,33 @@ impl Config {
             ));
         }
         self.http.validate()?;
+        let hot = &self.hot_keys;
+        if hot.enabled {
+            if !(1..=1024).contains(&hot.capacity) {
+                return Err(ConfigError::invalid(
+                    "rate_limiter.hot_keys.capacity",
+                    "must be between 1 and 1024",
+                ));
+            }
+            if !(1..=1_000_000).contains(&hot.min_share_ppm) {
+                return Err(ConfigError::invalid(
+                    "rate_limiter.hot_keys.min_share",
+                    "must be above 0 and at most 1 (a share of decisions, such as 0.05)",
+                ));
+            }
+            if !(1..=65_536).contains(&hot.sample_every) {
+                return Err(ConfigError::invalid(
+                    "rate_limiter.hot_keys.sample_every",
+                    "must be between 1 and 65536",
+                ));
+            }
+            if hot.window < Duration::from_millis(100) || hot.window > Duration::from_secs(3600) {
+                return Err(ConfigError::invalid(
+                    "rate_limiter.hot_keys.window",
+                    "must be between 100ms and 1h",
+                ));
+            }
+        }
         if self.memory.max_keys == 0 {
             return Err(ConfigError::invalid(
                 "rate_limiter.memory.max_keys",
@@ -657,6 +699,9 @@ pub(crate) fn validate_policy(policy: &Policy, base: &str) -> Result<(), ConfigE
                 format!("{base}.windows[{index}].duration")
             }
             PolicyError::CostAboveLimit { .. } => format!("{base}.cost"),
+            PolicyError::Spread(_)
+            | PolicyError::SpreadAlgorithm
+            | PolicyError::SpreadAboveLimit { .. } => format!("{base}.spread"),
         };
         let message = e.to_string();
         let message = message
