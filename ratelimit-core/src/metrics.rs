@@ -214,6 +214,7 @@ impl Metrics {
             hot_key_share: Family::default(),
         };
         metrics.set_circuit_state(BreakerState::Closed);
+        metrics.hot_keys(0, std::iter::empty());
         metrics
     }
 

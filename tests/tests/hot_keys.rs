@@ -142,3 +142,41 @@ async fn a_spread_key_is_exact_and_lands_on_several_slots(backend: Backend) {
 }
 
 for_each_backend!(a_spread_key_is_exact_and_lands_on_several_slots);
+
+/// The example server's `/admin/hot-keys` names the hot client and its rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_route_reports_the_hot_client() {
+    let config = example_api_server::load_config(None)
+        .expect("the demo config")
+        .with_hot_keys(HotKeyConfig::default().with_sample_every(1));
+    let limiter = ratelimit_core::RateLimiter::new(config)
+        .await
+        .expect("memory");
+    let addr = ratelimit_tests::serve(example_api_server::app(limiter)).await;
+    let client = reqwest::Client::new();
+    let mut denied = 0;
+    for _ in 0..60 {
+        let response = client
+            .get(format!("http://{addr}/api/hello"))
+            .send()
+            .await
+            .expect("GET /api/hello");
+        denied += u32::from(response.status() == 429);
+    }
+    assert_eq!(denied, 50, "the demo's hello rule allows 10 a minute");
+    let report: serde_json::Value = client
+        .get(format!("http://{addr}/admin/hot-keys"))
+        .send()
+        .await
+        .expect("GET /admin/hot-keys")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(report["enabled"], true);
+    let top = &report["keys"][0];
+    assert_eq!(top["key"], "127.0.0.1", "{report}");
+    assert_eq!(top["policy"], "hello", "{report}");
+    assert_eq!(top["hot"], true, "{report}");
+    let denied_share = top["denied_share"].as_f64().expect("a number");
+    assert!((0.8..=0.85).contains(&denied_share), "{report}");
+}

@@ -90,6 +90,7 @@ pub fn server(limiter: RateLimiter) -> Server {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/admin/hot-keys", get(hot_keys))
         .with_state(Ops {
             reload: reload.clone(),
             registry: Arc::new(registry),
@@ -241,6 +242,19 @@ async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
             "last_reload_error": ops.status.last_error(),
         })),
     )
+}
+
+/// The keys with the largest shares of recent decisions (the hot-key detector's report). It
+/// names keys, which `/metrics` never does: like `/metrics`, serve it to operators only.
+async fn hot_keys(State(ops): State<Ops>) -> Json<serde_json::Value> {
+    let limiter = ops.reload.limiter();
+    let config = limiter.config().hot_keys();
+    Json(json!({
+        "enabled": config.enabled(),
+        "min_share": config.min_share(),
+        "window_seconds": config.window().as_secs_f64(),
+        "keys": limiter.hot_keys(),
+    }))
 }
 
 /// Checks the invariants every `period`, so that `ratelimiter_invariant_ok` stays current
