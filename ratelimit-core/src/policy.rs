@@ -98,6 +98,7 @@ pub(crate) fn duration_label(d: Duration) -> String {
 /// | `SlidingWindow` | exact in any interval | one sorted set, at most the largest limit entries |
 /// | `TokenBucket` | exact burst, smooth refill (GCRA) | one value a window |
 /// | `FixedWindow` | up to 2x across a boundary | one value a window |
+/// | `SlidingCounter` | approximate: assumes the previous window was spent evenly | one value a window |
 ///
 /// A sliding-window policy with several windows is the multi-window algorithm: all windows are
 /// checked in one script and a request is recorded in all of them or in none.
@@ -110,15 +111,20 @@ pub enum Algorithm {
     TokenBucket,
     /// One counter a window, aligned to the epoch.
     FixedWindow,
+    /// Sliding window counter: the current fixed window's count plus the previous one's,
+    /// weighted by how much of it the sliding window still covers.
+    SlidingCounter,
 }
 
 impl Algorithm {
-    /// The name used in configuration (`sliding_window`, `token_bucket`, `fixed_window`).
+    /// The name used in configuration (`sliding_window`, `token_bucket`, `fixed_window`,
+    /// `sliding_counter`).
     pub const fn name(&self) -> &'static str {
         match self {
             Self::SlidingWindow => "sliding_window",
             Self::TokenBucket => "token_bucket",
             Self::FixedWindow => "fixed_window",
+            Self::SlidingCounter => "sliding_counter",
         }
     }
 
@@ -128,6 +134,7 @@ impl Algorithm {
             Self::SlidingWindow => "sw",
             Self::TokenBucket => "tb",
             Self::FixedWindow => "fw",
+            Self::SlidingCounter => "sc",
         }
     }
 }
@@ -358,7 +365,10 @@ impl Policy {
             return Err(PolicyError::Spread(self.spread));
         }
         if self.spread > 1 {
-            if self.algorithm == Algorithm::SlidingWindow {
+            if !matches!(
+                self.algorithm,
+                Algorithm::TokenBucket | Algorithm::FixedWindow
+            ) {
                 return Err(PolicyError::SpreadAlgorithm);
             }
             // The smallest sub-counter must still fit a request of the policy's cost.

@@ -20,6 +20,8 @@ pub const MULTI_WINDOW: &str = include_str!("../lua/multi_window.lua");
 pub const TOKEN_BUCKET: &str = include_str!("../lua/token_bucket.lua");
 /// Source of the fixed window counter.
 pub const FIXED_WINDOW: &str = include_str!("../lua/fixed_window.lua");
+/// Source of the sliding window counter.
+pub const SLIDING_COUNTER: &str = include_str!("../lua/sliding_counter.lua");
 
 static SLIDING_WINDOW_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(SLIDING_WINDOW));
@@ -29,6 +31,8 @@ static TOKEN_BUCKET_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(TOKEN_BUCKET));
 static FIXED_WINDOW_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(FIXED_WINDOW));
+static SLIDING_COUNTER_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(SLIDING_COUNTER));
 
 /// The script that evaluates `policy`.
 ///
@@ -44,16 +48,18 @@ pub fn for_policy(policy: &Policy) -> &'static redis::Script {
         Algorithm::SlidingWindow => &MULTI_WINDOW_SCRIPT,
         Algorithm::TokenBucket => &TOKEN_BUCKET_SCRIPT,
         Algorithm::FixedWindow => &FIXED_WINDOW_SCRIPT,
+        Algorithm::SlidingCounter => &SLIDING_COUNTER_SCRIPT,
     }
 }
 
 /// Every script, for preloading (`SCRIPT LOAD`) and for measuring.
-pub fn all() -> [&'static redis::Script; 4] {
+pub fn all() -> [&'static redis::Script; 5] {
     [
         &SLIDING_WINDOW_SCRIPT,
         &MULTI_WINDOW_SCRIPT,
         &TOKEN_BUCKET_SCRIPT,
         &FIXED_WINDOW_SCRIPT,
+        &SLIDING_COUNTER_SCRIPT,
     ]
 }
 

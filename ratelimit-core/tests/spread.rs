@@ -127,6 +127,12 @@ fn spread_is_read_from_yaml_and_errors_name_the_line() {
     let yaml = "rate_limiter:\n  algorithm: fixed_window\n  spread: 4\n  windows:\n    - max_requests: 100\n      duration: 1m\n";
     let config = Config::from_yaml_str(yaml).expect("valid");
     assert_eq!(config.policy().spread(), 4);
+    let counter = yaml.replace("fixed_window", "sliding_counter");
+    let error = Config::from_yaml_str(&counter).expect_err("only buckets and fixed windows spread");
+    assert!(error.to_string().contains("rate_limiter.spread"), "{error}");
+    let counter = counter.replace("  spread: 4\n", "");
+    let config = Config::from_yaml_str(&counter).expect("sliding_counter is an algorithm");
+    assert_eq!(config.policy().algorithm(), Algorithm::SlidingCounter);
     let broken = "rate_limiter:\n  windows:\n    - max_requests: 100\n      duration: 1m\n  rules:\n    - name: r\n      spread: 2\n";
     let error = Config::from_yaml_str(broken).expect_err("sliding window cannot spread");
     let text = error.to_string();

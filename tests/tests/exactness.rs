@@ -14,10 +14,11 @@ use ratelimit_core::{
 };
 use ratelimit_tests::{Backend, all_keys, keys_without_ttl, shared_cluster, shared_standalone};
 
-const ALGORITHMS: [Algorithm; 3] = [
+const ALGORITHMS: [Algorithm; 4] = [
     Algorithm::SlidingWindow,
     Algorithm::TokenBucket,
     Algorithm::FixedWindow,
+    Algorithm::SlidingCounter,
 ];
 
 const SECOND_US: u64 = 1_000_000;
@@ -219,7 +220,9 @@ fn twin_policy(algorithm: Algorithm, multi: bool) -> Policy {
     // Long enough that nothing refills or crosses a boundary while the test runs; fixed windows
     // are epoch aligned, so they get whole days (see `leave_day_boundary`).
     let (first, second) = match algorithm {
-        Algorithm::FixedWindow => (Duration::from_secs(86_400), Duration::from_secs(2 * 86_400)),
+        Algorithm::FixedWindow | Algorithm::SlidingCounter => {
+            (Duration::from_secs(86_400), Duration::from_secs(2 * 86_400))
+        }
         _ => (Duration::from_secs(3_600), Duration::from_secs(3 * 3_600)),
     };
     let mut windows = vec![Window::new(10, first)];
@@ -255,7 +258,10 @@ fn summary(d: &Decision) -> (bool, u64, u64, usize) {
 
 async fn twins_agree(algorithm: Algorithm) {
     const OPS: usize = 200;
-    if algorithm == Algorithm::FixedWindow {
+    if matches!(
+        algorithm,
+        Algorithm::FixedWindow | Algorithm::SlidingCounter
+    ) {
         leave_day_boundary().await;
     }
     let seed = seed();
@@ -342,6 +348,11 @@ async fn twins_agree_token_bucket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twins_agree_fixed_window() {
     twins_agree(Algorithm::FixedWindow).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twins_agree_sliding_counter() {
+    twins_agree(Algorithm::SlidingCounter).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -582,7 +593,8 @@ async fn pttls(backend: Backend, keys: &[String]) -> Vec<i64> {
 }
 
 /// The keys `policy` keeps for `id`, each with the window (ms) that bounds its TTL: the longest
-/// window for a sliding log (one key), its own window for a bucket or counter (one key each).
+/// window for a sliding log (one key), its own window for a bucket or counter (one key each),
+/// twice its window for a sliding counter (the count is still weighed during the next window).
 fn keys_with_lifetimes(keys: &KeyBuilder, policy: &Policy, id: &str) -> Vec<(String, i64)> {
     let ms = |d: Duration| i64::try_from(d.as_millis()).expect("window in ms fits");
     let built = keys.keys(policy, Identity::new(id.as_bytes()));
@@ -590,6 +602,11 @@ fn keys_with_lifetimes(keys: &KeyBuilder, policy: &Policy, id: &str) -> Vec<(Str
         Algorithm::SlidingWindow => built
             .into_iter()
             .map(|k| (k, ms(policy.longest_window())))
+            .collect(),
+        Algorithm::SlidingCounter => built
+            .into_iter()
+            .zip(policy.windows())
+            .map(|(k, w)| (k, 2 * ms(w.duration())))
             .collect(),
         _ => built
             .into_iter()
@@ -609,7 +626,7 @@ async fn every_key_carries_a_ttl() {
         for algorithm in ALGORITHMS {
             for multi in [false, true] {
                 let (short, long) = match algorithm {
-                    Algorithm::FixedWindow => {
+                    Algorithm::FixedWindow | Algorithm::SlidingCounter => {
                         (Duration::from_secs(86_400), Duration::from_secs(2 * 86_400))
                     }
                     _ => (Duration::from_secs(3_600), Duration::from_secs(7_200)),

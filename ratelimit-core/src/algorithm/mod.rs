@@ -8,10 +8,12 @@
 mod binding;
 mod fixed_window;
 mod gcra;
+mod sliding_counter;
 mod sliding_log;
 
 pub use fixed_window::{FixedCounter, fixed_window};
 pub use gcra::{Tat, gcra};
+pub use sliding_counter::{CounterPair, sliding_counter};
 pub use sliding_log::sliding_log;
 
 /// What an algorithm decided, for the binding window.

@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use hashbrown::HashTable;
 
-use crate::algorithm::{FixedCounter, Request, Tat, Verdict, fixed_window, gcra, sliding_log};
+use crate::algorithm::{
+    CounterPair, FixedCounter, Request, Tat, Verdict, fixed_window, gcra, sliding_counter,
+    sliding_log,
+};
 use crate::clock::Clock;
 use crate::key::{Identity, MAX_KEY, store_key};
 use crate::policy::{Algorithm, Policy};
@@ -27,6 +30,7 @@ enum State {
     Log(VecDeque<u64>),
     Buckets(Vec<(u64, Tat)>),
     Counters(Vec<(u64, FixedCounter)>),
+    Pairs(Vec<(u64, CounterPair)>),
 }
 
 /// Windows a policy can have without the evaluation touching the heap.
@@ -143,6 +147,7 @@ impl MemoryBackend {
             State::Log(_) => true,
             State::Buckets(stored) => forget(stored, &lengths),
             State::Counters(stored) => forget(stored, &lengths),
+            State::Pairs(stored) => forget(stored, &lengths),
         };
         if emptied {
             entry.remove();
@@ -188,6 +193,7 @@ fn fresh(policy: &Policy) -> State {
         Algorithm::SlidingWindow => State::Log(VecDeque::new()),
         Algorithm::TokenBucket => State::Buckets(Vec::new()),
         Algorithm::FixedWindow => State::Counters(Vec::new()),
+        Algorithm::SlidingCounter => State::Pairs(Vec::new()),
     }
 }
 
@@ -200,6 +206,9 @@ fn apply(state: &mut State, policy: &Policy, now: u64, request: Request) -> Verd
         }
         State::Counters(stored) => per_window(stored, policy, |counters| {
             fixed_window(counters, windows, now, request)
+        }),
+        State::Pairs(stored) => per_window(stored, policy, |pairs| {
+            sliding_counter(pairs, windows, now, request)
         }),
     }
 }

@@ -151,6 +151,7 @@ enum AlgorithmName {
     MultiWindow,
     TokenBucket,
     FixedWindow,
+    SlidingCounter,
 }
 
 impl From<AlgorithmName> for Algorithm {
@@ -159,6 +160,7 @@ impl From<AlgorithmName> for Algorithm {
             AlgorithmName::SlidingWindow | AlgorithmName::MultiWindow => Self::SlidingWindow,
             AlgorithmName::TokenBucket => Self::TokenBucket,
             AlgorithmName::FixedWindow => Self::FixedWindow,
+            AlgorithmName::SlidingCounter => Self::SlidingCounter,
         }
     }
 }

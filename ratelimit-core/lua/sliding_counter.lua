@@ -1,0 +1,118 @@
+-- Sliding window counters: per window, the count of the current fixed window (aligned to the
+-- Unix epoch, Redis clock) and of the one before it; the previous count weighs as much as the
+-- share of the previous window the sliding window still covers. All windows or none.
+--
+-- Constant memory a key, like fixed windows, without their double burst at a boundary; the
+-- previous window is assumed to have been spent evenly, which is where it can admit more than
+-- the limit within some window's length. Integer arithmetic below 2^53 throughout, as in
+-- `algorithm/sliding_counter.rs`, so the two agree to the microsecond.
+--
+-- KEYS[i]  window i's counts, stored as "<window number>:<current>:<previous>"
+-- ARGV[1]  "allow" or "peek"
+-- ARGV[2]  cost
+-- ARGV[3]  nonce (unused; every script takes the same arguments)
+-- ARGV[4], ARGV[5], ...  limit and window length (µs) of each window, in pairs
+--
+-- Returns {allowed, binding window (1-based), limit, remaining, reset_after_us, retry_after_us}.
+local op = ARGV[1]
+local cost = tonumber(ARGV[2])
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+-- floor(a / b) for integers below 2^53, corrected where the division in doubles rounds up.
+local function idiv(a, b)
+  local q = math.floor(a / b)
+  if q * b > a then
+    q = q - 1
+  elseif (q + 1) * b <= a then
+    q = q + 1
+  end
+  return q
+end
+
+-- Whether a request of `cost` fits window i's counts.
+local function fits(limit, window, elapsed, current, previous)
+  return current + cost <= limit
+    and previous * (window - elapsed) <= (limit - current - cost) * window
+end
+
+local n = #KEYS
+local limits, windows, numbers, elapsed, currents, previouses = {}, {}, {}, {}, {}, {}
+local allowed = true
+for i = 1, n do
+  local limit = tonumber(ARGV[2 + 2 * i])
+  local window = tonumber(ARGV[3 + 2 * i])
+  local number = idiv(now, window)
+  local current, previous = 0, 0
+  local stored = redis.call('GET', KEYS[i])
+  if stored then
+    local a = string.find(stored, ':', 1, true)
+    local b = string.find(stored, ':', a + 1, true)
+    local stored_number = tonumber(string.sub(stored, 1, a - 1))
+    local stored_current = tonumber(string.sub(stored, a + 1, b - 1))
+    local stored_previous = tonumber(string.sub(stored, b + 1))
+    if stored_number == number then
+      current, previous = stored_current, stored_previous
+    elseif stored_number + 1 == number then
+      previous = stored_current
+    end
+  end
+  limits[i], windows[i], numbers[i] = limit, window, number
+  elapsed[i], currents[i], previouses[i] = now - number * window, current, previous
+  if not fits(limit, window, elapsed[i], current, previous) then allowed = false end
+end
+
+local consume = allowed and op == 'allow' and cost > 0
+local best, best_remaining, best_reset, best_retry = 0, 0, 0, -1
+for i = 1, n do
+  local limit, window, e = limits[i], windows[i], elapsed[i]
+  local start = numbers[i] * window
+  if consume then
+    currents[i] = currents[i] + cost
+    local ttl = math.ceil((start + 2 * window - now) / 1000)
+    redis.call('SET', KEYS[i],
+      string.format('%d:%d:%d', numbers[i], currents[i], previouses[i]), 'PX', ttl)
+  end
+  local current, previous = currents[i], previouses[i]
+  -- ceil(previous * (window - e) / window), on integers
+  local product = previous * (window - e)
+  local weighted = idiv(product, window)
+  if weighted * window < product then weighted = weighted + 1 end
+  local remaining = limit - current - weighted
+  if remaining < 0 then remaining = 0 end
+  local reset_after = 0
+  if current > 0 then
+    reset_after = start + 2 * window - now
+  elseif previous > 0 then
+    reset_after = start + window - now
+  end
+  local retry_after = 0
+  if not allowed and not fits(limit, window, e, current, previous) then
+    if current + cost > limit then
+      local keep = idiv((limit - cost) * window, current)
+      if keep > window then keep = window end
+      retry_after = start + window + (window - keep) - now
+    else
+      local divisor = previous
+      if divisor < 1 then divisor = 1 end
+      local keep = idiv((limit - current - cost) * window, divisor)
+      if keep > window then keep = window end
+      retry_after = window - keep - e
+      if retry_after < 0 then retry_after = 0 end
+    end
+  end
+  local better
+  if best == 0 then
+    better = true
+  elseif not allowed then
+    better = retry_after > best_retry
+  else
+    better = remaining < best_remaining or (remaining == best_remaining and reset_after > best_reset)
+  end
+  if better then
+    best, best_remaining, best_reset, best_retry = i, remaining, reset_after, retry_after
+  end
+end
+
+return {allowed and 1 or 0, best, limits[best], best_remaining, best_reset, best_retry}
