@@ -5,20 +5,37 @@
 //! `redis-cli --cluster create`, and waits until every node reports
 //! `cluster_state:ok`, replicas are linked to their masters and
 //! `redis-cli --cluster check` confirms that all 16384 slots are covered.
+//!
+//! A running cluster can then be reshaped the way operators do it, each step with
+//! redis-cli and a deadline, panicking with redis-cli's output and the node logs on failure:
+//! [`RedisCluster::add_node`] (`--cluster add-node`), [`RedisCluster::reshard`]
+//! (`--cluster reshard`), [`RedisCluster::rebalance`] (`--cluster rebalance`). Who serves what
+//! is read back with [`RedisCluster::slot_owners`], [`RedisCluster::owner`],
+//! [`RedisCluster::slots_of`], [`RedisCluster::node_id`] and [`RedisCluster::replicas_of`];
+//! failovers are followed with [`RedisCluster::is_master`] and
+//! [`RedisCluster::wait_for_ok_except`]. [`RedisCluster::error_stats`] counts the redirections
+//! (`MOVED`, `ASK`, `TRYAGAIN`) the nodes answered.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::server::RedisServer;
+use crate::server::{CLUSTER_NODE_TIMEOUT_MS, RedisServer};
 use crate::tools;
 
 /// Deadline for `redis-cli --cluster create`.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline for the cluster to become healthy after creation.
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline for `redis-cli --cluster add-node`.
+const ADD_NODE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline for `redis-cli --cluster reshard` and `rebalance` (they move keys slot by slot).
+const RESHARD_TIMEOUT: Duration = Duration::from_secs(120);
+/// The number of hash slots of a Redis Cluster.
+const SLOTS: usize = 16384;
 
 /// A running Redis Cluster on 127.0.0.1. Dropping it kills every node.
 #[derive(Debug)]
@@ -140,24 +157,258 @@ impl RedisCluster {
     /// Waits until every *running* node reports `cluster_state:ok` (e.g.
     /// after killing or restarting nodes); panics after `timeout`.
     pub fn wait_for_ok(&self, timeout: Duration) {
+        self.wait_for_ok_except(&[], timeout);
+    }
+
+    /// The `cluster-node-timeout` every node runs with: how long a node may be unreachable
+    /// before the others mark it failed and one of its replicas takes over.
+    pub const NODE_TIMEOUT: Duration = Duration::from_millis(CLUSTER_NODE_TIMEOUT_MS);
+
+    /// Waits until every running node except those in `down` (paused ones, say: they would
+    /// never answer) reports `cluster_state:ok`; panics with the node logs after `timeout`.
+    pub fn wait_for_ok_except(&self, down: &[&RedisServer], timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             let pending: Vec<String> = self
                 .nodes
                 .iter()
-                .filter(|n| n.is_running())
+                .filter(|n| n.is_running() && !down.iter().any(|d| d.port() == n.port()))
                 .filter(|n| !cluster_info(n).contains("cluster_state:ok"))
                 .map(RedisServer::addr)
                 .collect();
             if pending.is_empty() {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "cluster nodes {pending:?} did not reach cluster_state:ok within {timeout:?}"
-            );
+            if Instant::now() >= deadline {
+                panic!(
+                    "cluster nodes {pending:?} did not reach cluster_state:ok within {timeout:?}\n{}",
+                    self.node_logs()
+                );
+            }
             thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The node's cluster id (`CLUSTER MYID`), what `--cluster-from`/`--cluster-to` and
+    /// `CLUSTER NODES` name it by. Panics if the node does not answer.
+    pub fn node_id(&self, node: &RedisServer) -> String {
+        tools::query(&node.url(), redis::cmd("CLUSTER").arg("MYID"))
+            .unwrap_or_else(|e| panic!("CLUSTER MYID on {} failed: {e}", node.addr()))
+    }
+
+    /// Whether `node` answers `ROLE` with `master` (false when it cannot be reached; do not
+    /// ask a paused node: the question waits for the read timeout).
+    pub fn is_master(&self, node: &RedisServer) -> bool {
+        role(node) == Some(Role::Master)
+    }
+
+    /// The running nodes whose `ROLE` says they replicate `master`.
+    pub fn replicas_of(&self, master: &RedisServer) -> Vec<&RedisServer> {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running() && n.port() != master.port())
+            .filter(|n| replica_of(n) == Some(master.port()))
+            .collect()
+    }
+
+    /// Which master serves each of the 16384 slots, as the first node that answers
+    /// `CLUSTER SLOTS` sees it: `owners[slot]` is the master's port, `None` for an unserved
+    /// slot. Panics if no running node answers.
+    pub fn slot_owners(&self) -> Vec<Option<u16>> {
+        let mut failures = Vec::new();
+        for node in self.nodes.iter().filter(|n| n.is_running()) {
+            match slot_owners_seen_by(node) {
+                Ok(owners) => return owners,
+                Err(e) => failures.push(format!("{}: {e}", node.addr())),
+            }
+        }
+        panic!("no cluster node answered CLUSTER SLOTS: {failures:?}")
+    }
+
+    /// The node serving `slot`, per [`slot_owners`](Self::slot_owners). Panics if the slot is
+    /// unserved or served by a node this handle does not know.
+    pub fn owner(&self, slot: u16) -> &RedisServer {
+        let port = self.slot_owners()[usize::from(slot)]
+            .unwrap_or_else(|| panic!("slot {slot} is served by no node"));
+        self.node_on(port)
+    }
+
+    /// The slots `node` serves, ascending, per [`slot_owners`](Self::slot_owners).
+    pub fn slots_of(&self, node: &RedisServer) -> Vec<u16> {
+        (0u16..)
+            .zip(self.slot_owners())
+            .filter(|(_, owner)| *owner == Some(node.port()))
+            .map(|(slot, _)| slot)
+            .collect()
+    }
+
+    /// Starts one more cluster-enabled node, joins it to the cluster as an empty master with
+    /// `redis-cli --cluster add-node`, and waits until every node knows it and reports
+    /// `cluster_state:ok`. Returns the new node (also in [`nodes`](Self::nodes) from now on).
+    pub fn add_node(&mut self) -> &RedisServer {
+        let node = RedisServer::start_cluster_node();
+        let seed = self
+            .nodes
+            .iter()
+            .find(|n| n.is_running())
+            .expect("add_node needs a running node to join")
+            .addr();
+        let mut add = Command::new("redis-cli");
+        add.args(["--cluster", "add-node"])
+            .arg(node.addr())
+            .arg(&seed);
+        let out = tools::run_with_timeout(add, self.scratch.path(), ADD_NODE_TIMEOUT);
+        self.nodes.push(node);
+        self.masters += 1;
+        if !out.success() {
+            panic!(
+                "`redis-cli --cluster add-node` failed ({}):\n{}\n{}",
+                describe(&out),
+                out.output,
+                self.node_logs()
+            );
+        }
+        let known = format!("cluster_known_nodes:{}", self.nodes.len());
+        let deadline = Instant::now() + HEALTHY_TIMEOUT;
+        loop {
+            let pending: Vec<String> = self
+                .nodes
+                .iter()
+                .filter(|n| n.is_running())
+                .filter(|n| {
+                    let info = cluster_info(n);
+                    !info.contains("cluster_state:ok") || !info.contains(&known)
+                })
+                .map(RedisServer::addr)
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "after add-node, {pending:?} lack `cluster_state:ok` or `{known}` \
+                     within {HEALTHY_TIMEOUT:?}\n{}",
+                    self.node_logs()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        self.nodes.last().expect("the node was just pushed")
+    }
+
+    /// Moves `slots` slots from master `from` to master `to` with
+    /// `redis-cli --cluster reshard` (their keys are migrated with `MIGRATE`; clients meanwhile
+    /// get `ASK` and then `MOVED`), then checks the cluster. redis-cli takes the lowest-numbered
+    /// slots of `from`. Panics with redis-cli's output and the node logs on failure.
+    pub fn reshard(&self, from: &RedisServer, to: &RedisServer, slots: usize) {
+        let mut reshard = Command::new("redis-cli");
+        reshard
+            .args(["--cluster", "reshard"])
+            .arg(from.addr())
+            .arg("--cluster-from")
+            .arg(self.node_id(from))
+            .arg("--cluster-to")
+            .arg(self.node_id(to))
+            .arg("--cluster-slots")
+            .arg(slots.to_string())
+            .arg("--cluster-yes");
+        self.run_cli("reshard", reshard);
+    }
+
+    /// Spreads the slots over every master, empty ones included, with
+    /// `redis-cli --cluster rebalance --cluster-use-empty-masters` (what follows
+    /// [`add_node`](Self::add_node) in operations), then checks the cluster. Each master gets a
+    /// share of the slots proportional to its weight: 1 unless listed in `weights` (a node
+    /// weighted 0.25 among three of weight 1 ends up with 0.25 / 3.25 of the slots, fewer to
+    /// move). Panics with redis-cli's output and the node logs on failure.
+    pub fn rebalance(&self, weights: &[(&RedisServer, f64)]) {
+        let seed = self
+            .nodes
+            .iter()
+            .find(|n| n.is_running())
+            .expect("rebalance needs a running node")
+            .addr();
+        let mut rebalance = Command::new("redis-cli");
+        rebalance
+            .args(["--cluster", "rebalance"])
+            .arg(seed)
+            .arg("--cluster-use-empty-masters");
+        if !weights.is_empty() {
+            rebalance.arg("--cluster-weight");
+            for (node, weight) in weights {
+                rebalance.arg(format!("{}={weight}", self.node_id(node)));
+            }
+        }
+        self.run_cli("rebalance", rebalance);
+    }
+
+    /// `INFO errorstats` summed over every node that answers: error prefix (`MOVED`, `ASK`,
+    /// `TRYAGAIN`, `CLUSTERDOWN`, `NOSCRIPT`, ...) to the number of such replies sent. A node
+    /// that was killed or restarted has lost its counts.
+    pub fn error_stats(&self) -> BTreeMap<String, u64> {
+        let mut totals = BTreeMap::new();
+        for node in self.nodes.iter().filter(|n| n.is_running()) {
+            let info: String =
+                tools::query(&node.url(), redis::cmd("INFO").arg("errorstats")).unwrap_or_default();
+            for (name, count) in info.lines().filter_map(parse_errorstat) {
+                *totals.entry(name).or_insert(0) += count;
+            }
+        }
+        totals
+    }
+
+    /// The node of this cluster listening on `port` (ports outlive roles: a handle to find a
+    /// node again after a failover or an [`add_node`](Self::add_node)). Panics if none does.
+    pub fn node_on(&self, port: u16) -> &RedisServer {
+        self.nodes
+            .iter()
+            .find(|n| n.port() == port)
+            .unwrap_or_else(|| panic!("no node of this cluster listens on port {port}"))
+    }
+
+    /// Runs a `redis-cli --cluster <what>` command, then `--cluster check`; panics with
+    /// their output and the node logs if either fails.
+    fn run_cli(&self, what: &str, cmd: Command) {
+        let out = tools::run_with_timeout(cmd, self.scratch.path(), RESHARD_TIMEOUT);
+        if !out.success() {
+            panic!(
+                "`redis-cli --cluster {what}` failed ({}):\n{}\n{}",
+                describe(&out),
+                out.output,
+                self.node_logs()
+            );
+        }
+        // redis-cli has told every node where the slots went; give the odd straggler a
+        // moment to agree before calling it a failure.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut problem = self.check_problem();
+        while problem.is_some() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(100));
+            problem = self.check_problem();
+        }
+        if let Some(problem) = problem {
+            panic!(
+                "after `redis-cli --cluster {what}`: {problem}\n--- {what} output ---\n{}\n{}",
+                out.output,
+                self.node_logs()
+            );
+        }
+    }
+
+    /// `None` when `redis-cli --cluster check` finds every slot covered and none open.
+    fn check_problem(&self) -> Option<String> {
+        let seed = self.nodes.iter().find(|n| n.is_running())?.addr();
+        let mut check = Command::new("redis-cli");
+        check.args(["--cluster", "check"]).arg(seed);
+        let out = tools::run_with_timeout(check, self.scratch.path(), Duration::from_secs(10));
+        let clean = out.success()
+            && out
+                .output
+                .contains("[OK] All nodes agree about slots configuration.")
+            && out.output.contains("[OK] All 16384 slots covered")
+            && !out.output.contains("[WARNING]")
+            && !out.output.contains("[ERR]");
+        (!clean).then(|| format!("`redis-cli --cluster check` says:\n{}", out.output))
     }
 
     /// Directory holding redis-cli scratch files.
@@ -239,6 +490,67 @@ impl Drop for RedisCluster {
             node.kill();
         }
     }
+}
+
+/// How a redis-cli run ended, for messages.
+fn describe(out: &tools::CmdOutput) -> String {
+    out.status
+        .map_or_else(|| "timed out".to_owned(), |s| s.to_string())
+}
+
+/// `errorstat_MOVED:count=12` as `("MOVED", 12)`.
+fn parse_errorstat(line: &str) -> Option<(String, u64)> {
+    let (name, rest) = line.strip_prefix("errorstat_")?.split_once(':')?;
+    let count = rest
+        .strip_prefix("count=")?
+        .split(',')
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((name.to_owned(), count))
+}
+
+/// The slot map as `node` sees it (`CLUSTER SLOTS`): the master's port for each slot.
+fn slot_owners_seen_by(node: &RedisServer) -> Result<Vec<Option<u16>>, String> {
+    let ranges: Vec<redis::Value> =
+        tools::query(&node.url(), redis::cmd("CLUSTER").arg("SLOTS")).map_err(|e| e.to_string())?;
+    let mut owners = vec![None; SLOTS];
+    for range in ranges {
+        let fields: Vec<redis::Value> =
+            redis::from_redis_value(range).map_err(|e| format!("a CLUSTER SLOTS range: {e}"))?;
+        let [start, end, master, ..] = fields.as_slice() else {
+            return Err(format!(
+                "a CLUSTER SLOTS range with too few fields: {fields:?}"
+            ));
+        };
+        let start: usize = redis::from_redis_value_ref(start).map_err(|e| e.to_string())?;
+        let end: usize = redis::from_redis_value_ref(end).map_err(|e| e.to_string())?;
+        let master: Vec<redis::Value> =
+            redis::from_redis_value_ref(master).map_err(|e| e.to_string())?;
+        let port: u16 = master
+            .get(1)
+            .ok_or_else(|| format!("a CLUSTER SLOTS master without a port: {master:?}"))
+            .and_then(|p| redis::from_redis_value_ref(p).map_err(|e| e.to_string()))?;
+        for owner in owners
+            .get_mut(start..=end)
+            .ok_or_else(|| format!("CLUSTER SLOTS range {start}-{end} out of bounds"))?
+        {
+            *owner = Some(port);
+        }
+    }
+    Ok(owners)
+}
+
+/// The port of the master `node` replicates, per its `ROLE`; `None` for a master or an
+/// unreachable node.
+fn replica_of(node: &RedisServer) -> Option<u16> {
+    let reply: Vec<redis::Value> = tools::query(&node.url(), &redis::cmd("ROLE")).ok()?;
+    let kind: String = redis::from_redis_value_ref(reply.first()?).ok()?;
+    if kind != "slave" {
+        return None;
+    }
+    redis::from_redis_value_ref(reply.get(2)?).ok()
 }
 
 /// `CLUSTER INFO` of `node`, or an empty string if it cannot be reached.

@@ -185,6 +185,44 @@ impl RedisServer {
         reaper::forget(c.id());
     }
 
+    /// Freezes the process with SIGSTOP: it keeps its port and its data, the kernel still
+    /// accepts connections on its behalf, but it answers nothing (neither clients nor the
+    /// cluster bus) until [`resume`](Self::resume). This is what a stalled host or a long GC
+    /// pause looks like to the rest of the cluster. Panics if the server is not running.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP, "SIGSTOP");
+    }
+
+    /// Lets a process frozen by [`pause`](Self::pause) run again (SIGCONT). Panics if the
+    /// server is not running.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT, "SIGCONT");
+    }
+
+    /// Sends `signal` to the running process.
+    // Besides the reaper, the only `unsafe` of the crate: `kill(2)` has no wrapper in std.
+    #[allow(unsafe_code)]
+    fn signal(&self, signal: libc::c_int, name: &str) {
+        let child = self.child();
+        let pid = child.as_ref().map(Child::id).unwrap_or_else(|| {
+            panic!(
+                "cannot send {name} to redis-server on port {}: not running",
+                self.port
+            )
+        });
+        let pid = libc::pid_t::try_from(pid).expect("a child PID fits pid_t");
+        // SAFETY: a plain syscall on the PID of our own child, which cannot have been reaped
+        // (and its PID reused) while we hold the lock on its handle.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            rc,
+            0,
+            "{name} to redis-server on port {} (pid {pid}) failed: {}",
+            self.port,
+            std::io::Error::last_os_error()
+        );
+    }
+
     /// Kills the process (if running) and starts a new one on the same port
     /// with the same arguments and no data. Waits until the port is free and
     /// the new process answers `PING`; panics with the log otherwise.
