@@ -67,8 +67,19 @@ pub(crate) enum Connector {
     },
     Cluster {
         client: ClusterClient,
-        connection: OnceCell<ClusterConnection>,
+        /// Replaced (like a pooled standalone connection) when a call times out: the cluster
+        /// client can be left waiting on a slot-map refresh that never ends, or keep routing to
+        /// a node that stopped answering, and a fresh connection reads the slot map anew.
+        connection: RwLock<Arc<OnceCell<ClusterConnection>>>,
     },
+}
+
+/// Which connection a call used, so that a timeout replaces that one and not a newer one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Used {
+    index: usize,
+    /// The address of the cell the connection came from: a replaced cell never matches.
+    generation: usize,
 }
 
 impl std::fmt::Debug for Connector {
@@ -80,6 +91,14 @@ impl std::fmt::Debug for Connector {
                 .finish(),
             Self::Cluster { .. } => f.debug_struct("Cluster").finish(),
         }
+    }
+}
+
+/// Replaces the connection in `cell` by a new, unopened one if it is still `generation`.
+fn replace_if_current<T>(cell: &RwLock<Arc<OnceCell<T>>>, generation: usize) {
+    let mut current = cell.write().unwrap_or_else(PoisonError::into_inner);
+    if Arc::as_ptr(&current) as usize == generation {
+        *current = Arc::new(OnceCell::new());
     }
 }
 
@@ -137,13 +156,15 @@ impl Connector {
             let client = builder
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
-                .retries(2)
+                // Redirects (MOVED, ASK) use retries too, and a slot migration under load can
+                // take several in a row; the limiter's own timeout bounds the whole call.
+                .retries(6)
                 .min_retry_wait(10)
                 .max_retry_wait(timeout.as_millis().try_into().unwrap_or(u64::MAX))
                 .build()?;
             return Ok(Self::Cluster {
                 client,
-                connection: OnceCell::new(),
+                connection: RwLock::new(Arc::new(OnceCell::new())),
             });
         }
         let info = infos
@@ -177,18 +198,22 @@ impl Connector {
         Ok(self.get_slot().await?.1)
     }
 
-    /// Replaces the pooled connection `slot` (from [`Self::get_slot`]) by a new one, opened on
-    /// next use.
-    pub(crate) fn discard(&self, slot: usize) {
-        if let Self::Standalone { pool, .. } = self
-            && let Some(cell) = pool.get(slot)
-        {
-            *cell.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(OnceCell::new());
+    /// Replaces the connection a call used (from [`Self::get_slot`]) by a new one, opened on
+    /// next use; nothing when it was replaced already (calls that timed out together replace
+    /// it once).
+    pub(crate) fn discard(&self, used: Used) {
+        match self {
+            Self::Standalone { pool, .. } => {
+                if let Some(cell) = pool.get(used.index) {
+                    replace_if_current(cell, used.generation);
+                }
+            }
+            Self::Cluster { connection, .. } => replace_if_current(connection, used.generation),
         }
     }
 
-    /// A connection for one call and which pooled connection it is.
-    pub(crate) async fn get_slot(&self) -> Result<(usize, Connection), Error> {
+    /// A connection for one call and which one it is.
+    pub(crate) async fn get_slot(&self) -> Result<(Used, Connection), Error> {
         match self {
             Self::Standalone {
                 client,
@@ -201,18 +226,30 @@ impl Connector {
                     .read()
                     .unwrap_or_else(PoisonError::into_inner)
                     .clone();
+                let used = Used {
+                    index,
+                    generation: Arc::as_ptr(&slot) as usize,
+                };
                 let manager = slot
                     .get_or_try_init(|| {
                         ConnectionManager::new_with_config(client.clone(), config.clone())
                     })
                     .await?;
-                Ok((index, Connection::Standalone(manager.clone())))
+                Ok((used, Connection::Standalone(manager.clone())))
             }
             Self::Cluster { client, connection } => {
-                let connection = connection
+                let cell = connection
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                let used = Used {
+                    index: 0,
+                    generation: Arc::as_ptr(&cell) as usize,
+                };
+                let connection = cell
                     .get_or_try_init(|| client.get_async_connection())
                     .await?;
-                Ok((0, Connection::Cluster(connection.clone())))
+                Ok((used, Connection::Cluster(connection.clone())))
             }
         }
     }

@@ -81,17 +81,26 @@ impl RedisBackend {
         let keys = self.keys.keys(policy, identity);
         let nonce = self.nonce.next();
         let call = scripts::invocation(policy, &keys, consume, cost, &nonce);
-        let slot = std::sync::atomic::AtomicUsize::new(usize::MAX);
+        let slot = std::sync::OnceLock::new();
         let reply: Vec<i64> = self
             .bounded(async {
                 let (used, mut connection) = self.connector.get_slot().await?;
-                slot.store(used, Ordering::Relaxed);
+                let _ = slot.set(used);
                 match call.invoke_async(&mut connection).await {
                     // One retry, inside the same deadline, and only when the connection broke:
                     // the connection manager has begun reconnecting. (If the script ran before
                     // the connection broke, the retry counts the request twice: a false denial
                     // at worst, never an admission over the limit.)
                     Err(e) if is_broken_connection(&e) => {
+                        Ok(call.invoke_async(&mut connection).await?)
+                    }
+                    // A script loaded, then the call redirected to a node that has not seen it
+                    // (a slot just moved to a new node): loading it there is one more try, and
+                    // the script had not run.
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
                         Ok(call.invoke_async(&mut connection).await?)
                     }
                     other => Ok(other?),
@@ -106,8 +115,8 @@ impl RedisBackend {
                     Error::Redis(e) => e.is_timeout(),
                     _ => false,
                 };
-                if timed_out {
-                    self.connector.discard(slot.load(Ordering::Relaxed));
+                if timed_out && let Some(used) = slot.get() {
+                    self.connector.discard(*used);
                 }
             })?;
         scripts::outcome(&reply)
