@@ -432,6 +432,9 @@ impl RateLimiter {
             span.record("key_hash", identity.digest().as_str());
             std::time::Instant::now()
         });
+        // The backend match is written out here and in `decide_spread` on purpose: one shared
+        // `async fn` for it makes the in-memory path's future nest and be moved, measured at
+        // +80 ns a decision (143 -> 225 ns in the token-bucket bench).
         let decision = if policy.spread() > 1 {
             let decide = self.decide_spread(policy, identity, cost, consume);
             if started.is_some() {
