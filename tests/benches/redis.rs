@@ -29,73 +29,22 @@
 //! packages; `scripts/test.sh` installs them). Under `cargo test --all-targets` criterion runs
 //! every bench once with one iteration, which takes well under a second here.
 
-// A global allocator is an `unsafe impl GlobalAlloc`; the workspace denies unsafe code. The impl
-// only forwards to `System` and counts (as in `tests/tests/allocations.rs`).
-#![allow(unsafe_code)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::hint::black_box;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput};
 use ratelimit_core::{
     Algorithm, CacheConfig, Config, FakeClock, RateLimiter, RedisConfig, Source, Window, scripts,
 };
-use ratelimit_tests::RedisServer;
+use ratelimit_tests::{CountingAllocator, RedisServer};
 use tokio::runtime::Runtime;
 
 // ---------------------------------------------------------------------------------------------
 // Counting allocator
 
-/// Forwards to the system allocator, counting allocations made on threads that asked for it.
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn count() {
-    // `try_with`: the flag may already be gone while a thread shuts down.
-    if COUNTING.try_with(Cell::get).unwrap_or(false) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so `System`'s
-// guarantees hold; counting touches only an atomic and a const-initialized thread-local `Cell`,
-// neither of which allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which `System` shares.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: `ptr` was allocated by this allocator, that is by `System`, with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by this allocator, that is by `System`, with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// Heap allocations made on this thread while `runtime` runs `decisions`, after running
 /// `warm_up` first (connections opened, logs at their steady length).
@@ -109,14 +58,7 @@ where
     F: Future<Output = ()>,
 {
     runtime.block_on(warm_up());
-    let measured = decisions();
-    runtime.block_on(async {
-        ALLOCATIONS.store(0, Ordering::Relaxed);
-        COUNTING.with(|c| c.set(true));
-        measured.await;
-        COUNTING.with(|c| c.set(false));
-    });
-    ALLOCATIONS.load(Ordering::Relaxed)
+    ratelimit_tests::allocations_during(runtime, decisions)
 }
 
 // ---------------------------------------------------------------------------------------------

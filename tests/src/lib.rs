@@ -23,6 +23,7 @@
 //! assert!(keys_without_ttl(&[server.url()]).is_empty());
 //! ```
 
+mod alloc;
 mod app;
 mod backends;
 mod cluster;
@@ -34,6 +35,7 @@ mod server;
 mod shared;
 mod tools;
 
+pub use alloc::{CountingAllocator, allocations_during};
 pub use app::serve;
 pub use backends::Backend;
 pub use cluster::RedisCluster;

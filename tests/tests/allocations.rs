@@ -6,68 +6,13 @@
 //! tests running in parallel (or by runtime threads) do not count; measurements are serialized
 //! because the count itself is one atomic.
 
-// A global allocator is an `unsafe impl GlobalAlloc`; the workspace denies unsafe code, and this
-// file is the one place that needs it. The impl only forwards to `System` and counts.
-#![allow(unsafe_code)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ratelimit_core::{CacheConfig, Config, FakeClock, RateLimiter, RedisConfig};
-use ratelimit_tests::RedisServer;
-
-/// Forwards to the system allocator, counting allocations made on threads that asked for it.
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Serializes measurements: they share [`ALLOCATIONS`].
-static MEASURING: Mutex<()> = Mutex::new(());
-
-fn count() {
-    // `try_with`: the flag may already be gone while a thread shuts down.
-    if COUNTING.try_with(Cell::get).unwrap_or(false) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so `System`'s
-// guarantees hold; counting touches only an atomic and a const-initialized thread-local `Cell`,
-// neither of which allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which `System` shares.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: `ptr` was allocated by this allocator, that is by `System`, with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by this allocator, that is by `System`, with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use ratelimit_tests::{CountingAllocator, RedisServer, allocations_during};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// Decisions measured, after warming up.
 const DECISIONS: u64 = 1000;
@@ -77,25 +22,6 @@ fn current_thread() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("a current-thread runtime")
-}
-
-/// Runs `decisions` on `runtime`, counting the allocations made on this thread while it runs
-/// (and only then: building the future does not count).
-fn allocations_during<F: Future<Output = ()>>(
-    runtime: &tokio::runtime::Runtime,
-    decisions: impl FnOnce() -> F,
-) -> u64 {
-    let _serial = MEASURING
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let measured = decisions();
-    runtime.block_on(async {
-        ALLOCATIONS.store(0, Ordering::Relaxed);
-        COUNTING.with(|c| c.set(true));
-        measured.await;
-        COUNTING.with(|c| c.set(false));
-    });
-    ALLOCATIONS.load(Ordering::Relaxed)
 }
 
 /// An in-memory limiter on a fake clock that moves 1 ms a decision: the log of the key stays
