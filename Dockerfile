@@ -33,6 +33,10 @@ RUN apt-get update \
 COPY --from=build /out/api-server /usr/local/bin/api-server
 COPY examples/config.yaml /etc/ratelimit/config.yaml
 ENV RUST_LOG=info
+# glibc gives every thread its own heap arenas; keys created on one worker and dropped on
+# another then cost ~35% more resident memory (measured by examples/soak.rs). Two arenas keep
+# the in-memory backend at its live size.
+ENV MALLOC_ARENA_MAX=2
 # Numeric, so that Kubernetes' runAsNonRoot can check it.
 USER 10001:10001
 EXPOSE 8080

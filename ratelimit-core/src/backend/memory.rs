@@ -3,8 +3,9 @@
 //! State is keyed by policy, algorithm and identity, spread over shards each behind its own
 //! mutex, so concurrent callers on different keys rarely meet. Every entry knows when it stops
 //! mattering; a shard drops expired entries every few thousand operations and whenever it is
-//! full. When a shard is still full after that, an arbitrary eighth of it is forgotten (those
-//! keys start afresh): the bound on memory wins over exactness for the evicted keys.
+//! full. When a shard is still full after that, the eighth of it that expires soonest is
+//! forgotten (those keys start afresh): the bound on memory wins over exactness for the evicted
+//! keys.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -250,14 +251,74 @@ fn forget<T>(stored: &mut Vec<(u64, T)>, lengths: &[u64]) -> bool {
     stored.is_empty()
 }
 
+/// Drops expired entries; if the shard is still full, the eighth that expires soonest (the keys
+/// whose state matters least, usually the least recently used). Not the first eighth in table
+/// order: keys sitting early in the table would be evicted again and again while the others
+/// stayed forever.
 fn make_room(map: &mut HashTable<Entry>, now: u64, capacity: usize) {
     map.retain(|e| e.expires_at_us > now);
     if map.len() >= capacity {
-        let mut evict = (capacity / 8).max(1);
-        map.retain(|_| {
-            let keep = evict == 0;
-            evict = evict.saturating_sub(1);
-            keep
+        let evict = (capacity / 8).max(1).min(map.len());
+        // Once a shard's worth of inserts: the only allocation of a full backend.
+        let mut expiries: Vec<u64> = map.iter().map(|e| e.expires_at_us).collect();
+        let (_, threshold, _) = expiries.select_nth_unstable(evict - 1);
+        let threshold = *threshold;
+        let mut at_threshold = evict - expiries.iter().filter(|&&e| e < threshold).count();
+        map.retain(|e| {
+            if e.expires_at_us < threshold {
+                false
+            } else if e.expires_at_us == threshold && at_threshold > 0 {
+                at_threshold -= 1;
+                false
+            } else {
+                true
+            }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FakeClock;
+    use crate::policy::Window;
+
+    /// A full backend forgets the keys that expire soonest, not those that happen to sit early
+    /// in its tables: every key inserted in the last eighth of the run is still known.
+    #[test]
+    fn a_full_backend_evicts_the_keys_that_expire_soonest() {
+        let clock = FakeClock::new(1_000_000);
+        let memory = MemoryBackend::new(Arc::new(clock.clone()), 6_400);
+        let policy = Policy::new("p", [Window::per_hour(1)]);
+        let keys: Vec<String> = (0..60_000).map(|i| format!("k{i}")).collect();
+        for key in &keys {
+            clock.advance(std::time::Duration::from_micros(10));
+            assert!(
+                memory
+                    .evaluate(&policy, Identity::new(key.as_bytes()), 1, true)
+                    .allowed
+            );
+        }
+        assert!(memory.len() <= 6_400, "bounded: {}", memory.len());
+        let recent = &keys[keys.len() - 800..];
+        let remembered = recent
+            .iter()
+            .filter(|k| {
+                !memory
+                    .evaluate(&policy, Identity::new(k.as_bytes()), 1, false)
+                    .allowed
+            })
+            .count();
+        assert_eq!(remembered, recent.len(), "recent keys were evicted");
+        let oldest = &keys[..6_000];
+        let survivors = oldest
+            .iter()
+            .filter(|k| {
+                !memory
+                    .evaluate(&policy, Identity::new(k.as_bytes()), 1, false)
+                    .allowed
+            })
+            .count();
+        assert_eq!(survivors, 0, "the oldest keys should be gone");
     }
 }
