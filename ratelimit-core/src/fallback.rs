@@ -44,6 +44,11 @@ impl Fallback {
         self.mode
     }
 
+    /// Keys the `local` fallback tracks now (0 for the other modes).
+    pub(crate) fn local_keys(&self) -> usize {
+        self.local.as_ref().map_or(0, MemoryBackend::len)
+    }
+
     /// Decisions made by the fallback so far.
     pub(crate) fn events(&self) -> u64 {
         self.events.load(Ordering::Relaxed)

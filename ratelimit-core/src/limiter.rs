@@ -89,6 +89,11 @@ pub struct LimiterStats {
     pub cache: CacheStats,
     /// Bytes the cache holds, by its own weighing.
     pub cache_bytes: u64,
+    /// Keys held in this process's memory: by the in-memory backend, or by the `local`
+    /// fallback of a Redis-backed limiter (expired ones included until swept). Bounded by
+    /// `memory.max_keys`, rounded up to a multiple of 64. Counting visits every shard: for
+    /// operators and tests, not for every request.
+    pub memory_keys: usize,
 }
 
 impl RateLimiter {
@@ -279,7 +284,10 @@ impl RateLimiter {
     /// What the limiter has done so far: breaker, fallback, cache.
     pub fn stats(&self) -> LimiterStats {
         match self.inner.backend.as_ref() {
-            Backend::Memory(_) => LimiterStats::default(),
+            Backend::Memory(memory) => LimiterStats {
+                memory_keys: memory.len(),
+                ..LimiterStats::default()
+            },
             Backend::Redis(guarded) => LimiterStats {
                 breaker: Some(guarded.breaker.state()),
                 breaker_transitions: guarded.breaker.stats(),
@@ -290,6 +298,7 @@ impl RateLimiter {
                     .map(DecisionCache::stats)
                     .unwrap_or_default(),
                 cache_bytes: guarded.cache.as_ref().map_or(0, DecisionCache::weight),
+                memory_keys: guarded.fallback.local_keys(),
             },
         }
     }
