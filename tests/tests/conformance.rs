@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ratelimit_core::{Algorithm, Config, Error, Policy, RateLimiter, Source, Window};
-use ratelimit_tests::{Backend, for_each_backend, key_slot};
+use ratelimit_tests::{Backend, for_each_backend, key_slot, spawn_allows};
 
 const ALGORITHMS: [Algorithm; 4] = [
     Algorithm::SlidingWindow,
@@ -44,15 +44,8 @@ async fn exactly_the_limit_under_1000_concurrent_callers(backend: Backend) {
             }
             let limiter = backend.limiter(config, &prefix).await;
             let key = format!("hot:{algorithm}:{multi}");
-            let tasks: Vec<_> = (0..1000)
-                .map(|_| {
-                    let limiter = limiter.clone();
-                    let key = key.clone();
-                    tokio::spawn(async move { limiter.allow(&key).await })
-                })
-                .collect();
             let mut allowed = 0;
-            for task in tasks {
+            for task in spawn_allows(&limiter, &key, 1000) {
                 let decision = task
                     .await
                     .expect("task panicked")

@@ -12,7 +12,9 @@ use rand::{Rng, SeedableRng};
 use ratelimit_core::{
     Algorithm, Config, Decision, FakeClock, Identity, KeyBuilder, Policy, RateLimiter, Window,
 };
-use ratelimit_tests::{Backend, all_keys, keys_without_ttl, shared_cluster, shared_standalone};
+use ratelimit_tests::{
+    Backend, all_keys, keys_without_ttl, shared_cluster, shared_standalone, spawn_allows,
+};
 
 const ALGORITHMS: [Algorithm; 4] = [
     Algorithm::SlidingWindow,
@@ -454,16 +456,7 @@ async fn skewed_client_clocks_change_nothing_cluster() {
 
 /// Allowed counts of one burst: (fixed window, sliding window).
 async fn burst(fixed: &RateLimiter, sliding: &RateLimiter, key: &str, n: usize) -> (usize, usize) {
-    let spawn = |limiter: &RateLimiter| {
-        (0..n)
-            .map(|_| {
-                let limiter = limiter.clone();
-                let key = key.to_owned();
-                tokio::spawn(async move { limiter.allow(key).await })
-            })
-            .collect::<Vec<_>>()
-    };
-    let (fixed_tasks, sliding_tasks) = (spawn(fixed), spawn(sliding));
+    let (fixed_tasks, sliding_tasks) = (spawn_allows(fixed, key, n), spawn_allows(sliding, key, n));
     let mut counts = (0, 0);
     for (tasks, count) in [(fixed_tasks, &mut counts.0), (sliding_tasks, &mut counts.1)] {
         for task in tasks {

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use ratelimit_core::{Algorithm, Config, HotKeyConfig, Policy, Source, Window};
-use ratelimit_tests::{Backend, for_each_backend, key_slot, shared_standalone};
+use ratelimit_tests::{Backend, for_each_backend, key_slot, shared_standalone, spawn_allows};
 
 /// `cmdstat_evalsha` calls on a server so far.
 fn evalsha_calls(url: &str) -> u64 {
@@ -95,15 +95,8 @@ async fn a_spread_key_is_exact_and_lands_on_several_slots(backend: Backend) {
             .limiter(Config::with_policy(policy.clone()), &prefix)
             .await;
         let key = format!("celebrity:{algorithm}");
-        let tasks: Vec<_> = (0..1000)
-            .map(|_| {
-                let limiter = limiter.clone();
-                let key = key.clone();
-                tokio::spawn(async move { limiter.allow(&key).await })
-            })
-            .collect();
         let mut allowed = 0;
-        for task in tasks {
+        for task in spawn_allows(&limiter, &key, 1000) {
             let decision = task
                 .await
                 .expect("task panicked")
