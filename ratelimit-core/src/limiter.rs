@@ -582,7 +582,23 @@ impl Guarded {
             self.metrics.cache_hit();
             return Ok(decision);
         }
-        let admission = self.breaker.admit(now);
+        // Wait behind this process's own burst first: that queue is not Redis failing, so it
+        // neither counts against the timeout nor reaches the breaker. The breaker is asked
+        // once the call can really be sent, so a breaker that opened meanwhile still spares
+        // Redis the queued calls.
+        let _turn = self.redis.turn().await;
+        // When the call is sent: a cached answer is anchored here, not when the reply came
+        // back, so it never outlives what Redis said by the round trip.
+        let sent = self.clock.now_micros();
+        // The calls ahead in the queue may have left a denial for this key: Redis need not
+        // hear the rest of a burst on a spent key.
+        if let Some(cache) = &self.cache
+            && let Some(decision) = cache.lookup(key, cost, consume, sent)
+        {
+            self.metrics.cache_hit();
+            return Ok(decision);
+        }
+        let admission = self.breaker.admit(sent);
         if admission == Admission::Reject {
             return Ok(self.fall_back(policy, identity, cost, consume));
         }
@@ -619,6 +635,11 @@ impl Guarded {
                 self.breaker.on_success();
                 self.metrics.set_circuit_state(self.breaker.state());
                 let granted = if outcome.allowed { granted } else { cost };
+                if outcome.allowed && consume {
+                    // The local fallback starts from what this instance admitted, never from
+                    // an empty state.
+                    self.fallback.remember(policy, identity, granted);
+                }
                 let mut decision = Decision::from_outcome(outcome, policy.windows(), Source::Redis);
                 if granted > cost {
                     // Permits reserved for this instance are still the client's to spend.
@@ -629,7 +650,7 @@ impl Guarded {
                         || decision.allowed()
                         || self.hot_keys.is_hot(policy, identity))
                 {
-                    cache.record(key, cost, granted, &decision, self.clock.now_micros());
+                    cache.record(key, cost, granted, &decision, sent);
                 }
                 Ok(decision)
             }

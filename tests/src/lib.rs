@@ -26,6 +26,7 @@
 mod alloc;
 mod app;
 mod backends;
+mod busy;
 mod cluster;
 mod concurrent;
 mod inspect;
@@ -39,6 +40,7 @@ mod tools;
 pub use alloc::{CountingAllocator, allocations_during};
 pub use app::serve;
 pub use backends::Backend;
+pub use busy::BusyLoops;
 pub use cluster::RedisCluster;
 pub use concurrent::spawn_allows;
 pub use inspect::{all_keys, key_slot, key_slot_bytes, keys_without_ttl};
