@@ -17,8 +17,7 @@
 local op = ARGV[1]
 local cost = tonumber(ARGV[2])
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = clock_now()
 
 -- floor(a / b) for integers below 2^53, corrected where the division in doubles rounds up.
 local function idiv(a, b)
@@ -64,7 +63,6 @@ for i = 1, n do
 end
 
 local consume = allowed and op == 'allow' and cost > 0
-local best, best_remaining, best_reset, best_retry = 0, 0, 0, -1
 for i = 1, n do
   local limit, window, e = limits[i], windows[i], elapsed[i]
   local start = numbers[i] * window
@@ -102,17 +100,7 @@ for i = 1, n do
       if retry_after < 0 then retry_after = 0 end
     end
   end
-  local better
-  if best == 0 then
-    better = true
-  elseif not allowed then
-    better = retry_after > best_retry
-  else
-    better = remaining < best_remaining or (remaining == best_remaining and reset_after > best_reset)
-  end
-  if better then
-    best, best_remaining, best_reset, best_retry = i, remaining, reset_after, retry_after
-  end
+  consider(allowed, i, remaining, reset_after, retry_after)
 end
 
-return {allowed and 1 or 0, best, limits[best], best_remaining, best_reset, best_retry}
+return answer(allowed, limits)

@@ -18,8 +18,7 @@ local nonce = ARGV[3]
 local limit = tonumber(ARGV[4])
 local window = tonumber(ARGV[5])
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = clock_now()
 
 -- An entry admitted at s counts while now < s + window.
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
@@ -45,8 +44,13 @@ if remaining < 0 then remaining = 0 end
 
 local reset_after = 0
 if count > 0 then
-  local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-  reset_after = tonumber(newest[2]) + window - now
+  local newest = tonumber(redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2])
+  reset_after = newest + window - now
+  -- The log lives until its newest entry leaves the window in force now, also when nothing was
+  -- added: after a reload to a longer window, a denied client's log must not expire early.
+  if not (allowed and op == 'allow' and cost > 0) then
+    redis.call('PEXPIRE', key, math.ceil(reset_after / 1000))
+  end
 end
 
 local retry_after = 0

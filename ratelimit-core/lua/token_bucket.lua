@@ -14,8 +14,7 @@
 local op = ARGV[1]
 local cost = tonumber(ARGV[2])
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = clock_now()
 
 local n = #KEYS
 local limits, windows, tats, fracs, new_tats, new_fracs = {}, {}, {}, {}, {}, {}
@@ -44,7 +43,6 @@ for i = 1, n do
 end
 
 local consume = allowed and op == 'allow' and cost > 0
-local best, best_remaining, best_reset, best_retry = 0, 0, 0, -1
 for i = 1, n do
   local limit, window = limits[i], windows[i]
   local tat, frac = tats[i], fracs[i]
@@ -67,17 +65,7 @@ for i = 1, n do
       if new_fracs[i] > 0 then retry_after = retry_after + 1 end
     end
   end
-  local better
-  if best == 0 then
-    better = true
-  elseif not allowed then
-    better = retry_after > best_retry
-  else
-    better = remaining < best_remaining or (remaining == best_remaining and reset_after > best_reset)
-  end
-  if better then
-    best, best_remaining, best_reset, best_retry = i, remaining, reset_after, retry_after
-  end
+  consider(allowed, i, remaining, reset_after, retry_after)
 end
 
-return {allowed and 1 or 0, best, limits[best], best_remaining, best_reset, best_retry}
+return answer(allowed, limits)

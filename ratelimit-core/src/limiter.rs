@@ -421,7 +421,17 @@ impl RateLimiter {
         cost: u64,
         consume: bool,
     ) -> Result<Decision, Error> {
-        let limit = policy.smallest_limit();
+        // A spread key's request is decided by one sub-counter: it must fit the largest share.
+        let limit = if policy.spread() > 1 {
+            policy
+                .parts()
+                .iter()
+                .map(Policy::smallest_limit)
+                .max()
+                .unwrap_or(0)
+        } else {
+            policy.smallest_limit()
+        };
         if cost > limit {
             return Err(Error::CostAboveLimit { cost, limit });
         }
@@ -541,13 +551,14 @@ impl RateLimiter {
 const PART_IDENTITY: usize = crate::key::MAX_PLAIN_IDENTITY + 4;
 
 /// The identity of sub-counter `index` of `identity`: `<identity>#<index>`. Inside the key's
-/// hash tag, so each sub-counter lands in a slot of its own; hashed like any identity when it
-/// grows past 64 bytes.
+/// hash tag, so each sub-counter lands in a slot of its own. No client identity holds `#`
+/// unhashed, so none can name a sub-counter.
 fn part_identity<'b>(
     buffer: &'b mut [u8; PART_IDENTITY],
     identity: Identity<'_>,
     index: usize,
 ) -> Identity<'b> {
+    // A plain identity is at most 64 bytes, a hashed one 33.
     let id = identity.as_str().as_bytes();
     let mut len = id.len().min(crate::key::MAX_PLAIN_IDENTITY);
     buffer[..len].copy_from_slice(&id[..len]);
@@ -561,7 +572,8 @@ fn part_identity<'b>(
     }
     buffer[len] = b'0' + (index % 10) as u8;
     len += 1;
-    Identity::new(&buffer[..len])
+    // Only ASCII was written.
+    Identity::internal(std::str::from_utf8(&buffer[..len]).unwrap_or("#"))
 }
 
 impl Guarded {
