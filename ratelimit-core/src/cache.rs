@@ -28,6 +28,7 @@ use quick_cache::sync::Cache;
 use crate::clock::micros;
 use crate::config::{CacheConfig, CacheMode};
 use crate::decision::{Decision, Source};
+use crate::policy::Policy;
 
 /// What the cache holds for a denied key.
 #[derive(Debug, Clone, Copy)]
@@ -202,19 +203,24 @@ impl DecisionCache {
     }
 
     /// How many permits to ask Redis for, for a request of `cost`.
+    ///
+    /// A policy whose shortest window is not longer than the cache's `ttl` never takes a
+    /// lease (whatever policy it is: the default, a rule's, one passed to `allow_with`): a
+    /// permit spent after its window ended in Redis would be spent twice.
     pub(crate) fn reservation(
         &self,
         key: &[u8],
         cost: u64,
         consume: bool,
-        limit: u64,
+        policy: &Policy,
     ) -> Reservation {
         let Some((leases, rules)) = &self.leases else {
             return Reservation::Exact;
         };
-        if !consume || cost == 0 {
+        if !consume || cost == 0 || policy.shortest_window_micros() <= rules.ttl_us {
             return Reservation::Exact;
         }
+        let limit = policy.smallest_limit();
         // Follow demand, never above the configured size, and take at most half of what Redis
         // said was left, so leases shrink to nothing as the quota runs out.
         let (demand, known_remaining) =
@@ -269,46 +275,60 @@ impl DecisionCache {
         if extra > 0 {
             self.leases_taken.fetch_add(1, Ordering::Relaxed);
         }
-        match leases.get(key) {
-            Some(lease) => {
-                let mut lease = lease.lock().unwrap_or_else(PoisonError::into_inner);
-                if now_us >= lease.expires_us {
-                    lease.expire(&self.stranded);
-                }
-                // A lease used up in under half its ttl is too small for this key's traffic.
-                if extra > 0 && lease.permits == 0 && lease.granted > 0 {
-                    if now_us.saturating_sub(lease.started_us) < rules.ttl_us / 2 {
-                        lease.next_size = lease.next_size.saturating_mul(2);
-                    }
-                    lease.granted = 0;
-                    lease.started_us = now_us;
-                }
-                if lease.granted == 0 {
-                    lease.started_us = now_us;
-                }
-                // Concurrent misses each reserve: their permits join the live lease rather
-                // than replace it, so none is stranded by another.
-                lease.permits += extra;
-                lease.granted += extra;
-                lease.remaining = decision.remaining();
-                lease.decision = *decision;
-                if extra > 0 {
-                    lease.expires_us = now_us + rules.ttl_us;
-                }
-            }
-            None => leases.insert(
-                key.into(),
-                Arc::new(Mutex::new(Lease {
-                    permits: extra,
-                    granted: extra,
-                    started_us: now_us,
-                    expires_us: now_us + rules.ttl_us,
-                    remaining: decision.remaining(),
-                    next_size: INITIAL_LEASE,
-                    decision: *decision,
-                })),
-            ),
+        // Get or insert in one step: two concurrent misses on one key must both add to the
+        // same lease, or the second would replace the first and strand its permits unseen.
+        let owned: Box<[u8]> = key.into();
+        let lease = leases.get_or_insert_with(&owned, || {
+            Ok::<_, std::convert::Infallible>(Arc::new(Mutex::new(Lease {
+                permits: 0,
+                granted: 0,
+                started_us: now_us,
+                expires_us: now_us + rules.ttl_us,
+                remaining: decision.remaining(),
+                next_size: INITIAL_LEASE,
+                decision: *decision,
+            })))
+        });
+        let Ok(lease) = lease;
+        let mut lease = lease.lock().unwrap_or_else(PoisonError::into_inner);
+        if now_us >= lease.expires_us {
+            lease.expire(&self.stranded);
         }
+        // A lease used up in under half its ttl is too small for this key's traffic.
+        if extra > 0 && lease.permits == 0 && lease.granted > 0 {
+            if now_us.saturating_sub(lease.started_us) < rules.ttl_us / 2 {
+                lease.next_size = lease.next_size.saturating_mul(2);
+            }
+            lease.granted = 0;
+            lease.started_us = now_us;
+        }
+        if lease.granted == 0 {
+            lease.started_us = now_us;
+        }
+        // Concurrent misses each reserve: their permits join the live lease rather than
+        // replace it, so none is stranded by another.
+        lease.permits += extra;
+        lease.granted += extra;
+        lease.remaining = decision.remaining();
+        lease.decision = *decision;
+        if extra > 0 {
+            lease.expires_us = now_us + rules.ttl_us;
+        }
+    }
+
+    /// Forgets everything: after a reload, a cached denial or a lease may belong to a limit
+    /// that no longer holds. Unused leased permits are counted as stranded.
+    pub(crate) fn clear(&self) {
+        if let Some((leases, _)) = &self.leases {
+            for (_, lease) in leases.iter() {
+                lease
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .expire(&self.stranded);
+            }
+            leases.clear();
+        }
+        self.denials.clear();
     }
 
     /// Forgets `key` (after a reset).

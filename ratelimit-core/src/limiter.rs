@@ -115,9 +115,10 @@ impl RateLimiter {
 
     /// A limiter for `config` that carries on from this one: the same metric families, and,
     /// when the backend's sections (`redis`, `prefix`, `cache`, `fallback`, `memory`) are
-    /// unchanged, the same backend and its state (in-memory counts, connections, cache,
-    /// breaker). New policies, rules and HTTP settings take effect for new requests; requests
-    /// in flight finish under the old ones. For hot reloads.
+    /// unchanged, the same backend and its state (in-memory counts, connections, breaker).
+    /// The local cache is emptied: its denials and leases were decided under the old limits.
+    /// New policies, rules and HTTP settings take effect for new requests; requests in flight
+    /// finish under the old ones. For hot reloads.
     pub fn reconfigure(&self, config: Config) -> Result<Self, Error> {
         config.validate()?;
         let old = &self.inner.config;
@@ -128,6 +129,14 @@ impl RateLimiter {
             && old.memory == config.memory
             && old.hot_keys == config.hot_keys;
         if same_backend {
+            // Cached denials, the hot-key shield and leases were decided under the old
+            // limits: a client denied under 5/1m must not stay denied under 100000/1m.
+            if let Backend::Redis(guarded) = self.inner.backend.as_ref()
+                && let Some(cache) = &guarded.cache
+            {
+                cache.clear();
+            }
+            publish_policies(&config, &self.inner.metrics);
             return Ok(Self {
                 inner: Arc::new(Inner {
                     config,
@@ -143,6 +152,7 @@ impl RateLimiter {
 
     fn build(config: Config, metrics: Metrics) -> Result<Self, Error> {
         config.validate()?;
+        publish_policies(&config, &metrics);
         let clock: Arc<dyn Clock> = config
             .clock
             .clone()
@@ -547,6 +557,19 @@ impl RateLimiter {
     }
 }
 
+/// Creates the decision series of every policy `config` names, at zero.
+fn publish_policies(config: &Config, metrics: &Metrics) {
+    metrics.publish_policy(config.policy());
+    for policy in config
+        .http()
+        .rules
+        .iter()
+        .filter_map(|rule| rule.policy.as_ref())
+    {
+        metrics.publish_policy(policy);
+    }
+}
+
 /// Room for an identity (at most 64 bytes as stored) and `#<index>`.
 const PART_IDENTITY: usize = crate::key::MAX_PLAIN_IDENTITY + 4;
 
@@ -626,7 +649,7 @@ impl Guarded {
         };
         let started = std::time::Instant::now();
         let reserve = match &self.cache {
-            Some(cache) => cache.reservation(key, cost, consume, policy.smallest_limit()),
+            Some(cache) => cache.reservation(key, cost, consume, policy),
             None => Reservation::Exact,
         };
         let asked = match reserve {

@@ -215,7 +215,44 @@ impl Metrics {
         };
         metrics.set_circuit_state(BreakerState::Closed);
         metrics.hot_keys(0, std::iter::empty());
+        // Every series whose labels are known in advance exists from the start, at zero:
+        // `rate()` and dashboards need a series before its first event.
+        for operation in [Operation::allow, Operation::peek, Operation::reset] {
+            drop(
+                metrics
+                    .redis_latency
+                    .get_or_create(&OperationLabels { operation }),
+            );
+        }
+        for mode in [ModeValue::open, ModeValue::closed, ModeValue::local] {
+            drop(metrics.fallback_events.get_or_create(&ModeLabels { mode }));
+        }
+        for kind in [
+            ErrorKind::timeout,
+            ErrorKind::connection,
+            ErrorKind::server,
+            ErrorKind::other,
+        ] {
+            drop(metrics.redis_errors.get_or_create(&ErrorLabels { kind }));
+        }
+        for result in [ReloadValue::ok, ReloadValue::failed] {
+            drop(
+                metrics
+                    .config_reloads
+                    .get_or_create(&ReloadLabels { result }),
+            );
+        }
         metrics
+    }
+
+    /// Creates the decision series of `policy` (each window, allowed and denied) at zero, so
+    /// they exist before the first decision.
+    pub(crate) fn publish_policy(&self, policy: &Policy) {
+        for index in 0..policy.windows().len() {
+            for allowed in [true, false] {
+                self.request_counter(policy, index, allowed);
+            }
+        }
     }
 
     /// Registers every family in `registry` (yours, or a fresh one).

@@ -55,7 +55,11 @@ async fn burst(limiter: &RateLimiter, keys: usize, callers: usize) -> HashMap<St
         let decision = decision.expect("no error with a healthy Redis");
         *sources.entry(decision.source().name()).or_default() += 1;
         if decision.allowed() {
-            assert_eq!(decision.source(), Source::Redis, "{key}: admitted by {decision:?}");
+            assert_eq!(
+                decision.source(),
+                Source::Redis,
+                "{key}: admitted by {decision:?}"
+            );
         }
         *allowed.entry(key).or_default() += u64::from(decision.allowed());
     }

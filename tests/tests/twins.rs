@@ -36,8 +36,8 @@ fn random_policy(rng: &mut StdRng, name: &str, algorithm: Algorithm, count: usiz
     let windows: Vec<Window> = (0..count)
         .map(|i| {
             let limit = rng.random_range(1..=8) * (i as u64 + 1);
-            let micros = rng.random_range(200_000..=3_000_000) * (i as u64 + 1)
-                + rng.random_range(0..1000);
+            let micros =
+                rng.random_range(200_000..=3_000_000) * (i as u64 + 1) + rng.random_range(0..1000);
             Window::new(limit, std::time::Duration::from_micros(micros))
         })
         .collect();
@@ -66,7 +66,9 @@ fn next_instant(rng: &mut StdRng, now: u64, last: &Verdict, policy: &Policy) -> 
                 .duration()
                 .as_micros() as u64;
             let boundary = (now / w + 1) * w;
-            (boundary + rng.random_range(0..=2)).saturating_sub(1).max(now)
+            (boundary + rng.random_range(0..=2))
+                .saturating_sub(1)
+                .max(now)
         }
         _ => now + rng.random_range(0..2 * longest),
     }
