@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use ratelimit_core::{Algorithm, Config, HotKeyConfig, Policy, Source, Window};
+use ratelimit_core::{Algorithm, Config, HotKeyConfig, Policy, Source};
 use ratelimit_tests::{Backend, for_each_backend, key_slot, shared_standalone, spawn_allows};
 
 /// `cmdstat_evalsha` calls on a server so far.
@@ -87,7 +87,8 @@ async fn hot_denied_keys_are_answered_locally_without_the_cache() {
 async fn a_spread_key_is_exact_and_lands_on_several_slots(backend: Backend) {
     let prefix = Backend::unique_prefix("spread");
     for algorithm in [Algorithm::TokenBucket, Algorithm::FixedWindow] {
-        let window = Window::new(100, Duration::from_secs(86_400));
+        // A fixed window is epoch aligned: this one began just now, whatever the hour.
+        let window = ratelimit_tests::window_starting_now(100, Duration::from_secs(86_400));
         let policy = Policy::new("spread", [window])
             .with_algorithm(algorithm)
             .with_spread(8);
