@@ -74,6 +74,9 @@ struct Guarded {
     breaker: CircuitBreaker,
     fallback: Fallback,
     metrics: Metrics,
+    /// `evicted_keys` of each primary when this limiter first read it: evictions since then
+    /// are counts lost while it ran.
+    evictions_seen: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// What the limiter has done so far, for operators and tests.
@@ -103,6 +106,15 @@ impl RateLimiter {
         let limiter = Self::new_lazy(config)?;
         if let Backend::Redis(guarded) = limiter.inner.backend.as_ref() {
             guarded.redis.connect().await?;
+            // Loud at start: a Redis that may evict our keys silently hands quotas back.
+            let check = guarded.keeps_counts().await;
+            if !check.ok {
+                tracing::warn!(detail = %check.detail, "Redis may lose rate-limit counts");
+            }
+            limiter
+                .inner
+                .metrics
+                .invariants(&Invariants::new(vec![check]));
         }
         Ok(limiter)
     }
@@ -193,6 +205,7 @@ impl RateLimiter {
                     ),
                     clock,
                     metrics: metrics.clone(),
+                    evictions_seen: Default::default(),
                 }))
             }
             None => Backend::Memory(MemoryBackend::new(clock, config.memory().max_keys())),
@@ -251,42 +264,57 @@ impl RateLimiter {
                 |path| path.display().to_string(),
             ),
         };
-        let (redis_healthy, no_stuck_keys, breaker) = match self.inner.backend.as_ref() {
-            Backend::Memory(_) => (
-                Invariant {
-                    name: "redis_healthy",
-                    ok: true,
-                    detail: "in-memory backend".to_owned(),
-                },
-                Invariant {
-                    name: "no_stuck_keys",
-                    ok: true,
-                    detail: "in-memory backend: state expires in process".to_owned(),
-                },
-                invariants::breaker(None),
-            ),
-            Backend::Redis(guarded) => {
-                let ping = guarded.redis.ping().await;
-                let stuck = guarded.redis.stuck_keys().await;
-                (
+        let (redis_healthy, no_stuck_keys, breaker, keeps_counts) =
+            match self.inner.backend.as_ref() {
+                Backend::Memory(_) => (
                     Invariant {
                         name: "redis_healthy",
-                        ok: ping.is_ok(),
-                        detail: ping.map_or_else(|e| e.to_string(), |()| "PING answered".into()),
+                        ok: true,
+                        detail: "in-memory backend".to_owned(),
                     },
                     Invariant {
                         name: "no_stuck_keys",
-                        ok: matches!(&stuck, Ok(keys) if keys.is_empty()),
-                        detail: match stuck {
-                            Ok(keys) => format!("{} keys without a TTL", keys.len()),
-                            Err(e) => format!("scan failed: {e}"),
-                        },
+                        ok: true,
+                        detail: "in-memory backend: state expires in process".to_owned(),
                     },
-                    invariants::breaker(Some(guarded.breaker.state())),
-                )
-            }
-        };
-        let report = Invariants::new(vec![config_loaded, redis_healthy, breaker, no_stuck_keys]);
+                    invariants::breaker(None),
+                    Invariant {
+                        name: "redis_keeps_counts",
+                        ok: true,
+                        detail: "in-memory backend".to_owned(),
+                    },
+                ),
+                Backend::Redis(guarded) => {
+                    let ping = guarded.redis.ping().await;
+                    let stuck = guarded.redis.stuck_keys().await;
+                    let keeps_counts = guarded.keeps_counts().await;
+                    (
+                        Invariant {
+                            name: "redis_healthy",
+                            ok: ping.is_ok(),
+                            detail: ping
+                                .map_or_else(|e| e.to_string(), |()| "PING answered".into()),
+                        },
+                        Invariant {
+                            name: "no_stuck_keys",
+                            ok: matches!(&stuck, Ok(keys) if keys.is_empty()),
+                            detail: match stuck {
+                                Ok(keys) => format!("{} keys without a TTL", keys.len()),
+                                Err(e) => format!("scan failed: {e}"),
+                            },
+                        },
+                        invariants::breaker(Some(guarded.breaker.state())),
+                        keeps_counts,
+                    )
+                }
+            };
+        let report = Invariants::new(vec![
+            config_loaded,
+            redis_healthy,
+            breaker,
+            no_stuck_keys,
+            keeps_counts,
+        ]);
         self.inner.metrics.invariants(&report);
         report
     }
@@ -600,6 +628,73 @@ fn part_identity<'b>(
 }
 
 impl Guarded {
+    /// The `redis_keeps_counts` invariant: every primary's eviction policy cannot pick our
+    /// keys, and none evicted a key since this limiter first looked. Also publishes the
+    /// evictions seen as `ratelimiter_redis_evicted_keys`.
+    async fn keeps_counts(&self) -> Invariant {
+        let name = "redis_keeps_counts";
+        let nodes = match self.redis.evictions().await {
+            Ok(nodes) => nodes,
+            Err(error) => {
+                return Invariant {
+                    name,
+                    ok: false,
+                    detail: format!("unknown: {error}"),
+                };
+            }
+        };
+        let mut problems = Vec::new();
+        let mut evicted_since_start = 0;
+        {
+            let mut seen = self
+                .evictions_seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for node in &nodes {
+                let at = if node.node.is_empty() {
+                    "redis".to_owned()
+                } else {
+                    node.node.clone()
+                };
+                match node.may_evict() {
+                    Some(false) => {}
+                    Some(true) => problems.push(format!(
+                        "{at}: maxmemory-policy {} with maxmemory {} can evict the limiter's keys (set noeviction)",
+                        node.policy.as_deref().unwrap_or("?"),
+                        node.maxmemory.unwrap_or(0),
+                    )),
+                    None => problems.push(format!(
+                        "{at}: eviction policy unknown (CONFIG GET refused): check that it is noeviction"
+                    )),
+                }
+                if let Some(evicted) = node.evicted_keys {
+                    let baseline = *seen.entry(node.node.clone()).or_insert(evicted);
+                    let since = evicted.saturating_sub(baseline);
+                    evicted_since_start += since;
+                    if since > 0 {
+                        problems.push(format!(
+                            "{at}: {since} keys evicted since the limiter started"
+                        ));
+                    }
+                }
+            }
+        }
+        self.metrics.redis_evicted_keys(evicted_since_start);
+        Invariant {
+            name,
+            ok: problems.is_empty(),
+            detail: if problems.is_empty() {
+                format!(
+                    "{} primar{} keep every key (noeviction or no maxmemory), none evicted",
+                    nodes.len(),
+                    if nodes.len() == 1 { "y" } else { "ies" }
+                )
+            } else {
+                problems.join("; ")
+            },
+        }
+    }
+
     /// Cache, then breaker, then Redis; the fallback when Redis cannot answer.
     async fn evaluate(
         &self,

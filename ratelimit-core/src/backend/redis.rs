@@ -263,7 +263,16 @@ impl RedisBackend {
         .await
     }
 
-    async fn bounded<T>(&self, call: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    /// The connections.
+    pub(super) fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
+    /// `call`, bounded by the configured timeout.
+    pub(super) async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
         tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| Error::Timeout(self.timeout))?
