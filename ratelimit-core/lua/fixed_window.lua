@@ -4,11 +4,12 @@
 -- one window and another at the start of the next, so up to twice the limit can pass within one
 -- window's length across a boundary.
 --
--- KEYS[i]  the counter of window i, stored as "<window number>:<count>" so that a counter left
---          over from an earlier window (key expiry is only millisecond-exact) never counts
+-- KEYS[i]  the counter of window i, stored as "<window number>:<count>:<nonce>" so that a counter
+--          left over from an earlier window (key expiry is only millisecond-exact) never counts
 -- ARGV[1]  "allow" or "peek"
 -- ARGV[2]  cost
--- ARGV[3]  nonce (unused; every script takes the same arguments)
+-- ARGV[3]  nonce, unique per call: a call retried after its reply was lost (the cluster client
+--          retries on I/O errors) finds its own nonce stored and consumes nothing twice
 -- ARGV[4], ARGV[5], ...  limit and window length (µs) of each window, in pairs
 --
 -- Returns {allowed, binding window (1-based), limit, remaining, reset_after_us, retry_after_us}.
@@ -17,9 +18,11 @@ local cost = tonumber(ARGV[2])
 
 local now = clock_now()
 
+local nonce = ARGV[3]
 local n = #KEYS
 local limits, counts, numbers, ends = {}, {}, {}, {}
 local allowed = true
+local replay = false
 for i = 1, n do
   local limit = tonumber(ARGV[2 + 2 * i])
   local window = tonumber(ARGV[3 + 2 * i])
@@ -28,20 +31,24 @@ for i = 1, n do
   local stored = redis.call('GET', KEYS[i])
   if stored then
     local sep = string.find(stored, ':', 1, true)
+    local sep2 = string.find(stored, ':', sep + 1, true)
     if tonumber(string.sub(stored, 1, sep - 1)) == number then
-      count = tonumber(string.sub(stored, sep + 1))
+      count = tonumber(string.sub(stored, sep + 1, (sep2 or 0) - 1))
     end
+    if i == 1 and sep2 and string.sub(stored, sep2 + 1) == nonce then replay = true end
   end
   limits[i], counts[i], numbers[i], ends[i] = limit, count, number, (number + 1) * window
   if count + cost > limit then allowed = false end
 end
 
-local consume = allowed and op == 'allow' and cost > 0
+-- A retry of a call that was applied: its permits are taken already.
+if replay then allowed = true end
+local consume = allowed and op == 'allow' and cost > 0 and not replay
 for i = 1, n do
   if consume then
     counts[i] = counts[i] + cost
     local ttl = math.ceil((ends[i] - now) / 1000)
-    redis.call('SET', KEYS[i], string.format('%d:%d', numbers[i], counts[i]), 'PX', ttl)
+    redis.call('SET', KEYS[i], string.format('%d:%d:', numbers[i], counts[i]) .. nonce, 'PX', ttl)
   end
   local remaining = limits[i] - counts[i]
   if remaining < 0 then remaining = 0 end

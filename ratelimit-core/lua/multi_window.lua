@@ -38,7 +38,12 @@ for i = 1, #windows do
   if counts[i] + cost > limits[i] then allowed = false end
 end
 
-if allowed and op == 'allow' and cost > 0 then
+-- A retry of a call that was applied (its reply lost, the cluster client retried) finds its own
+-- members: its permits are taken already.
+local replay = op == 'allow' and cost > 0 and redis.call('ZSCORE', key, nonce .. ':1') ~= false
+if replay then allowed = true end
+
+if allowed and op == 'allow' and cost > 0 and not replay then
   local batch = {}
   for i = 1, cost do
     batch[#batch + 1] = now
@@ -59,7 +64,7 @@ if top[2] then
   -- The log lives until its newest entry leaves the longest window of the policy in force now,
   -- also when nothing was added: after a reload to longer windows, a denied client's log must
   -- not expire with the old ones.
-  if not (allowed and op == 'allow' and cost > 0) then
+  if not (allowed and op == 'allow' and cost > 0) or replay then
     redis.call('PEXPIRE', key, math.ceil((newest + longest - now) / 1000))
   end
 end

@@ -24,8 +24,12 @@ local now = clock_now()
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
 local count = redis.call('ZCARD', key)
 local allowed = count + cost <= limit
+-- A retry of a call that was applied (its reply lost, the cluster client retried) finds its own
+-- members: its permits are taken already.
+local replay = op == 'allow' and cost > 0 and redis.call('ZSCORE', key, nonce .. ':1') ~= false
+if replay then allowed = true end
 
-if allowed and op == 'allow' and cost > 0 then
+if allowed and op == 'allow' and cost > 0 and not replay then
   local batch = {}
   for i = 1, cost do
     batch[#batch + 1] = now
@@ -48,7 +52,7 @@ if count > 0 then
   reset_after = newest + window - now
   -- The log lives until its newest entry leaves the window in force now, also when nothing was
   -- added: after a reload to a longer window, a denied client's log must not expire early.
-  if not (allowed and op == 'allow' and cost > 0) then
+  if not (allowed and op == 'allow' and cost > 0) or replay then
     redis.call('PEXPIRE', key, math.ceil(reset_after / 1000))
   end
 end

@@ -104,7 +104,8 @@ pub fn with_clock_argument(policy: &Policy) -> redis::Script {
 static TEST_NONCE: AtomicU64 = AtomicU64::new(0);
 
 /// Runs `policy`'s script with its clock set to `now_us` (see [`with_clock_argument`]) on
-/// `identity`'s keys under `keys`, and returns what it decided, as the in-memory backend's
+/// `identity`'s keys under `keys` with `nonce` (a fresh one when `None`; the same one twice is
+/// a retried call), and returns what it decided, as the in-memory backend's
 /// [`Verdict`](crate::algorithm::Verdict) has it. `expires_at_us` is when the longest TTL the
 /// script set this call ends (`now_us` + whole milliseconds), or 0 when it set none. The keys
 /// are left without a TTL, so that real time cannot expire them while the injected clock
@@ -117,10 +118,12 @@ static TEST_NONCE: AtomicU64 = AtomicU64::new(0);
 /// let policy = Policy::new("p", [Window::per_second(1)]);
 /// let at = 1_700_000_000_000_000;
 /// let keys = KeyBuilder::new("test:");
-/// let first = scripts::evaluate_at(connection, &keys, &policy, Identity::new(b"k"), 1, true, at).await?;
+/// let id = Identity::new(b"k");
+/// let first = scripts::evaluate_at(connection, &keys, &policy, id, 1, true, at, None).await?;
 /// assert!(first.allowed);
 /// # Ok(()) }
 /// ```
+#[allow(clippy::too_many_arguments)]
 pub async fn evaluate_at<C: redis::aio::ConnectionLike>(
     connection: &mut C,
     keys: &crate::key::KeyBuilder,
@@ -129,6 +132,7 @@ pub async fn evaluate_at<C: redis::aio::ConnectionLike>(
     cost: u64,
     consume: bool,
     now_us: u64,
+    nonce: Option<&str>,
 ) -> Result<crate::algorithm::Verdict, Error> {
     let script = with_clock_argument(policy);
     let mut call = script.prepare_invoke();
@@ -137,7 +141,10 @@ pub async fn evaluate_at<C: redis::aio::ConnectionLike>(
     }
     call.arg(if consume { "allow" } else { "peek" })
         .arg(cost)
-        .arg(format!("t{:x}", TEST_NONCE.fetch_add(1, Ordering::Relaxed)));
+        .arg(nonce.map_or_else(
+            || format!("t{:x}", TEST_NONCE.fetch_add(1, Ordering::Relaxed)),
+            str::to_owned,
+        ));
     for w in policy.windows() {
         call.arg(w.max_requests()).arg(w.micros());
     }

@@ -131,7 +131,7 @@ where
                     let consume = rng.random_ratio(4, 5);
                     let expected = twin.evaluate(&policy, identity, cost, consume);
                     let got = scripts::evaluate_at(
-                        connection, &keys, &policy, identity, cost, consume, now,
+                        connection, &keys, &policy, identity, cost, consume, now, None,
                     )
                     .await
                     .unwrap_or_else(|e| {
@@ -202,4 +202,100 @@ async fn cluster_scripts_match_their_twins() {
         .await
         .expect("connecting");
     scripts_match_their_twins(&mut connection, "cluster").await;
+}
+
+/// A call retried after its reply was lost (the cluster client retries on I/O errors and
+/// response timeouts; the limiter once after a broken connection) carries the same nonce: the
+/// script finds it in the state and takes nothing twice.
+async fn a_retried_call_takes_nothing_twice<C>(connection: &mut C, target: &str)
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let keys = KeyBuilder::new(format!("retry-{target}-{}:", rand::random::<u32>()));
+    let now: u64 = 1_800_000_000_000_000;
+    for algorithm in [
+        Algorithm::SlidingWindow,
+        Algorithm::TokenBucket,
+        Algorithm::FixedWindow,
+        Algorithm::SlidingCounter,
+    ] {
+        for windows in [1, 2] {
+            let policy = Policy::new(
+                format!("{algorithm}-{windows}"),
+                (0..windows).map(|i| {
+                    Window::new(10 * (i + 1), std::time::Duration::from_secs(60 * (i + 1)))
+                }),
+            )
+            .with_algorithm(algorithm);
+            let identity = Identity::new(b"client");
+            let first = scripts::evaluate_at(
+                connection,
+                &keys,
+                &policy,
+                identity,
+                3,
+                true,
+                now,
+                Some("n1"),
+            )
+            .await
+            .expect("first attempt");
+            assert!(first.allowed);
+            assert_eq!(first.remaining, 7);
+            let retried = scripts::evaluate_at(
+                connection,
+                &keys,
+                &policy,
+                identity,
+                3,
+                true,
+                now + 5,
+                Some("n1"),
+            )
+            .await
+            .expect("retry");
+            assert!(
+                retried.allowed,
+                "{target} {algorithm} x{windows}: {retried:?}"
+            );
+            assert_eq!(
+                retried.remaining, 7,
+                "{target} {algorithm} x{windows}: the retry took its permits again"
+            );
+            let next = scripts::evaluate_at(
+                connection,
+                &keys,
+                &policy,
+                identity,
+                3,
+                true,
+                now + 10,
+                Some("n2"),
+            )
+            .await
+            .expect("next call");
+            assert_eq!(next.remaining, 4, "{target} {algorithm} x{windows}");
+            let _: () = redis::cmd("DEL")
+                .arg(keys.keys(&policy, identity))
+                .query_async(connection)
+                .await
+                .expect("DEL");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_call_takes_nothing_twice_on_both() {
+    let mut standalone = shared_standalone()
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connecting");
+    a_retried_call_takes_nothing_twice(&mut standalone, "standalone").await;
+    let mut cluster = shared_cluster()
+        .client()
+        .get_async_connection()
+        .await
+        .expect("connecting");
+    a_retried_call_takes_nothing_twice(&mut cluster, "cluster").await;
 }

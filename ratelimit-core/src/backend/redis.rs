@@ -110,9 +110,9 @@ impl RedisBackend {
                 let _ = slot.set(used);
                 match call.invoke_async(&mut connection).await {
                     // One retry, inside the same deadline, and only when the connection broke:
-                    // the connection manager has begun reconnecting. (If the script ran before
-                    // the connection broke, the retry counts the request twice: a false denial
-                    // at worst, never an admission over the limit.)
+                    // the connection manager has begun reconnecting. If the script ran before
+                    // the connection broke, the retry finds the call's nonce in the state and
+                    // takes nothing twice (as when the cluster client retries on its own).
                     Err(e) if is_broken_connection(&e) => {
                         Ok(call.invoke_async(&mut connection).await?)
                     }
