@@ -478,6 +478,31 @@ mod tests {
         );
     }
 
+    /// Misses that race to create a key's first lease all land in it: none replaces another's
+    /// (whose permits would then be neither spendable nor counted as stranded).
+    #[test]
+    fn concurrent_grants_join_one_lease() {
+        let config = CacheConfig::new(Duration::from_millis(200), 1_000_000).with_leases(8);
+        for round in 0..200 {
+            let cache = DecisionCache::new(&config);
+            let key = format!("k{round}");
+            let start = std::sync::Barrier::new(8);
+            std::thread::scope(|scope| {
+                for _ in 0..8 {
+                    scope.spawn(|| {
+                        start.wait();
+                        cache.record(key.as_bytes(), 1, 5, &decision(true, 50, 0), 0);
+                    });
+                }
+            });
+            let mut spent = 0;
+            while cache.lookup(key.as_bytes(), 1, true, 10).is_some() {
+                spent += 1;
+            }
+            assert_eq!(spent, 8 * 4, "round {round}: leased permits vanished");
+        }
+    }
+
     #[test]
     fn a_lease_used_up_quickly_grows() {
         let config = CacheConfig::new(Duration::from_millis(200), 1_000_000).with_leases(16);

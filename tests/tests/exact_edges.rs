@@ -272,10 +272,7 @@ async fn leases_on_four_instances_never_admit_more_than_the_limit() {
         allowed, 100,
         "four leasing instances admitted {allowed} of 100"
     );
-    let leases: u64 = instances
-        .iter()
-        .map(|i| i.stats().cache.leases_taken)
-        .sum();
+    let leases: u64 = instances.iter().map(|i| i.stats().cache.leases_taken).sum();
     assert!(leases > 0, "the burst was answered without a single lease");
 
     // A policy whose window is not longer than the cache's ttl never leases: a permit spent
