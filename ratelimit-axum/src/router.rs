@@ -2,9 +2,8 @@
 //!
 //! [`layer`] builds a [`RateLimitLayer`] that plans with the configuration's rules
 //! ([`axum_rules`]) and finds the client's socket address in axum's [`ConnectInfo`].
-//! [`RouterExt::rate_limit`] installs it on a [`Router`] before routing,
-//! [`RouterExt::rate_limit_routes`] after it (see [`crate::rules`] for the difference). Serve
-//! the app with
+//! [`RouterExt::rate_limit`] installs it on a [`Router`] for every request,
+//! [`RouterExt::rate_limit_routes`] for the requests a route matched. Serve the app with
 //! [`into_make_service_with_connect_info::<SocketAddr>()`](Router::into_make_service_with_connect_info)
 //! so that the peer is known: without it, IP keys cannot be found and requests are handled as
 //! `on_missing_key` says.
@@ -89,12 +88,12 @@ pub fn layer_from_config(config: Config) -> Result<RateLimitLayer, ratelimit_cor
 
 /// Rate limiting for an axum [`Router`] in one call.
 ///
-/// [`rate_limit`](Self::rate_limit) installs the layer with [`Router::layer`]: it runs before
-/// routing, on every request including those no route matches (limited under the default
-/// policy), and rules match the request's path. [`rate_limit_routes`](Self::rate_limit_routes)
-/// installs it with [`Router::route_layer`]: it runs after routing, only on requests a route
-/// matched, and rules also match the route the router chose (axum's `MatchedPath`). Either
-/// applies to the routes added before it: call it last. Rules match the full path even behind
+/// [`rate_limit`](Self::rate_limit) installs the layer with [`Router::layer`]: on every
+/// request, including those no route matches (404s, limited under the default policy).
+/// [`rate_limit_routes`](Self::rate_limit_routes) installs it with [`Router::route_layer`]:
+/// only on requests a route matched. Either way axum wraps each route, so rules also match the
+/// route the router chose (axum's `MatchedPath`; see [`crate::rules`]). Either applies to the
+/// routes added before it: call it last. Rules match the full path even behind
 /// [`Router::nest`].
 ///
 /// ```
@@ -114,11 +113,12 @@ pub fn layer_from_config(config: Config) -> Result<RateLimitLayer, ratelimit_cor
 /// # drop(server); Ok(()) }
 /// ```
 pub trait RouterExt<S> {
-    /// `self` with [`layer`]`(limiter.clone())` applied by [`Router::layer`]: before routing.
+    /// `self` with [`layer`]`(limiter.clone())` applied by [`Router::layer`]: every request,
+    /// 404s included.
     fn rate_limit(self, limiter: &RateLimiter) -> Self;
 
-    /// `self` with [`layer`]`(limiter.clone())` applied by [`Router::route_layer`]: after
-    /// routing, to requests a route matched.
+    /// `self` with [`layer`]`(limiter.clone())` applied by [`Router::route_layer`]: the
+    /// requests a route matched.
     ///
     /// ```
     /// use std::time::Duration;

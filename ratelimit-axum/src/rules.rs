@@ -7,16 +7,20 @@
 //! - **Nested routers.** [`Router::nest`](axum::Router::nest) strips the prefix from the URI
 //!   the inner router sees; rules match axum's `OriginalUri`, the path as the client sent it,
 //!   so they are written against public paths whichever router the layer is installed on.
-//! - **The matched route.** Installed with [`Router::route_layer`](axum::Router::route_layer)
-//!   (or [`RouterExt::rate_limit_routes`](crate::RouterExt::rate_limit_routes)), the layer runs
-//!   after routing and sees axum's `MatchedPath`: a rule whose pattern is the route the router
-//!   chose (`/api/users/{id}`, parameter names aside) governs every request sent to that
-//!   handler, whatever its spelling. Installed with [`Router::layer`](axum::Router::layer)
-//!   (or [`RouterExt::rate_limit`](crate::RouterExt::rate_limit)), the layer runs *before*
-//!   routing, `MatchedPath` does not exist yet, and rules match the path alone, decoded the way
-//!   the router's handlers decode it. Both are tested spelling by spelling against a real
-//!   router. `route_layer` leaves requests that match no route (404s) unlimited; `layer`
-//!   limits them under the default policy.
+//! - **The matched route.** Rules also match the route the router chose, axum's `MatchedPath`:
+//!   a rule whose pattern is that route (`/api/users/{id}`, parameter names aside) governs
+//!   every request the router sends to its handler, whatever the spelling. axum 0.8 wraps each
+//!   route with the layer under both [`Router::layer`](axum::Router::layer)
+//!   ([`RouterExt::rate_limit`](crate::RouterExt::rate_limit)) and
+//!   [`Router::route_layer`](axum::Router::route_layer)
+//!   ([`RouterExt::rate_limit_routes`](crate::RouterExt::rate_limit_routes)), so the layer runs
+//!   after routing and `MatchedPath` is there. It is absent where the layer runs before
+//!   routing: wrapped around the whole `Router` as a service (a `ServiceBuilder` in front of
+//!   it, or `layer.layer(router)`), and for requests that no route matches (the fallback).
+//!   There the path alone decides, decoded the way the router's handlers decode it. All three
+//!   installations are tested spelling by spelling against a real router
+//!   (`ratelimit-axum/tests/spellings.rs`). `Router::layer` also limits requests no route
+//!   matches (404s, under the default policy); `route_layer` leaves them unlimited.
 //!
 //! ```
 //! use ratelimit_axum::rules::axum_rules;

@@ -54,12 +54,12 @@
 //!   nested router, the path as the client sent it, so rules are written against public paths
 //!   whichever router the layer sits on (ratelimit-axum reads axum's `OriginalUri`).
 //! - [`with_matched_route`](RuleSet::with_matched_route): the route template the router
-//!   matched, when the layer runs after routing (ratelimit-axum reads axum's `MatchedPath`,
-//!   present under `Router::route_layer`, absent under `Router::layer`, which runs before
-//!   routing). A rule whose pattern is that template (parameter names aside), or a prefix of it
-//!   with a final `*`, then matches whatever the path looks like: the router's word is final.
-//!   The path is matched as well, so a rule for a literal path inside a parameter route
-//!   (`/api/users/me` inside `/api/users/{id}`) keeps working.
+//!   matched, when the layer runs after routing (ratelimit-axum reads axum's `MatchedPath`).
+//!   A rule whose pattern is that template (parameter names aside), or a prefix of it with a
+//!   final `*`, then matches whatever the path looks like: the router's word is final. The
+//!   path is matched as well, so a rule for a literal path inside a parameter route
+//!   (`/api/users/me` inside `/api/users/{id}`) keeps working, and a layer that runs before
+//!   routing (no template yet) decides by the path alone.
 //!
 //! Paths are not normalized beyond decoding each segment: `.`/`..` are not resolved and `//`
 //! is not merged, as axum's router does neither. A stack whose router is more lenient (it
