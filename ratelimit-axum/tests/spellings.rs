@@ -1,8 +1,10 @@
 //! Every way to spell a request against the rules, over real HTTP: whatever the method and the
 //! spelling of the path, a request that reaches a handler is governed by the rule that names
-//! that handler's route. Checked with the layer installed the three ways an axum app can
-//! install it: `Router::layer`, `Router::route_layer` (both see axum's `MatchedPath`), and
-//! around the whole router (before routing: the path alone decides).
+//! that handler's route, and no spelling turns a limited handler into an exempt one. Checked
+//! with the layer installed the three ways an axum app can install it: `Router::layer`,
+//! `Router::route_layer` (both see axum's `MatchedPath`), and around the whole router (before
+//! routing: the path alone decides). The app has a catch-all route (a proxy or a single-page
+//! app would), so that most spellings reach some handler.
 
 use std::net::SocketAddr;
 
@@ -112,6 +114,10 @@ fn routes() -> Router {
                 get(|l: Option<RateLimited>| async move { answer("nested", None, l) }),
             ),
         )
+        .route(
+            "/{*page}",
+            get(|l: Option<RateLimited>| async move { answer("pages", None, l) }),
+        )
 }
 
 fn limiter(yaml: &str) -> RateLimiter {
@@ -193,9 +199,11 @@ async fn send(addr: SocketAddr, method: &str, target: &str) -> Reply {
     }
 }
 
-/// The rule that must govern a request the router gave to `handler`.
-fn expected_rule(handler: &str, method: &str, id: Option<&[u8]>) -> &'static str {
-    match handler {
+/// The rule that must govern a request the router gave to `handler`; `None` for the
+/// catch-all, which any rule but an exemption may govern (a limit rule whose path the request
+/// spells differently applies there too: stricter, never looser).
+fn expected_rule(handler: &str, method: &str, id: Option<&[u8]>) -> Option<&'static str> {
+    Some(match handler {
         "hello" => "hello",
         "me" => "me",
         // The `{id}` handler serves `me` when the id decodes to it: the `me` rule's resource.
@@ -205,8 +213,9 @@ fn expected_rule(handler: &str, method: &str, id: Option<&[u8]>) -> &'static str
         "orders" => "orders",
         "nested" => "nested",
         "health" => "none",
+        "pages" => return None,
         other => panic!("{method}: unknown handler {other}"),
-    }
+    })
 }
 
 const METHODS: &[&str] = &[
@@ -308,13 +317,19 @@ async fn every_spelling_that_reaches_a_handler_is_governed_by_its_rule() {
                     continue;
                 };
                 reached += 1;
-                let expected = expected_rule(handler, method, reply.id.as_deref());
-                assert_eq!(
-                    reply.rule.as_deref(),
-                    Some(expected),
-                    "{install:?} {method} {path}: handler {handler} governed by the wrong rule \
-                     ({reply:?})"
-                );
+                match expected_rule(handler, method, reply.id.as_deref()) {
+                    Some(expected) => assert_eq!(
+                        reply.rule.as_deref(),
+                        Some(expected),
+                        "{install:?} {method} {path}: handler {handler} governed by the wrong \
+                         rule ({reply:?})"
+                    ),
+                    None => assert!(
+                        reply.rule.as_deref().is_some_and(|rule| rule != "none"),
+                        "{install:?} {method} {path}: handler {handler} reached exempt \
+                         ({reply:?})"
+                    ),
+                }
             }
         }
         // Not vacuous: GET and HEAD of many spellings reach handlers.
@@ -350,19 +365,30 @@ async fn the_named_spellings_reach_their_handler_under_their_rule() {
             assert_eq!(reply.handler.as_deref(), Some(handler), "{install:?} {method} {path}");
             assert_eq!(reply.rule.as_deref(), Some(rule), "{install:?} {method} {path}");
         }
-        // Spellings no route takes are answered by the router, never by a handler.
-        for (method, path) in [
-            ("GET", "/api/hello/"),
-            ("GET", "/api//hello"),
-            ("GET", "/api/hello;a=1"),
-            ("GET", "/api%2Fhello"),
-            ("GET", "/api/x/%2e%2e/hello"),
-            ("GET", "/files/"),
-            ("POST", "/api/hello"),
+        // Spellings the named routes do not take go to the catch-all, limited by default;
+        // a wrong method is answered by the router.
+        for path in [
+            "/api/hello/",
+            "/api//hello",
+            "/api/hello;a=1",
+            "/api%2Fhello",
+            "/api/x/%2e%2e/hello",
+            "/files/",
+            "/health/",
+            "/%68ealth",
+            "/health/../api/hello",
+            "/health%2F..%2Fapi%2Fhello",
         ] {
-            let reply = send(addr, method, path).await;
-            assert_eq!(reply.handler, None, "{install:?} {method} {path}: {reply:?}");
+            let reply = send(addr, "GET", path).await;
+            assert_eq!(reply.handler.as_deref(), Some("pages"), "{install:?} {path}");
+            assert_eq!(
+                reply.rule.as_deref(),
+                Some("default"),
+                "{install:?} {path}: {reply:?}"
+            );
         }
+        let reply = send(addr, "POST", "/api/hello").await;
+        assert_eq!((reply.status, reply.handler), (405, None), "{install:?}");
     }
 }
 

@@ -27,6 +27,14 @@
 //! `.`/`..`, axum 0.7's `:id`) are refused when the configuration is read, with the file, line
 //! and field (see [`PathPattern`]).
 //!
+//! A limit is applied generously and an exemption sparingly, because an extra limit costs a
+//! client some quota while an extra exemption is a way around every limit. So an `exempt` rule
+//! compares literal segments byte for byte, as the router does (`/%68ealth` is not exempt even
+//! if a catch-all handler decodes it to `/health`), never matches a path with a `.` or `..`
+//! segment (a proxy or file server behind a catch-all could resolve it to another path), and,
+//! where the router's matched route is known, applies only to the routes the rule names (an
+//! exempt `/health` does not exempt a request the router sent to `/{*page}`).
+//!
 //! | pattern | matches | does not match |
 //! | --- | --- | --- |
 //! | `/health` | `/health` | `/health/`, `/healthz`, `/health/x` |
@@ -377,13 +385,36 @@ impl CompiledRule {
         if !headers_match {
             return false;
         }
-        match &self.path {
-            None => true,
-            Some(pattern) => {
-                route.is_some_and(|route| pattern.covers_route(route)) || pattern.matches(path)
+        let Some(pattern) = &self.path else {
+            return true;
+        };
+        match self.action {
+            // A limit is applied generously: every spelling a handler would decode alike, and
+            // every request the router sent to the route the rule names.
+            Action::Limit { .. } => {
+                pattern.matches(path, Spelling::Decoded)
+                    || route.is_some_and(|route| pattern.covers_route(route))
+            }
+            // An exemption is granted sparingly: never by spelling a path differently from how
+            // the router compares it, never to a path with dot segments (which a proxy or file
+            // server behind the handler may resolve elsewhere), and, where the router's route
+            // is known, only to the routes the rule names.
+            Action::Exempt => {
+                pattern.matches(path, Spelling::AsSent)
+                    && !has_dot_segment(path)
+                    && route.is_none_or(|route| pattern.exempts_route(route, path))
             }
         }
     }
+}
+
+/// How literal segments are compared with a request path's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spelling {
+    /// Percent-decoded, as a handler sees them.
+    Decoded,
+    /// Byte for byte, as the router compares them.
+    AsSent,
 }
 
 /// A path pattern, ready to match.
@@ -414,8 +445,9 @@ impl CompiledPath {
         }
     }
 
-    /// Whether the request path `path` (as sent, percent-encoded) matches.
-    fn matches(&self, path: &str) -> bool {
+    /// Whether the request path `path` (as sent, percent-encoded) matches, literal segments
+    /// compared as `spelling` says.
+    fn matches(&self, path: &str, spelling: Spelling) -> bool {
         let Some(rest) = path.strip_prefix('/') else {
             // `*` (OPTIONS) or an authority (CONNECT): no rule's path.
             return false;
@@ -431,7 +463,10 @@ impl CompiledPath {
                 None => (left, None),
             };
             let fits = match segment {
-                Segment::Literal(literal) => decoded_eq(part.as_bytes(), literal),
+                Segment::Literal(literal) => match spelling {
+                    Spelling::Decoded => decoded_eq(part.as_bytes(), literal),
+                    Spelling::AsSent => part.as_bytes() == &**literal,
+                },
                 Segment::Param => !part.is_empty(),
             };
             if !fits {
@@ -473,6 +508,67 @@ impl CompiledPath {
             }
         }
     }
+}
+
+impl CompiledPath {
+    /// Whether the router's route `route`, which matched `path`, lies within this pattern:
+    /// where the route has a literal the pattern has the same literal or a parameter; where
+    /// the route has a parameter the pattern's literal equals the path's segment as sent;
+    /// where the route has a catch-all, the pattern has one too (or a final `*`).
+    fn exempts_route(&self, route: &str, path: &str) -> bool {
+        let (Some(route), Some(path)) = (route.strip_prefix('/'), path.strip_prefix('/')) else {
+            return false;
+        };
+        let mut route_parts = (!route.is_empty())
+            .then(|| route.split('/'))
+            .into_iter()
+            .flatten();
+        let mut path_parts = (!path.is_empty()).then(|| path.split('/')).into_iter().flatten();
+        for segment in &*self.segments {
+            let (Some(part), sent) = (route_parts.next(), path_parts.next()) else {
+                return false;
+            };
+            let fits = match (segment, classify(part)) {
+                (_, RoutePart::CatchAll) => false,
+                (Segment::Literal(literal), RoutePart::Literal) => part.as_bytes() == &**literal,
+                (Segment::Literal(literal), RoutePart::Param) => {
+                    sent.is_some_and(|sent| sent.as_bytes() == &**literal)
+                }
+                (Segment::Param, _) => true,
+            };
+            if !fits {
+                return false;
+            }
+        }
+        match self.tail {
+            PatternTail::End => route_parts.next().is_none(),
+            PatternTail::Any => true,
+            PatternTail::CatchAll => route_parts.next().is_some(),
+        }
+    }
+}
+
+/// What a segment of a route template is.
+enum RoutePart {
+    Literal,
+    Param,
+    CatchAll,
+}
+
+fn classify(part: &str) -> RoutePart {
+    if !is_template_param(part) {
+        RoutePart::Literal
+    } else if part.starts_with("{*") {
+        RoutePart::CatchAll
+    } else {
+        RoutePart::Param
+    }
+}
+
+/// Whether a segment of `path` is `.` or `..`, as sent or percent-encoded.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/')
+        .any(|part| decoded_eq(part.as_bytes(), b".") || decoded_eq(part.as_bytes(), b".."))
 }
 
 fn is_template_param(part: &str) -> bool {
@@ -680,9 +776,53 @@ rate_limiter:
         ];
         for &(pattern, path, expected) in table {
             assert_eq!(
-                compile(pattern).matches(path),
+                compile(pattern).matches(path, Spelling::Decoded),
                 expected,
                 "{pattern} against {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn exemptions_are_not_granted_by_spelling() {
+        let table: &[(&str, &str, Option<&str>, bool)] = &[
+            ("/health", "/health", None, true),
+            ("/health", "/health", Some("/health"), true),
+            ("/health", "/%68ealth", None, false),
+            ("/health", "/health/", None, false),
+            // The router sent it to a catch-all, not to the exempt route.
+            ("/health", "/health", Some("/{*page}"), false),
+            ("/public/*", "/public/x", None, true),
+            ("/public/*", "/public/x", Some("/public/{*rest}"), true),
+            ("/public/*", "/public/../api/x", None, false),
+            ("/public/*", "/public/%2e%2E/api/x", None, false),
+            ("/public/*", "/public/./x", None, false),
+            ("/public/*", "/public/x", Some("/{*page}"), false),
+            ("/users/me", "/users/me", Some("/users/{id}"), true),
+            ("/users/me", "/users/%6De", Some("/users/{id}"), false),
+            ("/users/{id}", "/users/me", Some("/users/me"), true),
+            ("/users/{id}", "/users/7", Some("/users/{id}"), true),
+            ("/files/{*rest}", "/files/a/b", Some("/files/{*path}"), true),
+            ("/files/{*rest}", "/files/a", Some("/files/{name}"), true),
+            ("/files/{*rest}", "/files/a", Some("/{*page}"), false),
+            ("/", "/", Some("/"), true),
+        ];
+        let rules = |pattern: &str| {
+            let yaml = format!(
+                "rate_limiter:\n  windows: [{{ max_requests: 1, duration: 1m }}]\n  rules:\n    - name: free\n      match: {{ path: \"{pattern}\" }}\n      exempt: true\n"
+            );
+            RuleSet::from_config(&config(&yaml))
+                .with_matched_route(|extensions| extensions.get::<Route>().map(|r| r.0))
+        };
+        for &(pattern, path, route, exempt) in table {
+            let mut request = request("GET", path);
+            if let Some(route) = route {
+                request.extensions.insert(Route(Box::leak(route.into())));
+            }
+            assert_eq!(
+                matches!(request.plan(&rules(pattern)), Plan::Exempt),
+                exempt,
+                "{pattern} against {path} routed to {route:?}"
             );
         }
     }
