@@ -63,11 +63,18 @@ const INSTALLS: [Install; 3] = [Install::Layer, Install::RouteLayer, Install::Ou
 
 /// Tells the client which handler answered and which rule the layer applied, in headers so
 /// that `HEAD` responses carry them too.
-fn answer(handler: &str, id: Option<&str>, limited: Option<RateLimited>) -> impl IntoResponse + use<> {
+fn answer(
+    handler: &str,
+    id: Option<&str>,
+    limited: Option<RateLimited>,
+) -> impl IntoResponse + use<> {
     let mut headers = HeaderMap::new();
     let header = |value: &str| value.parse().expect("header value");
     headers.insert("x-handler", header(handler));
-    let rule = limited.as_ref().and_then(RateLimited::rule).unwrap_or("none");
+    let rule = limited
+        .as_ref()
+        .and_then(RateLimited::rule)
+        .unwrap_or("none");
     headers.insert("x-rule", header(rule));
     if let Some(id) = id {
         // The id as the handler sees it: decoded by `Path`.
@@ -163,8 +170,9 @@ struct Reply {
 /// `method target` sent byte for byte (no client in between to normalize the target).
 async fn send(addr: SocketAddr, method: &str, target: &str) -> Reply {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request =
-        format!("{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     stream
         .write_all(request.as_bytes())
         .await
@@ -219,8 +227,8 @@ fn expected_rule(handler: &str, method: &str, id: Option<&[u8]>) -> Option<&'sta
 }
 
 const METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "PURGE",
-    "get", "Head",
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "PURGE", "get",
+    "Head",
 ];
 
 /// Each route's path, spelled every way we know.
@@ -333,7 +341,10 @@ async fn every_spelling_that_reaches_a_handler_is_governed_by_its_rule() {
             }
         }
         // Not vacuous: GET and HEAD of many spellings reach handlers.
-        assert!(reached > 40, "{install:?}: only {reached} requests reached a handler");
+        assert!(
+            reached > 40,
+            "{install:?}: only {reached} requests reached a handler"
+        );
     }
 }
 
@@ -362,8 +373,16 @@ async fn the_named_spellings_reach_their_handler_under_their_rule() {
         for &(method, path, handler, rule) in cases {
             let reply = send(addr, method, path).await;
             assert_eq!(reply.status, 200, "{install:?} {method} {path}: {reply:?}");
-            assert_eq!(reply.handler.as_deref(), Some(handler), "{install:?} {method} {path}");
-            assert_eq!(reply.rule.as_deref(), Some(rule), "{install:?} {method} {path}");
+            assert_eq!(
+                reply.handler.as_deref(),
+                Some(handler),
+                "{install:?} {method} {path}"
+            );
+            assert_eq!(
+                reply.rule.as_deref(),
+                Some(rule),
+                "{install:?} {method} {path}"
+            );
         }
         // Spellings the named routes do not take go to the catch-all, limited by default;
         // a wrong method is answered by the router.
@@ -380,7 +399,11 @@ async fn the_named_spellings_reach_their_handler_under_their_rule() {
             "/health%2F..%2Fapi%2Fhello",
         ] {
             let reply = send(addr, "GET", path).await;
-            assert_eq!(reply.handler.as_deref(), Some("pages"), "{install:?} {path}");
+            assert_eq!(
+                reply.handler.as_deref(),
+                Some("pages"),
+                "{install:?} {path}"
+            );
             assert_eq!(
                 reply.rule.as_deref(),
                 Some("default"),

@@ -369,10 +369,10 @@ impl CompiledRule {
             return false;
         }
         let method = request.method;
-        if !self.methods.is_empty()
-            && !self.methods.contains(method)
-            && !(self.covers_head && method == Method::HEAD)
-        {
+        let method_fits = self.methods.is_empty()
+            || self.methods.contains(method)
+            || (self.covers_head && method == Method::HEAD);
+        if !method_fits {
             return false;
         }
         let headers_match = self.headers.iter().all(|header| {
@@ -487,7 +487,10 @@ impl CompiledPath {
         let Some(rest) = route.strip_prefix('/') else {
             return false;
         };
-        let mut parts = (!rest.is_empty()).then(|| rest.split('/')).into_iter().flatten();
+        let mut parts = (!rest.is_empty())
+            .then(|| rest.split('/'))
+            .into_iter()
+            .flatten();
         for segment in &*self.segments {
             let Some(part) = parts.next() else {
                 return false;
@@ -523,7 +526,10 @@ impl CompiledPath {
             .then(|| route.split('/'))
             .into_iter()
             .flatten();
-        let mut path_parts = (!path.is_empty()).then(|| path.split('/')).into_iter().flatten();
+        let mut path_parts = (!path.is_empty())
+            .then(|| path.split('/'))
+            .into_iter()
+            .flatten();
         for segment in &*self.segments {
             let (Some(part), sent) = (route_parts.next(), path_parts.next()) else {
                 return false;
@@ -584,7 +590,11 @@ fn decoded_eq(raw: &[u8], literal: &[u8]) -> bool {
     let mut expected = literal.iter();
     let mut i = 0;
     while i < raw.len() {
-        let byte = match (raw[i], raw.get(i + 1).copied().and_then(hex), raw.get(i + 2).copied().and_then(hex)) {
+        let byte = match (
+            raw[i],
+            raw.get(i + 1).copied().and_then(hex),
+            raw.get(i + 2).copied().and_then(hex),
+        ) {
             (b'%', Some(high), Some(low)) => {
                 i += 3;
                 high << 4 | low
@@ -902,7 +912,9 @@ rate_limiter:
         let plan = |method: &str, path: &str| outcome(&request(method, path).plan(&rules));
         assert_eq!(plan("GET", "/hello"), "hello:192.0.2.1");
         assert_eq!(plan("HEAD", "/hello"), "hello:192.0.2.1");
-        for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "get", "PURGE"] {
+        for method in [
+            "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "get", "PURGE",
+        ] {
             assert_eq!(plan(method, "/hello"), "default:192.0.2.1", "{method}");
         }
         // HEAD does not stand for GET.

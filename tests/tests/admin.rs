@@ -145,7 +145,10 @@ async fn hot_keys_are_reported_by_digest_unless_raw_keys_are_asked_for() {
     let raw: serde_json::Value = serde_json::from_str(&raw).expect("json");
     assert_eq!(raw["raw"], true);
     assert_eq!(raw["keys"][0]["key"], secret, "{raw}");
-    assert_eq!(raw["keys"][0]["digest"], digest, "the same key, the same digest");
+    assert_eq!(
+        raw["keys"][0]["digest"], digest,
+        "the same key, the same digest"
+    );
 }
 
 /// `INFO commandstats` calls by command, on one server.

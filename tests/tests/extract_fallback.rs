@@ -27,10 +27,7 @@ async fn strict(limited: RateLimited) -> String {
 }
 
 async fn optional(limited: Option<RateLimited>) -> String {
-    limited.map_or_else(
-        || "none".to_owned(),
-        |l| l.decision().source().to_string(),
-    )
+    limited.map_or_else(|| "none".to_owned(), |l| l.decision().source().to_string())
 }
 
 fn config(redis: &RedisServer) -> Config {

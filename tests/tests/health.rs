@@ -156,8 +156,10 @@ async fn readiness_follows_redis_and_the_fallback_mode() {
         })
         .await;
         redis.kill();
-        let (status, body) =
-            ready_once(served.admin, |_, body| invariant(body, "redis_healthy") == false).await;
+        let (status, body) = ready_once(served.admin, |_, body| {
+            invariant(body, "redis_healthy") == false
+        })
+        .await;
         assert_eq!(status == 200, ready_without_redis, "{mode}: {body}");
         // The public probe says the same, with nothing else.
         let public = reqwest::get(format!("http://{}/ready", served.public))

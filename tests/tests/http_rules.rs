@@ -72,7 +72,10 @@ fn patterns_that_never_match_what_they_say_are_refused_with_file_line_and_field(
         assert_eq!(location.file(), Some(file.path()), "{pattern}: {error}");
         assert_eq!(location.line(), Some(PATTERN_LINE), "{pattern}: {error}");
         let message = error.to_string();
-        assert!(message.contains(says), "{pattern}: `{message}` lacks `{says}`");
+        assert!(
+            message.contains(says),
+            "{pattern}: `{message}` lacks `{says}`"
+        );
         assert!(
             message.starts_with(&format!("{}:{PATTERN_LINE}", file.path().display())),
             "{message}"
@@ -95,6 +98,9 @@ fn the_patterns_axum_routes_are_accepted() {
     ] {
         let (result, _file) = read(&file_with(pattern));
         let config = result.unwrap_or_else(|e| panic!("{pattern}: {e}"));
-        assert_eq!(config.http().rules[1].matches.path.as_deref(), Some(pattern));
+        assert_eq!(
+            config.http().rules[1].matches.path.as_deref(),
+            Some(pattern)
+        );
     }
 }

@@ -60,7 +60,9 @@ fn parse_args() -> Result<Args, String> {
                 })?;
             }
             "--admin-listen" => {
-                let addr = it.next().ok_or("--admin-listen needs an address or `none`")?;
+                let addr = it
+                    .next()
+                    .ok_or("--admin-listen needs an address or `none`")?;
                 args.admin_listen = match addr.as_str() {
                     "none" => None,
                     _ => Some(addr.parse().map_err(|_| {

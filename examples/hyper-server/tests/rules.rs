@@ -56,7 +56,11 @@ fn send(addr: SocketAddr, method: &str, target: &str) -> (u16, String) {
     .expect("send");
     let mut raw = String::new();
     stream.read_to_string(&mut raw).expect("read");
-    let head = raw.split("\r\n\r\n").next().unwrap_or_default().to_ascii_lowercase();
+    let head = raw
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     let status = head
         .split(' ')
         .nth(1)

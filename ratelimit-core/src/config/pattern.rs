@@ -99,7 +99,9 @@ pub enum PatternError {
     #[error("`{0}` segments are not routed as written: write the path they stand for")]
     DotSegment(String),
     /// axum 0.7's `:name` or `*name`.
-    #[error("`{0}` is axum 0.7 syntax: axum 0.8 writes `{{name}}` for one segment and `{{*name}}` for the rest")]
+    #[error(
+        "`{0}` is axum 0.7 syntax: axum 0.8 writes `{{name}}` for one segment and `{{*name}}` for the rest"
+    )]
     OldSyntax(String),
     /// A brace that is not part of a whole-segment `{name}` or `{*name}`.
     #[error("`{0}`: braces only go around a whole segment, as `{{name}}` or `{{*name}}`")]
@@ -246,8 +248,16 @@ mod tests {
             ),
             ("/api/*", &[literal("api")], PatternTail::Any),
             ("/files/{*path}", &[literal("files")], PatternTail::CatchAll),
-            ("/a b/café", &[literal("a b"), literal("café")], PatternTail::End),
-            ("/v1.2/x;y", &[literal("v1.2"), literal("x;y")], PatternTail::End),
+            (
+                "/a b/café",
+                &[literal("a b"), literal("café")],
+                PatternTail::End,
+            ),
+            (
+                "/v1.2/x;y",
+                &[literal("v1.2"), literal("x;y")],
+                PatternTail::End,
+            ),
         ];
         for &(text, segments, tail) in table {
             let pattern = PathPattern::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
