@@ -8,6 +8,7 @@ use tower_layer::Layer;
 
 use crate::extract::from_source;
 use crate::plan::{Exemptions, Planner, SinglePolicy, Target};
+use crate::rules::RuleSet;
 use crate::service::{
     PeerLookup, PlannerBuilder, RateLimit, Shared, SharedCell, peer_from_extension,
 };
@@ -82,8 +83,8 @@ impl ReloadHandle {
 }
 
 impl RateLimitLayer {
-    /// A layer for `config`: its top-level policy, key source, trusted proxies, allow-list,
-    /// header families and shadow flag. (Routing rules are applied by `ratelimit-axum`.)
+    /// A layer for `config`: its routing rules (see [`RuleSet`]), top-level policy, key source,
+    /// trusted proxies, allow-list, header families and shadow flag.
     ///
     /// # Panics
     ///
@@ -181,9 +182,13 @@ impl RateLimitLayer {
     }
 }
 
-/// The planner a configuration describes without rules.
+/// The planner a configuration describes: its routing rules ([`RuleSet`]) when it has any,
+/// else its single policy.
 pub fn default_planner(config: &Config) -> Arc<dyn Planner> {
     let http = config.http();
+    if !http.rules.is_empty() {
+        return Arc::new(RuleSet::from_config(config));
+    }
     let target = Arc::new(Target::new(config.policy().clone(), None, false));
     let key = from_source(&http.default_key(), &http.trusted_proxies);
     Arc::new(
