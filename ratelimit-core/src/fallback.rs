@@ -2,7 +2,9 @@
 //! policy in this instance's memory.
 //!
 //! A local fallback keeps each instance within the policy on its own, so across N instances up
-//! to N times the limit can pass while Redis is away. Its counts are not merged into Redis when
+//! to N times the limit can pass while Redis is away. It knows what this instance admitted
+//! through Redis and what it has asked of Redis without an answer yet (see [`InFlight`]), so
+//! one instance never passes the limit across the switch, whenever it happens. Its counts are not merged into Redis when
 //! Redis returns; they stay in memory, expiring with their windows, and count again if Redis
 //! fails again before they expire (so a flapping Redis cannot reset a client's local quota).
 
@@ -64,7 +66,7 @@ impl Fallback {
         self.events.fetch_add(1, Ordering::Relaxed);
         match (&self.local, self.mode) {
             (Some(local), _) => {
-                let verdict = local.evaluate(policy, identity, cost, consume);
+                let verdict = local.evaluate_counting_pending(policy, identity, cost, consume);
                 Decision::from_outcome(
                     verdict.outcome(),
                     policy.windows(),
@@ -81,19 +83,66 @@ impl Fallback {
         }
     }
 
-    /// Records permits Redis granted this instance, so that a `local` fallback taking over
-    /// counts them: one instance never admits more than the limit across the switch.
-    /// Recorded like any local admission; when the local count is already full (permits the
-    /// fallback admitted during an earlier outage), nothing more is recorded.
-    pub(crate) fn remember(&self, policy: &Policy, identity: Identity<'_>, granted: u64) {
-        if let Some(local) = &self.local {
-            local.evaluate(policy, identity, granted, true);
+    /// Marks a consuming Redis call for `cost` permits as sent (see [`InFlight`]); nothing
+    /// unless the mode is `local`.
+    pub(crate) fn sent<'a>(
+        &'a self,
+        policy: &'a Policy,
+        identity: Identity<'a>,
+        cost: u64,
+    ) -> InFlight<'a> {
+        let local = self.local.as_ref();
+        if let Some(local) = local {
+            local.begin_remote(policy, identity, cost);
+        }
+        InFlight {
+            local,
+            policy,
+            identity,
+            cost,
         }
     }
 
     pub(crate) fn reset(&self, policy: &Policy, identity: Identity<'_>) {
         if let Some(local) = &self.local {
             local.reset(policy, identity);
+        }
+    }
+}
+
+/// A consuming call on its way to Redis, as the `local` fallback sees it.
+///
+/// While it is in flight, the fallback's own decisions count its permits as taken; when it
+/// ends, the permits Redis granted are recorded as this instance's admissions. So the fallback
+/// starts from what this instance admitted, never from an empty state, and an admission Redis
+/// grants while the fallback decides other requests (a timeout, then a late reply) never adds
+/// up past the limit with the fallback's own. Dropped unanswered (a failure, a timeout, a
+/// caller that gave up), it grants nothing: that caller's answer, if any, comes from the
+/// fallback and is counted there.
+pub(crate) struct InFlight<'a> {
+    local: Option<&'a MemoryBackend>,
+    policy: &'a Policy,
+    identity: Identity<'a>,
+    cost: u64,
+}
+
+impl InFlight<'_> {
+    /// Redis answered: `granted` permits (0 when it denied). Returns `false` when the granted
+    /// permits do not fit what this instance admitted: its fallback admitted the rest of the
+    /// limit while Redis could not answer, and Redis, which never heard of those, must not
+    /// hand them out again.
+    pub(crate) fn answered(mut self, granted: u64) -> bool {
+        match self.local.take() {
+            Some(local) => local.end_remote(self.policy, self.identity, self.cost, granted),
+            None => true,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(local) = self.local {
+            local.end_remote(self.policy, self.identity, self.cost, 0);
         }
     }
 }

@@ -751,6 +751,7 @@ impl Guarded {
             Reservation::Exact => cost,
             Reservation::Lease(size) => size,
         };
+        let in_flight = consume.then(|| self.fallback.sent(policy, identity, asked));
         let mut granted = asked;
         let mut result = self.redis.evaluate(policy, identity, asked, consume).await;
         if asked > cost && matches!(&result, Ok(outcome) if !outcome.allowed) {
@@ -765,10 +766,14 @@ impl Guarded {
                 self.breaker.on_success();
                 self.metrics.set_circuit_state(self.breaker.state());
                 let granted = if outcome.allowed { granted } else { cost };
-                if outcome.allowed && consume {
-                    // The local fallback starts from what this instance admitted, never from
-                    // an empty state.
-                    self.fallback.remember(policy, identity, granted);
+                if let Some(in_flight) = in_flight
+                    && !in_flight.answered(if outcome.allowed { granted } else { 0 })
+                    && outcome.allowed
+                {
+                    // Back from an outage: this instance's fallback admitted the rest of the
+                    // limit, which Redis never heard of. One instance never passes the limit
+                    // across the switch, in either direction; the local count answers.
+                    return Ok(self.fall_back(policy, identity, cost, false));
                 }
                 let mut decision = Decision::from_outcome(outcome, policy.windows(), Source::Redis);
                 if granted > cost {
@@ -785,6 +790,8 @@ impl Guarded {
                 Ok(decision)
             }
             Err(error) if error.is_backend_failure() => {
+                // No answer: whatever Redis did, this caller's answer comes from the fallback.
+                drop(in_flight);
                 tracing::debug!(%error, "redis failed; fallback answers");
                 self.metrics.redis_error(error_kind(&error));
                 self.breaker.on_failure(self.clock.now_micros());

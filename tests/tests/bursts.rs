@@ -35,9 +35,10 @@ async fn limiter(target: Target, limit: u64, prefix: &str) -> RateLimiter {
         .unwrap_or_else(|e| panic!("building a limiter on {target:?}: {e}"))
 }
 
-/// `callers` concurrent `allow` calls spread over `keys` keys (in turn); returns the admissions
-/// per key after checking that Redis (or the cache, for denials) made every decision.
-async fn burst(limiter: &RateLimiter, keys: usize, callers: usize) -> HashMap<String, u64> {
+/// `callers` concurrent `allow` calls spread over `keys` keys (in turn): checks that exactly
+/// `limit` were admitted for each key, then that Redis (or the cache, for denials) made every
+/// decision: the queue behind the burst sent nothing to the fallback and opened no breaker.
+async fn burst(limiter: &RateLimiter, keys: usize, callers: usize, limit: u64) {
     let tasks: Vec<_> = (0..callers)
         .map(|i| {
             let limiter = limiter.clone();
@@ -54,14 +55,14 @@ async fn burst(limiter: &RateLimiter, keys: usize, callers: usize) -> HashMap<St
         let (key, decision) = task.await.expect("task panicked");
         let decision = decision.expect("no error with a healthy Redis");
         *sources.entry(decision.source().name()).or_default() += 1;
-        if decision.allowed() {
-            assert_eq!(
-                decision.source(),
-                Source::Redis,
-                "{key}: admitted by {decision:?}"
-            );
-        }
         *allowed.entry(key).or_default() += u64::from(decision.allowed());
+    }
+    assert_eq!(allowed.len(), keys);
+    for (key, n) in &allowed {
+        assert_eq!(
+            *n, limit,
+            "{key}: {n} admitted of {callers} callers ({sources:?})"
+        );
     }
     let stats = limiter.stats();
     assert_eq!(
@@ -72,7 +73,9 @@ async fn burst(limiter: &RateLimiter, keys: usize, callers: usize) -> HashMap<St
         stats.breaker_transitions.opened, 0,
         "the breaker opened on a healthy Redis: {stats:?}"
     );
-    allowed
+    let by_redis = sources.get("redis").copied().unwrap_or(0);
+    let by_cache = sources.get("cache").copied().unwrap_or(0);
+    assert_eq!(by_redis + by_cache, callers as u64, "{sources:?}");
 }
 
 async fn exactly_the_limit_on_one_key(target: Target, callers: usize) {
@@ -80,12 +83,7 @@ async fn exactly_the_limit_on_one_key(target: Target, callers: usize) {
     let _hogs = BusyLoops::start(2);
     let prefix = format!("burst-{callers}-{target:?}:");
     let limiter = limiter(target, LIMIT, &prefix).await;
-    let allowed = burst(&limiter, 1, callers).await;
-    assert_eq!(
-        allowed.values().sum::<u64>(),
-        LIMIT,
-        "{target:?}: {callers} callers on one key"
-    );
+    burst(&limiter, 1, callers, LIMIT).await;
 }
 
 async fn exactly_the_limit_on_each_of_100_keys(target: Target) {
@@ -94,11 +92,7 @@ async fn exactly_the_limit_on_each_of_100_keys(target: Target) {
     let prefix = format!("burst-100keys-{target:?}:");
     // 200 callers a key against a limit of 100: half of them must be denied.
     let limiter = limiter(target, LIMIT, &prefix).await;
-    let allowed = burst(&limiter, 100, 20_000).await;
-    assert_eq!(allowed.len(), 100);
-    for (key, n) in &allowed {
-        assert_eq!(*n, LIMIT, "{target:?}: {key} admitted {n}");
-    }
+    burst(&limiter, 100, 20_000, LIMIT).await;
 }
 
 macro_rules! on_both {
@@ -188,4 +182,56 @@ async fn the_local_fallback_starts_from_this_instances_admissions() {
         "50 + {allowed} admitted across the switch ({from_fallback} decided by the fallback)"
     );
     eprintln!("switch in a burst: 50 + {allowed} admitted, {from_fallback} by the fallback");
+}
+
+/// And back: while Redis was away the fallback admitted the rest of the limit, which Redis
+/// never heard of. When Redis returns (empty, after a restart), this instance still admits
+/// nothing more until the window frees its own admissions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_never_passes_the_limit_when_redis_returns() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let server = ratelimit_tests::RedisServer::start();
+    let limiter = RateLimiter::new(
+        Config::new(LIMIT, Duration::from_secs(60))
+            .with_prefix("switch-back:")
+            .with_redis(server.url()),
+    )
+    .await
+    .expect("limiter");
+    let mut allowed = 0;
+    for _ in 0..30 {
+        allowed += u64::from(limiter.allow("client").await.expect("allow").allowed());
+    }
+    server.kill();
+    for _ in 0..200 {
+        allowed += u64::from(limiter.allow("client").await.expect("allow").allowed());
+    }
+    assert_eq!(allowed, LIMIT);
+    server.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut after = 0;
+    let mut redis_answered = false;
+    while std::time::Instant::now() < deadline && !redis_answered {
+        let d = limiter.allow("client").await.expect("allow");
+        after += u64::from(d.allowed());
+        redis_answered =
+            limiter.stats().breaker == Some(ratelimit_core::breaker::BreakerState::Closed);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        redis_answered,
+        "Redis never came back: {:?}",
+        limiter.stats()
+    );
+    for _ in 0..50 {
+        after += u64::from(limiter.allow("client").await.expect("allow").allowed());
+    }
+    assert_eq!(
+        after, 0,
+        "Redis, empty after its restart, handed out the limit again"
+    );
+    // Another client, unknown to the fallback, is Redis's to decide again.
+    let d = limiter.allow("other").await.expect("allow");
+    assert!(d.allowed());
+    assert_eq!(d.source(), Source::Redis);
 }

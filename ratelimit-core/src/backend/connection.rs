@@ -302,6 +302,14 @@ impl Connector {
         }
     }
 
+    /// How many connections [`Self::get`] hands out in turn (1 for a cluster).
+    pub(crate) fn pool_size(&self) -> usize {
+        match self {
+            Self::Standalone { pool, .. } => pool.len(),
+            Self::Cluster { .. } => 1,
+        }
+    }
+
     /// Whether this connects to a cluster.
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster { .. })

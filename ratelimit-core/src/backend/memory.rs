@@ -42,6 +42,9 @@ struct Entry {
     key: Box<[u8]>,
     state: State,
     expires_at_us: u64,
+    /// Permits asked of Redis and not answered yet, when this backend is a fallback: its own
+    /// decisions count them as taken (see [`MemoryBackend::evaluate_counting_pending`]).
+    pending: u64,
 }
 
 #[derive(Debug, Default)]
@@ -124,12 +127,118 @@ impl MemoryBackend {
                 key: key.into(),
                 state,
                 expires_at_us: verdict.expires_at_us,
+                pending: 0,
             };
             shard
                 .map
                 .insert_unique(hash, entry, |e| self.hasher.hash_one(&e.key));
         }
         verdict
+    }
+
+    /// Marks `cost` permits of `identity` as asked of Redis, answer pending. For the `local`
+    /// fallback: while they are in flight, its own decisions count them as taken, so that an
+    /// admission Redis is about to grant and one made here never add up past the limit.
+    pub(crate) fn begin_remote(&self, policy: &Policy, identity: Identity<'_>, cost: u64) {
+        let now = self.clock.now_micros();
+        let keep_until = now.saturating_add(policy.longest_window_micros());
+        self.with_entry(policy, identity, now, |entry| {
+            entry.pending = entry.pending.saturating_add(cost);
+            entry.expires_at_us = entry.expires_at_us.max(keep_until);
+        });
+    }
+
+    /// The Redis call marked by [`Self::begin_remote`] ended; Redis granted `granted` permits
+    /// (0 when it denied, failed or was abandoned: then the caller's answer, if any, came from
+    /// here and was counted here). Granted permits are recorded like local admissions, so that
+    /// a fallback taking over knows this instance's admissions. Returns whether they fitted:
+    /// `false` when this instance already admitted the rest of the limit itself, through a
+    /// fallback Redis never heard of.
+    pub(crate) fn end_remote(
+        &self,
+        policy: &Policy,
+        identity: Identity<'_>,
+        cost: u64,
+        granted: u64,
+    ) -> bool {
+        let now = self.clock.now_micros();
+        let mut fitted = true;
+        self.with_entry(policy, identity, now, |entry| {
+            entry.pending = entry.pending.saturating_sub(cost);
+            if granted > 0 {
+                let request = Request {
+                    cost: granted,
+                    consume: true,
+                };
+                let verdict = apply(&mut entry.state, policy, now, request);
+                fitted = verdict.allowed;
+                entry.expires_at_us = entry.expires_at_us.max(verdict.expires_at_us);
+            }
+        });
+        fitted
+    }
+
+    /// Like [`Self::evaluate`], counting the permits pending in Redis (see
+    /// [`Self::begin_remote`]) as taken: a request is admitted only if it fits with them.
+    pub(crate) fn evaluate_counting_pending(
+        &self,
+        policy: &Policy,
+        identity: Identity<'_>,
+        cost: u64,
+        consume: bool,
+    ) -> Verdict {
+        let now = self.clock.now_micros();
+        let mut verdict = None;
+        self.with_entry(policy, identity, now, |entry| {
+            if entry.pending > 0 {
+                let with_pending = Request {
+                    cost: cost.saturating_add(entry.pending),
+                    consume: false,
+                };
+                let check = apply(&mut entry.state, policy, now, with_pending);
+                if !check.allowed {
+                    verdict = Some(check);
+                    return;
+                }
+            }
+            let decided = apply(&mut entry.state, policy, now, Request { cost, consume });
+            entry.expires_at_us = entry.expires_at_us.max(decided.expires_at_us);
+            verdict = Some(decided);
+        });
+        verdict.unwrap_or_else(|| self.evaluate(policy, identity, cost, consume))
+    }
+
+    /// Runs `f` on `identity`'s entry under `policy`, creating it (fresh) when missing.
+    fn with_entry(
+        &self,
+        policy: &Policy,
+        identity: Identity<'_>,
+        now: u64,
+        f: impl FnOnce(&mut Entry),
+    ) {
+        let mut buffer = [0u8; MAX_KEY];
+        let key = store_key(&mut buffer, policy, identity);
+        let hash = self.hasher.hash_one(key);
+        let mut shard = self.shard(hash);
+        if let Some(entry) = shard.map.find_mut(hash, |e| *e.key == *key) {
+            f(entry);
+            return;
+        }
+        if shard.map.len() >= self.shard_capacity {
+            make_room(&mut shard.map, now, self.shard_capacity);
+        }
+        let mut entry = Entry {
+            key: key.into(),
+            state: fresh(policy),
+            expires_at_us: now,
+            pending: 0,
+        };
+        f(&mut entry);
+        if entry.expires_at_us > now || entry.pending > 0 {
+            shard
+                .map
+                .insert_unique(hash, entry, |e| self.hasher.hash_one(&e.key));
+        }
     }
 
     /// Forgets the state of `identity` under `policy`.
@@ -282,6 +391,50 @@ mod tests {
     use super::*;
     use crate::clock::FakeClock;
     use crate::policy::Window;
+
+    /// As a fallback: permits Redis granted count, and so do permits asked of Redis and not
+    /// answered yet, so that whatever Redis answers later, the two never pass the limit.
+    #[test]
+    fn a_fallback_counts_what_redis_granted_and_what_is_in_flight() {
+        let clock = FakeClock::new(1_000_000);
+        let memory = MemoryBackend::new(Arc::new(clock.clone()), 1000);
+        for algorithm in [
+            crate::Algorithm::SlidingWindow,
+            crate::Algorithm::TokenBucket,
+            crate::Algorithm::FixedWindow,
+            crate::Algorithm::SlidingCounter,
+        ] {
+            // Far from any epoch-aligned boundary of a one-hour window.
+            clock.set(3_600_000_000 * 1000 + 1_000_000);
+            let policy = Policy::new("p", [Window::per_hour(10)]).with_algorithm(algorithm);
+            let id = Identity::new(b"k");
+            for _ in 0..4 {
+                memory.begin_remote(&policy, id, 1);
+                memory.end_remote(&policy, id, 1, 1);
+            }
+            for _ in 0..3 {
+                memory.begin_remote(&policy, id, 1);
+            }
+            let local = (0..10)
+                .filter(|_| {
+                    memory
+                        .evaluate_counting_pending(&policy, id, 1, true)
+                        .allowed
+                })
+                .count();
+            assert_eq!(local, 3, "{algorithm}: 4 granted + 3 in flight leave 3");
+            for _ in 0..3 {
+                memory.end_remote(&policy, id, 1, 1);
+            }
+            assert!(
+                !memory
+                    .evaluate_counting_pending(&policy, id, 1, false)
+                    .allowed,
+                "{algorithm}: the late grants fill the rest"
+            );
+            memory.reset(&policy, id);
+        }
+    }
 
     /// A full backend forgets the keys that expire soonest, not those that happen to sit early
     /// in its tables: every key inserted in the last eighth of the run is still known.

@@ -72,11 +72,16 @@ impl RedisBackend {
 
     /// Opens a connection and loads every script (on every node of a cluster), so that the
     /// first decisions pay neither; fails when Redis cannot be reached in time.
+    ///
+    /// Every pooled connection is opened here: opened lazily, the first calls of a burst would
+    /// wait for several handshakes at once, under the timeout meant for Redis's answer.
     pub async fn connect(&self) -> Result<(), Error> {
         self.bounded(async {
-            let mut connection = self.connector.get().await?;
-            for script in scripts::all() {
-                script.prepare_invoke().load_async(&mut connection).await?;
+            for _ in 0..self.connector.pool_size() {
+                let mut connection = self.connector.get().await?;
+                for script in scripts::all() {
+                    script.prepare_invoke().load_async(&mut connection).await?;
+                }
             }
             Ok(())
         })
