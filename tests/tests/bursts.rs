@@ -235,3 +235,44 @@ async fn an_instance_never_passes_the_limit_when_redis_returns() {
     assert!(d.allowed());
     assert_eq!(d.source(), Source::Redis);
 }
+
+/// Several instances: while Redis is away each keeps within the limit on its own, so together
+/// they pass at most N times it (3 here), never more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn n_instances_pass_at_most_n_times_the_limit_while_redis_is_away() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let server = ratelimit_tests::RedisServer::start();
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        instances.push(
+            RateLimiter::new(
+                Config::new(LIMIT, Duration::from_secs(60))
+                    .with_prefix("n-instances:")
+                    .with_redis(server.url()),
+            )
+            .await
+            .expect("limiter"),
+        );
+    }
+    let mut before = 0;
+    for instance in &instances {
+        for _ in 0..20 {
+            before += u64::from(instance.allow("client").await.expect("allow").allowed());
+        }
+    }
+    assert_eq!(before, 60, "Redis shares one limit");
+    server.kill();
+    let mut during = Vec::new();
+    for instance in &instances {
+        let mut allowed = 0;
+        for _ in 0..200 {
+            allowed += u64::from(instance.allow("client").await.expect("allow").allowed());
+        }
+        during.push(allowed);
+    }
+    // Each instance carries on from its own 20.
+    assert_eq!(during, [LIMIT - 20; 3]);
+    let total = before + during.iter().sum::<u64>();
+    assert_eq!(total, 3 * LIMIT);
+    eprintln!("3 instances, Redis away: {total} admitted for a limit of {LIMIT}");
+}
