@@ -294,3 +294,42 @@ async fn leases_on_four_instances_never_admit_more_than_the_limit() {
         "a lease outliving its window"
     );
 }
+
+/// A cached denial lasts as long as Redis said, counted from when the call was sent, not from
+/// when the reply came back: on a slow link (60 ms each way here), a client that comes back
+/// exactly when Redis would admit it again is asked of Redis, not denied from the cache for
+/// another round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_denial_does_not_outlive_redis_s_answer() {
+    use ratelimit_tests::proxy::{Fault, FaultProxy};
+    let server = ratelimit_tests::RedisServer::start();
+    let upstream: std::net::SocketAddr = server.addr().parse().expect("address");
+    let proxy = FaultProxy::start(upstream);
+    const WINDOW: Duration = Duration::from_millis(400);
+    let limiter = RateLimiter::new(
+        Config::new(1, WINDOW)
+            .with_prefix("anchor:")
+            .with_cache(CacheConfig::new(Duration::from_millis(100), 1 << 20))
+            .with_redis_config(
+                ratelimit_core::RedisConfig::new([proxy.url()])
+                    .with_timeout(Duration::from_secs(2)),
+            ),
+    )
+    .await
+    .expect("limiter");
+    proxy.set(Fault::Delay(Duration::from_millis(60)));
+    let sent = std::time::Instant::now();
+    assert!(limiter.allow("client").await.expect("allow").allowed());
+    let denied = limiter.allow("client").await.expect("allow");
+    assert!(!denied.allowed());
+    // Redis admits again once the first entry, recorded 60 ms after `sent`, is a window old:
+    // a call sent at `sent + WINDOW` reaches Redis 60 ms later, just in time.
+    tokio::time::sleep_until((sent + WINDOW + Duration::from_millis(30)).into()).await;
+    let again = limiter.allow("client").await.expect("allow");
+    assert_ne!(
+        again.source(),
+        Source::Cache,
+        "the cached denial outlived Redis's answer: {again:?}"
+    );
+    assert!(again.allowed(), "{again:?}");
+}
