@@ -76,16 +76,21 @@ impl RedisBackend {
     /// Every pooled connection is opened here: opened lazily, the first calls of a burst would
     /// wait for several handshakes at once, under the timeout meant for Redis's answer.
     pub async fn connect(&self) -> Result<(), Error> {
+        // Scripts are the server's (every primary's, for a cluster): loaded once. Each
+        // connection's handshake has a timeout of its own.
         self.bounded(async {
-            for _ in 0..self.connector.pool_size() {
-                let mut connection = self.connector.get().await?;
-                for script in scripts::all() {
-                    script.prepare_invoke().load_async(&mut connection).await?;
-                }
+            let mut connection = self.connector.get().await?;
+            for script in scripts::all() {
+                script.prepare_invoke().load_async(&mut connection).await?;
             }
             Ok(())
         })
-        .await
+        .await?;
+        for _ in 1..self.connector.pool_size() {
+            self.bounded(async { self.connector.get().await.map(drop) })
+                .await?;
+        }
+        Ok(())
     }
 
     /// Waits until a call may be sent, in arrival order. Time spent here is time queued inside
