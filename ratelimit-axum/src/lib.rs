@@ -34,16 +34,19 @@
 //!
 //! - [`rules`]: [`RuleSet`], the planner that matches requests against the configured rules.
 //! - [`extract`]: [`RateLimited`], the decision as an extractor, and its rejection.
+//! - [`keys`]: [`MatchedPathParam`], a key from the route's path parameters.
 //! - [`router`]: [`layer`], [`layer_from_config`], [`connect_info_peer`], and
 //!   [`RouterExt::rate_limit`], the one-liner.
 //!
 //! The layer itself, its responses and headers, are `ratelimit-tower`'s [`RateLimitLayer`].
 
 pub mod extract;
+pub mod keys;
 pub mod router;
 pub mod rules;
 
 pub use extract::{RateLimited, RateLimitedRejection};
+pub use keys::MatchedPathParam;
 pub use ratelimit_tower::RateLimitLayer;
 pub use router::{RouterExt, connect_info_peer, layer, layer_from_config, rules_planner};
 pub use rules::RuleSet;

@@ -34,10 +34,10 @@ use std::sync::Arc;
 use axum::extract::OriginalUri;
 use http::{HeaderName, Method};
 use ratelimit_core::Config;
-use ratelimit_core::config::{AllowList, IpBlock, KeySource, MissingKey, Rule, RuleMatch};
+use ratelimit_core::config::{AllowList, KeySource, MissingKey, Rule, RuleMatch};
 use ratelimit_tower::extract::from_source;
 use ratelimit_tower::plan::Exemptions;
-use ratelimit_tower::{KeyExtractor, Plan, Planner, RequestInfo, Target};
+use ratelimit_tower::{ClientIp, KeyExtractor, Plan, Planner, RequestInfo, Target};
 
 /// The rule name of the top-level policy, for requests that no rule matches.
 const DEFAULT_RULE: &str = "default";
@@ -92,7 +92,7 @@ impl RuleSet {
     /// [`Config`] a limiter holds is).
     pub fn from_config(config: &Config) -> Self {
         let http = config.http();
-        let trusted = &http.trusted_proxies;
+        let trusted = &ClientIp::from_config(http);
         let default_key = from_source(&http.default_key(), trusted);
         let rules = http
             .rules
@@ -104,14 +104,14 @@ impl RuleSet {
                 ips: http.allow_list.ips.clone(),
                 keys: Vec::new(),
             },
-            trusted.iter().copied(),
+            trusted.clone(),
         );
         let exempt_keys = Exemptions::new(
             AllowList {
                 ips: Vec::new(),
                 keys: http.allow_list.keys.clone(),
             },
-            [],
+            ClientIp::default(),
         );
         Self {
             rules,
@@ -193,7 +193,7 @@ struct HeaderMatch {
 }
 
 impl CompiledRule {
-    fn new(rule: &Rule, default_key: &Arc<dyn KeyExtractor>, trusted: &[IpBlock]) -> Self {
+    fn new(rule: &Rule, default_key: &Arc<dyn KeyExtractor>, trusted: &ClientIp) -> Self {
         let name: Arc<str> = Arc::from(rule.name.as_str());
         let RuleMatch {
             path,
