@@ -1,24 +1,25 @@
 //! Wiring: the layer for an axum app, and the one-liner that installs it.
 //!
 //! [`layer`] builds a [`RateLimitLayer`] that plans with the configuration's [`RuleSet`] and
-//! finds the client's socket address in axum's [`ConnectInfo`]. [`RouterExt::rate_limit`]
-//! installs it on a [`Router`]. Serve the app with
+//! finds the client's socket address in axum's
+//! [`ConnectInfo`](axum::extract::ConnectInfo). [`RouterExt::rate_limit`] installs it on a
+//! [`Router`]. Serve the app with
 //! [`into_make_service_with_connect_info::<SocketAddr>()`](Router::into_make_service_with_connect_info)
-//! so that the peer is known: without it, IP keys cannot be found and requests are handled as
-//! `on_missing_key` says.
+//! so that the peer is known (tests add `MockConnectInfo` instead): without it, requests limited
+//! by IP are answered `500`, and the log says once what to change.
 
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::ConnectInfo;
 use http::Extensions;
 use ratelimit_core::{Config, RateLimiter};
-use ratelimit_tower::{PeerAddr, RateLimitLayer};
+use ratelimit_tower::RateLimitLayer;
 
 use crate::rules::RuleSet;
 
-/// The socket peer of a request: axum's `ConnectInfo<SocketAddr>`, else a
-/// [`PeerAddr`] left by another server.
+/// The socket peer of a request: a [`PeerAddr`](ratelimit_tower::PeerAddr) left by another server, else axum's
+/// `ConnectInfo<SocketAddr>`, else a `MockConnectInfo<SocketAddr>` added by a test (the
+/// layer's default lookup, [`peer_from_extension`](ratelimit_tower::service::peer_from_extension)).
 ///
 /// ```
 /// use std::net::SocketAddr;
@@ -33,10 +34,7 @@ use crate::rules::RuleSet;
 /// # Ok::<(), std::net::AddrParseError>(())
 /// ```
 pub fn connect_info_peer(extensions: &Extensions) -> Option<SocketAddr> {
-    extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0)
-        .or_else(|| extensions.get::<PeerAddr>().map(|peer| peer.0))
+    ratelimit_tower::service::peer_from_extension(extensions)
 }
 
 /// The layer for `limiter`'s configuration: its rules (see [`RuleSet`]), header families and

@@ -23,14 +23,22 @@ use crate::response;
 pub type PeerLookup = fn(&Extensions) -> Option<SocketAddr>;
 
 /// Reads [`PeerAddr`], and with the `axum` feature axum's `ConnectInfo<SocketAddr>` (what
-/// `into_make_service_with_connect_info::<SocketAddr>()` and `MockConnectInfo` insert).
+/// `into_make_service_with_connect_info::<SocketAddr>()` inserts) and `MockConnectInfo<SocketAddr>`
+/// (what tests add with `Router::layer(MockConnectInfo(addr))`), in that order.
 pub fn peer_from_extension(extensions: &Extensions) -> Option<SocketAddr> {
     if let Some(peer) = extensions.get::<PeerAddr>() {
         return Some(peer.0);
     }
     #[cfg(feature = "axum")]
-    if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
-        return Some(info.0);
+    {
+        use axum::extract::ConnectInfo;
+        use axum::extract::connect_info::MockConnectInfo;
+        if let Some(info) = extensions.get::<ConnectInfo<SocketAddr>>() {
+            return Some(info.0);
+        }
+        if let Some(mock) = extensions.get::<MockConnectInfo<SocketAddr>>() {
+            return Some(mock.0);
+        }
     }
     None
 }
