@@ -1,9 +1,9 @@
 //! Hooks: code the layer calls when it denies a request.
 //!
 //! [`on_denied`](crate::RateLimitLayer::on_denied) is called for every request over its limit
-//! (for logs and metrics), shadow-mode ones included; [`denied_response`]
-//! (crate::RateLimitLayer::denied_response) shapes the `429` the client gets (its body, headers
-//! or status). Both see the request through a [`Denial`].
+//! (for logs and metrics), shadow-mode ones included;
+//! [`denied_response`](crate::RateLimitLayer::denied_response) shapes the `429` the client gets
+//! (its body, headers or status). Both see the request through a [`Denial`].
 
 use std::fmt;
 use std::sync::Arc;

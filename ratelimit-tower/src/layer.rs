@@ -163,8 +163,10 @@ impl RateLimitLayer {
         self.map_code(|code| code.legacy_reset = Some(reset))
     }
 
-    /// How to find the socket peer in a request's extensions (default: [`PeerAddr`]
-    /// (crate::PeerAddr), and axum's `ConnectInfo<SocketAddr>` with the `axum` feature).
+    /// How to find the socket peer in a request's extensions (default:
+    /// [`peer_from_extension`](crate::service::peer_from_extension): a
+    /// [`PeerAddr`](crate::PeerAddr), and with the `axum` feature axum's `ConnectInfo` and
+    /// `MockConnectInfo`).
     pub fn with_peer_lookup(self, lookup: PeerLookup) -> Self {
         self.map_code(|code| code.peer = lookup)
     }
