@@ -175,6 +175,7 @@ def deployment_facts(dep: dict) -> dict:
         "container": container,
         "config": arg("--config"),
         "listen": arg("--listen", "127.0.0.1:8080"),
+        "admin_listen": arg("--admin-listen", "127.0.0.1:9090"),
         "shutdown_timeout": int(arg("--shutdown-timeout", 10)),
         "sleep": sleep,
         "ports": {p["name"]: p["containerPort"] for p in container.get("ports", [])},
@@ -216,6 +217,14 @@ def check_manifest_set(objs: dict[str, dict], expect_kinds: set[str]) -> str:
         ensure(c[probe]["httpGet"]["port"] in ("http", int(port)), f"{probe} asks another port")
     svc_ports = svc["spec"]["ports"]
     ensure(any(p["targetPort"] in ("http", int(port)) for p in svc_ports), "the Service misses the port")
+    # The operator listener: its own named port, reachable in the pod network for Prometheus,
+    # published by no Service (the public must never reach /metrics or /admin/*).
+    admin_host, _, admin_port = f["admin_listen"].rpartition(":")
+    ensure(admin_host == "0.0.0.0", f"--admin-listen {f['admin_listen']}: Prometheus cannot reach it")
+    ensure(admin_port != port, "--admin-listen shares the public port")
+    ensure(f["ports"].get("admin") == int(admin_port), "the admin containerPort is not the --admin-listen port")
+    ensure(not any(p["targetPort"] in ("admin", int(admin_port)) or p.get("port") == int(admin_port)
+                   for p in svc_ports), "the Service publishes the operator port")
     grace = f["pod"]["terminationGracePeriodSeconds"]
     ensure(grace > f["shutdown_timeout"] + f["sleep"],
            f"terminationGracePeriodSeconds {grace} <= preStop {f['sleep']} + shutdown {f['shutdown_timeout']}")
@@ -228,7 +237,7 @@ def check_manifest_set(objs: dict[str, dict], expect_kinds: set[str]) -> str:
     ensure(sc.get("capabilities", {}).get("drop") == ["ALL"], "capabilities not all dropped")
     annotations = dep["spec"]["template"]["metadata"].get("annotations", {})
     ensure(annotations.get("prometheus.io/scrape") == "true", "no prometheus.io/scrape annotation")
-    ensure(annotations.get("prometheus.io/port") == port, "prometheus.io/port is not the server's")
+    ensure(annotations.get("prometheus.io/port") == admin_port, "prometheus.io/port is not the operator port")
     ensure(annotations.get("prometheus.io/path") == "/metrics", "prometheus.io/path is not /metrics")
     # The config: the ConfigMap, mounted as a directory (no subPath: updates must reach the pod).
     config_dir, _, config_file = f["config"].rpartition("/")
@@ -305,18 +314,24 @@ def _():
     dockerfile = context / (build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile")
     ensure(context == ROOT and dockerfile.is_file(), f"api-server is not built from {ROOT}/Dockerfile")
     ensure(env_of(api).get("RATELIMIT_REDIS_URL") == "redis://redis:6379", "RATELIMIT_REDIS_URL")
+    command = api.get("command", [])
+    command = shlex.split(command) if isinstance(command, str) else command
+    ensure("--admin-listen" in command and command[command.index("--admin-listen") + 1] == "0.0.0.0:9090",
+           "api-server's operator listener is not on 0.0.0.0:9090 of the compose network")
+    published = [str(p) for p in api.get("ports", [])]
+    ensure(published == ["8080:8080"], f"api-server publishes {published}: only the public 8080")
     for name, service in services.items():
         for dst, (src, _) in bind_mounts(service).items():
             ensure(src.exists(), f"{name} mounts {src}, which does not exist")
     return ", ".join(sorted(services))
 
 
-@check("prometheus/prometheus.yml parses and scrapes api-server:8080/metrics")
+@check("prometheus/prometheus.yml parses and scrapes api-server:9090/metrics (the operator port)")
 def _():
     prom = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
     jobs = [j for j in prom["scrape_configs"]
-            if any("api-server:8080" in sc.get("targets", []) for sc in j.get("static_configs", []))]
-    ensure(len(jobs) == 1, "no job scrapes api-server:8080")
+            if any("api-server:9090" in sc.get("targets", []) for sc in j.get("static_configs", []))]
+    ensure(len(jobs) == 1, "no job scrapes api-server:9090")
     ensure(jobs[0].get("metrics_path", "/metrics") == "/metrics", "metrics_path is not /metrics")
     mounts = bind_mounts(COMPOSE["services"]["prometheus"])
     ensure(mounts.get("/etc/prometheus/prometheus.yml", (None,))[0] == DEPLOY / "prometheus" / "prometheus.yml",

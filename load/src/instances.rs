@@ -1,6 +1,7 @@
-//! The api-server instances under load: started on free loopback ports with the load
-//! configuration and the shared Redis, watched until ready, measured (resident memory, the
-//! limiter's own counters from `/metrics`), and killed when dropped.
+//! The api-server instances under load: started on free loopback ports (one for the API, one
+//! for the operator routes) with the load configuration and the shared Redis, watched until
+//! ready, measured (resident memory, the limiter's own counters from `/metrics`), and killed
+//! when dropped.
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -34,6 +35,8 @@ pub(crate) struct Launch<'a> {
 pub(crate) struct Instance {
     index: usize,
     addr: SocketAddr,
+    /// The operator listener: `/ready`, `/metrics`.
+    admin: SocketAddr,
     child: Child,
     log: PathBuf,
 }
@@ -44,14 +47,17 @@ impl Instance {
     pub(crate) async fn start(index: usize, launch: &Launch<'_>) -> Result<Self, LoadError> {
         let mut last = None;
         for attempt in 0..START_ATTEMPTS {
-            let addr = free_port().map_err(|source| LoadError::Io {
-                what: "finding a free loopback port".into(),
-                source,
-            })?;
+            let port = || {
+                free_port().map_err(|source| LoadError::Io {
+                    what: "finding a free loopback port".into(),
+                    source,
+                })
+            };
+            let (addr, admin) = (port()?, port()?);
             let log = launch
                 .log_dir
                 .join(format!("api-server-{index}.{attempt}.log"));
-            let mut instance = Self::spawn(index, addr, &log, launch)?;
+            let mut instance = Self::spawn(index, (addr, admin), &log, launch)?;
             match instance.wait_ready(launch.redis_url.is_some()).await {
                 Ok(()) => return Ok(instance),
                 // Another process took the port between our check and the bind: try another.
@@ -66,7 +72,7 @@ impl Instance {
 
     fn spawn(
         index: usize,
-        addr: SocketAddr,
+        (addr, admin): (SocketAddr, SocketAddr),
         log: &Path,
         launch: &Launch<'_>,
     ) -> Result<Self, LoadError> {
@@ -81,6 +87,8 @@ impl Instance {
             .arg(launch.config)
             .arg("--listen")
             .arg(addr.to_string())
+            .arg("--admin-listen")
+            .arg(admin.to_string())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
@@ -98,6 +106,7 @@ impl Instance {
         Ok(Self {
             index,
             addr,
+            admin,
             child,
             log: log.to_path_buf(),
         })
@@ -117,7 +126,7 @@ impl Instance {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let (_, body) = get_once(self.addr, "/ready")
+        let (_, body) = get_once(self.admin, "/ready")
             .await
             .map_err(|e| self.error(format!("/ready: {e}")))?;
         let ready: serde_json::Value = serde_json::from_slice(&body)
@@ -149,7 +158,7 @@ impl Instance {
 
     /// The limiter's counters, from its `/metrics`.
     pub(crate) async fn counters(&self) -> Result<LimiterCounters, LoadError> {
-        let (status, body) = get_once(self.addr, "/metrics")
+        let (status, body) = get_once(self.admin, "/metrics")
             .await
             .map_err(|e| self.error(format!("/metrics: {e}")))?;
         if status != StatusCode::OK {

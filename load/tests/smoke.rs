@@ -3,9 +3,10 @@
 //!
 //! The instances must be separate processes (each has its own memory, and they share only
 //! Redis), but a package's tests are given the path of that package's own binaries only. So
-//! this test binary is also the server: started as `smoke --config FILE --listen ADDR`, the
-//! argument shape the tool gives an api-server, it serves the example app through its library
-//! (`example_api_server`) instead of testing. Hence `harness = false`.
+//! this test binary is also the server: started as
+//! `smoke --config FILE --listen ADDR --admin-listen ADDR`, the argument shape the tool gives an
+//! api-server, it serves the example app through its library (`example_api_server`) instead of
+//! testing. Hence `harness = false`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -149,12 +150,19 @@ async fn serve(args: &[String]) -> ExitCode {
             .position(|a| a == name)
             .and_then(|i| args.get(i + 1))
     };
-    let (Some(config), Some(listen)) = (value("--config"), value("--listen")) else {
-        eprintln!("usage: smoke --config FILE --listen ADDR");
+    let (Some(config), Some(listen), Some(admin_listen)) = (
+        value("--config"),
+        value("--listen"),
+        value("--admin-listen"),
+    ) else {
+        eprintln!("usage: smoke --config FILE --listen ADDR --admin-listen ADDR");
         return ExitCode::from(2);
     };
-    let Ok(listen) = listen.parse::<SocketAddr>() else {
-        eprintln!("--listen: `{listen}` is not an address");
+    let (Ok(listen), Ok(admin_listen)) = (
+        listen.parse::<SocketAddr>(),
+        admin_listen.parse::<SocketAddr>(),
+    ) else {
+        eprintln!("--listen {listen} --admin-listen {admin_listen}: not addresses");
         return ExitCode::from(2);
     };
     let limiter = match example_api_server::load_config(Some(config.as_ref()))
@@ -167,17 +175,28 @@ async fn serve(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            // The tool looks for these words to retry on another port.
-            eprintln!("smoke server: cannot listen on {listen}: {e}");
-            return ExitCode::FAILURE;
-        }
+    let bind = |addr: SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            // The tool looks for these words to retry on other ports.
+            eprintln!("smoke server: cannot listen on {addr}: {e}");
+            ExitCode::FAILURE
+        })
     };
-    let app = example_api_server::app(limiter).into_make_service_with_connect_info::<SocketAddr>();
-    match axum::serve(listener, app).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let (listener, admin_listener) = match (bind(listen).await, bind(admin_listen).await) {
+        (Ok(listener), Ok(admin)) => (listener, admin),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    let server = example_api_server::server(limiter);
+    let _checks = server.spawn_checks(example_api_server::DEFAULT_CHECK_PERIOD);
+    let public = server
+        .public
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let admin = server.admin.into_make_service();
+    match tokio::try_join!(
+        axum::serve(listener, public).into_future(),
+        axum::serve(admin_listener, admin).into_future()
+    ) {
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("smoke server: {e}");
             ExitCode::FAILURE

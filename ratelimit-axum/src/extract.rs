@@ -1,9 +1,13 @@
 //! [`RateLimited`]: the rate-limit decision of a request, as an axum extractor.
 //!
-//! The layer leaves a [`RateLimitInfo`] in the request's extensions when it limited the request
-//! and let it through (allowed, or over the limit in shadow mode). Handlers read it to show the
-//! remaining quota, or to log which rule applied. Where no decision may exist (an exempt route,
-//! an allow-listed client, a route outside the layer) take `Option<RateLimited>`.
+//! The layer leaves a [`RateLimitInfo`] in the request's extensions whenever it planned to
+//! limit the request and let it through: allowed (by Redis, the cache, memory, or a fallback
+//! while Redis is away: [`Decision::source`] says which), over the limit in shadow mode, or let
+//! through because the limiter failed in a way no fallback covers (then the decision is the
+//! `open` fallback's, [`Decision::fallback_open`]). A handler that takes [`RateLimited`] never
+//! gets a 500 because Redis failed. Where no decision exists because nothing was limited (an
+//! exempt route, an allow-listed client, `on_missing_key: allow`, a route outside the layer)
+//! take `Option<RateLimited>`: it is `None` there.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -19,8 +23,10 @@ use ratelimit_tower::{RateLimitInfo, Target};
 /// The rate-limit decision the layer made for this request.
 ///
 /// Rejects with [`RateLimitedRejection`] (a `500`) when there is none: the layer is not
-/// installed on the route, or the request was not limited (exempt, allow-listed, or let through
-/// because the limiter could not answer). Take `Option<RateLimited>` where that is expected.
+/// installed on the route, or the request was not limited (exempt, allow-listed, or without a
+/// key under `on_missing_key: allow`). Take `Option<RateLimited>` where that is expected. When
+/// Redis is away the decision is there, from the fallback (`decision().source()` is
+/// `fallback_open`, `fallback_local`...).
 ///
 /// ```
 /// use axum::{Router, routing::get};
@@ -140,8 +146,9 @@ pub struct RateLimitedRejection {
 
 impl RateLimitedRejection {
     const DETAIL: &'static str = "No rate limit decision for this request: the rate limit layer \
-        is not installed on this route, or the request was not limited (exempt or allow-listed). \
-        Take Option<RateLimited> where that is expected.";
+        is not installed on this route, or the request was not limited (exempt, allow-listed, or \
+        without a key under on_missing_key: allow). Take Option<RateLimited> where that is \
+        expected.";
 
     /// The problem document.
     const BODY: &'static str = concat!(

@@ -32,11 +32,12 @@
 //!
 //! # Layout
 //!
-//! - [`rules`]: [`RuleSet`], the planner that matches requests against the configured rules.
+//! - [`rules`]: [`axum_rules`], `ratelimit-tower`'s [`RuleSet`] reading axum's original path and
+//!   matched route.
 //! - [`extract`]: [`RateLimited`], the decision as an extractor, and its rejection.
 //! - [`keys`]: [`MatchedPathParam`], a key from the route's path parameters.
 //! - [`router`]: [`layer`], [`layer_from_config`], [`connect_info_peer`], and
-//!   [`RouterExt::rate_limit`], the one-liner.
+//!   [`RouterExt::rate_limit`] / [`RouterExt::rate_limit_routes`], the one-liners.
 //!
 //! The layer itself, its responses and headers, are `ratelimit-tower`'s [`RateLimitLayer`].
 
@@ -49,7 +50,7 @@ pub use extract::{RateLimited, RateLimitedRejection};
 pub use keys::MatchedPathParam;
 pub use ratelimit_tower::RateLimitLayer;
 pub use router::{RouterExt, connect_info_peer, layer, layer_from_config, rules_planner};
-pub use rules::RuleSet;
+pub use rules::{RuleSet, axum_rules};
 
 /// The examples of `docs/API.md`, compiled and run as doctests so the page stays true.
 #[cfg(doctest)]

@@ -1,9 +1,10 @@
 //! Wiring: the layer for an axum app, and the one-liner that installs it.
 //!
-//! [`layer`] builds a [`RateLimitLayer`] that plans with the configuration's [`RuleSet`] and
-//! finds the client's socket address in axum's
+//! [`layer`] builds a [`RateLimitLayer`] that plans with the configuration's rules
+//! ([`axum_rules`]) and finds the client's socket address in axum's
 //! [`ConnectInfo`](axum::extract::ConnectInfo). [`RouterExt::rate_limit`] installs it on a
-//! [`Router`]. Serve the app with
+//! [`Router`] for every request, [`RouterExt::rate_limit_routes`] for the requests a route
+//! matched. Serve the app with
 //! [`into_make_service_with_connect_info::<SocketAddr>()`](Router::into_make_service_with_connect_info)
 //! so that the peer is known (tests add `MockConnectInfo` instead): without it, requests limited
 //! by IP are answered `500`, and the log says once what to change.
@@ -15,7 +16,7 @@ use http::Extensions;
 use ratelimit_core::{Config, RateLimiter};
 use ratelimit_tower::RateLimitLayer;
 
-use crate::rules::RuleSet;
+use crate::rules::axum_rules;
 
 /// The socket peer of a request: a [`PeerAddr`](ratelimit_tower::PeerAddr) left by another server, else axum's
 /// `ConnectInfo<SocketAddr>`, else a `MockConnectInfo<SocketAddr>` added by a test (the
@@ -37,7 +38,7 @@ pub fn connect_info_peer(extensions: &Extensions) -> Option<SocketAddr> {
     ratelimit_tower::service::peer_from_extension(extensions)
 }
 
-/// The layer for `limiter`'s configuration: its rules (see [`RuleSet`]), header families and
+/// The layer for `limiter`'s configuration: its rules (see [`axum_rules`]), header families and
 /// shadow flag, with the peer read by [`connect_info_peer`].
 ///
 /// Without rules, every request gets the top-level policy, as with
@@ -64,7 +65,7 @@ pub fn layer(limiter: RateLimiter) -> RateLimitLayer {
 /// The rules of `config` as a planner: rebuilt from the new configuration on every reload
 /// (see [`RateLimitLayer::reload_handle`]).
 pub fn rules_planner(config: &Config) -> std::sync::Arc<dyn ratelimit_tower::Planner> {
-    std::sync::Arc::new(RuleSet::from_config(config))
+    std::sync::Arc::new(axum_rules(config))
 }
 
 /// [`layer`] for a limiter built from `config` without I/O (Redis connects on first use), or
@@ -85,8 +86,12 @@ pub fn layer_from_config(config: Config) -> Result<RateLimitLayer, ratelimit_cor
 
 /// Rate limiting for an axum [`Router`] in one call.
 ///
-/// Like [`Router::layer`], it applies to the routes (and fallback) added before it: call it
-/// last. Install it on the outermost router; rules match the full path even behind
+/// [`rate_limit`](Self::rate_limit) installs the layer with [`Router::layer`]: on every
+/// request, including those no route matches (404s, limited under the default policy).
+/// [`rate_limit_routes`](Self::rate_limit_routes) installs it with [`Router::route_layer`]:
+/// only on requests a route matched. Either way axum wraps each route, so rules also match the
+/// route the router chose (axum's `MatchedPath`; see [`crate::rules`]). Either applies to the
+/// routes added before it: call it last. Rules match the full path even behind
 /// [`Router::nest`].
 ///
 /// ```
@@ -106,8 +111,27 @@ pub fn layer_from_config(config: Config) -> Result<RateLimitLayer, ratelimit_cor
 /// # drop(server); Ok(()) }
 /// ```
 pub trait RouterExt<S> {
-    /// `self` with [`layer`]`(limiter.clone())` applied.
+    /// `self` with [`layer`]`(limiter.clone())` applied by [`Router::layer`]: every request,
+    /// 404s included.
     fn rate_limit(self, limiter: &RateLimiter) -> Self;
+
+    /// `self` with [`layer`]`(limiter.clone())` applied by [`Router::route_layer`]: the
+    /// requests a route matched.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum::{Router, routing::get};
+    /// use ratelimit_axum::RouterExt;
+    /// use ratelimit_core::{Config, RateLimiter};
+    ///
+    /// let limiter = RateLimiter::new_lazy(Config::new(100, Duration::from_secs(60)))?;
+    /// let app: Router = Router::new()
+    ///     .route("/api/users/{id}", get(|| async { "user" }))
+    ///     .rate_limit_routes(&limiter);
+    /// # drop(app);
+    /// # Ok::<(), ratelimit_core::Error>(())
+    /// ```
+    fn rate_limit_routes(self, limiter: &RateLimiter) -> Self;
 }
 
 impl<S> RouterExt<S> for Router<S>
@@ -116,5 +140,9 @@ where
 {
     fn rate_limit(self, limiter: &RateLimiter) -> Self {
         self.layer(layer(limiter.clone()))
+    }
+
+    fn rate_limit_routes(self, limiter: &RateLimiter) -> Self {
+        self.route_layer(layer(limiter.clone()))
     }
 }

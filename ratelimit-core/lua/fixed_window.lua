@@ -4,23 +4,25 @@
 -- one window and another at the start of the next, so up to twice the limit can pass within one
 -- window's length across a boundary.
 --
--- KEYS[i]  the counter of window i, stored as "<window number>:<count>" so that a counter left
---          over from an earlier window (key expiry is only millisecond-exact) never counts
+-- KEYS[i]  the counter of window i, stored as "<window number>:<count>:<nonce>" so that a counter
+--          left over from an earlier window (key expiry is only millisecond-exact) never counts
 -- ARGV[1]  "allow" or "peek"
 -- ARGV[2]  cost
--- ARGV[3]  nonce (unused; every script takes the same arguments)
+-- ARGV[3]  nonce, unique per call: a call retried after its reply was lost (the cluster client
+--          retries on I/O errors) finds its own nonce stored and consumes nothing twice
 -- ARGV[4], ARGV[5], ...  limit and window length (µs) of each window, in pairs
 --
 -- Returns {allowed, binding window (1-based), limit, remaining, reset_after_us, retry_after_us}.
 local op = ARGV[1]
 local cost = tonumber(ARGV[2])
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = clock_now()
 
+local nonce = ARGV[3]
 local n = #KEYS
 local limits, counts, numbers, ends = {}, {}, {}, {}
 local allowed = true
+local replay = false
 for i = 1, n do
   local limit = tonumber(ARGV[2 + 2 * i])
   local window = tonumber(ARGV[3 + 2 * i])
@@ -29,21 +31,24 @@ for i = 1, n do
   local stored = redis.call('GET', KEYS[i])
   if stored then
     local sep = string.find(stored, ':', 1, true)
+    local sep2 = string.find(stored, ':', sep + 1, true)
     if tonumber(string.sub(stored, 1, sep - 1)) == number then
-      count = tonumber(string.sub(stored, sep + 1))
+      count = tonumber(string.sub(stored, sep + 1, (sep2 or 0) - 1))
     end
+    if i == 1 and sep2 and string.sub(stored, sep2 + 1) == nonce then replay = true end
   end
   limits[i], counts[i], numbers[i], ends[i] = limit, count, number, (number + 1) * window
   if count + cost > limit then allowed = false end
 end
 
-local consume = allowed and op == 'allow' and cost > 0
-local best, best_remaining, best_reset, best_retry = 0, 0, 0, -1
+-- A retry of a call that was applied: its permits are taken already.
+if replay then allowed = true end
+local consume = allowed and op == 'allow' and cost > 0 and not replay
 for i = 1, n do
   if consume then
     counts[i] = counts[i] + cost
     local ttl = math.ceil((ends[i] - now) / 1000)
-    redis.call('SET', KEYS[i], string.format('%d:%d', numbers[i], counts[i]), 'PX', ttl)
+    redis.call('SET', KEYS[i], string.format('%d:%d:', numbers[i], counts[i]) .. nonce, 'PX', ttl)
   end
   local remaining = limits[i] - counts[i]
   if remaining < 0 then remaining = 0 end
@@ -51,17 +56,7 @@ for i = 1, n do
   if counts[i] > 0 then reset_after = ends[i] - now end
   local retry_after = 0
   if not allowed and counts[i] + cost > limits[i] then retry_after = ends[i] - now end
-  local better
-  if best == 0 then
-    better = true
-  elseif not allowed then
-    better = retry_after > best_retry
-  else
-    better = remaining < best_remaining or (remaining == best_remaining and reset_after > best_reset)
-  end
-  if better then
-    best, best_remaining, best_reset, best_retry = i, remaining, reset_after, retry_after
-  end
+  consider(allowed, i, remaining, reset_after, retry_after)
 end
 
-return {allowed and 1 or 0, best, limits[best], best_remaining, best_reset, best_retry}
+return answer(allowed, limits)

@@ -25,19 +25,25 @@ for i = 4, #ARGV, 2 do
   if windows[#windows] > longest then longest = windows[#windows] end
 end
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = clock_now()
 
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - longest)
 
 local counts = {}
 local allowed = true
 for i = 1, #windows do
-  counts[i] = redis.call('ZCOUNT', key, '(' .. (now - windows[i]), '+inf')
+  -- Scores are whole microseconds: "after now - window" is "from now - window + 1". A bound
+  -- built as a string ('(' .. n) would pass through Lua's %.14g and lose the last two digits.
+  counts[i] = redis.call('ZCOUNT', key, now - windows[i] + 1, '+inf')
   if counts[i] + cost > limits[i] then allowed = false end
 end
 
-if allowed and op == 'allow' and cost > 0 then
+-- A retry of a call that was applied (its reply lost, the cluster client retried) finds its own
+-- members: its permits are taken already.
+local replay = op == 'allow' and cost > 0 and redis.call('ZSCORE', key, nonce .. ':1') ~= false
+if replay then allowed = true end
+
+if allowed and op == 'allow' and cost > 0 and not replay then
   local batch = {}
   for i = 1, cost do
     batch[#batch + 1] = now
@@ -53,9 +59,16 @@ end
 
 local newest = nil
 local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-if top[2] then newest = tonumber(top[2]) end
+if top[2] then
+  newest = tonumber(top[2])
+  -- The log lives until its newest entry leaves the longest window of the policy in force now,
+  -- also when nothing was added: after a reload to longer windows, a denied client's log must
+  -- not expire with the old ones.
+  if not (allowed and op == 'allow' and cost > 0) or replay then
+    redis.call('PEXPIRE', key, math.ceil((newest + longest - now) / 1000))
+  end
+end
 
-local best, best_remaining, best_reset, best_retry = 0, 0, 0, -1
 for i = 1, #windows do
   local remaining = limits[i] - counts[i]
   if remaining < 0 then remaining = 0 end
@@ -64,20 +77,10 @@ for i = 1, #windows do
   local retry_after = 0
   if not allowed and counts[i] + cost > limits[i] then
     local skip = counts[i] + cost - limits[i] - 1
-    local nth = redis.call('ZRANGEBYSCORE', key, '(' .. (now - windows[i]), '+inf', 'WITHSCORES', 'LIMIT', skip, 1)
+    local nth = redis.call('ZRANGEBYSCORE', key, now - windows[i] + 1, '+inf', 'WITHSCORES', 'LIMIT', skip, 1)
     retry_after = tonumber(nth[2]) + windows[i] - now
   end
-  local better
-  if best == 0 then
-    better = true
-  elseif not allowed then
-    better = retry_after > best_retry
-  else
-    better = remaining < best_remaining or (remaining == best_remaining and reset_after > best_reset)
-  end
-  if better then
-    best, best_remaining, best_reset, best_retry = i, remaining, reset_after, retry_after
-  end
+  consider(allowed, i, remaining, reset_after, retry_after)
 end
 
-return {allowed and 1 or 0, best, limits[best], best_remaining, best_reset, best_retry}
+return answer(allowed, limits)

@@ -7,18 +7,18 @@
 -- the limit within some window's length. Integer arithmetic below 2^53 throughout, as in
 -- `algorithm/sliding_counter.rs`, so the two agree to the microsecond.
 --
--- KEYS[i]  window i's counts, stored as "<window number>:<current>:<previous>"
+-- KEYS[i]  window i's counts, stored as "<window number>:<current>:<previous>:<nonce>"
 -- ARGV[1]  "allow" or "peek"
 -- ARGV[2]  cost
--- ARGV[3]  nonce (unused; every script takes the same arguments)
+-- ARGV[3]  nonce, unique per call: a call retried after its reply was lost (the cluster client
+--          retries on I/O errors) finds its own nonce stored and consumes nothing twice
 -- ARGV[4], ARGV[5], ...  limit and window length (µs) of each window, in pairs
 --
 -- Returns {allowed, binding window (1-based), limit, remaining, reset_after_us, retry_after_us}.
 local op = ARGV[1]
 local cost = tonumber(ARGV[2])
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = clock_now()
 
 -- floor(a / b) for integers below 2^53, corrected where the division in doubles rounds up.
 local function idiv(a, b)
@@ -37,9 +37,11 @@ local function fits(limit, window, elapsed, current, previous)
     and previous * (window - elapsed) <= (limit - current - cost) * window
 end
 
+local nonce = ARGV[3]
 local n = #KEYS
 local limits, windows, numbers, elapsed, currents, previouses = {}, {}, {}, {}, {}, {}
 local allowed = true
+local replay = false
 for i = 1, n do
   local limit = tonumber(ARGV[2 + 2 * i])
   local window = tonumber(ARGV[3 + 2 * i])
@@ -49,9 +51,11 @@ for i = 1, n do
   if stored then
     local a = string.find(stored, ':', 1, true)
     local b = string.find(stored, ':', a + 1, true)
+    local c = string.find(stored, ':', b + 1, true)
     local stored_number = tonumber(string.sub(stored, 1, a - 1))
     local stored_current = tonumber(string.sub(stored, a + 1, b - 1))
-    local stored_previous = tonumber(string.sub(stored, b + 1))
+    local stored_previous = tonumber(string.sub(stored, b + 1, (c or 0) - 1))
+    if i == 1 and c and string.sub(stored, c + 1) == nonce then replay = true end
     if stored_number == number then
       current, previous = stored_current, stored_previous
     elseif stored_number + 1 == number then
@@ -63,8 +67,9 @@ for i = 1, n do
   if not fits(limit, window, elapsed[i], current, previous) then allowed = false end
 end
 
-local consume = allowed and op == 'allow' and cost > 0
-local best, best_remaining, best_reset, best_retry = 0, 0, 0, -1
+-- A retry of a call that was applied: its permits are taken already.
+if replay then allowed = true end
+local consume = allowed and op == 'allow' and cost > 0 and not replay
 for i = 1, n do
   local limit, window, e = limits[i], windows[i], elapsed[i]
   local start = numbers[i] * window
@@ -72,7 +77,7 @@ for i = 1, n do
     currents[i] = currents[i] + cost
     local ttl = math.ceil((start + 2 * window - now) / 1000)
     redis.call('SET', KEYS[i],
-      string.format('%d:%d:%d', numbers[i], currents[i], previouses[i]), 'PX', ttl)
+      string.format('%d:%d:%d:', numbers[i], currents[i], previouses[i]) .. nonce, 'PX', ttl)
   end
   local current, previous = currents[i], previouses[i]
   -- ceil(previous * (window - e) / window), on integers
@@ -102,17 +107,7 @@ for i = 1, n do
       if retry_after < 0 then retry_after = 0 end
     end
   end
-  local better
-  if best == 0 then
-    better = true
-  elseif not allowed then
-    better = retry_after > best_retry
-  else
-    better = remaining < best_remaining or (remaining == best_remaining and reset_after > best_reset)
-  end
-  if better then
-    best, best_remaining, best_reset, best_retry = i, remaining, reset_after, retry_after
-  end
+  consider(allowed, i, remaining, reset_after, retry_after)
 end
 
-return {allowed and 1 or 0, best, limits[best], best_remaining, best_reset, best_retry}
+return answer(allowed, limits)

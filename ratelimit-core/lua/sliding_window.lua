@@ -18,15 +18,18 @@ local nonce = ARGV[3]
 local limit = tonumber(ARGV[4])
 local window = tonumber(ARGV[5])
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = clock_now()
 
 -- An entry admitted at s counts while now < s + window.
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
 local count = redis.call('ZCARD', key)
 local allowed = count + cost <= limit
+-- A retry of a call that was applied (its reply lost, the cluster client retried) finds its own
+-- members: its permits are taken already.
+local replay = op == 'allow' and cost > 0 and redis.call('ZSCORE', key, nonce .. ':1') ~= false
+if replay then allowed = true end
 
-if allowed and op == 'allow' and cost > 0 then
+if allowed and op == 'allow' and cost > 0 and not replay then
   local batch = {}
   for i = 1, cost do
     batch[#batch + 1] = now
@@ -45,8 +48,13 @@ if remaining < 0 then remaining = 0 end
 
 local reset_after = 0
 if count > 0 then
-  local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-  reset_after = tonumber(newest[2]) + window - now
+  local newest = tonumber(redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2])
+  reset_after = newest + window - now
+  -- The log lives until its newest entry leaves the window in force now, also when nothing was
+  -- added: after a reload to a longer window, a denied client's log must not expire early.
+  if not (allowed and op == 'allow' and cost > 0) or replay then
+    redis.call('PEXPIRE', key, math.ceil(reset_after / 1000))
+  end
 end
 
 local retry_after = 0

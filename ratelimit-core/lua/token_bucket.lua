@@ -4,22 +4,24 @@
 -- theoretical arrival time (TAT), kept as whole microseconds plus a remainder in 1/limit of a
 -- microsecond so that the emission interval window/limit is exact: a burst admits exactly `limit`.
 --
--- KEYS[i]  the TAT of window i, stored as "<µs>:<remainder>"
+-- KEYS[i]  the TAT of window i, stored as "<µs>:<remainder>:<nonce of the call that wrote it>"
 -- ARGV[1]  "allow" or "peek"
 -- ARGV[2]  cost
--- ARGV[3]  nonce (unused; every script takes the same arguments)
+-- ARGV[3]  nonce, unique per call: a call retried after its reply was lost (the cluster client
+--          retries on I/O errors) finds its own nonce stored and consumes nothing twice
 -- ARGV[4], ARGV[5], ...  limit and window length (µs) of each window, in pairs
 --
 -- Returns {allowed, binding window (1-based), limit, remaining, reset_after_us, retry_after_us}.
 local op = ARGV[1]
 local cost = tonumber(ARGV[2])
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = clock_now()
 
+local nonce = ARGV[3]
 local n = #KEYS
 local limits, windows, tats, fracs, new_tats, new_fracs = {}, {}, {}, {}, {}, {}
 local allowed = true
+local replay = false
 for i = 1, n do
   local limit = tonumber(ARGV[2 + 2 * i])
   local window = tonumber(ARGV[3 + 2 * i])
@@ -28,8 +30,10 @@ for i = 1, n do
   local stored = redis.call('GET', KEYS[i])
   if stored then
     local sep = string.find(stored, ':', 1, true)
+    local sep2 = string.find(stored, ':', sep + 1, true)
     tat = tonumber(string.sub(stored, 1, sep - 1))
-    frac = tonumber(string.sub(stored, sep + 1))
+    frac = tonumber(string.sub(stored, sep + 1, (sep2 or 0) - 1))
+    if i == 1 and sep2 and string.sub(stored, sep2 + 1) == nonce then replay = true end
     if tat < now then tat, frac = now, 0 end
   end
   tats[i], fracs[i] = tat, frac
@@ -43,15 +47,16 @@ for i = 1, n do
   if ahead > window or (ahead == window and new_frac > 0) then allowed = false end
 end
 
-local consume = allowed and op == 'allow' and cost > 0
-local best, best_remaining, best_reset, best_retry = 0, 0, 0, -1
+-- A retry of a call that was applied: its permits are taken already.
+if replay then allowed = true end
+local consume = allowed and op == 'allow' and cost > 0 and not replay
 for i = 1, n do
   local limit, window = limits[i], windows[i]
   local tat, frac = tats[i], fracs[i]
   if consume then
     tat, frac = new_tats[i], new_fracs[i]
     local ttl = math.ceil((tat - now + 1) / 1000)
-    redis.call('SET', KEYS[i], string.format('%d:%d', tat, frac), 'PX', ttl)
+    redis.call('SET', KEYS[i], string.format('%d:%d:', tat, frac) .. nonce, 'PX', ttl)
   end
   -- Whole permits available: floor((now + window - TAT) / (window / limit)).
   local remaining = math.floor(((now + window - tat) * limit - frac) / window)
@@ -67,17 +72,7 @@ for i = 1, n do
       if new_fracs[i] > 0 then retry_after = retry_after + 1 end
     end
   end
-  local better
-  if best == 0 then
-    better = true
-  elseif not allowed then
-    better = retry_after > best_retry
-  else
-    better = remaining < best_remaining or (remaining == best_remaining and reset_after > best_reset)
-  end
-  if better then
-    best, best_remaining, best_reset, best_retry = i, remaining, reset_after, retry_after
-  end
+  consider(allowed, i, remaining, reset_after, retry_after)
 end
 
-return {allowed and 1 or 0, best, limits[best], best_remaining, best_reset, best_retry}
+return answer(allowed, limits)

@@ -28,6 +28,7 @@ use quick_cache::sync::Cache;
 use crate::clock::micros;
 use crate::config::{CacheConfig, CacheMode};
 use crate::decision::{Decision, Source};
+use crate::policy::Policy;
 
 /// What the cache holds for a denied key.
 #[derive(Debug, Clone, Copy)]
@@ -202,19 +203,24 @@ impl DecisionCache {
     }
 
     /// How many permits to ask Redis for, for a request of `cost`.
+    ///
+    /// A policy whose shortest window is not longer than the cache's `ttl` never takes a
+    /// lease (whatever policy it is: the default, a rule's, one passed to `allow_with`): a
+    /// permit spent after its window ended in Redis would be spent twice.
     pub(crate) fn reservation(
         &self,
         key: &[u8],
         cost: u64,
         consume: bool,
-        limit: u64,
+        policy: &Policy,
     ) -> Reservation {
         let Some((leases, rules)) = &self.leases else {
             return Reservation::Exact;
         };
-        if !consume || cost == 0 {
+        if !consume || cost == 0 || policy.shortest_window_micros() <= rules.ttl_us {
             return Reservation::Exact;
         }
+        let limit = policy.smallest_limit();
         // Follow demand, never above the configured size, and take at most half of what Redis
         // said was left, so leases shrink to nothing as the quota runs out.
         let (demand, known_remaining) =
@@ -269,46 +275,60 @@ impl DecisionCache {
         if extra > 0 {
             self.leases_taken.fetch_add(1, Ordering::Relaxed);
         }
-        match leases.get(key) {
-            Some(lease) => {
-                let mut lease = lease.lock().unwrap_or_else(PoisonError::into_inner);
-                if now_us >= lease.expires_us {
-                    lease.expire(&self.stranded);
-                }
-                // A lease used up in under half its ttl is too small for this key's traffic.
-                if extra > 0 && lease.permits == 0 && lease.granted > 0 {
-                    if now_us.saturating_sub(lease.started_us) < rules.ttl_us / 2 {
-                        lease.next_size = lease.next_size.saturating_mul(2);
-                    }
-                    lease.granted = 0;
-                    lease.started_us = now_us;
-                }
-                if lease.granted == 0 {
-                    lease.started_us = now_us;
-                }
-                // Concurrent misses each reserve: their permits join the live lease rather
-                // than replace it, so none is stranded by another.
-                lease.permits += extra;
-                lease.granted += extra;
-                lease.remaining = decision.remaining();
-                lease.decision = *decision;
-                if extra > 0 {
-                    lease.expires_us = now_us + rules.ttl_us;
-                }
-            }
-            None => leases.insert(
-                key.into(),
-                Arc::new(Mutex::new(Lease {
-                    permits: extra,
-                    granted: extra,
-                    started_us: now_us,
-                    expires_us: now_us + rules.ttl_us,
-                    remaining: decision.remaining(),
-                    next_size: INITIAL_LEASE,
-                    decision: *decision,
-                })),
-            ),
+        // Get or insert in one step: two concurrent misses on one key must both add to the
+        // same lease, or the second would replace the first and strand its permits unseen.
+        let owned: Box<[u8]> = key.into();
+        let lease = leases.get_or_insert_with(&owned, || {
+            Ok::<_, std::convert::Infallible>(Arc::new(Mutex::new(Lease {
+                permits: 0,
+                granted: 0,
+                started_us: now_us,
+                expires_us: now_us + rules.ttl_us,
+                remaining: decision.remaining(),
+                next_size: INITIAL_LEASE,
+                decision: *decision,
+            })))
+        });
+        let Ok(lease) = lease;
+        let mut lease = lease.lock().unwrap_or_else(PoisonError::into_inner);
+        if now_us >= lease.expires_us {
+            lease.expire(&self.stranded);
         }
+        // A lease used up in under half its ttl is too small for this key's traffic.
+        if extra > 0 && lease.permits == 0 && lease.granted > 0 {
+            if now_us.saturating_sub(lease.started_us) < rules.ttl_us / 2 {
+                lease.next_size = lease.next_size.saturating_mul(2);
+            }
+            lease.granted = 0;
+            lease.started_us = now_us;
+        }
+        if lease.granted == 0 {
+            lease.started_us = now_us;
+        }
+        // Concurrent misses each reserve: their permits join the live lease rather than
+        // replace it, so none is stranded by another.
+        lease.permits += extra;
+        lease.granted += extra;
+        lease.remaining = decision.remaining();
+        lease.decision = *decision;
+        if extra > 0 {
+            lease.expires_us = now_us + rules.ttl_us;
+        }
+    }
+
+    /// Forgets everything: after a reload, a cached denial or a lease may belong to a limit
+    /// that no longer holds. Unused leased permits are counted as stranded.
+    pub(crate) fn clear(&self) {
+        if let Some((leases, _)) = &self.leases {
+            for (_, lease) in leases.iter() {
+                lease
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .expire(&self.stranded);
+            }
+            leases.clear();
+        }
+        self.denials.clear();
     }
 
     /// Forgets `key` (after a reset).
@@ -403,19 +423,29 @@ mod tests {
         assert!(cache.lookup(b"k", 5, false, 10).is_some());
     }
 
+    fn per_minute(limit: u64) -> Policy {
+        Policy::new("p", [crate::Window::per_minute(limit)])
+    }
+
     #[test]
     fn exact_mode_never_answers_allowed() {
         let cache = exact();
         cache.record(b"k", 1, 1, &decision(true, 9, 0), 0);
         assert!(cache.lookup(b"k", 1, true, 10).is_none());
-        assert_eq!(cache.reservation(b"k", 1, true, 10), Reservation::Exact);
+        assert_eq!(
+            cache.reservation(b"k", 1, true, &per_minute(10)),
+            Reservation::Exact
+        );
     }
 
     #[test]
     fn leases_follow_demand_and_shrink_with_the_quota() {
         let config = CacheConfig::new(Duration::from_millis(200), 1_000_000).with_leases(8);
         let cache = DecisionCache::new(&config);
-        assert_eq!(cache.reservation(b"k", 1, true, 100), Reservation::Lease(2));
+        assert_eq!(
+            cache.reservation(b"k", 1, true, &per_minute(100)),
+            Reservation::Lease(2)
+        );
         cache.record(b"k", 1, 2, &decision(true, 50, 0), 0);
         let hit = cache.lookup(b"k", 1, true, 10).expect("lease permit");
         assert!(hit.allowed());
@@ -427,16 +457,50 @@ mod tests {
         );
         // Used up within its ttl: the next one doubles once the old one has expired.
         assert!(cache.lookup(b"k", 1, true, 300_000).is_none());
-        assert_eq!(cache.reservation(b"k", 1, true, 100), Reservation::Lease(4));
+        assert_eq!(
+            cache.reservation(b"k", 1, true, &per_minute(100)),
+            Reservation::Lease(4)
+        );
         cache.record(b"k", 1, 4, &decision(true, 40, 0), 300_000);
         // Expires with 2 of its 3 extra permits unused: stranded, and the next size follows use.
         assert!(cache.lookup(b"k", 1, true, 300_010).is_some());
         assert!(cache.lookup(b"k", 1, true, 600_000).is_none());
         assert_eq!(cache.stats().stranded_permits, 2);
-        assert_eq!(cache.reservation(b"k", 1, true, 100), Reservation::Lease(2));
+        assert_eq!(
+            cache.reservation(b"k", 1, true, &per_minute(100)),
+            Reservation::Lease(2)
+        );
         // Near the limit the cache steps aside.
         cache.record(b"k", 1, 2, &decision(true, 3, 0), 600_000);
-        assert_eq!(cache.reservation(b"k", 1, true, 100), Reservation::Exact);
+        assert_eq!(
+            cache.reservation(b"k", 1, true, &per_minute(100)),
+            Reservation::Exact
+        );
+    }
+
+    /// Misses that race to create a key's first lease all land in it: none replaces another's
+    /// (whose permits would then be neither spendable nor counted as stranded).
+    #[test]
+    fn concurrent_grants_join_one_lease() {
+        let config = CacheConfig::new(Duration::from_millis(200), 1_000_000).with_leases(8);
+        for round in 0..200 {
+            let cache = DecisionCache::new(&config);
+            let key = format!("k{round}");
+            let start = std::sync::Barrier::new(8);
+            std::thread::scope(|scope| {
+                for _ in 0..8 {
+                    scope.spawn(|| {
+                        start.wait();
+                        cache.record(key.as_bytes(), 1, 5, &decision(true, 50, 0), 0);
+                    });
+                }
+            });
+            let mut spent = 0;
+            while cache.lookup(key.as_bytes(), 1, true, 10).is_some() {
+                spent += 1;
+            }
+            assert_eq!(spent, 8 * 4, "round {round}: leased permits vanished");
+        }
     }
 
     #[test]
@@ -446,7 +510,8 @@ mod tests {
         let mut now = 0;
         let mut sizes = Vec::new();
         for _ in 0..4 {
-            let Reservation::Lease(size) = cache.reservation(b"k", 1, true, 1000) else {
+            let Reservation::Lease(size) = cache.reservation(b"k", 1, true, &per_minute(1000))
+            else {
                 panic!("expected a lease");
             };
             sizes.push(size);

@@ -192,6 +192,25 @@ impl Decision {
         decision
     }
 
+    /// The `open` fallback's decision for `policy`: allowed, every permit of the binding window
+    /// left, source [`Source::Fallback`]`(`[`FallbackMode::Open`]`)`. For a caller that lets a
+    /// request through without an answer from the limiter, so that whoever reads the decision
+    /// sees that it was let through open rather than nothing.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ratelimit_core::{Decision, FallbackMode, Policy, Source, Window};
+    ///
+    /// let policy = Policy::new("api", [Window::new(10, Duration::from_secs(60))]);
+    /// let decision = Decision::fallback_open(&policy);
+    /// assert!(decision.allowed());
+    /// assert_eq!(decision.source(), Source::Fallback(FallbackMode::Open));
+    /// assert_eq!((decision.limit(), decision.remaining()), (10, 10));
+    /// ```
+    pub fn fallback_open(policy: &crate::policy::Policy) -> Self {
+        Self::stateless(true, policy.windows(), Source::Fallback(FallbackMode::Open))
+    }
+
     /// The same decision, attributed to another source.
     pub fn with_source(mut self, source: Source) -> Self {
         self.source = source;

@@ -81,6 +81,16 @@ impl Fallback {
         }
     }
 
+    /// Records permits Redis granted this instance, so that a `local` fallback taking over
+    /// counts them: one instance never admits more than the limit across the switch.
+    /// Recorded like any local admission; when the local count is already full (permits the
+    /// fallback admitted during an earlier outage), nothing more is recorded.
+    pub(crate) fn remember(&self, policy: &Policy, identity: Identity<'_>, granted: u64) {
+        if let Some(local) = &self.local {
+            local.evaluate(policy, identity, granted, true);
+        }
+    }
+
     pub(crate) fn reset(&self, policy: &Policy, identity: Identity<'_>) {
         if let Some(local) = &self.local {
             local.reset(policy, identity);

@@ -6,6 +6,9 @@
 //! - `no_stuck_keys`: a bounded `SCAN` of the key prefix (continuing where the previous check
 //!   stopped) finds no key without a TTL. Keys are reported by count only: they hold
 //!   identities.
+//! - `redis_keeps_counts`: every Redis primary's eviction policy cannot pick the limiter's keys
+//!   (`noeviction`, or no `maxmemory`), and none evicted a key since the limiter first looked.
+//!   A managed Redis that refuses `CONFIG GET` is reported as unknown, which does not hold.
 
 use std::fmt;
 
@@ -14,7 +17,8 @@ use crate::breaker::BreakerState;
 /// The outcome of one invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invariant {
-    /// Its name (`config_loaded`, `redis_healthy`, `breaker_closed`, `no_stuck_keys`).
+    /// Its name (`config_loaded`, `redis_healthy`, `breaker_closed`, `no_stuck_keys`,
+    /// `redis_keeps_counts`).
     pub name: &'static str,
     /// Whether it holds.
     pub ok: bool,

@@ -3,8 +3,9 @@
 //! Every key is `<prefix>{<policy>:<identity>}:<suffix>`: the hash tag puts every key of one
 //! decision in one cluster slot, so multi-key scripts never fail with CROSSSLOT. An identity is
 //! used as given only when it is short (at most 64 bytes) and plain (printable ASCII other than
-//! `{` and `}`); anything else is replaced by `#` and a SHA-256 prefix, so no client can pick
-//! the slot its keys land in, nor make a large key.
+//! `{`, `}` and `#`); anything else is replaced by `#` and a SHA-256 prefix, so no client can
+//! pick the slot its keys land in, nor make a large key. A plain identity never holds `#`, so
+//! none can equal a hashed one (`#<hex>`) or a sub-counter of a spread key (`<identity>#<i>`).
 
 use sha2::{Digest as _, Sha256};
 
@@ -26,6 +27,9 @@ const HASHED_LEN: usize = 33;
 /// let hostile = Identity::new(b"{slot}x");
 /// assert!(hostile.as_str().starts_with('#'));
 /// assert_eq!(hostile.as_str().len(), 33);
+/// // Something that looks like a hash is hashed too: it cannot stand for another identity.
+/// let lookalike = Identity::new(hostile.as_str().as_bytes());
+/// assert_ne!(lookalike.as_str(), hostile.as_str());
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Identity<'a> {
@@ -44,7 +48,7 @@ impl<'a> Identity<'a> {
         if raw.len() <= MAX_PLAIN_IDENTITY
             && raw
                 .iter()
-                .all(|&b| b.is_ascii_graphic() && b != b'{' && b != b'}')
+                .all(|&b| b.is_ascii_graphic() && !matches!(b, b'{' | b'}' | b'#'))
             && let Ok(plain) = std::str::from_utf8(raw)
         {
             return Self {
@@ -61,6 +65,14 @@ impl<'a> Identity<'a> {
         }
         Self {
             repr: Repr::Hashed(out),
+        }
+    }
+
+    /// An identity built by the limiter itself (a sub-counter's `<identity>#<i>`), kept as is:
+    /// its `#` marks it as one no client can name.
+    pub(crate) fn internal(text: &'a str) -> Self {
+        Self {
+            repr: Repr::Plain(text),
         }
     }
 
@@ -118,7 +130,10 @@ impl Digest {
 /// let policy = Policy::new("api", [Window::per_minute(10), Window::per_hour(100)])
 ///     .with_algorithm(Algorithm::TokenBucket);
 /// let built = keys.keys(&policy, Identity::new(b"user:1"));
-/// assert_eq!(built, ["ratelimit:{api:user:1}:tb:60000", "ratelimit:{api:user:1}:tb:3600000"]);
+/// assert_eq!(
+///     built,
+///     ["ratelimit:{api:user:1}:tb:60000000", "ratelimit:{api:user:1}:tb:3600000000"],
+/// );
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyBuilder {
@@ -156,8 +171,9 @@ impl KeyBuilder {
 
     /// Every key a decision of `policy` for `identity` touches.
     ///
-    /// A sliding log keeps all windows in one sorted set (`:sw`); token buckets and fixed windows
-    /// keep one value a window, suffixed by the window's length in milliseconds.
+    /// A sliding log keeps all windows in one sorted set (`:sw`); the other algorithms keep one
+    /// value a window, suffixed by the window's length in microseconds, the unit the scripts
+    /// and the in-memory backend count in (so `1ms` and `1500us` windows never share a key).
     pub fn keys(&self, policy: &Policy, identity: Identity<'_>) -> Vec<String> {
         let base = self.base(policy, identity);
         let tag = policy.algorithm().key_tag();
@@ -166,7 +182,7 @@ impl KeyBuilder {
             _ => policy
                 .windows()
                 .iter()
-                .map(|w| format!("{base}:{tag}:{}", w.duration().as_millis()))
+                .map(|w| format!("{base}:{tag}:{}", w.micros()))
                 .collect(),
         }
     }

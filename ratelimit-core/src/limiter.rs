@@ -74,6 +74,9 @@ struct Guarded {
     breaker: CircuitBreaker,
     fallback: Fallback,
     metrics: Metrics,
+    /// `evicted_keys` of each primary when this limiter first read it: evictions since then
+    /// are counts lost while it ran.
+    evictions_seen: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// What the limiter has done so far, for operators and tests.
@@ -103,6 +106,15 @@ impl RateLimiter {
         let limiter = Self::new_lazy(config)?;
         if let Backend::Redis(guarded) = limiter.inner.backend.as_ref() {
             guarded.redis.connect().await?;
+            // Loud at start: a Redis that may evict our keys silently hands quotas back.
+            let check = guarded.keeps_counts().await;
+            if !check.ok {
+                tracing::warn!(detail = %check.detail, "Redis may lose rate-limit counts");
+            }
+            limiter
+                .inner
+                .metrics
+                .invariants(&Invariants::new(vec![check]));
         }
         Ok(limiter)
     }
@@ -115,9 +127,10 @@ impl RateLimiter {
 
     /// A limiter for `config` that carries on from this one: the same metric families, and,
     /// when the backend's sections (`redis`, `prefix`, `cache`, `fallback`, `memory`) are
-    /// unchanged, the same backend and its state (in-memory counts, connections, cache,
-    /// breaker). New policies, rules and HTTP settings take effect for new requests; requests
-    /// in flight finish under the old ones. For hot reloads.
+    /// unchanged, the same backend and its state (in-memory counts, connections, breaker).
+    /// The local cache is emptied: its denials and leases were decided under the old limits.
+    /// New policies, rules and HTTP settings take effect for new requests; requests in flight
+    /// finish under the old ones. For hot reloads.
     pub fn reconfigure(&self, config: Config) -> Result<Self, Error> {
         config.validate()?;
         let old = &self.inner.config;
@@ -128,6 +141,14 @@ impl RateLimiter {
             && old.memory == config.memory
             && old.hot_keys == config.hot_keys;
         if same_backend {
+            // Cached denials, the hot-key shield and leases were decided under the old
+            // limits: a client denied under 5/1m must not stay denied under 100000/1m.
+            if let Backend::Redis(guarded) = self.inner.backend.as_ref()
+                && let Some(cache) = &guarded.cache
+            {
+                cache.clear();
+            }
+            publish_policies(&config, &self.inner.metrics);
             return Ok(Self {
                 inner: Arc::new(Inner {
                     config,
@@ -143,6 +164,7 @@ impl RateLimiter {
 
     fn build(config: Config, metrics: Metrics) -> Result<Self, Error> {
         config.validate()?;
+        publish_policies(&config, &metrics);
         let clock: Arc<dyn Clock> = config
             .clock
             .clone()
@@ -183,6 +205,7 @@ impl RateLimiter {
                     ),
                     clock,
                     metrics: metrics.clone(),
+                    evictions_seen: Default::default(),
                 }))
             }
             None => Backend::Memory(MemoryBackend::new(clock, config.memory().max_keys())),
@@ -241,42 +264,57 @@ impl RateLimiter {
                 |path| path.display().to_string(),
             ),
         };
-        let (redis_healthy, no_stuck_keys, breaker) = match self.inner.backend.as_ref() {
-            Backend::Memory(_) => (
-                Invariant {
-                    name: "redis_healthy",
-                    ok: true,
-                    detail: "in-memory backend".to_owned(),
-                },
-                Invariant {
-                    name: "no_stuck_keys",
-                    ok: true,
-                    detail: "in-memory backend: state expires in process".to_owned(),
-                },
-                invariants::breaker(None),
-            ),
-            Backend::Redis(guarded) => {
-                let ping = guarded.redis.ping().await;
-                let stuck = guarded.redis.stuck_keys().await;
-                (
+        let (redis_healthy, no_stuck_keys, breaker, keeps_counts) =
+            match self.inner.backend.as_ref() {
+                Backend::Memory(_) => (
                     Invariant {
                         name: "redis_healthy",
-                        ok: ping.is_ok(),
-                        detail: ping.map_or_else(|e| e.to_string(), |()| "PING answered".into()),
+                        ok: true,
+                        detail: "in-memory backend".to_owned(),
                     },
                     Invariant {
                         name: "no_stuck_keys",
-                        ok: matches!(&stuck, Ok(keys) if keys.is_empty()),
-                        detail: match stuck {
-                            Ok(keys) => format!("{} keys without a TTL", keys.len()),
-                            Err(e) => format!("scan failed: {e}"),
-                        },
+                        ok: true,
+                        detail: "in-memory backend: state expires in process".to_owned(),
                     },
-                    invariants::breaker(Some(guarded.breaker.state())),
-                )
-            }
-        };
-        let report = Invariants::new(vec![config_loaded, redis_healthy, breaker, no_stuck_keys]);
+                    invariants::breaker(None),
+                    Invariant {
+                        name: "redis_keeps_counts",
+                        ok: true,
+                        detail: "in-memory backend".to_owned(),
+                    },
+                ),
+                Backend::Redis(guarded) => {
+                    let ping = guarded.redis.ping().await;
+                    let stuck = guarded.redis.stuck_keys().await;
+                    let keeps_counts = guarded.keeps_counts().await;
+                    (
+                        Invariant {
+                            name: "redis_healthy",
+                            ok: ping.is_ok(),
+                            detail: ping
+                                .map_or_else(|e| e.to_string(), |()| "PING answered".into()),
+                        },
+                        Invariant {
+                            name: "no_stuck_keys",
+                            ok: matches!(&stuck, Ok(keys) if keys.is_empty()),
+                            detail: match stuck {
+                                Ok(keys) => format!("{} keys without a TTL", keys.len()),
+                                Err(e) => format!("scan failed: {e}"),
+                            },
+                        },
+                        invariants::breaker(Some(guarded.breaker.state())),
+                        keeps_counts,
+                    )
+                }
+            };
+        let report = Invariants::new(vec![
+            config_loaded,
+            redis_healthy,
+            breaker,
+            no_stuck_keys,
+            keeps_counts,
+        ]);
         self.inner.metrics.invariants(&report);
         report
     }
@@ -421,7 +459,17 @@ impl RateLimiter {
         cost: u64,
         consume: bool,
     ) -> Result<Decision, Error> {
-        let limit = policy.smallest_limit();
+        // A spread key's request is decided by one sub-counter: it must fit the largest share.
+        let limit = if policy.spread() > 1 {
+            policy
+                .parts()
+                .iter()
+                .map(Policy::smallest_limit)
+                .max()
+                .unwrap_or(0)
+        } else {
+            policy.smallest_limit()
+        };
         if cost > limit {
             return Err(Error::CostAboveLimit { cost, limit });
         }
@@ -537,17 +585,31 @@ impl RateLimiter {
     }
 }
 
+/// Creates the decision series of every policy `config` names, at zero.
+fn publish_policies(config: &Config, metrics: &Metrics) {
+    metrics.publish_policy(config.policy());
+    for policy in config
+        .http()
+        .rules
+        .iter()
+        .filter_map(|rule| rule.policy.as_ref())
+    {
+        metrics.publish_policy(policy);
+    }
+}
+
 /// Room for an identity (at most 64 bytes as stored) and `#<index>`.
 const PART_IDENTITY: usize = crate::key::MAX_PLAIN_IDENTITY + 4;
 
 /// The identity of sub-counter `index` of `identity`: `<identity>#<index>`. Inside the key's
-/// hash tag, so each sub-counter lands in a slot of its own; hashed like any identity when it
-/// grows past 64 bytes.
+/// hash tag, so each sub-counter lands in a slot of its own. No client identity holds `#`
+/// unhashed, so none can name a sub-counter.
 fn part_identity<'b>(
     buffer: &'b mut [u8; PART_IDENTITY],
     identity: Identity<'_>,
     index: usize,
 ) -> Identity<'b> {
+    // A plain identity is at most 64 bytes, a hashed one 33.
     let id = identity.as_str().as_bytes();
     let mut len = id.len().min(crate::key::MAX_PLAIN_IDENTITY);
     buffer[..len].copy_from_slice(&id[..len]);
@@ -561,10 +623,78 @@ fn part_identity<'b>(
     }
     buffer[len] = b'0' + (index % 10) as u8;
     len += 1;
-    Identity::new(&buffer[..len])
+    // Only ASCII was written.
+    Identity::internal(std::str::from_utf8(&buffer[..len]).unwrap_or("#"))
 }
 
 impl Guarded {
+    /// The `redis_keeps_counts` invariant: every primary's eviction policy cannot pick our
+    /// keys, and none evicted a key since this limiter first looked. Also publishes the
+    /// evictions seen as `ratelimiter_redis_evicted_keys`.
+    async fn keeps_counts(&self) -> Invariant {
+        let name = "redis_keeps_counts";
+        let nodes = match self.redis.evictions().await {
+            Ok(nodes) => nodes,
+            Err(error) => {
+                return Invariant {
+                    name,
+                    ok: false,
+                    detail: format!("unknown: {error}"),
+                };
+            }
+        };
+        let mut problems = Vec::new();
+        let mut evicted_since_start = 0;
+        {
+            let mut seen = self
+                .evictions_seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for node in &nodes {
+                let at = if node.node.is_empty() {
+                    "redis".to_owned()
+                } else {
+                    node.node.clone()
+                };
+                match node.may_evict() {
+                    Some(false) => {}
+                    Some(true) => problems.push(format!(
+                        "{at}: maxmemory-policy {} with maxmemory {} can evict the limiter's keys (set noeviction)",
+                        node.policy.as_deref().unwrap_or("?"),
+                        node.maxmemory.unwrap_or(0),
+                    )),
+                    None => problems.push(format!(
+                        "{at}: eviction policy unknown (CONFIG GET refused): check that it is noeviction"
+                    )),
+                }
+                if let Some(evicted) = node.evicted_keys {
+                    let baseline = *seen.entry(node.node.clone()).or_insert(evicted);
+                    let since = evicted.saturating_sub(baseline);
+                    evicted_since_start += since;
+                    if since > 0 {
+                        problems.push(format!(
+                            "{at}: {since} keys evicted since the limiter started"
+                        ));
+                    }
+                }
+            }
+        }
+        self.metrics.redis_evicted_keys(evicted_since_start);
+        Invariant {
+            name,
+            ok: problems.is_empty(),
+            detail: if problems.is_empty() {
+                format!(
+                    "{} primar{} keep every key (noeviction or no maxmemory), none evicted",
+                    nodes.len(),
+                    if nodes.len() == 1 { "y" } else { "ies" }
+                )
+            } else {
+                problems.join("; ")
+            },
+        }
+    }
+
     /// Cache, then breaker, then Redis; the fallback when Redis cannot answer.
     async fn evaluate(
         &self,
@@ -582,7 +712,23 @@ impl Guarded {
             self.metrics.cache_hit();
             return Ok(decision);
         }
-        let admission = self.breaker.admit(now);
+        // Wait behind this process's own burst first: that queue is not Redis failing, so it
+        // neither counts against the timeout nor reaches the breaker. The breaker is asked
+        // once the call can really be sent, so a breaker that opened meanwhile still spares
+        // Redis the queued calls.
+        let _turn = self.redis.turn().await;
+        // When the call is sent: a cached answer is anchored here, not when the reply came
+        // back, so it never outlives what Redis said by the round trip.
+        let sent = self.clock.now_micros();
+        // The calls ahead in the queue may have left a denial for this key: Redis need not
+        // hear the rest of a burst on a spent key.
+        if let Some(cache) = &self.cache
+            && let Some(decision) = cache.lookup(key, cost, consume, sent)
+        {
+            self.metrics.cache_hit();
+            return Ok(decision);
+        }
+        let admission = self.breaker.admit(sent);
         if admission == Admission::Reject {
             return Ok(self.fall_back(policy, identity, cost, consume));
         }
@@ -598,7 +744,7 @@ impl Guarded {
         };
         let started = std::time::Instant::now();
         let reserve = match &self.cache {
-            Some(cache) => cache.reservation(key, cost, consume, policy.smallest_limit()),
+            Some(cache) => cache.reservation(key, cost, consume, policy),
             None => Reservation::Exact,
         };
         let asked = match reserve {
@@ -619,6 +765,11 @@ impl Guarded {
                 self.breaker.on_success();
                 self.metrics.set_circuit_state(self.breaker.state());
                 let granted = if outcome.allowed { granted } else { cost };
+                if outcome.allowed && consume {
+                    // The local fallback starts from what this instance admitted, never from
+                    // an empty state.
+                    self.fallback.remember(policy, identity, granted);
+                }
                 let mut decision = Decision::from_outcome(outcome, policy.windows(), Source::Redis);
                 if granted > cost {
                     // Permits reserved for this instance are still the client's to spend.
@@ -629,7 +780,7 @@ impl Guarded {
                         || decision.allowed()
                         || self.hot_keys.is_hot(policy, identity))
                 {
-                    cache.record(key, cost, granted, &decision, self.clock.now_micros());
+                    cache.record(key, cost, granted, &decision, sent);
                 }
                 Ok(decision)
             }

@@ -10,6 +10,7 @@
 //! | `ratelimiter_redis_errors_total` | `kind` (timeout, connection, server, other) | failed Redis calls |
 //! | `ratelimiter_config_reloads_total` | `result` (ok, failed) | configuration reloads (counted by the application that reloads) |
 //! | `ratelimiter_invariant_ok` | `invariant` | 1 when the invariant held at its last check |
+//! | `ratelimiter_redis_evicted_keys` | | keys the Redis primaries evicted since the limiter started: each a lost count |
 //! | `ratelimiter_hot_keys` | | keys over the hot-key threshold (see [`hot_keys`](crate::hot_keys)) |
 //! | `ratelimiter_hot_key_share` | `rank` (1 to 5) | share of recent decisions of the n-th heaviest key |
 //!
@@ -188,6 +189,7 @@ pub struct Metrics {
     invariants: Family<InvariantLabels, Gauge>,
     hot_keys: Gauge,
     hot_key_share: Family<RankLabels, ShareGauge>,
+    redis_evicted_keys: Gauge,
 }
 
 impl Default for Metrics {
@@ -212,10 +214,48 @@ impl Metrics {
             invariants: Family::default(),
             hot_keys: Gauge::default(),
             hot_key_share: Family::default(),
+            redis_evicted_keys: Gauge::default(),
         };
         metrics.set_circuit_state(BreakerState::Closed);
         metrics.hot_keys(0, std::iter::empty());
+        // Every series whose labels are known in advance exists from the start, at zero:
+        // `rate()` and dashboards need a series before its first event.
+        for operation in [Operation::allow, Operation::peek, Operation::reset] {
+            drop(
+                metrics
+                    .redis_latency
+                    .get_or_create(&OperationLabels { operation }),
+            );
+        }
+        for mode in [ModeValue::open, ModeValue::closed, ModeValue::local] {
+            drop(metrics.fallback_events.get_or_create(&ModeLabels { mode }));
+        }
+        for kind in [
+            ErrorKind::timeout,
+            ErrorKind::connection,
+            ErrorKind::server,
+            ErrorKind::other,
+        ] {
+            drop(metrics.redis_errors.get_or_create(&ErrorLabels { kind }));
+        }
+        for result in [ReloadValue::ok, ReloadValue::failed] {
+            drop(
+                metrics
+                    .config_reloads
+                    .get_or_create(&ReloadLabels { result }),
+            );
+        }
         metrics
+    }
+
+    /// Creates the decision series of `policy` (each window, allowed and denied) at zero, so
+    /// they exist before the first decision.
+    pub(crate) fn publish_policy(&self, policy: &Policy) {
+        for index in 0..policy.windows().len() {
+            for allowed in [true, false] {
+                self.request_counter(policy, index, allowed);
+            }
+        }
     }
 
     /// Registers every family in `registry` (yours, or a fresh one).
@@ -261,6 +301,11 @@ impl Metrics {
             self.invariants.clone(),
         );
         registry.register(
+            "ratelimiter_redis_evicted_keys",
+            "Keys the Redis primaries evicted since the limiter started: counts lost (set maxmemory-policy noeviction)",
+            self.redis_evicted_keys.clone(),
+        );
+        registry.register(
             "ratelimiter_hot_keys",
             "Keys whose share of recent decisions is over the hot-key threshold",
             self.hot_keys.clone(),
@@ -270,6 +315,12 @@ impl Metrics {
             "Share of recent decisions of the n-th heaviest key (the key itself is never a label)",
             self.hot_key_share.clone(),
         );
+    }
+
+    /// Keys the Redis primaries evicted since the limiter started (each a count lost).
+    pub(crate) fn redis_evicted_keys(&self, evicted: u64) {
+        self.redis_evicted_keys
+            .set(i64::try_from(evicted).unwrap_or(i64::MAX));
     }
 
     /// Publishes the hot-key detector's view: how many keys are hot, and the shares of the

@@ -319,6 +319,11 @@ impl Policy {
             .unwrap_or(0)
     }
 
+    /// The shortest window's length in microseconds (0 without windows).
+    pub(crate) fn shortest_window_micros(&self) -> u64 {
+        self.windows.iter().map(Window::micros).min().unwrap_or(0)
+    }
+
     /// The longest window; state lives at most this long.
     pub fn longest_window(&self) -> Duration {
         self.windows

@@ -7,21 +7,42 @@
 //! transparently after NOSCRIPT (a restart, a failover, a new cluster node).
 
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::decision::Outcome;
 use crate::error::Error;
 use crate::policy::{Algorithm, Policy};
 
+/// A script as Redis runs it: the shared prelude (`lua/prelude/`: the clock and the choice of
+/// the binding window), then the algorithm's body from `lua/`.
+macro_rules! assemble {
+    ("clock.lua", $body:literal) => {
+        concat!(
+            include_str!("../lua/prelude/clock.lua"),
+            include_str!("../lua/prelude/binding.lua"),
+            include_str!(concat!("../lua/", $body)),
+        )
+    };
+    ("clock_argument.lua", $body:literal) => {
+        concat!(
+            include_str!("../lua/prelude/clock_argument.lua"),
+            include_str!("../lua/prelude/binding.lua"),
+            include_str!(concat!("../lua/", $body)),
+            include_str!("../lua/prelude/clock_argument_end.lua"),
+        )
+    };
+}
+
 /// Source of the exact sliding log over one window.
-pub const SLIDING_WINDOW: &str = include_str!("../lua/sliding_window.lua");
+pub const SLIDING_WINDOW: &str = assemble!("clock.lua", "sliding_window.lua");
 /// Source of the exact sliding log over several windows, all or nothing.
-pub const MULTI_WINDOW: &str = include_str!("../lua/multi_window.lua");
+pub const MULTI_WINDOW: &str = assemble!("clock.lua", "multi_window.lua");
 /// Source of the GCRA token bucket.
-pub const TOKEN_BUCKET: &str = include_str!("../lua/token_bucket.lua");
+pub const TOKEN_BUCKET: &str = assemble!("clock.lua", "token_bucket.lua");
 /// Source of the fixed window counter.
-pub const FIXED_WINDOW: &str = include_str!("../lua/fixed_window.lua");
+pub const FIXED_WINDOW: &str = assemble!("clock.lua", "fixed_window.lua");
 /// Source of the sliding window counter.
-pub const SLIDING_COUNTER: &str = include_str!("../lua/sliding_counter.lua");
+pub const SLIDING_COUNTER: &str = assemble!("clock.lua", "sliding_counter.lua");
 
 static SLIDING_WINDOW_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(SLIDING_WINDOW));
@@ -61,6 +82,86 @@ pub fn all() -> [&'static redis::Script; 5] {
         &FIXED_WINDOW_SCRIPT,
         &SLIDING_COUNTER_SCRIPT,
     ]
+}
+
+/// The script for `policy` with its clock taken from an extra last argument (µs) instead of
+/// Redis's `TIME`: the same body, another prelude. For tests that hold a script to its Rust
+/// twin at any instant, across window edges; see [`evaluate_at`].
+pub fn with_clock_argument(policy: &Policy) -> redis::Script {
+    let source = match policy.algorithm() {
+        Algorithm::SlidingWindow if policy.windows().len() == 1 => {
+            assemble!("clock_argument.lua", "sliding_window.lua")
+        }
+        Algorithm::SlidingWindow => assemble!("clock_argument.lua", "multi_window.lua"),
+        Algorithm::TokenBucket => assemble!("clock_argument.lua", "token_bucket.lua"),
+        Algorithm::FixedWindow => assemble!("clock_argument.lua", "fixed_window.lua"),
+        Algorithm::SlidingCounter => assemble!("clock_argument.lua", "sliding_counter.lua"),
+    };
+    redis::Script::new(source)
+}
+
+/// Nonces of [`evaluate_at`] calls: unique in this process, so log members never collide.
+static TEST_NONCE: AtomicU64 = AtomicU64::new(0);
+
+/// Runs `policy`'s script with its clock set to `now_us` (see [`with_clock_argument`]) on
+/// `identity`'s keys under `keys` with `nonce` (a fresh one when `None`; the same one twice is
+/// a retried call), and returns what it decided, as the in-memory backend's
+/// [`Verdict`](crate::algorithm::Verdict) has it. `expires_at_us` is when the longest TTL the
+/// script set this call ends (`now_us` + whole milliseconds), or 0 when it set none. The keys
+/// are left without a TTL, so that real time cannot expire them while the injected clock
+/// stands still: delete them after the test. For tests only: production calls always use
+/// Redis's clock.
+///
+/// ```no_run
+/// # async fn demo(connection: &mut redis::aio::MultiplexedConnection) -> Result<(), ratelimit_core::Error> {
+/// use ratelimit_core::{scripts, Identity, KeyBuilder, Policy, Window};
+/// let policy = Policy::new("p", [Window::per_second(1)]);
+/// let at = 1_700_000_000_000_000;
+/// let keys = KeyBuilder::new("test:");
+/// let id = Identity::new(b"k");
+/// let first = scripts::evaluate_at(connection, &keys, &policy, id, 1, true, at, None).await?;
+/// assert!(first.allowed);
+/// # Ok(()) }
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub async fn evaluate_at<C: redis::aio::ConnectionLike>(
+    connection: &mut C,
+    keys: &crate::key::KeyBuilder,
+    policy: &Policy,
+    identity: crate::key::Identity<'_>,
+    cost: u64,
+    consume: bool,
+    now_us: u64,
+    nonce: Option<&str>,
+) -> Result<crate::algorithm::Verdict, Error> {
+    let script = with_clock_argument(policy);
+    let mut call = script.prepare_invoke();
+    for key in keys.keys(policy, identity) {
+        call.key(key);
+    }
+    call.arg(if consume { "allow" } else { "peek" })
+        .arg(cost)
+        .arg(nonce.map_or_else(
+            || format!("t{:x}", TEST_NONCE.fetch_add(1, Ordering::Relaxed)),
+            str::to_owned,
+        ));
+    for w in policy.windows() {
+        call.arg(w.max_requests()).arg(w.micros());
+    }
+    call.arg(now_us);
+    let reply: Vec<i64> = call.invoke_async(connection).await?;
+    let (decision, ttls) = reply.split_at(reply.len().min(6));
+    let outcome = outcome(decision)?;
+    let longest_ttl_ms = ttls.iter().copied().filter(|&t| t >= 0).max();
+    Ok(crate::algorithm::Verdict {
+        allowed: outcome.allowed,
+        window_index: outcome.window_index,
+        remaining: outcome.remaining,
+        reset_after_us: outcome.reset_after_us,
+        retry_after_us: outcome.retry_after_us,
+        expires_at_us: longest_ttl_ms
+            .map_or(0, |ms| now_us + u64::try_from(ms).unwrap_or(0) * 1000),
+    })
 }
 
 /// Fills in the arguments of one call.

@@ -191,6 +191,12 @@ where
                                 policy = target.policy().name(),
                                 "rate limiter unavailable: request let through"
                             );
+                            // Handlers still learn what happened: let through, open. No
+                            // headers: they would describe a quota nobody counted.
+                            request.extensions_mut().insert(RateLimitInfo {
+                                decision: Decision::fallback_open(target.policy()),
+                                target: target.clone(),
+                            });
                             None
                         }
                     };

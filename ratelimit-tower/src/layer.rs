@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::extract::{ClientIp, KeyExtractor, from_source};
 use crate::hooks::Denial;
 use crate::plan::{Exemptions, Planner, SinglePolicy, Target};
+use crate::rules::RuleSet;
 use crate::service::{CodeSettings, LayerState, PeerLookup, PlannerSource, RateLimit, SharedCell};
 use crate::service::{PlannerBuilder, Shared};
 
@@ -80,9 +81,8 @@ impl ReloadHandle {
 }
 
 impl RateLimitLayer {
-    /// A layer for `config`: its top-level policy, key source, trusted proxies and their
-    /// header, allow-list, header settings and shadow flag. (Routing rules are applied by
-    /// `ratelimit-axum`.)
+    /// A layer for `config`: its routing rules (see [`RuleSet`]), top-level policy, key source,
+    /// trusted proxies and their header, allow-list, header settings and shadow flag.
     ///
     /// # Panics
     ///
@@ -137,7 +137,7 @@ impl RateLimitLayer {
     }
 
     /// Plans requests with the planner `build` makes from the configuration (such as
-    /// ratelimit-axum's rules), now and after every reload.
+    /// ratelimit-axum's `axum_rules`), now and after every reload.
     pub fn with_planner_builder(
         self,
         build: impl Fn(&Config) -> Arc<dyn Planner> + Send + Sync + 'static,
@@ -241,10 +241,13 @@ impl RateLimitLayer {
     }
 }
 
-/// The planner a configuration describes without rules: its policy for every request, keyed
-/// by its key source, with its allow-list.
+/// The planner a configuration describes: its routing rules ([`RuleSet`]) when it has any,
+/// else its policy for every request, keyed by its key source, with its allow-list.
 pub fn default_planner(config: &Config) -> Arc<dyn Planner> {
     let http = config.http();
+    if !http.rules.is_empty() {
+        return Arc::new(RuleSet::from_config(config));
+    }
     let client_ip = ClientIp::from_config(http);
     let key = from_source(&http.default_key(), &client_ip);
     single_policy(config, config.policy().clone(), key, http.on_missing_key)
@@ -398,7 +401,9 @@ impl RateLimitLayerBuilder {
     }
 
     /// Starts from `config`: its backend (Redis, cache, fallback), and whatever the builder
-    /// does not set (windows, key source, proxies, allow-list, headers).
+    /// does not set (windows, key source, proxies, allow-list, headers). Its routing rules
+    /// plan requests unless the builder sets a policy (windows, name, algorithm, cost), a key
+    /// or `on_missing_key`: then that one policy governs every request.
     pub fn config(mut self, config: Config) -> Self {
         self.source = Source::Config(Box::new(config));
         self

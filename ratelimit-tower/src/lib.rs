@@ -35,6 +35,7 @@
 //! - [`future`]: its response future.
 //! - [`body`]: [`ResponseBody`], the inner body or one of ours, without boxing.
 //! - [`plan`]: [`Planner`], [`Plan`], [`Target`]: what to do with a request.
+//! - [`rules`]: [`RuleSet`], the planner of a configuration's routing rules.
 //! - [`extract`]: [`KeyExtractor`] and the built-in extractors.
 //! - [`proxy`]: the client IP behind trusted proxies.
 //! - [`headers`]: the rate-limit header families.
@@ -54,6 +55,7 @@ pub mod layer;
 pub mod plan;
 pub mod proxy;
 pub mod response;
+pub mod rules;
 pub mod service;
 
 pub use body::ResponseBody;
@@ -66,6 +68,7 @@ pub use hooks::Denial;
 pub use layer::{RateLimitLayer, RateLimitLayerBuilder, ReloadHandle};
 pub use plan::{Plan, Planner, SinglePolicy, Target};
 pub use proxy::{ProxyError, TrustedProxies};
+pub use rules::{PathLookup, RuleSet};
 pub use service::RateLimit;
 
 /// The decision of the request, left in the response's extensions (and, for handlers, in the

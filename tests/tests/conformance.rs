@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use ratelimit_core::{Algorithm, Config, Error, Policy, RateLimiter, Source, Window};
-use ratelimit_tests::{Backend, for_each_backend, key_slot, spawn_allows};
+use ratelimit_core::{Algorithm, Config, Error, FakeClock, Policy, RateLimiter, Source, Window};
+use ratelimit_tests::{Backend, for_each_backend, key_slot, spawn_allows, window_starting_now};
 
 const ALGORITHMS: [Algorithm; 4] = [
     Algorithm::SlidingWindow,
@@ -13,12 +13,13 @@ const ALGORITHMS: [Algorithm; 4] = [
     Algorithm::SlidingCounter,
 ];
 
-/// Long windows (a day for fixed windows, whose boundaries fall on the epoch) so that no refill
-/// or boundary happens while a test runs.
+/// Long windows, so that no refill or boundary happens while a test runs. Fixed windows and
+/// sliding counters are aligned to the epoch: theirs is a day long and began two seconds ago,
+/// whatever the hour the suite runs at (see `window_starting_now`).
 fn long_window(max_requests: u64, algorithm: Algorithm) -> Window {
     match algorithm {
         Algorithm::FixedWindow | Algorithm::SlidingCounter => {
-            Window::new(max_requests, Duration::from_secs(86_400))
+            window_starting_now(max_requests, Duration::from_secs(86_400))
         }
         _ => Window::per_hour(max_requests),
     }
@@ -40,7 +41,9 @@ async fn exactly_the_limit_under_1000_concurrent_callers(backend: Backend) {
             let mut config =
                 Config::new(100, long_window(100, algorithm).duration()).with_algorithm(algorithm);
             if multi {
-                config = config.with_window(Window::new(1000, Duration::from_secs(2 * 86_400)));
+                // Twice an epoch-aligned window: its period ends a window from now at the soonest.
+                let short = long_window(100, algorithm).duration();
+                config = config.with_window(Window::new(1000, 2 * short));
             }
             let limiter = backend.limiter(config, &prefix).await;
             let key = format!("hot:{algorithm}:{multi}");
@@ -85,73 +88,116 @@ async fn allow_n_peek_and_reset_behave_as_documented(backend: Backend) {
                 &prefix,
             )
             .await;
-        let key = format!("ops:{algorithm}");
-        let fresh = limiter.peek(&key).await.expect("peek");
-        assert!(fresh.allowed());
-        assert_eq!(fresh.remaining(), 10);
-        assert_eq!(fresh.limit(), 10);
-
-        let d = limiter.allow_n(&key, 4).await.expect("allow_n");
-        assert!(d.allowed(), "{algorithm}");
-        assert_eq!(d.remaining(), 6, "{algorithm}");
-        assert_eq!(d.retry_after(), None);
-        // A sliding counter's count still weighs during the next window.
-        let longest_reset = match algorithm {
-            Algorithm::SlidingCounter => 2 * window.duration(),
-            _ => window.duration(),
-        };
-        assert!(d.reset_after() > Duration::ZERO && d.reset_after() <= longest_reset);
-
-        let peeked = limiter.peek(&key).await.expect("peek");
-        assert!(peeked.allowed());
-        assert_eq!(peeked.remaining(), 6, "{algorithm}: peek must not consume");
-
-        let too_many = limiter.allow_n(&key, 7).await.expect("allow_n");
-        assert!(!too_many.allowed(), "{algorithm}");
-        assert_eq!(
-            too_many.remaining(),
-            6,
-            "{algorithm}: a denied request takes nothing"
-        );
-        let retry = too_many.retry_after().expect("a denial says when to retry");
-        assert!(
-            retry > Duration::ZERO && retry <= window.duration(),
-            "{retry:?}"
-        );
-
-        let rest = limiter.allow_n(&key, 6).await.expect("allow_n");
-        assert!(rest.allowed());
-        assert_eq!(rest.remaining(), 0);
-        let empty = limiter.allow(&key).await.expect("allow");
-        assert!(!empty.allowed());
-        assert_eq!(empty.remaining(), 0);
-
-        let reset = limiter.reset(&key).await.expect("reset");
-        assert!(reset.allowed());
-        assert_eq!(reset.remaining(), 10);
-        assert_eq!(limiter.peek(&key).await.expect("peek").remaining(), 10);
-        assert_eq!(
-            limiter.allow(&key).await.expect("allow").remaining(),
-            9,
-            "{algorithm}: usable again after reset"
-        );
-
-        match limiter.allow_n(&key, 11).await {
-            Err(Error::CostAboveLimit {
-                cost: 11,
-                limit: 10,
-            }) => {}
-            other => panic!("{algorithm}: a cost above the limit is an error, got {other:?}"),
-        }
-        let zero = limiter.allow_n(&key, 0).await.expect("allow_n(0)");
-        assert!(zero.allowed());
-        assert_eq!(
-            zero.remaining(),
-            9,
-            "{algorithm}: a zero cost takes nothing"
-        );
+        documented_operations(&limiter, algorithm, window, &format!("{backend:?}")).await;
     }
     backend.assert_every_key_expires(&prefix);
+}
+
+/// The same operations in memory with the clock placed at every hour of the day (and the
+/// minutes around the hours that once failed), under a day-long window aligned to midnight UTC
+/// as it is, not one chosen to begin now: the assertions hold at any phase of the window.
+#[tokio::test]
+async fn documented_operations_hold_at_every_hour() {
+    let midnight = 20_424 * 86_400 * 1_000_000u64; // 2025-12-02T00:00:00Z
+    let mut offsets: Vec<u64> = (0..24).map(|h| h * 3600).collect();
+    offsets.extend([3 * 3600 + 58 * 60, 4 * 3600 - 1, 86_399, 86_400 - 120, 1]);
+    for offset in offsets {
+        for micros in [0, 999_999] {
+            let at = midnight + offset * 1_000_000 + micros;
+            for algorithm in ALGORITHMS {
+                let window = Window::new(10, Duration::from_secs(86_400));
+                let limiter = RateLimiter::new(
+                    Config::new(10, window.duration())
+                        .with_algorithm(algorithm)
+                        .with_clock(FakeClock::new(at)),
+                )
+                .await
+                .expect("limiter");
+                documented_operations(&limiter, algorithm, window, &format!("at {at} µs")).await;
+            }
+        }
+    }
+}
+
+async fn documented_operations(
+    limiter: &RateLimiter,
+    algorithm: Algorithm,
+    window: Window,
+    context: &str,
+) {
+    let key = format!("ops:{algorithm}");
+    let fresh = limiter.peek(&key).await.expect("peek");
+    assert!(fresh.allowed());
+    assert_eq!(fresh.remaining(), 10);
+    assert_eq!(fresh.limit(), 10);
+
+    let d = limiter.allow_n(&key, 4).await.expect("allow_n");
+    assert!(d.allowed(), "{context} {algorithm}");
+    assert_eq!(d.remaining(), 6, "{context} {algorithm}");
+    assert_eq!(d.retry_after(), None);
+    // A sliding counter's count still weighs during the next window.
+    let longest_reset = match algorithm {
+        Algorithm::SlidingCounter => 2 * window.duration(),
+        _ => window.duration(),
+    };
+    assert!(
+        d.reset_after() > Duration::ZERO && d.reset_after() <= longest_reset,
+        "{context} {algorithm}: {d:?}"
+    );
+
+    let peeked = limiter.peek(&key).await.expect("peek");
+    assert!(peeked.allowed());
+    assert_eq!(
+        peeked.remaining(),
+        6,
+        "{context} {algorithm}: peek must not consume"
+    );
+
+    let too_many = limiter.allow_n(&key, 7).await.expect("allow_n");
+    assert!(!too_many.allowed(), "{context} {algorithm}");
+    assert_eq!(
+        too_many.remaining(),
+        6,
+        "{context} {algorithm}: a denied request takes nothing"
+    );
+    let retry = too_many.retry_after().expect("a denial says when to retry");
+    // A spent sliding counter can wait for the end of this window and most of the next one.
+    assert!(
+        retry > Duration::ZERO && retry <= longest_reset,
+        "{context} {algorithm}: retry after {retry:?}"
+    );
+
+    let rest = limiter.allow_n(&key, 6).await.expect("allow_n");
+    assert!(rest.allowed());
+    assert_eq!(rest.remaining(), 0);
+    let empty = limiter.allow(&key).await.expect("allow");
+    assert!(!empty.allowed());
+    assert_eq!(empty.remaining(), 0);
+
+    let reset = limiter.reset(&key).await.expect("reset");
+    assert!(reset.allowed());
+    assert_eq!(reset.remaining(), 10);
+    assert_eq!(limiter.peek(&key).await.expect("peek").remaining(), 10);
+    assert_eq!(
+        limiter.allow(&key).await.expect("allow").remaining(),
+        9,
+        "{context} {algorithm}: usable again after reset"
+    );
+
+    match limiter.allow_n(&key, 11).await {
+        Err(Error::CostAboveLimit {
+            cost: 11,
+            limit: 10,
+        }) => {}
+        other => panic!("{context} {algorithm}: a cost above the limit is an error, got {other:?}"),
+    }
+    let zero = limiter.allow_n(&key, 0).await.expect("allow_n(0)");
+    assert!(zero.allowed());
+    assert_eq!(
+        zero.remaining(),
+        9,
+        "{context} {algorithm}: a zero cost takes nothing"
+    );
 }
 
 /// Several windows are all or nothing: a request one window refuses is recorded in none.

@@ -14,6 +14,7 @@ use ratelimit_core::{
 };
 use ratelimit_tests::{
     Backend, all_keys, keys_without_ttl, shared_cluster, shared_standalone, spawn_allows,
+    window_starting_now,
 };
 
 const ALGORITHMS: [Algorithm; 4] = [
@@ -220,10 +221,11 @@ enum Op {
 
 fn twin_policy(algorithm: Algorithm, multi: bool) -> Policy {
     // Long enough that nothing refills or crosses a boundary while the test runs; fixed windows
-    // are epoch aligned, so they get whole days (see `leave_day_boundary`).
+    // and sliding counters are epoch aligned, so theirs begin now, whatever the hour.
     let (first, second) = match algorithm {
         Algorithm::FixedWindow | Algorithm::SlidingCounter => {
-            (Duration::from_secs(86_400), Duration::from_secs(2 * 86_400))
+            let day = window_starting_now(10, Duration::from_secs(86_400)).duration();
+            (day, 2 * day)
         }
         _ => (Duration::from_secs(3_600), Duration::from_secs(3 * 3_600)),
     };
@@ -232,16 +234,6 @@ fn twin_policy(algorithm: Algorithm, multi: bool) -> Policy {
         windows.push(Window::new(16, second));
     }
     Policy::new(format!("twins-{}", usize::from(multi) + 1), windows).with_algorithm(algorithm)
-}
-
-/// Sleeps past the next UTC midnight when it is less than a minute away, so that day-long
-/// fixed windows stay put while a test runs.
-async fn leave_day_boundary() {
-    const DAY_US: u64 = 86_400 * SECOND_US;
-    let into_day = wall_micros() % DAY_US;
-    if DAY_US - into_day < 60 * SECOND_US {
-        tokio::time::sleep(Duration::from_micros(DAY_US - into_day + SECOND_US)).await;
-    }
 }
 
 async fn apply(limiter: &RateLimiter, first_only: &Policy, op: Op) -> Decision {
@@ -260,12 +252,6 @@ fn summary(d: &Decision) -> (bool, u64, u64, usize) {
 
 async fn twins_agree(algorithm: Algorithm) {
     const OPS: usize = 200;
-    if matches!(
-        algorithm,
-        Algorithm::FixedWindow | Algorithm::SlidingCounter
-    ) {
-        leave_day_boundary().await;
-    }
     let seed = seed();
     eprintln!("twins {algorithm}: seed {seed} (EXACTNESS_SEED={seed} replays it)");
     for multi in [false, true] {
@@ -620,7 +606,8 @@ async fn every_key_carries_a_ttl() {
             for multi in [false, true] {
                 let (short, long) = match algorithm {
                     Algorithm::FixedWindow | Algorithm::SlidingCounter => {
-                        (Duration::from_secs(86_400), Duration::from_secs(2 * 86_400))
+                        let day = window_starting_now(10, Duration::from_secs(86_400)).duration();
+                        (day, 2 * day)
                     }
                     _ => (Duration::from_secs(3_600), Duration::from_secs(7_200)),
                 };

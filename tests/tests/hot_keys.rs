@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use ratelimit_core::{Algorithm, Config, HotKeyConfig, Policy, Source, Window};
+use ratelimit_core::{Algorithm, Config, HotKeyConfig, Policy, Source};
 use ratelimit_tests::{Backend, for_each_backend, key_slot, shared_standalone, spawn_allows};
 
 /// `cmdstat_evalsha` calls on a server so far.
@@ -87,7 +87,8 @@ async fn hot_denied_keys_are_answered_locally_without_the_cache() {
 async fn a_spread_key_is_exact_and_lands_on_several_slots(backend: Backend) {
     let prefix = Backend::unique_prefix("spread");
     for algorithm in [Algorithm::TokenBucket, Algorithm::FixedWindow] {
-        let window = Window::new(100, Duration::from_secs(86_400));
+        // A fixed window is epoch aligned: this one began just now, whatever the hour.
+        let window = ratelimit_tests::window_starting_now(100, Duration::from_secs(86_400));
         let policy = Policy::new("spread", [window])
             .with_algorithm(algorithm)
             .with_spread(8);
@@ -136,7 +137,8 @@ async fn a_spread_key_is_exact_and_lands_on_several_slots(backend: Backend) {
 
 for_each_backend!(a_spread_key_is_exact_and_lands_on_several_slots);
 
-/// The example server's `/admin/hot-keys` names the hot client and its rule.
+/// The example server's `/admin/hot-keys?raw=true`, on its operator listener, names the hot
+/// client and its rule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_route_reports_the_hot_client() {
     let config = example_api_server::load_config(None)
@@ -145,7 +147,9 @@ async fn the_admin_route_reports_the_hot_client() {
     let limiter = ratelimit_core::RateLimiter::new(config)
         .await
         .expect("memory");
-    let addr = ratelimit_tests::serve(example_api_server::app(limiter)).await;
+    let server = example_api_server::server(limiter);
+    let addr = ratelimit_tests::serve(server.public).await;
+    let admin = ratelimit_tests::serve(server.admin).await;
     let client = reqwest::Client::new();
     let mut denied = 0;
     for _ in 0..60 {
@@ -158,7 +162,7 @@ async fn the_admin_route_reports_the_hot_client() {
     }
     assert_eq!(denied, 50, "the demo's hello rule allows 10 a minute");
     let report: serde_json::Value = client
-        .get(format!("http://{addr}/admin/hot-keys"))
+        .get(format!("http://{admin}/admin/hot-keys?raw=true"))
         .send()
         .await
         .expect("GET /admin/hot-keys")

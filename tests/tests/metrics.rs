@@ -28,8 +28,13 @@ fn names(samples: &BTreeMap<String, f64>) -> BTreeSet<String> {
         .collect()
 }
 
-async fn serve(limiter: RateLimiter) -> SocketAddr {
-    ratelimit_tests::serve(example_api_server::app(limiter)).await
+/// The public listener (the API) and the operator listener (`/metrics`).
+async fn serve(limiter: RateLimiter) -> (SocketAddr, SocketAddr) {
+    let server = example_api_server::server(limiter);
+    (
+        ratelimit_tests::serve(server.public).await,
+        ratelimit_tests::serve(server.admin).await,
+    )
 }
 
 async fn scrape(client: &reqwest::Client, addr: SocketAddr) -> String {
@@ -82,7 +87,7 @@ rate_limiter:
         );
     let limiter = RateLimiter::new(config).await.expect("limiter");
     limiter.metrics().config_reload(true);
-    let addr = serve(limiter).await;
+    let (addr, admin) = serve(limiter).await;
     let client = reqwest::Client::new();
     let get = |path: &'static str| {
         let client = client.clone();
@@ -110,7 +115,7 @@ rate_limiter:
     assert_eq!(get("/api/users/2").await, 200);
     assert_eq!(get("/api/users/3").await, 200);
 
-    let text = scrape(&client, addr).await;
+    let text = scrape(&client, admin).await;
     let samples = samples(&text);
     let value = |series: &str| {
         *samples
@@ -197,8 +202,8 @@ async fn the_dashboard_queries_only_exported_metrics() {
     }
     redis.kill();
     limiter.allow("other").await.expect("allow");
-    let addr = serve(limiter).await;
-    let exported = names(&samples(&scrape(&reqwest::Client::new(), addr).await));
+    let (_, admin) = serve(limiter).await;
+    let exported = names(&samples(&scrape(&reqwest::Client::new(), admin).await));
     let missing: Vec<&String> = queried.iter().filter(|q| !exported.contains(*q)).collect();
     assert!(
         missing.is_empty(),

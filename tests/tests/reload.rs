@@ -34,14 +34,20 @@ fn write(path: &Path, text: &str) {
     std::fs::rename(&aside, path).expect("replace config");
 }
 
-async fn start(path: &Path) -> (SocketAddr, Server) {
+/// The public listener, the operator listener (`/ready`, `/metrics`), and the server.
+async fn start(path: &Path) -> (SocketAddr, SocketAddr, Server) {
     let limiter = RateLimiter::new(load_config(Some(path)).expect("config"))
         .await
         .expect("limiter");
     let server = example_api_server::server(limiter);
-    let router = server.router.clone();
-    let addr = ratelimit_tests::serve(router).await;
-    (addr, server)
+    // `/ready` answers from the periodic check: one has run before the test starts.
+    let _checks = server.spawn_checks(Duration::from_millis(200));
+    while !server.readiness.is_ready() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let addr = ratelimit_tests::serve(server.public.clone()).await;
+    let admin = ratelimit_tests::serve(server.admin.clone()).await;
+    (addr, admin, server)
 }
 
 async fn policy_header(client: &reqwest::Client, addr: SocketAddr) -> String {
@@ -63,7 +69,7 @@ async fn twenty_reloads_under_load_fail_no_request() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("config.yaml");
     write(&path, &config(100_000, ""));
-    let (addr, server) = start(&path).await;
+    let (addr, admin, server) = start(&path).await;
     let reloader = Reloader::new(&path, &server);
     let client = reqwest::Client::new();
 
@@ -112,7 +118,7 @@ async fn twenty_reloads_under_load_fail_no_request() {
                 format!("\"hello-1m\";q={limit};w=60")
             );
             let ready: serde_json::Value = client
-                .get(format!("http://{addr}/ready"))
+                .get(format!("http://{admin}/ready"))
                 .send()
                 .await
                 .expect("ready")
@@ -132,7 +138,7 @@ async fn twenty_reloads_under_load_fail_no_request() {
         task.await.expect("load task");
     }
     let metrics = client
-        .get(format!("http://{addr}/metrics"))
+        .get(format!("http://{admin}/metrics"))
         .send()
         .await
         .expect("metrics")
@@ -157,7 +163,7 @@ async fn counts_survive_a_reload_that_keeps_the_backend() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("config.yaml");
     write(&path, &config(3, ""));
-    let (addr, server) = start(&path).await;
+    let (addr, _admin, server) = start(&path).await;
     let client = reqwest::Client::new();
     for _ in 0..2 {
         client
@@ -188,7 +194,7 @@ async fn a_changed_file_is_picked_up_by_the_watcher() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("config.yaml");
     write(&path, &config(10, ""));
-    let (addr, server) = start(&path).await;
+    let (addr, _admin, server) = start(&path).await;
     let _watcher = Reloader::new(&path, &server)
         .watch(Duration::from_millis(50))
         .expect("watch");

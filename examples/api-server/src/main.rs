@@ -1,24 +1,34 @@
-//! `api-server [--config FILE] [--listen ADDR]`: the example API server.
+//! `api-server [--config FILE] [--listen ADDR] [--admin-listen ADDR|none]`: the example API
+//! server.
 //!
 //! Serves `GET /api/hello`, `GET /api/users/{id}`, `POST /api/orders` (rate-limited),
-//! `GET /health`, `GET /ready` and `GET /metrics`, on `127.0.0.1:8080` by default, with the
-//! demo configuration in memory unless `--config` or `RATELIMIT_REDIS_URL` say otherwise.
-//! Stops cleanly on Ctrl-C or SIGTERM, letting requests in flight finish.
+//! `GET /health` and a bare `GET /ready` on `127.0.0.1:8080` by default, and the operator
+//! routes (`GET /metrics`, `GET /admin/hot-keys`, the detailed `GET /ready`) on a separate
+//! admin listener, `127.0.0.1:9090` by default (`none` turns it off). The demo configuration
+//! runs in memory unless `--config` or `RATELIMIT_REDIS_URL` say otherwise. Readiness is
+//! checked every `--check-interval` seconds (default 5), never on request. Stops cleanly on
+//! Ctrl-C or SIGTERM, letting requests in flight finish.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use example_api_server::{Reloader, load_config, server, spawn_invariant_checks};
+use example_api_server::{DEFAULT_CHECK_PERIOD, Reloader, load_config, server};
 use ratelimit_core::RateLimiter;
 
-const USAGE: &str =
-    "usage: api-server [--config FILE] [--listen ADDR] [--shutdown-timeout SECONDS]";
+const USAGE: &str = "usage: api-server [--config FILE] [--listen ADDR] \
+[--admin-listen ADDR|none] [--check-interval SECONDS] [--shutdown-timeout SECONDS]
+
+  --listen ADDR          the public listener: the API, /health, /ready (default 127.0.0.1:8080)
+  --admin-listen ADDR    the operator listener: /metrics, /admin/*, the detailed /ready
+                         (default 127.0.0.1:9090; `none` for no operator listener)";
 
 struct Args {
     config: Option<PathBuf>,
     listen: SocketAddr,
+    admin_listen: Option<SocketAddr>,
+    check_interval: Duration,
     shutdown_timeout: Duration,
 }
 
@@ -26,7 +36,16 @@ fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         config: None,
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+        check_interval: DEFAULT_CHECK_PERIOD,
         shutdown_timeout: Duration::from_secs(10),
+    };
+    let seconds = |flag: &str, value: Option<String>| -> Result<Duration, String> {
+        let value = value.ok_or(format!("{flag} needs seconds"))?;
+        match value.parse::<u64>() {
+            Ok(secs) => Ok(Duration::from_secs(secs)),
+            Err(_) => Err(format!("{flag}: `{value}` is not whole seconds")),
+        }
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -40,16 +59,38 @@ fn parse_args() -> Result<Args, String> {
                     format!("--listen: `{addr}` is not an address like 127.0.0.1:8080")
                 })?;
             }
+            "--admin-listen" => {
+                let addr = it
+                    .next()
+                    .ok_or("--admin-listen needs an address or `none`")?;
+                args.admin_listen = match addr.as_str() {
+                    "none" => None,
+                    _ => Some(addr.parse().map_err(|_| {
+                        format!(
+                            "--admin-listen: `{addr}` is not an address like 127.0.0.1:9090, \
+                             nor `none`"
+                        )
+                    })?),
+                };
+            }
+            "--check-interval" => {
+                args.check_interval = seconds("--check-interval", it.next())?;
+                if args.check_interval.is_zero() {
+                    return Err("--check-interval: at least 1 second".to_owned());
+                }
+            }
             "--shutdown-timeout" => {
-                let secs = it.next().ok_or("--shutdown-timeout needs seconds")?;
-                let secs: u64 = secs
-                    .parse()
-                    .map_err(|_| format!("--shutdown-timeout: `{secs}` is not whole seconds"))?;
-                args.shutdown_timeout = Duration::from_secs(secs);
+                args.shutdown_timeout = seconds("--shutdown-timeout", it.next())?;
             }
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
+    }
+    if args.admin_listen == Some(args.listen) {
+        return Err(format!(
+            "--admin-listen is --listen ({}): operator routes never share the public listener",
+            args.listen
+        ));
     }
     Ok(args)
 }
@@ -100,9 +141,27 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(listen = %args.listen, backend, "api-server listening");
+    let admin_listener = match args.admin_listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                eprintln!(
+                    "api-server: cannot listen on {addr} for the operator routes: {e} \
+                     (choose another with --admin-listen ADDR, or --admin-listen none)"
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    tracing::info!(
+        listen = %args.listen,
+        admin = %args.admin_listen.map_or_else(|| "none".to_owned(), |a| a.to_string()),
+        backend,
+        "api-server listening"
+    );
     let server = server(limiter);
-    spawn_invariant_checks(server.reload.clone(), Duration::from_secs(30));
+    let _checks = server.spawn_checks(args.check_interval);
     // Hot reload: the file is watched, and SIGHUP reloads it too.
     let _watcher = match &args.config {
         Some(path) => {
@@ -118,24 +177,43 @@ async fn main() -> ExitCode {
         }
         None => None,
     };
-    let service = server
-        .router
+    let public = server
+        .public
         .into_make_service_with_connect_info::<SocketAddr>();
+    let admin = server.admin.into_make_service();
     // On SIGTERM or Ctrl-C: stop accepting, let requests in flight finish, and give up on
     // connections still open after the deadline. Decisions hold no local state that Redis
     // lacks (leases are recorded in Redis when taken), so nothing needs flushing.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let serve = axum::serve(listener, service).with_graceful_shutdown(async move {
+    let stopped = |mut stop_rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop_rx.wait_for(|stopped| *stopped).await;
+    };
+    let serve_public = axum::serve(listener, public)
+        .with_graceful_shutdown(stopped(stop_rx.clone()))
+        .into_future();
+    let serve_admin = {
+        let stop = stopped(stop_rx.clone());
+        async move {
+            match admin_listener {
+                Some(listener) => {
+                    axum::serve(listener, admin)
+                        .with_graceful_shutdown(stop)
+                        .await
+                }
+                None => Ok(()),
+            }
+        }
+    };
+    tokio::spawn(async move {
         shutdown_signal(signals.terminate).await;
         let _ = stop_tx.send(true);
     });
     let deadline = async move {
-        let mut stop_rx = stop_rx;
-        let _ = stop_rx.wait_for(|stopped| *stopped).await;
+        stopped(stop_rx).await;
         tokio::time::sleep(args.shutdown_timeout).await;
     };
     tokio::select! {
-        result = serve => {
+        result = async { tokio::try_join!(serve_public, serve_admin) } => {
             if let Err(e) = result {
                 eprintln!("api-server: {e}");
                 return ExitCode::FAILURE;

@@ -25,8 +25,11 @@ fn free_addr() -> SocketAddr {
 
 fn start(args: &[&str]) -> Running {
     let addr = free_addr();
+    // Tests run side by side: none may take the default operator port.
+    let admin = free_addr();
     let child = Command::new(env!("CARGO_BIN_EXE_api-server"))
         .args(["--listen", &addr.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
         .args(args)
         .env_remove("RATELIMIT_REDIS_URL")
         .stdout(Stdio::null())

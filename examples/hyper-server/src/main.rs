@@ -1,64 +1,93 @@
-//! `hyper-server [--listen ADDR]`: plain hyper 1.x and a tower `ServiceBuilder` stack, no
-//! framework. The rate-limit layer needs only the socket peer, which this server inserts into
-//! each request as a [`PeerAddr`] extension.
+//! `hyper-server [--listen ADDR] [--config FILE]`: plain hyper 1.x and a tower `ServiceBuilder`
+//! stack, no framework (see the library, `src/lib.rs`).
 //!
-//! Every request is limited by the top-level policy of `examples/config.yaml` (rules are an
-//! axum feature), keyed by client IP; `RATELIMIT_REDIS_URL` switches it to Redis.
+//! Serves `GET /api/hello`, `GET /api/users/{id}`, `POST /api/orders` and `GET /health` on
+//! `127.0.0.1:8081` by default, limited by the rules of `examples/config.yaml` (or of
+//! `--config FILE`), keyed by client IP; `RATELIMIT_REDIS_URL` switches it to Redis. Stops on
+//! Ctrl-C.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
+use example_hyper_server::{DEMO_CONFIG, serve};
 use ratelimit_core::Config;
-use ratelimit_tower::{PeerAddr, RateLimitLayer};
-use tower::ServiceBuilder;
+use ratelimit_tower::RateLimitLayer;
 use tracing_subscriber::EnvFilter;
 
-const CONFIG: &str = include_str!("../../config.yaml");
+const USAGE: &str = "usage: hyper-server [--listen ADDR] [--config FILE]";
 
-async fn hello(_request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(Response::new(Full::new(Bytes::from_static(b"hello\n"))))
+struct Args {
+    listen: SocketAddr,
+    config: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+        config: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--listen" => {
+                let addr = it.next().ok_or("--listen needs an address")?;
+                args.listen = addr.parse().map_err(|_| {
+                    format!("--listen: `{addr}` is not an address like 127.0.0.1:8081")
+                })?;
+            }
+            "--config" => args.config = Some(it.next().ok_or("--config needs a file")?.into()),
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    Ok(args)
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let listen: SocketAddr = match std::env::args().skip_while(|a| a != "--listen").nth(1) {
-        Some(addr) => addr.parse()?,
-        None => SocketAddr::from(([127, 0, 0, 1], 8081)),
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
     };
-    let layer = RateLimitLayer::try_new(Config::from_yaml_str(CONFIG)?)?;
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(%listen, "hyper-server listening");
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => accepted?,
-            _ = tokio::signal::ctrl_c() => break,
-        };
-        let service = ServiceBuilder::new()
-            .map_request(move |mut request: Request<Incoming>| {
-                request.extensions_mut().insert(PeerAddr(peer));
-                request
-            })
-            .layer(layer.clone())
-            .service_fn(hello);
-        tokio::spawn(async move {
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let connection =
-                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-            if let Err(e) = connection.await {
-                tracing::debug!(%e, %peer, "connection ended with an error");
-            }
-        });
+    let config = match &args.config {
+        Some(path) => Config::from_yaml_file(path),
+        None => Config::from_yaml_str(DEMO_CONFIG),
+    };
+    // The rules of the configuration apply: this is not an axum feature.
+    let layer = match config
+        .map_err(ratelimit_core::Error::from)
+        .and_then(RateLimitLayer::try_new)
+    {
+        Ok(layer) => layer,
+        Err(e) => {
+            eprintln!("hyper-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("hyper-server: cannot listen on {}: {e}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(listen = %args.listen, "hyper-server listening");
+    let shutdown = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    if let Err(e) = serve(listener, layer, shutdown).await {
+        eprintln!("hyper-server: {e}");
+        return ExitCode::FAILURE;
     }
     tracing::info!("hyper-server stopped");
-    Ok(())
+    ExitCode::SUCCESS
 }

@@ -24,7 +24,7 @@ use crate::policy::{Algorithm, Policy};
 const SHARDS: usize = 64;
 const SWEEP_EVERY: u32 = 4096;
 
-/// Per-window state is kept by window length, as Redis keys it (`:tb:<ms>`, `:fw:<ms>`), so
+/// Per-window state is kept by window length, as Redis keys it (`:tb:<µs>`, `:fw:<µs>`), so
 /// a policy whose windows change keeps the state of the windows it still has.
 #[derive(Debug)]
 enum State {

@@ -7,8 +7,10 @@
 //! identity, and if so record it", atomically and with the same semantics.
 
 mod connection;
+mod eviction;
 mod memory;
 mod redis;
 
+pub use self::eviction::NodeEviction;
 pub use self::memory::MemoryBackend;
 pub use self::redis::RedisBackend;

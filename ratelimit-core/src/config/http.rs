@@ -242,7 +242,8 @@ pub struct AllowList {
 /// What a rule matches; every part given must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuleMatch {
-    /// A path pattern: literal segments, `{name}` for one segment, a final `*` for the rest.
+    /// A path pattern: literal segments, `{name}` for one segment, a final `{*name}` or `*` for
+    /// the rest (see [`PathPattern`](super::PathPattern)).
     pub path: Option<String>,
     /// Methods, upper case; empty matches any.
     pub methods: Vec<String>,
@@ -351,19 +352,11 @@ impl HttpConfig {
             }
             names.push(&rule.name);
             if let Some(path) = &rule.matches.path
-                && !path.starts_with('/')
+                && let Err(e) = super::pattern::PathPattern::parse(path)
             {
                 return Err(ConfigError::invalid(
                     format!("{base}.match.path"),
-                    "a path pattern starts with `/`",
-                ));
-            }
-            if let Some(path) = &rule.matches.path
-                && path.split('/').rev().skip(1).any(|segment| segment == "*")
-            {
-                return Err(ConfigError::invalid(
-                    format!("{base}.match.path"),
-                    "`*` is only allowed as the last segment",
+                    e.to_string(),
                 ));
             }
             if let Some(policy) = &rule.policy {

@@ -10,6 +10,7 @@ mod file;
 mod http;
 mod locate;
 mod model;
+mod pattern;
 mod units;
 
 pub use error::{ConfigError, Location};
@@ -21,4 +22,5 @@ pub use model::{
     CacheConfig, CacheMode, Config, Credentials, FallbackConfig, MemoryConfig, Overrides,
     RedisConfig, RedisMode, Secret,
 };
+pub use pattern::{PathPattern, PatternError, PatternSegment, PatternTail};
 pub use units::{parse_duration, parse_size};

@@ -1,0 +1,191 @@
+//! Exactness under bursts, with the configuration users run: `Config::new(..).with_redis(..)`
+//! (100 ms Redis timeout, breaker and local fallback on), thousands of concurrent callers, a
+//! healthy Redis, and two busy loops competing for the CPUs.
+//!
+//! Time a call spends queued inside the limiter's own client is not a Redis failure: no
+//! decision may come from the fallback, the breaker may not open, and exactly the limit passes.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ratelimit_core::{Config, RateLimiter, Source};
+use ratelimit_tests::{BusyLoops, shared_cluster, shared_standalone};
+
+const LIMIT: u64 = 100;
+
+/// One burst at a time: each test brings its own two busy loops, and several bursts at once
+/// would measure a machine far busier than the one described.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Standalone,
+    Cluster,
+}
+
+/// The default configuration, as the README shows it, on `target`.
+async fn limiter(target: Target, limit: u64, prefix: &str) -> RateLimiter {
+    let config = Config::new(limit, Duration::from_secs(60)).with_prefix(prefix);
+    let config = match target {
+        Target::Standalone => config.with_redis(shared_standalone().url()),
+        Target::Cluster => config.with_redis_cluster(shared_cluster().urls()),
+    };
+    RateLimiter::new(config)
+        .await
+        .unwrap_or_else(|e| panic!("building a limiter on {target:?}: {e}"))
+}
+
+/// `callers` concurrent `allow` calls spread over `keys` keys (in turn); returns the admissions
+/// per key after checking that Redis (or the cache, for denials) made every decision.
+async fn burst(limiter: &RateLimiter, keys: usize, callers: usize) -> HashMap<String, u64> {
+    let tasks: Vec<_> = (0..callers)
+        .map(|i| {
+            let limiter = limiter.clone();
+            let key = format!("burst:{}", i % keys);
+            tokio::spawn(async move {
+                let decision = limiter.allow(&key).await;
+                (key, decision)
+            })
+        })
+        .collect();
+    let mut allowed: HashMap<String, u64> = HashMap::new();
+    let mut sources: HashMap<&'static str, u64> = HashMap::new();
+    for task in tasks {
+        let (key, decision) = task.await.expect("task panicked");
+        let decision = decision.expect("no error with a healthy Redis");
+        *sources.entry(decision.source().name()).or_default() += 1;
+        if decision.allowed() {
+            assert_eq!(
+                decision.source(),
+                Source::Redis,
+                "{key}: admitted by {decision:?}"
+            );
+        }
+        *allowed.entry(key).or_default() += u64::from(decision.allowed());
+    }
+    let stats = limiter.stats();
+    assert_eq!(
+        stats.fallback_decisions, 0,
+        "queued calls were sent to the fallback: {sources:?}, {stats:?}"
+    );
+    assert_eq!(
+        stats.breaker_transitions.opened, 0,
+        "the breaker opened on a healthy Redis: {stats:?}"
+    );
+    allowed
+}
+
+async fn exactly_the_limit_on_one_key(target: Target, callers: usize) {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let _hogs = BusyLoops::start(2);
+    let prefix = format!("burst-{callers}-{target:?}:");
+    let limiter = limiter(target, LIMIT, &prefix).await;
+    let allowed = burst(&limiter, 1, callers).await;
+    assert_eq!(
+        allowed.values().sum::<u64>(),
+        LIMIT,
+        "{target:?}: {callers} callers on one key"
+    );
+}
+
+async fn exactly_the_limit_on_each_of_100_keys(target: Target) {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let _hogs = BusyLoops::start(2);
+    let prefix = format!("burst-100keys-{target:?}:");
+    // 200 callers a key against a limit of 100: half of them must be denied.
+    let limiter = limiter(target, LIMIT, &prefix).await;
+    let allowed = burst(&limiter, 100, 20_000).await;
+    assert_eq!(allowed.len(), 100);
+    for (key, n) in &allowed {
+        assert_eq!(*n, LIMIT, "{target:?}: {key} admitted {n}");
+    }
+}
+
+macro_rules! on_both {
+    ($($name:ident => $test:ident($($arg:expr),*);)*) => {
+        mod standalone {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$test(super::Target::Standalone $(, $arg)*).await
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$test(super::Target::Cluster $(, $arg)*).await
+                }
+            )*
+        }
+    };
+}
+
+on_both! {
+    one_key_1000_callers => exactly_the_limit_on_one_key(1_000);
+    one_key_3000_callers => exactly_the_limit_on_one_key(3_000);
+    one_key_10000_callers => exactly_the_limit_on_one_key(10_000);
+    hundred_keys_20000_callers => exactly_the_limit_on_each_of_100_keys();
+}
+
+/// Redis dies half-way through a client's quota: the local fallback carries on from this
+/// instance's own admissions, so the client gets exactly the rest of its limit, never a fresh
+/// one. Then the same across a switch in the middle of a burst of 1000 callers, half-way
+/// through the quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_local_fallback_starts_from_this_instances_admissions() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let server = ratelimit_tests::RedisServer::start();
+    let limiter = RateLimiter::new(
+        Config::new(LIMIT, Duration::from_secs(60))
+            .with_prefix("switch:")
+            .with_redis(server.url()),
+    )
+    .await
+    .expect("limiter");
+    for _ in 0..60 {
+        let d = limiter.allow("client").await.expect("allow");
+        assert!(d.allowed());
+        assert_eq!(d.source(), Source::Redis);
+    }
+    server.kill();
+    let mut allowed = 0;
+    for _ in 0..200 {
+        let d = limiter.allow("client").await.expect("allow");
+        assert!(matches!(d.source(), Source::Fallback(_)), "{d:?}");
+        allowed += u64::from(d.allowed());
+    }
+    assert_eq!(allowed, LIMIT - 60, "the fallback started from zero");
+
+    // A burst with Redis killed in its middle: never more than the limit in all.
+    let server = ratelimit_tests::RedisServer::start();
+    let limiter = RateLimiter::new(
+        Config::new(LIMIT, Duration::from_secs(60))
+            .with_prefix("switch-burst:")
+            .with_redis(server.url()),
+    )
+    .await
+    .expect("limiter");
+    for _ in 0..50 {
+        assert!(limiter.allow("burst").await.expect("allow").allowed());
+    }
+    let killer = tokio::task::spawn_blocking(move || {
+        server.kill();
+        server
+    });
+    let tasks = ratelimit_tests::spawn_allows(&limiter, "burst", 1000);
+    let mut allowed = 0;
+    let mut from_fallback = 0;
+    for task in tasks {
+        let d = task.await.expect("task").expect("allow");
+        allowed += u64::from(d.allowed());
+        from_fallback += u64::from(matches!(d.source(), Source::Fallback(_)));
+    }
+    drop(killer.await);
+    assert!(
+        50 + allowed <= LIMIT,
+        "50 + {allowed} admitted across the switch ({from_fallback} decided by the fallback)"
+    );
+    eprintln!("switch in a burst: 50 + {allowed} admitted, {from_fallback} by the fallback");
+}

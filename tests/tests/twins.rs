@@ -1,0 +1,301 @@
+//! Every Lua script against its Rust twin, at microsecond resolution, at any instant.
+//!
+//! The scripts run with their clock taken from an argument (`scripts::evaluate_at`: the same
+//! body, a test-only prelude), the in-memory backend with a fake clock set to the same
+//! instant. Random sequences cross window edges (landing on them, one microsecond before and
+//! after), let buckets refill and logs expire, change the cost, peek, and change the policy
+//! under the same name as a reload does; every field of every decision must be the same, and
+//! the TTL a script sets must be the twin's expiry. Epoch-aligned algorithms (fixed windows,
+//! sliding counters) are thereby checked at every phase of their windows, whatever the hour the
+//! suite runs at.
+//!
+//! Randomized: the seed is printed; set `TWINS_SEED` to replay one.
+
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use ratelimit_core::algorithm::Verdict;
+use ratelimit_core::backend::MemoryBackend;
+use ratelimit_core::{Algorithm, FakeClock, Identity, KeyBuilder, Policy, Window, scripts};
+use ratelimit_tests::{shared_cluster, shared_standalone};
+
+const SEQUENCES: usize = 8;
+const STEPS: usize = 150;
+
+fn seed() -> u64 {
+    std::env::var("TWINS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random)
+}
+
+/// A policy named `name` of `algorithm` with `count` random windows: small limits (denials
+/// are frequent) and lengths that are not round numbers of milliseconds.
+fn random_policy(rng: &mut StdRng, name: &str, algorithm: Algorithm, count: usize) -> Policy {
+    let windows: Vec<Window> = (0..count)
+        .map(|i| {
+            let limit = rng.random_range(1..=8) * (i as u64 + 1);
+            let micros =
+                rng.random_range(200_000..=3_000_000) * (i as u64 + 1) + rng.random_range(0..1000);
+            Window::new(limit, std::time::Duration::from_micros(micros))
+        })
+        .collect();
+    Policy::new(name, windows).with_algorithm(algorithm)
+}
+
+/// The next instant: often the same microsecond or the next few, sometimes anywhere in the
+/// window, often exactly on (or one microsecond around) the instant the last decision named.
+fn next_instant(rng: &mut StdRng, now: u64, last: &Verdict, policy: &Policy) -> u64 {
+    let longest = policy
+        .windows()
+        .iter()
+        .map(|w| w.duration().as_micros() as u64)
+        .max()
+        .unwrap_or(1);
+    let jitter = rng.random_range(0..=2);
+    let edge = |at: u64| (now + at + jitter).saturating_sub(1).max(now);
+    match rng.random_range(0..10) {
+        0..=3 => now + rng.random_range(0..=3),
+        4 | 5 => now + rng.random_range(0..longest),
+        6 if last.retry_after_us > 0 => edge(last.retry_after_us),
+        7 if last.reset_after_us > 0 => edge(last.reset_after_us),
+        8 => {
+            // The next epoch-aligned boundary of one window, give or take a microsecond.
+            let w = policy.windows()[rng.random_range(0..policy.windows().len())]
+                .duration()
+                .as_micros() as u64;
+            let boundary = (now / w + 1) * w;
+            (boundary + rng.random_range(0..=2))
+                .saturating_sub(1)
+                .max(now)
+        }
+        _ => now + rng.random_range(0..2 * longest),
+    }
+}
+
+fn same(redis: &Verdict, twin: &Verdict) -> bool {
+    redis.allowed == twin.allowed
+        && redis.window_index == twin.window_index
+        && redis.remaining == twin.remaining
+        && redis.reset_after_us == twin.reset_after_us
+        && redis.retry_after_us == twin.retry_after_us
+}
+
+async fn scripts_match_their_twins<C>(connection: &mut C, target: &str)
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let seed = seed();
+    eprintln!("{target}: seed {seed} (TWINS_SEED={seed} replays it)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let algorithms = [
+        Algorithm::SlidingWindow,
+        Algorithm::TokenBucket,
+        Algorithm::FixedWindow,
+        Algorithm::SlidingCounter,
+    ];
+    let mut compared = 0usize;
+    let mut ttls_checked = 0usize;
+    let mut denied = 0usize;
+    for algorithm in algorithms {
+        for windows in [1, 2, 3] {
+            for sequence in 0..SEQUENCES {
+                let prefix = format!("twins-{target}-{seed}:");
+                let keys = KeyBuilder::new(&prefix);
+                let name = format!("{algorithm}-{windows}-{sequence}");
+                let mut policy = random_policy(&mut rng, &name, algorithm, windows);
+                // Any instant of the next centuries: every phase of every window.
+                let mut now: u64 = rng.random_range(1_600_000_000_000_000..4_000_000_000_000_000);
+                let clock = FakeClock::new(now);
+                let twin = MemoryBackend::new(Arc::new(clock.clone()), 1000);
+                let identity = Identity::new(b"client");
+                let mut last = Verdict {
+                    allowed: true,
+                    window_index: 0,
+                    remaining: 0,
+                    reset_after_us: 0,
+                    retry_after_us: 0,
+                    expires_at_us: 0,
+                };
+                let mut history = Vec::new();
+                for step in 0..STEPS {
+                    if rng.random_ratio(1, 40) {
+                        // A reload: new windows under the same name.
+                        policy = random_policy(&mut rng, &name, algorithm, windows);
+                        history.push(format!("reload {:?}", policy.windows()));
+                    }
+                    now = next_instant(&mut rng, now, &last, &policy);
+                    clock.set(now);
+                    let cost = rng.random_range(0..=policy.smallest_limit());
+                    let consume = rng.random_ratio(4, 5);
+                    let expected = twin.evaluate(&policy, identity, cost, consume);
+                    let got = scripts::evaluate_at(
+                        connection, &keys, &policy, identity, cost, consume, now, None,
+                    )
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "seed {seed}, {name}, step {step}, t={now} cost={cost}: {e}\n    {}",
+                            history.join("\n    ")
+                        )
+                    });
+                    history.push(format!(
+                        "t={now} cost={cost} consume={consume}: twin {expected:?}"
+                    ));
+                    assert!(
+                        same(&got, &expected),
+                        "seed {seed}, {target}, {name}, step {step}:\n  script {got:?}\n  twin   {expected:?}\n  policy {:?}\n  history:\n    {}",
+                        policy.windows(),
+                        history.join("\n    ")
+                    );
+                    // The TTL the script set on the keys it wrote ends when the twin forgets
+                    // the key (Redis keeps it to the millisecond, rounded up).
+                    if got.expires_at_us > 0 {
+                        let twin_ms = expected.expires_at_us.saturating_sub(now).div_ceil(1000);
+                        // Redis stores an absolute expiry in ms and answers PTTL against its
+                        // ms clock: the reading can be one ms short of what was set.
+                        let redis_ms = (got.expires_at_us - now) / 1000;
+                        assert!(
+                            redis_ms == twin_ms || redis_ms + 1 == twin_ms,
+                            "seed {seed}, {target}, {name}, step {step}: TTL {redis_ms} ms, \
+                             the twin keeps the key {twin_ms} ms"
+                        );
+                        ttls_checked += 1;
+                    }
+                    compared += 1;
+                    denied += usize::from(!expected.allowed);
+                    last = expected;
+                }
+                // The script left the keys persistent (see `scripts::evaluate_at`).
+                let _: () = redis::cmd("DEL")
+                    .arg(keys.keys(&policy, identity))
+                    .query_async(connection)
+                    .await
+                    .expect("DEL");
+            }
+        }
+    }
+    eprintln!(
+        "{target}: {compared} decisions compared, {denied} of them denials, {ttls_checked} TTLs"
+    );
+    assert!(denied > compared / 10, "the sequences should deny often");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_scripts_match_their_twins() {
+    let server = shared_standalone();
+    let mut connection = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connecting");
+    scripts_match_their_twins(&mut connection, "standalone").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_scripts_match_their_twins() {
+    let cluster = shared_cluster();
+    let mut connection = cluster
+        .client()
+        .get_async_connection()
+        .await
+        .expect("connecting");
+    scripts_match_their_twins(&mut connection, "cluster").await;
+}
+
+/// A call retried after its reply was lost (the cluster client retries on I/O errors and
+/// response timeouts; the limiter once after a broken connection) carries the same nonce: the
+/// script finds it in the state and takes nothing twice.
+async fn a_retried_call_takes_nothing_twice<C>(connection: &mut C, target: &str)
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let keys = KeyBuilder::new(format!("retry-{target}-{}:", rand::random::<u32>()));
+    let now: u64 = 1_800_000_000_000_000;
+    for algorithm in [
+        Algorithm::SlidingWindow,
+        Algorithm::TokenBucket,
+        Algorithm::FixedWindow,
+        Algorithm::SlidingCounter,
+    ] {
+        for windows in [1, 2] {
+            let policy = Policy::new(
+                format!("{algorithm}-{windows}"),
+                (0..windows).map(|i| {
+                    Window::new(10 * (i + 1), std::time::Duration::from_secs(60 * (i + 1)))
+                }),
+            )
+            .with_algorithm(algorithm);
+            let identity = Identity::new(b"client");
+            let first = scripts::evaluate_at(
+                connection,
+                &keys,
+                &policy,
+                identity,
+                3,
+                true,
+                now,
+                Some("n1"),
+            )
+            .await
+            .expect("first attempt");
+            assert!(first.allowed);
+            assert_eq!(first.remaining, 7);
+            let retried = scripts::evaluate_at(
+                connection,
+                &keys,
+                &policy,
+                identity,
+                3,
+                true,
+                now + 5,
+                Some("n1"),
+            )
+            .await
+            .expect("retry");
+            assert!(
+                retried.allowed,
+                "{target} {algorithm} x{windows}: {retried:?}"
+            );
+            assert_eq!(
+                retried.remaining, 7,
+                "{target} {algorithm} x{windows}: the retry took its permits again"
+            );
+            let next = scripts::evaluate_at(
+                connection,
+                &keys,
+                &policy,
+                identity,
+                3,
+                true,
+                now + 10,
+                Some("n2"),
+            )
+            .await
+            .expect("next call");
+            assert_eq!(next.remaining, 4, "{target} {algorithm} x{windows}");
+            let _: () = redis::cmd("DEL")
+                .arg(keys.keys(&policy, identity))
+                .query_async(connection)
+                .await
+                .expect("DEL");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_call_takes_nothing_twice_on_both() {
+    let mut standalone = shared_standalone()
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connecting");
+    a_retried_call_takes_nothing_twice(&mut standalone, "standalone").await;
+    let mut cluster = shared_cluster()
+        .client()
+        .get_async_connection()
+        .await
+        .expect("connecting");
+    a_retried_call_takes_nothing_twice(&mut cluster, "cluster").await;
+}
