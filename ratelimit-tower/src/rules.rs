@@ -101,6 +101,10 @@ pub type PathLookup = for<'a> fn(&'a Extensions) -> Option<&'a str>;
 /// cannot be found is handled as `on_missing_key` says. Without rules, this is exactly the
 /// configuration's single policy.
 ///
+/// Client IPs, for `ip` keys and for the allow-list alike, are found as the single policy finds
+/// them ([`ClientIp::from_config`]): from the one `client_ip_header`, only when the peer is a
+/// trusted proxy, and IPv6 keys cut to `ipv6_prefix` bits.
+///
 /// ```
 /// use ratelimit_core::Config;
 /// use ratelimit_core::config::Overrides;
@@ -1044,6 +1048,35 @@ rate_limiter:
             request("POST", "/login").plan(&rules),
             Plan::NoKey(MissingKey::Allow)
         ));
+    }
+
+    #[test]
+    fn rules_find_the_client_ip_as_configured() {
+        let rules = RuleSet::from_config(&config(&format!(
+            "{RULES}  trusted_proxies: [10.0.0.1]\n  client_ip_header: forwarded\n  ipv6_prefix: 48\n  allow_list: {{ ips: [198.51.100.7] }}\n"
+        )));
+        let proxied = |path: &str| request("GET", path).peer(Some("10.0.0.1:443"));
+        // The one configured header is believed, from a trusted proxy, by rules and default.
+        let forwarded = proxied("/users/7").header("forwarded", "for=203.0.113.5");
+        assert_eq!(outcome(&forwarded.plan(&rules)), "users:203.0.113.5");
+        let forwarded = proxied("/other").header("forwarded", "for=203.0.113.5");
+        assert_eq!(outcome(&forwarded.plan(&rules)), "default:203.0.113.5");
+        // Any other forwarding header is ignored: the client cannot pick its key (without the
+        // configured header, the request is the proxy's own) ...
+        let xff = proxied("/users/7").header("x-forwarded-for", "203.0.113.6");
+        assert_eq!(outcome(&xff.plan(&rules)), "users:10.0.0.1");
+        // ... nor make itself exempt.
+        let xff = proxied("/users/7")
+            .header("x-forwarded-for", "198.51.100.7")
+            .header("forwarded", "for=203.0.113.5");
+        assert_eq!(outcome(&xff.plan(&rules)), "users:203.0.113.5");
+        let listed = proxied("/users/7").header("forwarded", "for=198.51.100.7");
+        assert!(matches!(listed.plan(&rules), Plan::Exempt));
+        // IPv6 clients are keyed by their /48, forwarded or peer.
+        let v6 = proxied("/users/7").header("forwarded", "for=\"[2001:db8:1:2::9]\"");
+        assert_eq!(outcome(&v6.plan(&rules)), "users:2001:db8:1::/48");
+        let peer = request("GET", "/users/7").peer(Some("[2001:db8:1:3::1]:4000"));
+        assert_eq!(outcome(&peer.plan(&rules)), "users:2001:db8:1::/48");
     }
 
     /// What an outer router leaves: the path before it stripped a prefix.
