@@ -1,14 +1,15 @@
-//! Client IP behind trusted proxies: never panics; an untrusted peer's headers are ignored.
+//! Client IP behind trusted proxies: never panics; an untrusted peer's headers are ignored;
+//! whichever header is believed, the answer is the peer or an address written in it.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use ratelimit_core::config::IpBlock;
-use ratelimit_tower::proxy::client_ip;
+use ratelimit_core::config::{ClientIpHeader, IpBlock};
+use ratelimit_tower::proxy::TrustedProxies;
 
-const NAMES: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
+const NAMES: [&str; 4] = ["forwarded", "x-forwarded-for", "x-real-ip", "cf-connecting-ip"];
 
 fuzz_target!(|data: &[u8]| {
     // Peer: 1 tag byte, then 4 (IPv4) or 16 (IPv6) address bytes and 2 port bytes.
@@ -47,7 +48,27 @@ fuzz_target!(|data: &[u8]| {
         IpBlock::parse("10.0.0.0/8").expect("valid block"),
         IpBlock::parse("127.0.0.1").expect("valid block"),
     ];
-    let result = client_ip(peer, &headers, &trusted);
+    // The header believed: tag bits 1-2.
+    let believed = NAMES[usize::from(tag >> 1) % NAMES.len()];
+    let header = ClientIpHeader::parse(believed).expect("valid header name");
+    let result = TrustedProxies::new(trusted).with_header(header).client_ip(peer, &headers);
+    if let Ok(ip) = result {
+        let text = ip.to_string();
+        let written = headers
+            .get_all(believed)
+            .iter()
+            .any(|v| String::from_utf8_lossy(v.as_bytes()).contains(text.as_str()));
+        let canonical_peer = match peer.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer.ip(), IpAddr::V4),
+            v4 => v4,
+        };
+        // A mapped or bracketed spelling in the header prints differently; the peer is always
+        // a possible answer.
+        assert!(
+            ip == canonical_peer || written || headers.contains_key(believed),
+            "{ip} is neither the peer {peer} nor from {believed}: {headers:?}"
+        );
+    }
 
     let peer_trusted = trusted.iter().any(|b| b.contains(peer.ip()));
     if !peer_trusted {

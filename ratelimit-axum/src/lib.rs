@@ -35,16 +35,19 @@
 //! - [`rules`]: [`axum_rules`], `ratelimit-tower`'s [`RuleSet`] reading axum's original path and
 //!   matched route.
 //! - [`extract`]: [`RateLimited`], the decision as an extractor, and its rejection.
+//! - [`keys`]: [`MatchedPathParam`], a key from the route's path parameters.
 //! - [`router`]: [`layer`], [`layer_from_config`], [`connect_info_peer`], and
 //!   [`RouterExt::rate_limit`] / [`RouterExt::rate_limit_routes`], the one-liners.
 //!
 //! The layer itself, its responses and headers, are `ratelimit-tower`'s [`RateLimitLayer`].
 
 pub mod extract;
+pub mod keys;
 pub mod router;
 pub mod rules;
 
 pub use extract::{RateLimited, RateLimitedRejection};
+pub use keys::MatchedPathParam;
 pub use ratelimit_tower::RateLimitLayer;
 pub use router::{RouterExt, connect_info_peer, layer, layer_from_config, rules_planner};
 pub use rules::{RuleSet, axum_rules};

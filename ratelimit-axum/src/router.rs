@@ -1,25 +1,26 @@
 //! Wiring: the layer for an axum app, and the one-liner that installs it.
 //!
 //! [`layer`] builds a [`RateLimitLayer`] that plans with the configuration's rules
-//! ([`axum_rules`]) and finds the client's socket address in axum's [`ConnectInfo`].
-//! [`RouterExt::rate_limit`] installs it on a [`Router`] for every request,
-//! [`RouterExt::rate_limit_routes`] for the requests a route matched. Serve the app with
+//! ([`axum_rules`]) and finds the client's socket address in axum's
+//! [`ConnectInfo`](axum::extract::ConnectInfo). [`RouterExt::rate_limit`] installs it on a
+//! [`Router`] for every request, [`RouterExt::rate_limit_routes`] for the requests a route
+//! matched. Serve the app with
 //! [`into_make_service_with_connect_info::<SocketAddr>()`](Router::into_make_service_with_connect_info)
-//! so that the peer is known: without it, IP keys cannot be found and requests are handled as
-//! `on_missing_key` says.
+//! so that the peer is known (tests add `MockConnectInfo` instead): without it, requests limited
+//! by IP are answered `500`, and the log says once what to change.
 
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::ConnectInfo;
 use http::Extensions;
 use ratelimit_core::{Config, RateLimiter};
-use ratelimit_tower::{PeerAddr, RateLimitLayer};
+use ratelimit_tower::RateLimitLayer;
 
 use crate::rules::axum_rules;
 
-/// The socket peer of a request: axum's `ConnectInfo<SocketAddr>`, else a
-/// [`PeerAddr`] left by another server.
+/// The socket peer of a request: a [`PeerAddr`](ratelimit_tower::PeerAddr) left by another server, else axum's
+/// `ConnectInfo<SocketAddr>`, else a `MockConnectInfo<SocketAddr>` added by a test (the
+/// layer's default lookup, [`peer_from_extension`](ratelimit_tower::service::peer_from_extension)).
 ///
 /// ```
 /// use std::net::SocketAddr;
@@ -34,10 +35,7 @@ use crate::rules::axum_rules;
 /// # Ok::<(), std::net::AddrParseError>(())
 /// ```
 pub fn connect_info_peer(extensions: &Extensions) -> Option<SocketAddr> {
-    extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0)
-        .or_else(|| extensions.get::<PeerAddr>().map(|peer| peer.0))
+    ratelimit_tower::service::peer_from_extension(extensions)
 }
 
 /// The layer for `limiter`'s configuration: its rules (see [`axum_rules`]), header families and

@@ -13,20 +13,36 @@ use tower_service::Service;
 
 use crate::RateLimitInfo;
 use crate::body::ResponseBody;
+use crate::extract::RequestInfo;
 use crate::headers;
+use crate::hooks::Denial;
 use crate::plan::Target;
 use crate::response;
 use crate::service::Shared;
 
-type Check = Pin<Box<dyn Future<Output = Result<Decision, Error>> + Send>>;
+/// The limiter's answer, and the key handed back for the hooks (no copy is made).
+type Check = Pin<Box<dyn Future<Output = (Result<Decision, Error>, Vec<u8>)> + Send>>;
 
 pin_project! {
     /// Resolves to the inner service's response with rate-limit headers, or to this layer's
-    /// own 429 or 400.
+    /// own 429, 400 or 500.
     pub struct ResponseFuture<S, F, ReqBody, ResBody> {
         #[pin]
         state: State<S, F, ReqBody, ResBody>,
         _body: PhantomData<fn() -> ResBody>,
+    }
+}
+
+impl<S, F, ReqBody, ResBody> std::fmt::Debug for ResponseFuture<S, F, ReqBody, ResBody> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Checking { .. } => "checking",
+            State::Calling { .. } => "calling",
+            State::Ready { .. } => "ready",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
     }
 }
 
@@ -79,7 +95,8 @@ impl<S, F, ReqBody, ResBody> ResponseFuture<S, F, ReqBody, ResBody> {
         let policy_target = target.clone();
         let check: Check = Box::pin(async move {
             let policy = policy_target.policy();
-            limiter.allow_with(policy, &key, policy.cost()).await
+            let decision = limiter.allow_with(policy, &key, policy.cost()).await;
+            (decision, key)
         });
         Self::with(State::Checking {
             check,
@@ -116,7 +133,7 @@ where
                     request,
                     inner,
                 } => {
-                    let outcome = ready!(check.as_mut().poll(cx));
+                    let (outcome, key) = ready!(check.as_mut().poll(cx));
                     let (Some(mut request), Some(mut inner)) = (request.take(), inner.take())
                     else {
                         // Polled again after completion: nothing left to do.
@@ -132,6 +149,11 @@ where
                                 rule = target.rule(),
                                 "shadow mode: request over the limit let through"
                             );
+                            if let Some(on_denied) = &shared.code.hooks.on_denied {
+                                on_denied(&denial(
+                                    &shared, &request, &target, &decision, &key, true,
+                                ));
+                            }
                             request.extensions_mut().insert(RateLimitInfo {
                                 decision,
                                 target: target.clone(),
@@ -139,10 +161,27 @@ where
                             None
                         }
                         Ok(decision) => {
-                            let response =
-                                response::too_many_requests(&target, &decision, shared.families);
+                            // One number for `Retry-After`, `t` and `X-RateLimit-Reset`.
+                            let retry = headers::reset_secs(&decision);
+                            let mut response = response::too_many_requests(
+                                &target,
+                                &decision,
+                                shared.headers,
+                                retry,
+                            );
+                            let hooks = &shared.code.hooks;
+                            if hooks.any() {
+                                let denial =
+                                    denial(&shared, &request, &target, &decision, &key, false);
+                                if let Some(on_denied) = &hooks.on_denied {
+                                    on_denied(&denial);
+                                }
+                                if let Some(shape) = &hooks.denied_response {
+                                    response = shape(&denial, response);
+                                }
+                            }
                             this.state.set(State::Ready {
-                                response: Some(response),
+                                response: Some(response.map(ResponseBody::own)),
                             });
                             continue;
                         }
@@ -177,7 +216,14 @@ where
                 StateProjection::Calling { future, stamp } => {
                     let mut response = ready!(future.poll(cx))?;
                     if let Some((shared, target, decision)) = stamp.take() {
-                        headers::write(response.headers_mut(), shared.families, &target, &decision);
+                        let reset = headers::reset_secs(&decision);
+                        headers::write(
+                            response.headers_mut(),
+                            shared.headers,
+                            &target,
+                            &decision,
+                            reset,
+                        );
                         response
                             .extensions_mut()
                             .insert(RateLimitInfo { decision, target });
@@ -192,5 +238,29 @@ where
                 }
             }
         }
+    }
+}
+
+/// What the hooks see of a denied `request`.
+fn denial<'a, B>(
+    shared: &Shared,
+    request: &'a Request<B>,
+    target: &'a Target,
+    decision: &'a Decision,
+    key: &'a [u8],
+    shadow: bool,
+) -> Denial<'a> {
+    Denial {
+        request: RequestInfo {
+            method: request.method(),
+            uri: request.uri(),
+            headers: request.headers(),
+            extensions: request.extensions(),
+            peer: (shared.code.peer)(request.extensions()),
+        },
+        target,
+        decision,
+        key,
+        shadow,
     }
 }

@@ -1,21 +1,44 @@
 //! The rate-limit headers: the IETF draft's structured fields and the legacy `X-RateLimit-*`.
 //!
+//! The draft followed is [draft-ietf-httpapi-ratelimit-headers-10] (the field syntax is that of
+//! revision 09 too):
+//!
 //! ```text
-//! RateLimit-Policy: "1m";q=100;w=60, "1h";q=1000;w=3600
-//! RateLimit: "1m";r=0;t=17
-//! X-RateLimit-Limit: 100
+//! RateLimit-Policy: "hello-1m";q=10;w=60, "hello-1h";q=100;w=3600
+//! RateLimit: "hello-1m";r=0;t=17
+//! X-RateLimit-Limit: 10
 //! X-RateLimit-Remaining: 0
-//! X-RateLimit-Reset: 17
+//! X-RateLimit-Reset: 1767225617
 //! ```
 //!
-//! Every duration is in whole seconds, rounded up: a client that waits what it was told must
-//! not be refused again for coming a fraction of a second early.
+//! - A policy item is named after the policy (a rule's name, `default` for the top-level
+//!   policy) and the window (`hello-1m`), so a client can tell the policies of one response
+//!   apart, and `RateLimit` names the binding one. `q` and `r` count requests, the draft's
+//!   default quota unit: a policy that charges several permits a request (a rule's `cost`)
+//!   reports `max_requests / cost` and `remaining / cost`, what the client can still send.
+//! - `t` is "the number of seconds until additional quota is made available". On a `429` it is
+//!   the number `Retry-After` carries, computed once, so both name the same moment. On an
+//!   allowed response it is the time until the binding window has its whole quota back: never
+//!   earlier than the moment more quota is made available, so a client that waits `t` is not
+//!   refused for coming early.
+//! - A response that passes through two layers (a global layer around a route layer) carries
+//!   both layers' items: the structured-field lists are appended, not overwritten. The legacy
+//!   family has room for one policy only, and keeps the one with the fewest requests left.
+//! - `X-RateLimit-Reset` holds Unix epoch seconds by default (GitHub's convention), or the
+//!   delta in seconds (`legacy_reset: delta_seconds`).
+//!
+//! Every number of seconds is rounded up: a client that waits what it was told must not be
+//! refused again for coming a fraction of a second early.
+//!
+//! [draft-ietf-httpapi-ratelimit-headers-10]: https://datatracker.ietf.org/doc/draft-ietf-httpapi-ratelimit-headers/10/
 
-use std::time::Duration;
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use ratelimit_core::config::HeaderFamilies;
-use ratelimit_core::{Decision, Policy};
+use ratelimit_core::config::{HeaderFamilies, LegacyReset};
+use ratelimit_core::{Decision, Policy, Window};
 
 use crate::plan::Target;
 
@@ -27,8 +50,18 @@ pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 /// `X-RateLimit-Remaining`.
 pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-/// `X-RateLimit-Reset`: seconds until the quota is back (a delta, not a timestamp).
+/// `X-RateLimit-Reset`: when the quota is back, in epoch seconds or as a delta (see
+/// [`LegacyReset`]).
 pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// Which headers responses carry, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HeaderSettings {
+    /// The families written.
+    pub families: HeaderFamilies,
+    /// What `X-RateLimit-Reset` holds.
+    pub legacy_reset: LegacyReset,
+}
 
 /// Whole seconds, rounded up.
 ///
@@ -48,52 +81,135 @@ pub fn retry_after_secs(decision: &Decision) -> u64 {
     decision.retry_after().map_or(1, ceil_secs).max(1)
 }
 
-/// The `RateLimit-Policy` value of `policy`: one item per window, named by its length.
-pub fn policy_header(policy: &Policy) -> Option<HeaderValue> {
-    let items: Vec<String> = policy
-        .windows()
-        .iter()
-        .map(|w| {
-            format!(
-                "\"{}\";q={};w={}",
-                w.label(),
-                w.max_requests(),
-                ceil_secs(w.duration()).max(1)
-            )
-        })
-        .collect();
-    HeaderValue::from_str(&items.join(", ")).ok()
+/// The draft's `t` for `decision`: on a denial, [`retry_after_secs`] (the value `Retry-After`
+/// carries); when allowed, the time until the binding window's quota is all back, rounded up.
+pub fn reset_secs(decision: &Decision) -> u64 {
+    if decision.allowed() {
+        ceil_secs(decision.reset_after())
+    } else {
+        retry_after_secs(decision)
+    }
 }
 
-fn number(n: u64) -> HeaderValue {
-    HeaderValue::from(n)
+/// The identifier of `policy`'s `window` in the headers and in problem documents: the policy's
+/// name and the window's label, such as `hello-1m`.
+///
+/// ```
+/// use ratelimit_core::{Policy, Window};
+/// use ratelimit_tower::headers::policy_id;
+/// let policy = Policy::new("hello", [Window::per_minute(10), Window::per_hour(100)]);
+/// assert_eq!(policy_id(&policy, &policy.windows()[1]), "hello-1h");
+/// ```
+pub fn policy_id(policy: &Policy, window: &Window) -> String {
+    format!("{}-{}", policy.name(), window.label())
 }
 
-/// Writes the enabled families for `decision` under `target` into `headers`.
-pub fn write(
-    headers: &mut HeaderMap,
-    families: HeaderFamilies,
-    target: &Target,
-    decision: &Decision,
-) {
-    let reset = ceil_secs(decision.reset_after());
-    if families.ietf {
-        if let Some(policy) = target.policy_header_value() {
-            headers.insert(RATELIMIT_POLICY.clone(), policy.clone());
-        }
-        let item = format!(
-            "\"{}\";r={};t={}",
-            decision.window().label(),
-            decision.remaining(),
-            reset
-        );
-        if let Ok(value) = HeaderValue::from_str(&item) {
-            headers.insert(RATELIMIT.clone(), value);
+/// `text` as a structured-field String (quoted, `\` and `"` escaped), or `None` when it holds
+/// bytes a String cannot.
+pub(crate) fn sf_string(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => return None,
         }
     }
-    if families.legacy {
-        headers.insert(X_RATELIMIT_LIMIT.clone(), number(decision.limit()));
-        headers.insert(X_RATELIMIT_REMAINING.clone(), number(decision.remaining()));
-        headers.insert(X_RATELIMIT_RESET.clone(), number(reset));
+    out.push('"');
+    Some(out)
+}
+
+/// Requests a policy's permits pay for: `permits / cost`.
+pub(crate) fn in_requests(permits: u64, policy: &Policy) -> u64 {
+    permits / policy.cost().max(1)
+}
+
+/// The `RateLimit-Policy` value of `policy`: one item per window.
+///
+/// ```
+/// use ratelimit_core::{Policy, Window};
+/// use ratelimit_tower::headers::policy_header;
+/// let policy = Policy::new("uploads", [Window::per_minute(10)]).with_cost(2);
+/// assert_eq!(policy_header(&policy).unwrap(), r#""uploads-1m";q=5;w=60"#);
+/// ```
+pub fn policy_header(policy: &Policy) -> Option<HeaderValue> {
+    let mut value = String::new();
+    for (i, window) in policy.windows().iter().enumerate() {
+        if i > 0 {
+            value.push_str(", ");
+        }
+        let id = sf_string(&policy_id(policy, window))?;
+        // Writing to a String cannot fail.
+        let _ = write!(
+            value,
+            "{id};q={};w={}",
+            in_requests(window.max_requests(), policy),
+            ceil_secs(window.duration()).max(1)
+        );
+    }
+    HeaderValue::from_str(&value).ok()
+}
+
+/// `X-RateLimit-Reset` for a reset `secs` seconds from now.
+fn legacy_reset(secs: u64, format: LegacyReset) -> u64 {
+    match format {
+        LegacyReset::DeltaSeconds => secs,
+        LegacyReset::EpochSeconds => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO);
+            // The next whole second, plus the delta: `reset - now` is never below `secs`.
+            ceil_secs(now).saturating_add(secs)
+        }
+    }
+}
+
+/// Writes the enabled families for `decision` under `target` into `headers`; `reset` is the
+/// draft's `t` ([`reset_secs`]), computed once by the caller so that a `429`'s `Retry-After`
+/// names the same moment.
+pub fn write(
+    headers: &mut HeaderMap,
+    settings: HeaderSettings,
+    target: &Target,
+    decision: &Decision,
+    reset: u64,
+) {
+    let policy = target.policy();
+    let remaining = in_requests(decision.remaining(), policy);
+    if settings.families.ietf {
+        if let Some(value) = target.policy_header_value() {
+            headers.append(RATELIMIT_POLICY.clone(), value.clone());
+        }
+        if let Some(id) = target.window_item(decision.window_index()) {
+            let item = format!("{id};r={remaining};t={reset}");
+            if let Ok(value) = HeaderValue::from_str(&item) {
+                headers.append(RATELIMIT.clone(), value);
+            }
+        }
+    }
+    if settings.families.legacy {
+        // One policy fits: an inner layer's, unless this one leaves fewer requests.
+        let fewer = match headers.entry(X_RATELIMIT_REMAINING.clone()) {
+            Entry::Vacant(_) => true,
+            Entry::Occupied(existing) => existing
+                .get()
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_none_or(|existing| remaining < existing),
+        };
+        if fewer {
+            let limit = in_requests(decision.limit(), policy);
+            headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(limit));
+            headers.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining));
+            headers.insert(
+                X_RATELIMIT_RESET.clone(),
+                HeaderValue::from(legacy_reset(reset, settings.legacy_reset)),
+            );
+        }
     }
 }

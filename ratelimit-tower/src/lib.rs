@@ -22,9 +22,15 @@
 //! `Retry-After` and an RFC 9457 problem document. A denial is a response, never an error, so
 //! the layer composes with any error handling.
 //!
+//! Keys made of the client IP need the socket peer's address: a hyper server inserts
+//! [`PeerAddr`]; an axum app is served with `into_make_service_with_connect_info::<SocketAddr>()`
+//! and the layer reads axum's `ConnectInfo` (feature `axum`, on in `ratelimit-axum`). A server
+//! that gives no address is told once, loudly, in the log, and its requests are answered `500`:
+//! the set-up is at fault, not the client.
+//!
 //! # Layout
 //!
-//! - [`layer`]: [`RateLimitLayer`], which builds the service.
+//! - [`layer`]: [`RateLimitLayer`], which builds the service, and its builder.
 //! - [`service`]: [`RateLimit`], the `Service`.
 //! - [`future`]: its response future.
 //! - [`body`]: [`ResponseBody`], the inner body or one of ours, without boxing.
@@ -33,12 +39,18 @@
 //! - [`extract`]: [`KeyExtractor`] and the built-in extractors.
 //! - [`proxy`]: the client IP behind trusted proxies.
 //! - [`headers`]: the rate-limit header families.
-//! - [`response`]: the 429 and 400 responses.
+//! - [`hooks`]: [`Denial`], what the denial hooks see.
+//! - [`response`]: the 429, 400 and 500 responses.
+//! - [`error`]: [`Error`], why a layer could not be built.
+
+#![deny(missing_debug_implementations)]
 
 pub mod body;
+pub mod error;
 pub mod extract;
 pub mod future;
 pub mod headers;
+pub mod hooks;
 pub mod layer;
 pub mod plan;
 pub mod proxy;
@@ -47,11 +59,15 @@ pub mod rules;
 pub mod service;
 
 pub use body::ResponseBody;
+pub use error::Error;
 pub use extract::{
-    AllOf, ClientIp, FirstOf, FnKey, HeaderKey, KeyExtractor, PeerAddr, PeerIp, RequestInfo,
+    AllOf, ClientIp, CookieKey, ExtensionKey, FirstOf, HeaderKey, KeyExtractor, PathParam,
+    PeerAddr, PeerIp, RequestInfo,
 };
-pub use layer::{RateLimitLayer, ReloadHandle};
+pub use hooks::Denial;
+pub use layer::{RateLimitLayer, RateLimitLayerBuilder, ReloadHandle};
 pub use plan::{Plan, Planner, SinglePolicy, Target};
+pub use proxy::{ProxyError, TrustedProxies};
 pub use rules::{PathLookup, RuleSet};
 pub use service::RateLimit;
 

@@ -5,32 +5,63 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 use ratelimit_core::Policy;
-use ratelimit_core::config::{AllowList, IpBlock, MissingKey};
+use ratelimit_core::config::{AllowList, MissingKey};
 
-use crate::extract::{KeyExtractor, RequestInfo};
-use crate::headers::policy_header;
-use crate::proxy::client_ip;
+use crate::extract::{ClientIp, KeyExtractor, RequestInfo};
+use crate::headers::{policy_header, policy_id, sf_string};
 
 /// A policy as the layer applies it: with its rule's name, shadow flag, and its
-/// `RateLimit-Policy` header written once.
+/// `RateLimit-Policy` header and item names written once.
 #[derive(Debug)]
 pub struct Target {
     policy: Policy,
     rule: Option<Arc<str>>,
     shadow: bool,
     policy_header: Option<HeaderValue>,
+    windows: Box<[WindowId]>,
+}
+
+/// A window's identifier (`hello-1m`), and the same as a structured-field String (`None` when
+/// it cannot be one).
+#[derive(Debug)]
+struct WindowId {
+    id: Box<str>,
+    item: Option<Box<str>>,
 }
 
 impl Target {
     /// `policy`, applied by the rule named `rule` (if any); in shadow mode nothing is denied.
     pub fn new(policy: Policy, rule: Option<Arc<str>>, shadow: bool) -> Self {
         let policy_header = policy_header(&policy);
+        let windows = policy
+            .windows()
+            .iter()
+            .map(|window| {
+                let id = policy_id(&policy, window);
+                WindowId {
+                    item: sf_string(&id).map(String::into_boxed_str),
+                    id: id.into_boxed_str(),
+                }
+            })
+            .collect();
         Self {
             policy,
             rule,
             shadow,
             policy_header,
+            windows,
         }
+    }
+
+    /// The identifier of the policy's window `index` (`hello-1m`), as `RateLimit-Policy` and
+    /// `RateLimit` name it and a problem document's `violated-policies` lists it.
+    pub fn policy_id(&self, index: usize) -> Option<&str> {
+        self.windows.get(index).map(|w| &*w.id)
+    }
+
+    /// Window `index`'s identifier as a structured-field String.
+    pub(crate) fn window_item(&self, index: usize) -> Option<&str> {
+        self.windows.get(index).and_then(|w| w.item.as_deref())
     }
 
     /// The policy.
@@ -85,16 +116,14 @@ impl fmt::Debug for dyn Planner {
 #[derive(Debug, Clone, Default)]
 pub struct Exemptions {
     list: AllowList,
-    trusted: Arc<[IpBlock]>,
+    client_ip: ClientIp,
 }
 
 impl Exemptions {
-    /// Exempts what `list` names; client IPs are found behind `trusted` proxies.
-    pub fn new(list: AllowList, trusted: impl IntoIterator<Item = IpBlock>) -> Self {
-        Self {
-            list,
-            trusted: trusted.into_iter().collect(),
-        }
+    /// Exempts what `list` names; client IPs are found as `client_ip` finds them (its trusted
+    /// proxies and header), and matched whole, whatever its IPv6 prefix.
+    pub fn new(list: AllowList, client_ip: ClientIp) -> Self {
+        Self { list, client_ip }
     }
 
     /// Whether `request` (whose key is `key`, when found) is exempt.
@@ -107,10 +136,10 @@ impl Exemptions {
         if self.list.ips.is_empty() {
             return false;
         }
-        request
-            .peer
-            .and_then(|peer| client_ip(peer, request.headers, &self.trusted).ok())
-            .is_some_and(|ip| self.list.ips.iter().any(|block| block.contains(ip)))
+        matches!(
+            self.client_ip.address(request),
+            Ok(Some(ip)) if self.list.ips.iter().any(|block| block.contains(ip))
+        )
     }
 }
 

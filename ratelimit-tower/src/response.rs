@@ -1,51 +1,57 @@
-//! The responses this layer writes itself: 429 when denied, 400 when no key can be found.
+//! The responses this layer writes itself: 429 when denied, 400 when no key can be found, 500
+//! when the server gave no peer address.
 //!
-//! Bodies are RFC 9457 problem documents (`application/problem+json`). They name the policy
-//! and window from configuration and never echo anything from the request.
+//! Bodies are RFC 9457 problem documents (`application/problem+json`). A denial uses the
+//! quota-exceeded problem type of draft-ietf-httpapi-ratelimit-headers, whose
+//! `violated-policies` lists the policies by the names the `RateLimit-Policy` header gives
+//! them. Bodies name policies and windows from configuration and never echo anything from the
+//! request.
 
+use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 use ratelimit_core::Decision;
-use ratelimit_core::config::HeaderFamilies;
 use serde_json::json;
 
-use crate::body::ResponseBody;
-use crate::headers::{self, retry_after_secs};
+use crate::headers::{self, HeaderSettings, in_requests};
 use crate::plan::Target;
 
 const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
 
-/// `429 Too Many Requests` for a denied `decision`.
-pub fn too_many_requests<B>(
+/// The draft's problem type for a request over its quota.
+pub const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+
+/// `429 Too Many Requests` for a denied `decision`. `retry` is the draft's `t`
+/// ([`headers::reset_secs`]): `Retry-After`, `RateLimit`'s `t` and `X-RateLimit-Reset` are all
+/// written from it.
+pub fn too_many_requests(
     target: &Target,
     decision: &Decision,
-    families: HeaderFamilies,
-) -> Response<ResponseBody<B>> {
-    let retry = retry_after_secs(decision);
+    settings: HeaderSettings,
+    retry: u64,
+) -> Response<Bytes> {
     let window = decision.window();
+    let policy = target.policy();
     let body = json!({
-        "type": "about:blank",
-        "title": "Too Many Requests",
+        "type": QUOTA_EXCEEDED,
+        "title": "Request cannot be satisfied as assigned quota has been exceeded",
         "status": 429,
         "detail": format!(
             "Rate limit of {} requests per {} exceeded; retry in {retry} s.",
-            window.max_requests(),
+            in_requests(window.max_requests(), policy),
             window.label()
         ),
-        "policy": target.policy().name(),
-        "window": window.label(),
-        "limit": window.max_requests(),
-        "retry_after": retry,
+        "violated-policies": target.policy_id(decision.window_index()).into_iter().collect::<Vec<_>>(),
     });
     let mut response = problem(StatusCode::TOO_MANY_REQUESTS, &body);
     let headers_out = response.headers_mut();
     headers_out.insert(RETRY_AFTER, HeaderValue::from(retry));
-    headers::write(headers_out, families, target, decision);
+    headers::write(headers_out, settings, target, decision, retry);
     response
 }
 
 /// `429` for a request without a key, when so configured: there is no decision to describe.
-pub fn denied_without_key<B>() -> Response<ResponseBody<B>> {
+pub fn denied_without_key() -> Response<Bytes> {
     let body = json!({
         "type": "about:blank",
         "title": "Too Many Requests",
@@ -56,8 +62,8 @@ pub fn denied_without_key<B>() -> Response<ResponseBody<B>> {
 }
 
 /// `400 Bad Request` for a request whose identity cannot be found (no key header, a malformed
-/// forwarding header from a trusted proxy).
-pub fn missing_key<B>() -> Response<ResponseBody<B>> {
+/// entry where a trusted proxy should have written the client's address).
+pub fn missing_key() -> Response<Bytes> {
     let body = json!({
         "type": "about:blank",
         "title": "Bad Request",
@@ -67,8 +73,20 @@ pub fn missing_key<B>() -> Response<ResponseBody<B>> {
     problem(StatusCode::BAD_REQUEST, &body)
 }
 
-fn problem<B>(status: StatusCode, body: &serde_json::Value) -> Response<ResponseBody<B>> {
-    let mut response = Response::new(ResponseBody::own(body.to_string()));
+/// `500 Internal Server Error` for a request that needed the socket peer's address when the
+/// server gave none: the server's set-up, not the client's request, is at fault.
+pub fn missing_peer() -> Response<Bytes> {
+    let body = json!({
+        "type": "about:blank",
+        "title": "Internal Server Error",
+        "status": 500,
+        "detail": "The server is not set up to tell clients apart, so it cannot serve this request now.",
+    });
+    problem(StatusCode::INTERNAL_SERVER_ERROR, &body)
+}
+
+fn problem(status: StatusCode, body: &serde_json::Value) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from(body.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, PROBLEM_JSON);
     response

@@ -79,11 +79,10 @@ use std::sync::Arc;
 use http::{Extensions, HeaderName, Method};
 use ratelimit_core::Config;
 use ratelimit_core::config::{
-    AllowList, IpBlock, KeySource, MissingKey, PathPattern, PatternSegment, PatternTail, Rule,
-    RuleMatch,
+    AllowList, KeySource, MissingKey, PathPattern, PatternSegment, PatternTail, Rule, RuleMatch,
 };
 
-use crate::extract::{KeyExtractor, RequestInfo, from_source};
+use crate::extract::{ClientIp, KeyExtractor, RequestInfo, from_source};
 use crate::plan::{Exemptions, Plan, Planner, Target};
 
 /// The rule name of the top-level policy, for requests that no rule matches.
@@ -101,6 +100,10 @@ pub type PathLookup = for<'a> fn(&'a Extensions) -> Option<&'a str>;
 /// top-level policy and key source; a key on the allow-list is exempt; a request whose key
 /// cannot be found is handled as `on_missing_key` says. Without rules, this is exactly the
 /// configuration's single policy.
+///
+/// Client IPs, for `ip` keys and for the allow-list alike, are found as the single policy finds
+/// them ([`ClientIp::from_config`]): from the one `client_ip_header`, only when the peer is a
+/// trusted proxy, and IPv6 keys cut to `ipv6_prefix` bits.
 ///
 /// ```
 /// use ratelimit_core::Config;
@@ -157,26 +160,26 @@ impl RuleSet {
     /// [`Config`] a limiter holds is).
     pub fn from_config(config: &Config) -> Self {
         let http = config.http();
-        let trusted = &http.trusted_proxies;
-        let default_key = from_source(&http.default_key(), trusted);
+        let client_ip = ClientIp::from_config(http);
+        let default_key = from_source(&http.default_key(), &client_ip);
         let rules = http
             .rules
             .iter()
-            .map(|rule| CompiledRule::new(rule, &default_key, trusted))
+            .map(|rule| CompiledRule::new(rule, &default_key, &client_ip))
             .collect();
         let exempt_ips = Exemptions::new(
             AllowList {
                 ips: http.allow_list.ips.clone(),
                 keys: Vec::new(),
             },
-            trusted.iter().copied(),
+            client_ip,
         );
         let exempt_keys = Exemptions::new(
             AllowList {
                 ips: Vec::new(),
                 keys: http.allow_list.keys.clone(),
             },
-            [],
+            ClientIp::default(),
         );
         Self {
             rules,
@@ -320,7 +323,7 @@ struct HeaderMatch {
 }
 
 impl CompiledRule {
-    fn new(rule: &Rule, default_key: &Arc<dyn KeyExtractor>, trusted: &[IpBlock]) -> Self {
+    fn new(rule: &Rule, default_key: &Arc<dyn KeyExtractor>, client_ip: &ClientIp) -> Self {
         let name: Arc<str> = Arc::from(rule.name.as_str());
         let RuleMatch {
             path,
@@ -333,7 +336,7 @@ impl CompiledRule {
                 target: Arc::new(Target::new(policy.clone(), Some(name.clone()), rule.shadow)),
                 key: rule.key.as_ref().map_or_else(
                     || default_key.clone(),
-                    |source: &KeySource| from_source(source, trusted),
+                    |source: &KeySource| from_source(source, client_ip),
                 ),
             },
         };
@@ -1045,6 +1048,35 @@ rate_limiter:
             request("POST", "/login").plan(&rules),
             Plan::NoKey(MissingKey::Allow)
         ));
+    }
+
+    #[test]
+    fn rules_find_the_client_ip_as_configured() {
+        let rules = RuleSet::from_config(&config(&format!(
+            "{RULES}  trusted_proxies: [10.0.0.1]\n  client_ip_header: forwarded\n  ipv6_prefix: 48\n  allow_list: {{ ips: [198.51.100.7] }}\n"
+        )));
+        let proxied = |path: &str| request("GET", path).peer(Some("10.0.0.1:443"));
+        // The one configured header is believed, from a trusted proxy, by rules and default.
+        let forwarded = proxied("/users/7").header("forwarded", "for=203.0.113.5");
+        assert_eq!(outcome(&forwarded.plan(&rules)), "users:203.0.113.5");
+        let forwarded = proxied("/other").header("forwarded", "for=203.0.113.5");
+        assert_eq!(outcome(&forwarded.plan(&rules)), "default:203.0.113.5");
+        // Any other forwarding header is ignored: the client cannot pick its key (without the
+        // configured header, the request is the proxy's own) ...
+        let xff = proxied("/users/7").header("x-forwarded-for", "203.0.113.6");
+        assert_eq!(outcome(&xff.plan(&rules)), "users:10.0.0.1");
+        // ... nor make itself exempt.
+        let xff = proxied("/users/7")
+            .header("x-forwarded-for", "198.51.100.7")
+            .header("forwarded", "for=203.0.113.5");
+        assert_eq!(outcome(&xff.plan(&rules)), "users:203.0.113.5");
+        let listed = proxied("/users/7").header("forwarded", "for=198.51.100.7");
+        assert!(matches!(listed.plan(&rules), Plan::Exempt));
+        // IPv6 clients are keyed by their /48, forwarded or peer.
+        let v6 = proxied("/users/7").header("forwarded", "for=\"[2001:db8:1:2::9]\"");
+        assert_eq!(outcome(&v6.plan(&rules)), "users:2001:db8:1::/48");
+        let peer = request("GET", "/users/7").peer(Some("[2001:db8:1:3::1]:4000"));
+        assert_eq!(outcome(&peer.plan(&rules)), "users:2001:db8:1::/48");
     }
 
     /// What an outer router leaves: the path before it stripped a prefix.

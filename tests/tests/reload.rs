@@ -100,7 +100,7 @@ async fn twenty_reloads_under_load_fail_no_request() {
         reloader.reload().expect("reload");
         assert_eq!(
             policy_header(&client, addr).await,
-            format!("\"1m\";q={limit};w=60"),
+            format!("\"hello-1m\";q={limit};w=60"),
             "reload {i}: the new limit applies to the next request"
         );
         if i == 10 {
@@ -115,7 +115,7 @@ async fn twenty_reloads_under_load_fail_no_request() {
             assert_eq!(server.status.last_error().as_deref(), Some(error.as_str()));
             assert_eq!(
                 policy_header(&client, addr).await,
-                format!("\"1m\";q={limit};w=60")
+                format!("\"hello-1m\";q={limit};w=60")
             );
             let ready: serde_json::Value = client
                 .get(format!("http://{admin}/ready"))
@@ -199,7 +199,7 @@ async fn a_changed_file_is_picked_up_by_the_watcher() {
         .watch(Duration::from_millis(50))
         .expect("watch");
     let client = reqwest::Client::new();
-    assert_eq!(policy_header(&client, addr).await, "\"1m\";q=10;w=60");
+    assert_eq!(policy_header(&client, addr).await, "\"hello-1m\";q=10;w=60");
     // A new rule set, too: the rule's policy changes and a new exempt rule appears.
     let exempt = "    - name: users
       match:
@@ -209,7 +209,7 @@ async fn a_changed_file_is_picked_up_by_the_watcher() {
     write(&path, &config(42, exempt));
     let started = Instant::now();
     loop {
-        if policy_header(&client, addr).await == "\"1m\";q=42;w=60" {
+        if policy_header(&client, addr).await == "\"hello-1m\";q=42;w=60" {
             break;
         }
         assert!(

@@ -85,7 +85,7 @@ fn the_demo_configuration_limits_hello_at_ten_a_minute() {
     let denied = get(server.addr, "/api/hello");
     assert!(denied.starts_with("HTTP/1.1 429"), "{denied}");
     assert!(
-        denied.contains("ratelimit-policy: \"1m\";q=10;w=60"),
+        denied.contains("ratelimit-policy: \"hello-1m\";q=10;w=60"),
         "{denied}"
     );
     assert!(get(server.addr, "/health").starts_with("HTTP/1.1 200"));

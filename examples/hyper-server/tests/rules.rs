@@ -81,7 +81,7 @@ fn the_demo_rules_apply_in_a_plain_hyper_stack() {
     for i in 0..6 {
         let (status, head) = send(server.addr, "GET", "/api/hello");
         assert_eq!(status, 200, "request {i}: {head}");
-        assert_eq!(policy(&head), Some("\"1m\";q=10;w=60"), "{head}");
+        assert_eq!(policy(&head), Some("\"hello-1m\";q=10;w=60"), "{head}");
     }
     for i in 0..4 {
         let (status, head) = send(server.addr, "HEAD", "/api/hello");
@@ -97,17 +97,19 @@ fn the_demo_rules_apply_in_a_plain_hyper_stack() {
     assert_eq!(status, 200, "{head}");
     assert_eq!(
         policy(&head),
-        Some("\"1m\";q=30;w=60, \"1h\";q=500;w=3600"),
+        Some("\"users-1m\";q=30;w=60, \"users-1h\";q=500;w=3600"),
         "{head}"
     );
 
-    // `orders`: POST only, cost 2 of 10.
+    // `orders`: POST only, cost 2 of 10 permits: 5 requests, counted in requests.
     let (status, head) = send(server.addr, "POST", "/api/orders");
     assert_eq!(status, 201, "{head}");
-    assert!(head.contains("x-ratelimit-remaining: 8"), "{head}");
+    assert_eq!(policy(&head), Some("\"orders-1m\";q=5;w=60"), "{head}");
+    assert!(head.contains("x-ratelimit-limit: 5"), "{head}");
+    assert!(head.contains("x-ratelimit-remaining: 4"), "{head}");
 
     // Anything else: the top-level 60 a minute, 404s included.
     let (status, head) = send(server.addr, "GET", "/api/hello/");
     assert_eq!(status, 404, "{head}");
-    assert_eq!(policy(&head), Some("\"1m\";q=60;w=60"), "{head}");
+    assert_eq!(policy(&head), Some("\"default-1m\";q=60;w=60"), "{head}");
 }

@@ -11,7 +11,8 @@ use serde::Deserialize;
 
 use super::error::{ConfigError, Location};
 use super::http::{
-    AllowList, HeaderFamilies, HttpConfig, IpBlock, KeySource, MissingKey, Rule, RuleMatch,
+    AllowList, ClientIpHeader, HeaderFamilies, HttpConfig, IpBlock, KeySource, LegacyReset,
+    MissingKey, Rule, RuleMatch,
 };
 use super::locate;
 /// Permits a lease reserves when `lease_size` is not given.
@@ -46,7 +47,10 @@ struct RateLimiterSection {
     hot_keys: Option<HotKeysSection>,
     key: Option<KeyName>,
     trusted_proxies: Option<Vec<IpBlockText>>,
+    client_ip_header: Option<ClientIpHeaderName>,
+    ipv6_prefix: Option<u8>,
     headers: Option<Vec<HeaderFamilyName>>,
+    legacy_reset: Option<LegacyResetName>,
     on_missing_key: Option<MissingKeyName>,
     shadow: Option<bool>,
     allow_list: Option<AllowListSection>,
@@ -75,6 +79,25 @@ impl<'de> Deserialize<'de> for IpBlockText {
             .map(IpBlockText)
             .map_err(serde::de::Error::custom)
     }
+}
+
+/// The header trusted proxies write, such as `x-forwarded-for` or `cf-connecting-ip`.
+struct ClientIpHeaderName(ClientIpHeader);
+
+impl<'de> Deserialize<'de> for ClientIpHeaderName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        ClientIpHeader::parse(&text)
+            .map(ClientIpHeaderName)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum LegacyResetName {
+    EpochSeconds,
+    DeltaSeconds,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -408,6 +431,12 @@ impl RateLimiterSection {
                 .into_iter()
                 .map(|b| b.0)
                 .collect(),
+            client_ip_header: self.client_ip_header.map(|h| h.0).unwrap_or_default(),
+            ipv6_prefix: self.ipv6_prefix.unwrap_or(HttpConfig::DEFAULT_IPV6_PREFIX),
+            legacy_reset: match self.legacy_reset {
+                None | Some(LegacyResetName::EpochSeconds) => LegacyReset::EpochSeconds,
+                Some(LegacyResetName::DeltaSeconds) => LegacyReset::DeltaSeconds,
+            },
             headers: self
                 .headers
                 .map_or_else(HeaderFamilies::default, |families| HeaderFamilies {

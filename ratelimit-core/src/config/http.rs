@@ -19,18 +19,23 @@ pub enum KeySource {
     PeerIp,
     /// A request header's value, such as an API key (`header:x-api-key`).
     Header(String),
+    /// A cookie's value, such as a session id (`cookie:session`).
+    Cookie(String),
     /// Several sources joined; all must be present (`ip+header:x-api-key`).
     All(Vec<KeySource>),
 }
 
 impl KeySource {
-    /// Parses `ip`, `peer`, `header:<name>`, or several joined with `+`.
+    /// Parses `ip`, `peer`, `header:<name>`, `cookie:<name>`, or several joined with `+`.
     ///
     /// ```
     /// use ratelimit_core::config::KeySource;
     /// assert_eq!(KeySource::parse("header:X-Api-Key"), Ok(KeySource::Header("x-api-key".into())));
     /// assert!(matches!(KeySource::parse("ip+header:x-api-key"), Ok(KeySource::All(_))));
-    /// assert!(KeySource::parse("cookie:session").is_err());
+    /// // Cookie names are case-sensitive: kept as written.
+    /// assert_eq!(KeySource::parse("cookie:SID"), Ok(KeySource::Cookie("SID".into())));
+    /// assert!(KeySource::parse("cookie:a;b").is_err());
+    /// assert!(KeySource::parse("query:id").is_err());
     /// ```
     pub fn parse(text: &str) -> Result<Self, String> {
         let parts: Vec<&str> = text.split('+').map(str::trim).collect();
@@ -41,16 +46,26 @@ impl KeySource {
                 .collect::<Result<Vec<_>, _>>()
                 .map(Self::All);
         }
-        match text.trim() {
-            "ip" => Ok(Self::ClientIp),
-            "peer" => Ok(Self::PeerIp),
-            other => match other.strip_prefix("header:") {
-                Some(name) if is_header_name(name) => Ok(Self::Header(name.to_ascii_lowercase())),
-                _ => Err(format!(
-                    "`{other}` is not a key source: use `ip`, `peer`, `header:<name>`, or several joined with `+`"
-                )),
-            },
+        let other = text.trim();
+        match other {
+            "ip" => return Ok(Self::ClientIp),
+            "peer" => return Ok(Self::PeerIp),
+            _ => {}
         }
+        if let Some(name) = other.strip_prefix("header:")
+            && is_header_name(name)
+        {
+            return Ok(Self::Header(name.to_ascii_lowercase()));
+        }
+        // A cookie name is a token, like a header name (RFC 6265, section 4.1.1).
+        if let Some(name) = other.strip_prefix("cookie:")
+            && is_header_name(name)
+        {
+            return Ok(Self::Cookie(name.to_owned()));
+        }
+        Err(format!(
+            "`{other}` is not a key source: use `ip`, `peer`, `header:<name>`, `cookie:<name>`, or several joined with `+`"
+        ))
     }
 }
 
@@ -78,6 +93,73 @@ impl Default for HeaderFamilies {
             legacy: true,
         }
     }
+}
+
+/// The one header trusted proxies write the client's address in (`client_ip_header`).
+///
+/// Only this header is read, and only from a trusted proxy; every other forwarding header is
+/// ignored, so a client cannot pick its own key by sending one the proxies do not overwrite.
+///
+/// ```
+/// use ratelimit_core::config::ClientIpHeader;
+/// assert_eq!(ClientIpHeader::default(), ClientIpHeader::XForwardedFor);
+/// assert_eq!(ClientIpHeader::parse("Forwarded"), Ok(ClientIpHeader::Forwarded));
+/// let cf = ClientIpHeader::parse("CF-Connecting-IP")?;
+/// assert_eq!(cf, ClientIpHeader::Other("cf-connecting-ip".into()));
+/// assert_eq!(cf.name(), "cf-connecting-ip");
+/// assert!(ClientIpHeader::parse("not a header").is_err());
+/// # Ok::<(), String>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ClientIpHeader {
+    /// `X-Forwarded-For`: a comma-separated list, one address appended by each proxy (the
+    /// default).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239): the `for=` parameter of each comma-separated element.
+    Forwarded,
+    /// `X-Real-IP`: one address, set by the proxy.
+    XRealIp,
+    /// Any other header holding the address, such as `cf-connecting-ip` or `fly-client-ip`
+    /// (lower case). Read like `X-Forwarded-For`: a single address is a list of one.
+    Other(String),
+}
+
+impl ClientIpHeader {
+    /// Parses a header name (case-insensitive).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let name = text.trim().to_ascii_lowercase();
+        match name.as_str() {
+            "x-forwarded-for" => Ok(Self::XForwardedFor),
+            "forwarded" => Ok(Self::Forwarded),
+            "x-real-ip" => Ok(Self::XRealIp),
+            other if is_header_name(other) => Ok(Self::Other(name)),
+            _ => Err(format!(
+                "`{text}` is not a header name: use `x-forwarded-for`, `forwarded`, `x-real-ip`, or the header your proxies write (such as `cf-connecting-ip`)"
+            )),
+        }
+    }
+
+    /// The header's name, lower case.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::XForwardedFor => "x-forwarded-for",
+            Self::Forwarded => "forwarded",
+            Self::XRealIp => "x-real-ip",
+            Self::Other(name) => name,
+        }
+    }
+}
+
+/// What `X-RateLimit-Reset` holds (`legacy_reset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LegacyReset {
+    /// The Unix time, in whole seconds rounded up, when the quota is back: GitHub's convention
+    /// and the default, so that a client computing `reset - now` waits.
+    #[default]
+    EpochSeconds,
+    /// The number of seconds until then, as `Retry-After` and the draft's `t` give it.
+    DeltaSeconds,
 }
 
 /// What to do with a request whose key cannot be extracted.
@@ -185,14 +267,21 @@ pub struct Rule {
 }
 
 /// The HTTP settings of a configuration.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
     /// The default key source (`ip` when not given).
     pub key: Option<KeySource>,
-    /// Proxies whose forwarding headers are believed.
+    /// Proxies whose forwarding header is believed.
     pub trusted_proxies: Vec<IpBlock>,
+    /// The one header those proxies write the client's address in (default `X-Forwarded-For`).
+    pub client_ip_header: ClientIpHeader,
+    /// IPv6 client addresses are keyed by this many leading bits (default 64, at most 128), so
+    /// that one client rotating through its /64 has one quota. IPv4 addresses are whole.
+    pub ipv6_prefix: u8,
     /// Header families on responses.
     pub headers: HeaderFamilies,
+    /// What `X-RateLimit-Reset` holds (default: epoch seconds).
+    pub legacy_reset: LegacyReset,
     /// What to do when no key can be extracted.
     pub on_missing_key: MissingKey,
     /// Shadow mode for the whole layer: decisions are made and counted, nothing is denied.
@@ -204,13 +293,48 @@ pub struct HttpConfig {
     pub rules: Vec<Rule>,
 }
 
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            key: None,
+            trusted_proxies: Vec::new(),
+            client_ip_header: ClientIpHeader::default(),
+            ipv6_prefix: Self::DEFAULT_IPV6_PREFIX,
+            headers: HeaderFamilies::default(),
+            legacy_reset: LegacyReset::default(),
+            on_missing_key: MissingKey::default(),
+            shadow: false,
+            allow_list: AllowList::default(),
+            rules: Vec::new(),
+        }
+    }
+}
+
 impl HttpConfig {
+    /// Leading bits of an IPv6 address that make its key when `ipv6_prefix` is not given: a
+    /// /64 is what one subscriber usually gets.
+    pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
     /// The key source in force by default.
     pub fn default_key(&self) -> KeySource {
         self.key.clone().unwrap_or(KeySource::ClientIp)
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.ipv6_prefix > 128 {
+            return Err(ConfigError::invalid(
+                "rate_limiter.ipv6_prefix",
+                "must be between 0 and 128 (bits of an IPv6 address)",
+            ));
+        }
+        if let ClientIpHeader::Other(name) = &self.client_ip_header
+            && !is_header_name(name)
+        {
+            return Err(ConfigError::invalid(
+                "rate_limiter.client_ip_header",
+                format!("`{name}` is not a header name"),
+            ));
+        }
         let mut names: Vec<&str> = Vec::new();
         for (i, rule) in self.rules.iter().enumerate() {
             let base = format!("rate_limiter.rules[{i}]");

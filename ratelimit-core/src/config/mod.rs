@@ -15,7 +15,8 @@ mod units;
 
 pub use error::{ConfigError, Location};
 pub use http::{
-    AllowList, HeaderFamilies, HttpConfig, IpBlock, KeySource, MissingKey, Rule, RuleMatch,
+    AllowList, ClientIpHeader, HeaderFamilies, HttpConfig, IpBlock, KeySource, LegacyReset,
+    MissingKey, Rule, RuleMatch,
 };
 pub use model::{
     CacheConfig, CacheMode, Config, Credentials, FallbackConfig, MemoryConfig, Overrides,
