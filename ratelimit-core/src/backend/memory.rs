@@ -45,6 +45,9 @@ struct Entry {
     /// Permits asked of Redis and not answered yet, when this backend is a fallback: its own
     /// decisions count them as taken (see [`MemoryBackend::evaluate_counting_pending`]).
     pending: u64,
+    /// Whether this backend, as a fallback, admitted a request for this key itself: permits
+    /// Redis never heard of, which Redis must then not hand out again.
+    admitted_locally: bool,
 }
 
 #[derive(Debug, Default)]
@@ -128,6 +131,7 @@ impl MemoryBackend {
                 state,
                 expires_at_us: verdict.expires_at_us,
                 pending: 0,
+                admitted_locally: false,
             };
             shard
                 .map
@@ -151,9 +155,10 @@ impl MemoryBackend {
     /// The Redis call marked by [`Self::begin_remote`] ended; Redis granted `granted` permits
     /// (0 when it denied, failed or was abandoned: then the caller's answer, if any, came from
     /// here and was counted here). Granted permits are recorded like local admissions, so that
-    /// a fallback taking over knows this instance's admissions. Returns whether they fitted:
-    /// `false` when this instance already admitted the rest of the limit itself, through a
-    /// fallback Redis never heard of.
+    /// a fallback taking over knows this instance's admissions. Returns `false` when they did
+    /// not fit because this backend, as a fallback, admitted requests for the key itself,
+    /// which Redis never heard of. (Without such admissions the count here only trails
+    /// Redis's, by the round trip at a window's edge, and Redis's answer stands.)
     pub(crate) fn end_remote(
         &self,
         policy: &Policy,
@@ -171,7 +176,7 @@ impl MemoryBackend {
                     consume: true,
                 };
                 let verdict = apply(&mut entry.state, policy, now, request);
-                fitted = verdict.allowed;
+                fitted = verdict.allowed || !entry.admitted_locally;
                 entry.expires_at_us = entry.expires_at_us.max(verdict.expires_at_us);
             }
         });
@@ -203,6 +208,7 @@ impl MemoryBackend {
             }
             let decided = apply(&mut entry.state, policy, now, Request { cost, consume });
             entry.expires_at_us = entry.expires_at_us.max(decided.expires_at_us);
+            entry.admitted_locally |= decided.allowed && consume && cost > 0;
             verdict = Some(decided);
         });
         verdict.unwrap_or_else(|| self.evaluate(policy, identity, cost, consume))
@@ -232,6 +238,7 @@ impl MemoryBackend {
             state: fresh(policy),
             expires_at_us: now,
             pending: 0,
+            admitted_locally: false,
         };
         f(&mut entry);
         if entry.expires_at_us > now || entry.pending > 0 {
