@@ -6,15 +6,16 @@
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
+use ratelimit_tests::reaper;
 use serde::Serialize;
 
 use crate::error::LoadError;
 use crate::http::get_once;
-use crate::spawn::spawn;
 
 /// How long an instance gets to answer `/health` after it is spawned.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -99,7 +100,10 @@ impl Instance {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "warn");
         }
-        let child = spawn(cmd).map_err(|source| LoadError::Spawn {
+        // Its own process group: a Ctrl-C in the terminal reaches only the tool, which then
+        // stops its instances in order. The reaper kills it if the tool dies some other way.
+        cmd.process_group(0);
+        let child = reaper::spawn(cmd).map_err(|source| LoadError::Spawn {
             program: launch.program.to_path_buf(),
             source,
         })?;
@@ -190,8 +194,7 @@ impl Instance {
 impl Drop for Instance {
     fn drop(&mut self) {
         // SIGKILL: nothing of a limiter's state lives only in the process (Redis holds it).
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        reaper::kill(&mut self.child);
     }
 }
 

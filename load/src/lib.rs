@@ -12,7 +12,6 @@
 //! - `redis_setup`: [`RedisChoice`]; starting a throwaway server or cluster with the
 //!   `ratelimit-tests` harness; `INFO commandstats` counts.
 //! - `instances`: starting api-server processes, readiness, `VmRSS`, their `/metrics` counters.
-//! - `spawn`: child processes that die with the tool, whatever ends it.
 //! - `server_bin`: building the api-server when no binary is given.
 //! - `http`: one keep-alive HTTP/1.1 client connection on hyper.
 //! - `driver`: the load loop, closed or at a fixed rate, into an HDR histogram.
@@ -29,7 +28,6 @@ mod redis_setup;
 mod report;
 mod run;
 mod server_bin;
-mod spawn;
 
 pub use error::LoadError;
 pub use instances::LimiterCounters;
