@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //!
-//! - `options`: [`Options`] (what a run does) and [`Command`] (the command line).
+//! - `options`: [`Options`] (what a run does) and [`Args`] (the command line, with clap).
 //! - `redis_setup`: [`RedisChoice`]; starting a throwaway server or cluster with the
 //!   `ratelimit-tests` harness; `INFO commandstats` counts.
 //! - `instances`: starting api-server processes, readiness, `VmRSS`, their `/metrics` counters.
@@ -31,7 +31,7 @@ mod server_bin;
 
 pub use error::LoadError;
 pub use instances::LimiterCounters;
-pub use options::{Command, Options, USAGE};
+pub use options::{Args, Options};
 pub use redis_setup::{CommandCounts, RedisChoice};
 pub use report::{InstanceMemory, Latency, NodeCommands, Report, Setup, Statuses};
 pub use run::run;
