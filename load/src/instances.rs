@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::error::LoadError;
 use crate::http::get_once;
+use crate::resident::Resident;
 
 /// How long an instance gets to answer `/health` after it is spawned.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -154,10 +155,9 @@ impl Instance {
         self.child.id()
     }
 
-    /// Resident memory in KiB (`VmRSS` of `/proc/<pid>/status`), if it can be read.
+    /// Resident memory in KiB (`VmRSS`), if it can be read.
     pub(crate) fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        parse_vm_rss(&status)
+        Resident::of(self.pid()).map(|r| r.rss_kib)
     }
 
     /// The limiter's counters, from its `/metrics`.
@@ -201,12 +201,6 @@ impl Drop for Instance {
 /// A loopback address that nobody listens on right now.
 fn free_port() -> std::io::Result<SocketAddr> {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()
-}
-
-/// `VmRSS` in KiB from the text of `/proc/<pid>/status`.
-fn parse_vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Counters of a limiter, read from its Prometheus metrics (all label values summed).
@@ -273,13 +267,6 @@ fn sum_samples(text: &str, name: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn vm_rss_is_read_in_kib() {
-        let status = "Name:\tapi-server\nVmPeak:\t  200000 kB\nVmRSS:\t   12345 kB\nThreads:\t3\n";
-        assert_eq!(parse_vm_rss(status), Some(12345));
-        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
-    }
 
     #[test]
     fn counters_sum_every_label_set_and_skip_longer_names() {

@@ -267,7 +267,14 @@ impl Args {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Args::command().debug_assert();
+    }
 
     fn parse(args: &[&str]) -> Result<Options, String> {
         let args =
