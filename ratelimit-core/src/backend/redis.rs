@@ -20,7 +20,7 @@ use crate::scripts;
 /// Evaluates policies with the Lua scripts of [`crate::scripts`] in Redis.
 ///
 /// Every call is bounded by the configured timeout, including opening a connection. At most
-/// [`IN_FLIGHT_PER_CONNECTION`] calls a connection are sent at once; the others wait for a
+/// `IN_FLIGHT_PER_CONNECTION` (16) calls a connection are sent at once; the others wait for a
 /// [`turn`](Self::turn), and that wait is not part of the timeout (see `turn`).
 #[derive(Debug)]
 pub struct RedisBackend {
