@@ -34,7 +34,7 @@ COPY --from=build /out/api-server /usr/local/bin/api-server
 COPY examples/config.yaml /etc/ratelimit/config.yaml
 ENV RUST_LOG=info
 # glibc gives every thread its own heap arenas; keys created on one worker and dropped on
-# another then cost ~35% more resident memory (measured by examples/soak.rs). Two arenas keep
+# another then cost ~35% more resident memory (measured by load/src/bin/soak.rs). Two arenas keep
 # the in-memory backend at its live size.
 ENV MALLOC_ARENA_MAX=2
 # Numeric, so that Kubernetes' runAsNonRoot can check it.

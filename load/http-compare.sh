@@ -4,7 +4,9 @@
 #
 #   load/http-compare.sh [seconds] [connections]
 #
-# Needs wrk (apt-get install wrk) and redis-server; starts and stops its own Redis.
+# Needs wrk (apt-get install wrk) and redis-server. Runs itself again under `with-redis`
+# (load/src/bin/with-redis.rs), which starts a throwaway redis-server (the test harness's),
+# sets THROWAWAY_REDIS_URL, and stops the server at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -12,13 +14,16 @@ seconds=${1:-10}
 connections=${2:-50}
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 
-. scripts/lib/throwaway-redis.sh
-start_throwaway_redis
-redis_port=$REDIS_PORT
+if [ -z "${THROWAWAY_REDIS_URL:-}" ]; then
+  cargo build --release -q -p ratelimit-load --bin with-redis
+  exec ./target/release/with-redis load/http-compare.sh "$@"
+fi
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
 server_pid=""
 cleanup() {
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
-  stop_throwaway_redis
 }
 trap cleanup EXIT
 
@@ -27,7 +32,7 @@ echo "# $(nproc) cores; wrk -t2 -c$connections -d${seconds}s GET /api/hello; eve
 printf '%-10s %14s %12s %12s\n' mode "requests/s" "p50" "p99"
 for mode in none memory redis governor; do
   port=$(free_port)
-  ./target/release/bench-server "$mode" --listen "127.0.0.1:$port" --redis "redis://127.0.0.1:$redis_port" >/dev/null &
+  ./target/release/bench-server "$mode" --listen "127.0.0.1:$port" --redis "$THROWAWAY_REDIS_URL" >/dev/null &
   server_pid=$!
   for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/api/hello" >/dev/null 2>&1 && break; sleep 0.1; done
   wrk -t2 -c"$connections" -d2s "http://127.0.0.1:$port/api/hello" >/dev/null   # warm-up

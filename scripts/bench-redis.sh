@@ -4,19 +4,22 @@
 #
 #   scripts/bench-redis.sh [requests] [concurrency]
 #
-# Starts a throwaway redis-server on a free port, and stops it at the end.
+# Runs itself again under `with-redis` (load/src/bin/with-redis.rs), which starts a throwaway
+# redis-server (the test harness's) on a free port, sets THROWAWAY_REDIS_PORT and
+# THROWAWAY_REDIS_URL, and stops the server at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 requests=${1:-100000}
 concurrency=${2:-50}
-. scripts/lib/throwaway-redis.sh
-start_throwaway_redis
-trap stop_throwaway_redis EXIT
-port=$REDIS_PORT
-
-cargo build --release -q -p ratelimit-core --example redis_throughput
-sha=$(redis-cli -p "$port" script load "$(cat lua/sliding_window.lua)")
+if [ -z "${THROWAWAY_REDIS_PORT:-}" ]; then
+  cargo build --release -q -p ratelimit-load --bin with-redis --bin redis-throughput
+  exec ./target/release/with-redis scripts/bench-redis.sh "$@"
+fi
+port=$THROWAWAY_REDIS_PORT
+# The script as the limiter sends it: the prelude, then the body (`assemble!` in
+# ratelimit-core/src/scripts.rs).
+sha=$(redis-cli -p "$port" script load "$(cat lua/prelude/clock.lua lua/prelude/binding.lua lua/sliding_window.lua)")
 window_us=1000000
 limit=1000000
 
@@ -29,4 +32,4 @@ for c in 1 "$concurrency"; do
   printf '%-50s %s\n' "redis-benchmark -c $c" "$rps"
 done
 redis-cli -p "$port" del 'bench:{k}:sw' >/dev/null
-./target/release/examples/redis_throughput "redis://127.0.0.1:$port" "$concurrency" "$requests"
+./target/release/redis-throughput --redis-url "$THROWAWAY_REDIS_URL" --concurrency "$concurrency" --requests "$requests"

@@ -1,17 +1,14 @@
 #!/usr/bin/env bash
 # The algorithms side by side: accuracy (in-memory twin, fake clock), Redis commands a
-# decision and memory a key (see ratelimit-core/examples/algorithms.rs for the definitions).
+# decision and memory a key (see load/src/bin/algorithms.rs for the definitions).
 #
-#   scripts/compare-algorithms.sh
+#   scripts/compare-algorithms.sh [--redis-url URL]
 #
-# Starts a throwaway redis-server on a free port, and stops it at the end.
+# The program starts a throwaway redis-server (the test harness's) on a free port, and stops it
+# at the end; with --redis-url it measures on that server instead.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-. scripts/lib/throwaway-redis.sh
-start_throwaway_redis
-trap stop_throwaway_redis EXIT
-
-cargo build --release -q -p ratelimit-core --example algorithms
+cargo build --release -q -p ratelimit-load --bin algorithms
 echo "# machine: $(nproc) cores, $(redis-server --version | cut -d' ' -f3)"
-./target/release/examples/algorithms "redis://127.0.0.1:$REDIS_PORT"
+./target/release/algorithms "$@"

@@ -6,7 +6,7 @@
 #
 # Installs cargo-tarpaulin on first use (about four minutes), builds into its own
 # target/tarpaulin (so it does not invalidate target/debug) and counts only lines under
-# ratelimit-core/src (unit-test modules, benches and examples excluded). Uses the LLVM
+# ratelimit-core/src (unit-test modules and benches excluded). Uses the LLVM
 # source-based engine: the ptrace engine is slow with the suites' multi-threaded tokio
 # runtimes and child processes. Set COVERAGE_ENGINE=ptrace to try it anyway.
 # Reports (HTML, LCOV, JSON) land in target/tarpaulin/report; exits non-zero if the
@@ -36,7 +36,7 @@ cargo tarpaulin \
     --target-dir target/tarpaulin --skip-clean \
     -p ratelimit-core -p ratelimit-tests \
     --include-files 'ratelimit-core/src/*' \
-    --exclude-files 'ratelimit-core/benches/*' --exclude-files 'ratelimit-core/examples/*' \
+    --exclude-files 'ratelimit-core/benches/*' \
     --timeout 900 --no-fail-fast --implicit-test-threads \
     --out Html --out Lcov --out Json --output-dir "$out" \
     2>&1 | tee "$log" || status=$?

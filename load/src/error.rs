@@ -8,9 +8,6 @@ use std::path::PathBuf;
 /// are not empty.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// A command-line argument is missing, unknown or malformed.
-    #[error("{0}")]
-    Usage(String),
     /// The options contradict each other or are out of range.
     #[error("invalid options: {0}")]
     InvalidOptions(String),

@@ -5,16 +5,18 @@
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
+use ratelimit_tests::reaper;
 use serde::Serialize;
 
 use crate::error::LoadError;
 use crate::http::get_once;
-use crate::spawn::spawn;
+use crate::resident::Resident;
 
 /// How long an instance gets to answer `/health` after it is spawned.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -99,7 +101,10 @@ impl Instance {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "warn");
         }
-        let child = spawn(cmd).map_err(|source| LoadError::Spawn {
+        // Its own process group: a Ctrl-C in the terminal reaches only the tool, which then
+        // stops its instances in order. The reaper kills it if the tool dies some other way.
+        cmd.process_group(0);
+        let child = reaper::spawn(cmd).map_err(|source| LoadError::Spawn {
             program: launch.program.to_path_buf(),
             source,
         })?;
@@ -150,10 +155,9 @@ impl Instance {
         self.child.id()
     }
 
-    /// Resident memory in KiB (`VmRSS` of `/proc/<pid>/status`), if it can be read.
+    /// Resident memory in KiB (`VmRSS`), if it can be read.
     pub(crate) fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        parse_vm_rss(&status)
+        Resident::of(self.pid()).map(|r| r.rss_kib)
     }
 
     /// The limiter's counters, from its `/metrics`.
@@ -190,20 +194,13 @@ impl Instance {
 impl Drop for Instance {
     fn drop(&mut self) {
         // SIGKILL: nothing of a limiter's state lives only in the process (Redis holds it).
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        reaper::kill(&mut self.child);
     }
 }
 
 /// A loopback address that nobody listens on right now.
 fn free_port() -> std::io::Result<SocketAddr> {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()
-}
-
-/// `VmRSS` in KiB from the text of `/proc/<pid>/status`.
-fn parse_vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Counters of a limiter, read from its Prometheus metrics (all label values summed).
@@ -270,13 +267,6 @@ fn sum_samples(text: &str, name: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn vm_rss_is_read_in_kib() {
-        let status = "Name:\tapi-server\nVmPeak:\t  200000 kB\nVmRSS:\t   12345 kB\nThreads:\t3\n";
-        assert_eq!(parse_vm_rss(status), Some(12345));
-        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
-    }
 
     #[test]
     fn counters_sum_every_label_set_and_skip_longer_names() {

@@ -7,28 +7,25 @@
 
 use std::process::ExitCode;
 
-use ratelimit_load::{Command, LoadError, Report, USAGE, run};
+use clap::{CommandFactory, Parser, error::ErrorKind};
+use ratelimit_load::{Args, LoadError, Report, run};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let (options, json) = match Command::parse(std::env::args().skip(1)) {
-        Ok(Command::Help) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Ok(Command::Run(options, json)) => (options, json),
-        Err(e) => {
-            eprintln!("ratelimit-load: {e}");
-            return ExitCode::from(2);
-        }
+    // clap prints `--help` and exits 0, or the error and exits 2.
+    let args = Args::parse();
+    let options = match args.options() {
+        Ok(options) => options,
+        Err(e) => Args::command().error(ErrorKind::ValueValidation, e).exit(),
     };
+    let json = args.json();
     // Dropping the run on a signal stops every process it started before we exit.
     let outcome = tokio::select! {
         outcome = run(&options) => outcome,
         () = interrupted() => Err(LoadError::Interrupted),
     };
     match outcome {
-        Ok(report) => match print(&report, json.as_deref()) {
+        Ok(report) => match print(&report, json) {
             Ok(()) if report.failures.is_empty() => ExitCode::SUCCESS,
             Ok(()) => ExitCode::FAILURE,
             Err(e) => {

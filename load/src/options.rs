@@ -1,36 +1,14 @@
 //! What a run does, built in code with [`Options`] or read from the command line with
-//! [`Command::parse`].
+//! [`Args`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use ratelimit_core::config::parse_duration;
 
 use crate::error::LoadError;
 use crate::redis_setup::RedisChoice;
-
-/// The command-line usage.
-pub const USAGE: &str = "\
-usage: ratelimit-load [OPTIONS]
-
-Starts Redis and N api-server instances sharing it, drives HTTP load over them, and prints
-requests/s, statuses, latency, Redis commands/s per node and the instances' memory as
-Markdown. Exits non-zero if any answer is neither 200 nor 429, or a request gets no answer.
-
-  --redis KIND          standalone | cluster | none       (default: standalone)
-  --redis-url URL,...   use an existing Redis (several URLs = a cluster) instead
-  --instances N         api-server instances              (default: 3)
-  --server-bin PATH     the api-server binary (default: built with
-                        `cargo build --release -p example-api-server`)
-  --config FILE         the instances' configuration      (default: load/config.yaml)
-  --connections N       client connections, round-robin over the instances (default: 64)
-  --duration D          measured load, e.g. 10s, 500ms, 1m (a bare number is seconds)
-                                                          (default: 10s)
-  --warmup D            unmeasured load before it         (default: 1s)
-  --keys N              distinct API keys                 (default: 10000)
-  --free-share F        share of the keys in the free tier, mostly denied (default: 0.1)
-  --rate R              fixed arrival rate, requests/s in all (default: as fast as possible)
-  --json FILE           also write the report as JSON to FILE (`-`: to stdout, instead
-                        of the Markdown)
-  -h, --help            this text";
 
 /// The parameters of a run. Every setter takes and returns the options, so a run reads as one
 /// expression; [`run`](crate::run) checks them.
@@ -172,123 +150,143 @@ impl Options {
     }
 }
 
-/// What the command line asks for.
-#[derive(Debug, Clone)]
-pub enum Command {
-    /// Print the usage.
-    Help,
-    /// Run with these options; write JSON to this file (`-`: stdout) if given.
-    Run(Options, Option<PathBuf>),
+/// The command line of `ratelimit-load`. Options left out keep the values of
+/// [`Options::default`]; durations are read as the configuration reads them (`500ms`, `10s`,
+/// `1m`; a bare number is refused).
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ratelimit-load",
+    about = "Starts Redis and N api-server instances sharing it, drives HTTP load over them, and \
+             prints requests/s, statuses, latency, Redis commands/s per node and the instances' \
+             memory as Markdown.",
+    after_help = "Exit status: 0 when every answer was 200 or 429; 1 when any answer was \
+                  neither or a request got no answer; 2 for bad arguments; 130 when interrupted."
+)]
+pub struct Args {
+    /// The Redis the instances share: a throwaway server, a throwaway 3-master cluster, or
+    /// none (instances decide in memory) [default: standalone]
+    #[arg(long, value_enum, value_name = "KIND")]
+    redis: Option<RedisKind>,
+    /// Use an existing Redis instead (several URLs: a cluster), left running
+    #[arg(
+        long,
+        value_name = "URL,...",
+        value_delimiter = ',',
+        conflicts_with = "redis"
+    )]
+    redis_url: Vec<String>,
+    /// api-server instances [default: 3]
+    #[arg(long, value_name = "N")]
+    instances: Option<usize>,
+    /// The api-server binary [default: built with `cargo build --release -p example-api-server`]
+    #[arg(long, value_name = "PATH")]
+    server_bin: Option<PathBuf>,
+    /// The instances' configuration [default: load/config.yaml]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Client connections, round-robin over the instances [default: 64]
+    #[arg(long, value_name = "N")]
+    connections: Option<usize>,
+    /// Measured load, e.g. 500ms, 10s, 1m [default: 10s]
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Unmeasured load before it (0s: none) [default: 1s]
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    warmup: Option<Duration>,
+    /// Distinct API keys [default: 10000]
+    #[arg(long, value_name = "N")]
+    keys: Option<u64>,
+    /// Share of the keys in the free tier, mostly denied [default: 0.1]
+    #[arg(long, value_name = "F")]
+    free_share: Option<f64>,
+    /// Fixed arrival rate, requests/s in all [default: as fast as possible]
+    #[arg(long, value_name = "R")]
+    rate: Option<u64>,
+    /// Also write the report as JSON to FILE (`-`: to stdout, instead of the Markdown)
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
-impl Command {
-    /// Reads the arguments (without the program name).
-    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, LoadError> {
-        let mut options = Options::default();
-        let mut json = None;
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            let mut value = |name: &str| {
-                args.next()
-                    .ok_or_else(|| LoadError::Usage(format!("{name} needs a value\n\n{USAGE}")))
-            };
-            match arg.as_str() {
-                "-h" | "--help" => return Ok(Self::Help),
-                "--redis" => {
-                    options.redis = match value("--redis")?.as_str() {
-                        "standalone" => RedisChoice::Standalone,
-                        "cluster" => RedisChoice::Cluster,
-                        "none" | "memory" => RedisChoice::None,
-                        other => {
-                            return Err(LoadError::Usage(format!(
-                                "--redis: `{other}` is not standalone, cluster or none"
-                            )));
+/// The throwaway Redis of `--redis`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RedisKind {
+    Standalone,
+    Cluster,
+    #[value(alias = "memory")]
+    None,
+}
+
+impl Args {
+    /// The run the arguments describe, checked with [`Options::validate`].
+    pub fn options(&self) -> Result<Options, LoadError> {
+        let defaults = Options::default();
+        let redis = if !self.redis_url.is_empty() {
+            RedisChoice::Urls(
+                self.redis_url
+                    .iter()
+                    .map(|u| u.trim())
+                    .filter(|u| !u.is_empty())
+                    .map(|u| {
+                        if u.contains("://") {
+                            u.to_owned()
+                        } else {
+                            format!("redis://{u}")
                         }
-                    };
-                }
-                "--redis-url" => {
-                    let urls = value("--redis-url")?
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|u| !u.is_empty())
-                        .map(|u| {
-                            if u.contains("://") {
-                                u.to_owned()
-                            } else {
-                                format!("redis://{u}")
-                            }
-                        })
-                        .collect();
-                    options.redis = RedisChoice::Urls(urls);
-                }
-                "--instances" => options.instances = number("--instances", &value("--instances")?)?,
-                "--server-bin" => options.server_bin = Some(value("--server-bin")?.into()),
-                "--config" => options.config = value("--config")?.into(),
-                "--connections" => {
-                    options.connections = number("--connections", &value("--connections")?)?;
-                }
-                "--duration" => options.duration = duration("--duration", &value("--duration")?)?,
-                "--warmup" => options.warmup = duration("--warmup", &value("--warmup")?)?,
-                "--keys" => options.keys = number("--keys", &value("--keys")?)?,
-                "--free-share" => {
-                    options.free_share = number("--free-share", &value("--free-share")?)?
-                }
-                "--rate" => options.rate = Some(number("--rate", &value("--rate")?)?),
-                "--json" => json = Some(value("--json")?.into()),
-                other => {
-                    return Err(LoadError::Usage(format!(
-                        "unknown argument `{other}`\n\n{USAGE}"
-                    )));
-                }
+                    })
+                    .collect(),
+            )
+        } else {
+            match self.redis {
+                None => defaults.redis.clone(),
+                Some(RedisKind::Standalone) => RedisChoice::Standalone,
+                Some(RedisKind::Cluster) => RedisChoice::Cluster,
+                Some(RedisKind::None) => RedisChoice::None,
             }
-        }
+        };
+        let options = Options {
+            redis,
+            instances: self.instances.unwrap_or(defaults.instances),
+            server_bin: self.server_bin.clone().or(defaults.server_bin),
+            config: self.config.clone().unwrap_or(defaults.config),
+            connections: self.connections.unwrap_or(defaults.connections),
+            duration: self.duration.unwrap_or(defaults.duration),
+            warmup: self.warmup.unwrap_or(defaults.warmup),
+            keys: self.keys.unwrap_or(defaults.keys),
+            free_share: self.free_share.unwrap_or(defaults.free_share),
+            rate: self.rate.or(defaults.rate),
+        };
         options.validate()?;
-        Ok(Self::Run(options, json))
+        Ok(options)
     }
-}
 
-fn number<T: std::str::FromStr>(name: &str, text: &str) -> Result<T, LoadError> {
-    text.trim()
-        .parse()
-        .map_err(|_| LoadError::Usage(format!("{name}: `{text}` is not a valid number")))
-}
-
-/// `500ms`, `10s`, `2m`, or a bare number of seconds (`1.5`).
-fn duration(name: &str, text: &str) -> Result<Duration, LoadError> {
-    let text = text.trim();
-    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = text.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (text, 1.0)
-    };
-    number
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|n| n.is_finite() && *n >= 0.0)
-        .and_then(|n| Duration::try_from_secs_f64(n * scale).ok())
-        .ok_or_else(|| {
-            LoadError::Usage(format!(
-                "{name}: `{text}` is not a duration like 500ms, 10s or 1m"
-            ))
-        })
+    /// Where to write the report as JSON (`-`: stdout), if asked.
+    pub fn json(&self) -> Option<&Path> {
+        self.json.as_deref()
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Command, LoadError> {
-        Command::parse(args.iter().map(|a| (*a).to_owned()))
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Args::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        let args =
+            Args::try_parse_from(std::iter::once("ratelimit-load").chain(args.iter().copied()))
+                .map_err(|e| e.to_string())?;
+        args.options().map_err(|e| e.to_string())
     }
 
     #[test]
     fn every_option_is_read() {
-        let Ok(Command::Run(options, json)) = parse(&[
+        let args = Args::try_parse_from([
+            "ratelimit-load",
             "--redis",
             "cluster",
             "--instances",
@@ -302,7 +300,7 @@ mod tests {
             "--duration",
             "1500ms",
             "--warmup",
-            "0",
+            "0s",
             "--keys",
             "77",
             "--free-share",
@@ -311,9 +309,9 @@ mod tests {
             "1000",
             "--json",
             "-",
-        ]) else {
-            panic!("the arguments are valid");
-        };
+        ])
+        .expect("the arguments are valid");
+        let options = args.options().expect("the options are valid");
         assert_eq!(options.redis, RedisChoice::Cluster);
         assert_eq!(options.instances, 5);
         assert_eq!(options.server_bin, Some(PathBuf::from("/bin/api")));
@@ -324,16 +322,23 @@ mod tests {
         assert_eq!(options.keys, 77);
         assert_eq!(options.free_keys(), 39);
         assert_eq!(options.rate, Some(1000));
-        assert_eq!(json, Some(PathBuf::from("-")));
+        assert_eq!(args.json(), Some(Path::new("-")));
+    }
+
+    #[test]
+    fn left_out_options_keep_the_defaults() {
+        let options = parse(&[]).expect("no arguments is a valid run");
+        let defaults = Options::default();
+        assert_eq!(options.redis, defaults.redis);
+        assert_eq!(options.duration, defaults.duration);
+        assert_eq!(options.config, defaults.config);
+        assert!(matches!(parse(&["--redis", "memory"]), Ok(o) if o.redis == RedisChoice::None));
     }
 
     #[test]
     fn redis_urls_get_a_scheme() {
-        let Ok(Command::Run(options, _)) =
-            parse(&["--redis-url", "127.0.0.1:7000, redis://h:7001"])
-        else {
-            panic!("the arguments are valid");
-        };
+        let options = parse(&["--redis-url", "127.0.0.1:7000, redis://h:7001"])
+            .expect("the arguments are valid");
         assert_eq!(
             options.redis,
             RedisChoice::Urls(vec![
@@ -344,16 +349,16 @@ mod tests {
     }
 
     #[test]
-    fn durations_take_units_and_bare_seconds() {
-        assert_eq!(duration("d", "10s").ok(), Some(Duration::from_secs(10)));
-        assert_eq!(duration("d", "2m").ok(), Some(Duration::from_secs(120)));
-        assert_eq!(
-            duration("d", "250ms").ok(),
-            Some(Duration::from_millis(250))
-        );
-        assert_eq!(duration("d", "3").ok(), Some(Duration::from_secs(3)));
-        assert!(duration("d", "soon").is_err());
-        assert!(duration("d", "-1s").is_err());
+    fn durations_are_read_as_the_configuration_reads_them() {
+        let duration = |text: &str| parse(&["--duration", text]).map(|o| o.duration);
+        assert_eq!(duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("1m30s"), Ok(Duration::from_secs(90)));
+        for refused in ["3", "soon", "-1s"] {
+            assert!(duration(refused).is_err(), "{refused} accepted");
+        }
+        assert!(duration("3").is_err_and(|e| e.contains("has no unit")));
     }
 
     #[test]
@@ -363,14 +368,17 @@ mod tests {
             (&["--keys", "many"][..], "--keys"),
             (&["--free-share", "2"][..], "--free-share"),
             (&["--redis", "sentinel"][..], "sentinel"),
-            (&["--rate"][..], "--rate needs a value"),
-            (&["--bogus"][..], "unknown argument `--bogus`"),
+            (
+                &["--redis", "cluster", "--redis-url", "h:1"][..],
+                "--redis-url",
+            ),
+            (&["--rate"][..], "--rate"),
+            (&["--bogus"][..], "--bogus"),
         ] {
             match parse(args) {
-                Err(e) => assert!(e.to_string().contains(needle), "{args:?}: {e}"),
-                Ok(c) => panic!("{args:?} accepted as {c:?}"),
+                Err(e) => assert!(e.contains(needle), "{args:?}: {e}"),
+                Ok(o) => panic!("{args:?} accepted as {o:?}"),
             }
         }
-        assert!(matches!(parse(&["-h"]), Ok(Command::Help)));
     }
 }

@@ -1,7 +1,9 @@
 //! The Redis the instances share: a throwaway standalone server or 3-master cluster (from the
 //! `ratelimit-tests` harness, killed when dropped or when this process dies), an existing one,
-//! or none; and the per-node command counts of `INFO commandstats`.
+//! or none; the one server the measuring programs (`src/bin/`) run on; and the per-node command
+//! counts of `INFO commandstats`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use ratelimit_tests::{RedisCluster, RedisServer};
@@ -86,24 +88,85 @@ impl RedisSetup {
     pub(crate) async fn command_counts(&self) -> Result<Vec<CommandCounts>, LoadError> {
         let mut counts = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
-            let error = |source| LoadError::Redis {
-                node: node.clone(),
-                source,
-            };
-            let client = redis::Client::open(node.as_str()).map_err(error)?;
-            let mut connection = client
-                .get_multiplexed_async_connection()
-                .await
-                .map_err(error)?;
-            let info: String = redis::cmd("INFO")
-                .arg("commandstats")
-                .query_async(&mut connection)
-                .await
-                .map_err(error)?;
-            counts.push(CommandCounts::parse(&info));
+            counts.push(CommandCounts::read(node).await?);
         }
         Ok(counts)
     }
+}
+
+/// The one standalone Redis a measuring program runs on: the server at a URL given (left
+/// running), or a throwaway `redis-server` from the `ratelimit-tests` harness, killed when this
+/// is dropped or when the process dies.
+pub struct MeasuredRedis(RedisSetup);
+
+impl MeasuredRedis {
+    /// The server at `url`, or a throwaway one when `url` is `None`.
+    pub async fn start(url: Option<String>) -> Result<Self, LoadError> {
+        let choice = match url {
+            Some(url) => RedisChoice::Urls(vec![url]),
+            None => RedisChoice::Standalone,
+        };
+        RedisSetup::start(&choice).await.map(Self)
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> &str {
+        // `start` never makes a setup without a URL.
+        self.0.url.as_deref().unwrap_or_default()
+    }
+}
+
+/// One command's line of `INFO commandstats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommandStat {
+    /// Every call, whatever its outcome.
+    pub calls: u64,
+    /// Calls that ran and returned an error (a script's `NOSCRIPT`, a `redis.error_reply`).
+    pub failed_calls: u64,
+    /// Calls refused before running (wrong arity, out of memory).
+    pub rejected_calls: u64,
+}
+
+/// `INFO commandstats` of the node at `url`, by lowercase command name (`evalsha`,
+/// `script|load`). Redis counts the commands a script runs as well as the call that ran it.
+pub async fn commandstats(url: &str) -> Result<BTreeMap<String, CommandStat>, LoadError> {
+    let error = |source| LoadError::Redis {
+        node: url.to_owned(),
+        source,
+    };
+    let client = redis::Client::open(url).map_err(error)?;
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(error)?;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut connection)
+        .await
+        .map_err(error)?;
+    Ok(parse_commandstats(&info))
+}
+
+/// Reads lines like `cmdstat_evalsha:calls=12,usec=...,rejected_calls=0,failed_calls=1`.
+fn parse_commandstats(info: &str) -> BTreeMap<String, CommandStat> {
+    info.lines()
+        .filter_map(|line| {
+            let (name, fields) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |key: &str| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            let stat = CommandStat {
+                calls: field("calls"),
+                failed_calls: field("failed_calls"),
+                rejected_calls: field("rejected_calls"),
+            };
+            Some((name.to_ascii_lowercase(), stat))
+        })
+        .collect()
 }
 
 fn panic_message(error: tokio::task::JoinError) -> String {
@@ -129,40 +192,29 @@ pub struct CommandCounts {
 }
 
 impl CommandCounts {
-    /// Reads lines like `cmdstat_evalsha:calls=12,usec=...,rejected_calls=0,failed_calls=1`.
-    fn parse(info: &str) -> Self {
+    /// The counts of the node at `url`, now.
+    pub async fn read(url: &str) -> Result<Self, LoadError> {
+        commandstats(url).await.map(|stats| Self::count(&stats))
+    }
+
+    fn count(stats: &BTreeMap<String, CommandStat>) -> Self {
         let mut counts = Self::default();
-        for line in info.lines() {
-            let Some((name, fields)) = line
-                .trim()
-                .strip_prefix("cmdstat_")
-                .and_then(|l| l.split_once(':'))
-            else {
-                continue;
-            };
-            let field = |key: &str| {
-                fields
-                    .split(',')
-                    .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            let calls = field("calls");
-            let name = name.to_ascii_lowercase();
+        for (name, stat) in stats {
             if name == "evalsha" {
-                counts.evalsha += calls
-                    .saturating_sub(field("failed_calls"))
-                    .saturating_sub(field("rejected_calls"));
+                counts.evalsha += stat
+                    .calls
+                    .saturating_sub(stat.failed_calls)
+                    .saturating_sub(stat.rejected_calls);
             }
             if name != "info" {
-                counts.total += calls;
+                counts.total += stat.calls;
             }
         }
         counts
     }
 
     /// The commands run between `earlier` and `self`.
-    pub(crate) fn since(self, earlier: Self) -> Self {
+    pub fn since(self, earlier: Self) -> Self {
         Self {
             total: self.total.saturating_sub(earlier.total),
             evalsha: self.evalsha.saturating_sub(earlier.evalsha),
@@ -181,8 +233,17 @@ mod tests {
             cmdstat_script|load:calls=4,usec=40,usec_per_call=10.00,rejected_calls=0,failed_calls=0\r\n\
             cmdstat_info:calls=7,usec=70,usec_per_call=10.00,rejected_calls=0,failed_calls=0\r\n\
             cmdstat_ping:calls=2,usec=1,usec_per_call=0.50,rejected_calls=0,failed_calls=0\r\n";
+        let stats = parse_commandstats(info);
         assert_eq!(
-            CommandCounts::parse(info),
+            stats["script|load"],
+            CommandStat {
+                calls: 4,
+                failed_calls: 0,
+                rejected_calls: 0,
+            }
+        );
+        assert_eq!(
+            CommandCounts::count(&stats),
             CommandCounts {
                 total: 1009,
                 evalsha: 1000,
@@ -193,7 +254,7 @@ mod tests {
             evalsha: 0,
         };
         assert_eq!(
-            CommandCounts::parse(info).since(before),
+            CommandCounts::count(&stats).since(before),
             CommandCounts {
                 total: 1000,
                 evalsha: 1000,

@@ -15,7 +15,9 @@
 //! warm-up) are counted by a global allocator and printed (`allocations per decision, ...`).
 
 // A global allocator is an `unsafe impl GlobalAlloc`; the workspace denies unsafe code. The impl
-// only forwards to `System` and counts (as in `tests/tests/allocations.rs`).
+// only forwards to `System` and counts. It, and the throwaway `redis-server` below, are copies of
+// the test harness's (`ratelimit_tests::CountingAllocator`, `ratelimit_tests::RedisServer`): the
+// harness crate depends on this one, so this bench cannot depend on it without a cycle.
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};

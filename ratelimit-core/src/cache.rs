@@ -81,8 +81,8 @@ impl Lease {
 struct ByteWeighter;
 
 /// Bytes an entry costs beyond its key: the value, the cache's own bookkeeping and what the
-/// allocator adds. Measured with `examples/soak.rs`: a cached denial costs about 260 bytes of
-/// resident memory with a 20-byte key (96 here, as first estimated, let a 64 MB cache take
+/// allocator adds. Measured with `load/src/bin/soak.rs`: a cached denial costs about 260 bytes
+/// of resident memory with a 20-byte key (96 here, as first estimated, let a 64 MB cache take
 /// 2.3 times that).
 const ENTRY_OVERHEAD: u64 = 240;
 

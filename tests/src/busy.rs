@@ -34,9 +34,7 @@ impl BusyLoops {
 impl Drop for BusyLoops {
     fn drop(&mut self) {
         for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-            reaper::forget(child.id());
+            reaper::kill(child);
         }
     }
 }

@@ -10,7 +10,8 @@
 //!
 //! Redis processes never outlive the test binary: they are forked by one
 //! long-lived thread with `PR_SET_PDEATHSIG = SIGKILL`, and an atexit handler
-//! kills any that are still registered. `redis-server` and `redis-cli` must
+//! kills any that are still registered ([`reaper`], which the measuring tools
+//! of `load/` use for their own child processes too). `redis-server` and `redis-cli` must
 //! be on `PATH`; if not, the harness panics and asks you to run
 //! `scripts/test.sh`, which installs them. Tests are never skipped.
 //!
@@ -33,7 +34,7 @@ mod inspect;
 mod phase;
 pub mod ports;
 pub mod proxy;
-mod reaper;
+pub mod reaper;
 mod server;
 mod shared;
 mod tools;

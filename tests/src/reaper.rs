@@ -1,14 +1,16 @@
-//! Spawning redis processes so that they never outlive the test binary.
+//! Spawning child processes so that they never outlive the process that
+//! started them.
 //!
-//! Every redis process of the harness is spawned here, from one dedicated
-//! thread that lives as long as the process. Two independent safety nets make
-//! sure the children die with the test binary, even when a test panics or the
-//! binary is killed:
+//! Every process of the harness (redis servers, busy loops) is spawned here,
+//! and so are those of the measuring tools in `load/` (api-server instances,
+//! soak phases): from one dedicated thread that lives as long as the process.
+//! Two independent safety nets make sure the children die with their parent,
+//! even when a test panics or the binary is killed:
 //!
 //! * each child gets `PR_SET_PDEATHSIG = SIGKILL`. The kernel fires it when
 //!   the *thread* that forked the child exits, which is why the forking is
 //!   done by the long-lived spawner thread rather than by the (short-lived)
-//!   test thread that asked for the server;
+//!   thread that asked for the process;
 //! * every child PID is kept in a global list, and a `libc::atexit` handler
 //!   SIGKILLs whatever is still listed (libtest finishes through
 //!   `std::process::exit`, which runs atexit handlers). The same handler
@@ -40,24 +42,36 @@ static SPAWNER: OnceLock<mpsc::Sender<Request>> = OnceLock::new();
 static ATEXIT: Once = Once::new();
 
 /// Spawns `cmd` from the long-lived spawner thread, with `PR_SET_PDEATHSIG`
-/// set to SIGKILL, and registers its PID for the atexit handler.
-pub(crate) fn spawn(cmd: Command) -> io::Result<Child> {
+/// set to SIGKILL, and registers its PID for the atexit handler. Once the
+/// child has been waited for, [`forget`] it (or let [`kill`] do both).
+///
+/// ```no_run
+/// use std::process::Command;
+///
+/// let mut sleep = Command::new("sleep");
+/// sleep.arg("60");
+/// let mut child = ratelimit_tests::reaper::spawn(sleep)?;
+/// // ... this process may now panic or be killed: `sleep` dies with it ...
+/// ratelimit_tests::reaper::kill(&mut child);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn spawn(cmd: Command) -> io::Result<Child> {
     install_atexit();
     let spawner = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Request>();
         thread::Builder::new()
-            .name("redis-spawner".into())
+            .name("reaper-spawner".into())
             .spawn(move || spawner_loop(rx))
-            .expect("failed to start the redis spawner thread");
+            .expect("failed to start the reaper's spawner thread");
         tx
     });
     let (reply_tx, reply_rx) = mpsc::channel();
     spawner
         .send((cmd, reply_tx))
-        .expect("the redis spawner thread is gone");
+        .expect("the reaper's spawner thread is gone");
     reply_rx
         .recv()
-        .expect("the redis spawner thread dropped a request")
+        .expect("the reaper's spawner thread dropped a request")
 }
 
 /// Body of the spawner thread. It never returns while the process lives: the
@@ -91,8 +105,16 @@ fn spawner_loop(rx: mpsc::Receiver<Request>) {
 }
 
 /// Removes `pid` from the atexit list; call it once the child has been waited for.
-pub(crate) fn forget(pid: u32) {
+pub fn forget(pid: u32) {
     lock(&PIDS).retain(|&p| p != pid);
+}
+
+/// SIGKILLs a child of [`spawn`], waits for it and [`forget`]s it. A child that already
+/// exited is only reaped.
+pub fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+    forget(child.id());
 }
 
 /// Registers a directory to delete when the process exits.

@@ -163,9 +163,7 @@ impl RedisServer {
     /// SIGKILLs the process and waits for it to exit. No-op if not running.
     pub fn kill(&self) {
         if let Some(mut c) = self.child().take() {
-            let _ = c.kill();
-            let _ = c.wait();
-            reaper::forget(c.id());
+            reaper::kill(&mut c);
         }
     }
 
@@ -180,9 +178,7 @@ impl RedisServer {
         while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(20));
         }
-        let _ = c.kill();
-        let _ = c.wait();
-        reaper::forget(c.id());
+        reaper::kill(&mut c);
     }
 
     /// Freezes the process with SIGSTOP: it keeps its port and its data, the kernel still

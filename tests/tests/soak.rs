@@ -1,7 +1,6 @@
 //! Memory bounded by configuration under many distinct keys, at CI size: counts the bounded
 //! structures themselves (tracked keys, cache bytes, hot keys), never time or resident memory.
-//! `ratelimit-core/examples/soak.rs` (`scripts/soak.sh`) measures the resident memory at full
-//! size.
+//! `load/src/bin/soak.rs` (`scripts/soak.sh`) measures the resident memory at full size.
 //!
 //! A `RateLimiter` does not say how many keys its in-memory backend tracks, so the in-memory
 //! bound is checked twice: on `MemoryBackend` itself (public, with `len()`), and on a limiter

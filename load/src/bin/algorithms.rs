@@ -19,14 +19,17 @@
 //! for limits of 100 and 1000.
 //!
 //! ```text
-//! cargo run --release -p ratelimit-core --example algorithms -- redis://127.0.0.1:6379
+//! cargo run --release -p ratelimit-load --bin algorithms [-- --redis-url redis://127.0.0.1:6379]
 //! ```
-//! `scripts/compare-algorithms.sh` starts a throwaway Redis and runs it.
+//! Without `--redis-url` it runs on a throwaway `redis-server` (the test harness's), stopped at
+//! the end; `scripts/compare-algorithms.sh` builds and runs it so.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
+use clap::Parser;
 use ratelimit_core::{Algorithm, Config, FakeClock, Policy, RateLimiter, RedisConfig, Window};
+use ratelimit_load::{MeasuredRedis, commandstats};
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -169,24 +172,6 @@ async fn accuracy() -> Result<(), AnyError> {
     Ok(())
 }
 
-async fn info(
-    conn: &mut redis::aio::MultiplexedConnection,
-    section: &str,
-) -> Result<String, AnyError> {
-    Ok(redis::cmd("INFO").arg(section).query_async(conn).await?)
-}
-
-/// Calls of every command in `INFO commandstats`.
-fn command_calls(info: &str) -> BTreeMap<String, u64> {
-    info.lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(":calls=")?;
-            let calls = rest.split(',').next()?.parse().ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .collect()
-}
-
 async fn redis_costs(url: &str) -> Result<(), AnyError> {
     let client = redis::Client::open(url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
@@ -223,17 +208,17 @@ async fn redis_costs(url: &str) -> Result<(), AnyError> {
                 denied += u64::from(!decision.allowed());
             }
             assert_eq!(denied, if deny { DECISIONS } else { 0 }, "{name}");
-            let calls = command_calls(&info(&mut conn, "commandstats").await?);
+            let calls: Vec<(String, u64)> = commandstats(url)
+                .await?
+                .into_iter()
+                .filter(|(c, _)| !is_ours(c))
+                .map(|(c, stat)| (c, stat.calls))
+                .collect();
             let inner: Vec<String> = calls
                 .iter()
-                .filter(|(c, _)| !is_ours(c))
                 .map(|(c, n)| format!("{} {}", c.to_uppercase(), fmt(*n as f64 / DECISIONS as f64)))
                 .collect();
-            let total: u64 = calls
-                .iter()
-                .filter(|(c, _)| !is_ours(c))
-                .map(|(_, n)| n)
-                .sum();
+            let total: u64 = calls.iter().map(|(_, n)| n).sum();
             cells.push(format!(
                 "{} ({})",
                 fmt(total as f64 / DECISIONS as f64),
@@ -304,12 +289,32 @@ async fn spent_key_bytes(
     Ok(total / IDENTITIES)
 }
 
+/// The algorithms side by side: accuracy (in-memory twin, fake clock), Redis commands a
+/// decision and memory a key.
+#[derive(Debug, Parser)]
+#[command(name = "algorithms")]
+struct Args {
+    /// An existing Redis to measure on (the keys written are left there) [default: a throwaway
+    /// redis-server]
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), AnyError> {
-    let url = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
+    let args = Args::parse();
     accuracy().await?;
-    redis_costs(&url).await?;
+    let redis = MeasuredRedis::start(args.redis_url).await?;
+    redis_costs(redis.url()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Args::command().debug_assert();
+    }
 }

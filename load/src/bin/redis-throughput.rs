@@ -2,29 +2,49 @@
 //!
 //! Beside the limiter it measures bare `EVALSHA` of the same script over a multiplexed
 //! connection and over a bb8 pool, so the cost of the limiter's own work and the choice of
-//! connection show in one run. `scripts/bench-redis.sh` runs it next to `redis-benchmark`.
+//! connection show in one run. `scripts/bench-redis.sh` runs it next to `redis-benchmark`, on
+//! the same throwaway server.
 //!
 //! ```text
-//! cargo run --release -p ratelimit-core --example redis_throughput -- redis://127.0.0.1:6379 50 20000
+//! cargo run --release -p ratelimit-load --bin redis-throughput -- --concurrency 50 --requests 20000 [--redis-url URL]
 //! ```
+//! Without `--redis-url` it runs on a throwaway `redis-server` (the test harness's), stopped at
+//! the end.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use ratelimit_core::{Config, RateLimiter, RedisConfig, Window, scripts};
+use ratelimit_load::MeasuredRedis;
 use redis::AsyncCommands;
 
 /// The policy the benchmark measures: large enough that every call is allowed and writes.
 const LIMIT: u64 = 1_000_000;
 
+/// Measures `allow` on Redis (one caller, then many), beside bare `EVALSHA` of the same script
+/// over a multiplexed connection and a bb8 pool.
+#[derive(Debug, Parser)]
+#[command(name = "redis-throughput")]
+struct Args {
+    /// Concurrent callers
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: u32,
+    /// Calls of each concurrent measurement (a quarter of them for the single caller)
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    requests: usize,
+    /// An existing Redis to measure on [default: a throwaway redis-server]
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let url = args
-        .next()
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-    let concurrency: usize = args.next().map_or(Ok(50), |a| a.parse())?;
-    let requests: usize = args.next().map_or(Ok(20_000), |a| a.parse())?;
+    let args = Args::parse();
+    let redis = MeasuredRedis::start(args.redis_url).await?;
+    let url = redis.url().to_owned();
+    let concurrency = args.concurrency as usize;
+    let requests = args.requests;
     let pool_sizes = [1usize, 4];
 
     println!("# allow on {url}: {requests} requests, sliding_window {LIMIT}/1s");
@@ -104,7 +124,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let pool = bb8::Pool::builder()
-        .max_size(u32::try_from(concurrency).unwrap_or(50))
+        .max_size(args.concurrency)
         .build(client.clone())
         .await?;
     let pooled = run(concurrency, requests, {
@@ -189,4 +209,14 @@ where
         requests: per_caller * callers,
         elapsed: started.elapsed(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Args::command().debug_assert();
+    }
 }

@@ -17,7 +17,7 @@
 //! - **false denials**: denied requests at whose send time the trailing second held fewer than
 //!   `limit - cost + 1` allowed requests (an exact limiter would have admitted them), as a share
 //!   of the denied and of all requests;
-//! - **script calls per decision**: `EVALSHA` (and `EVAL`) calls in `INFO commandstats`, before
+//! - **script calls per decision**: successful `EVALSHA` calls in `INFO commandstats`, before
 //!   and after, over the decisions made.
 //!
 //! Timestamps are the client's: Redis decides by its own clock (`TIME`, same machine here) at
@@ -29,15 +29,19 @@
 //! exact cache, back to back and paced at 2,000 a second, counting the script calls they cost.
 //!
 //! ```text
-//! cargo run --release -p ratelimit-core --example cache_accuracy -- redis://127.0.0.1:6379 10
+//! cargo run --release -p ratelimit-load --bin cache-accuracy -- --duration 10s [--redis-url URL]
 //! ```
-//! `scripts/cache-accuracy.sh` starts a throwaway Redis and runs it.
+//! Without `--redis-url` it runs on a throwaway `redis-server` (the test harness's), stopped at
+//! the end; `scripts/cache-accuracy.sh` builds and runs it so.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+use ratelimit_core::config::parse_duration;
 use ratelimit_core::{CacheConfig, Config, RateLimiter, RedisConfig, Source};
+use ratelimit_load::{CommandCounts, MeasuredRedis};
 
 /// The policy: `LIMIT` per `WINDOW`, sliding window, cost 1.
 const LIMIT: u64 = 100;
@@ -149,18 +153,30 @@ struct Row {
     fallback: u64,
 }
 
+/// What the local cache costs in accuracy and saves in Redis calls: four limiters sharing one
+/// Redis and one hot key, steady and bursty loads, no cache / exact cache / leases of 5 and 20,
+/// then an abusive client.
+#[derive(Debug, Parser)]
+#[command(name = "cache-accuracy")]
+struct Args {
+    /// How long each steady run lasts (the bursty runs as many bursts as fit in it), e.g. 10s
+    #[arg(long, value_name = "D", default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// An existing Redis to measure on [default: a throwaway redis-server]
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), AnyError> {
-    let mut args = std::env::args().skip(1);
-    let url = args
-        .next()
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-    let seconds: u64 = args.next().map_or(Ok(10), |a| a.parse())?;
-    let client = redis::Client::open(url.as_str())?;
-    let mut stats = client.get_multiplexed_async_connection().await?;
+    let args = Args::parse();
+    let redis = MeasuredRedis::start(args.redis_url).await?;
+    let url = redis.url();
 
-    let length = Duration::from_secs(seconds);
-    let bursts = u32::try_from((seconds * 1000).div_ceil(BURST_EVERY.as_millis() as u64))?.max(1);
+    let length = args.duration;
+    let every = BURST_EVERY.as_micros();
+    let bursts = u32::try_from(length.as_micros().div_ceil(every))?.max(1);
+    let for_length = humantime::format_duration(length);
     let loads = [
         Load::Steady {
             rate: STEADY_RATE,
@@ -177,8 +193,8 @@ async fn main() -> Result<(), AnyError> {
         "# {INSTANCES} limiters, one hot key, sliding_window {LIMIT}/{WINDOW:?}, cache ttl {CACHE_TTL:?}"
     );
     println!(
-        "# steady: {STEADY_RATE}/s for {seconds}s; bursty: {BURST} within {BURST_SPAN:?} every \
-         {BURST_EVERY:?}, {bursts} times; under the limit: {UNDER_RATE}/s for {seconds}s"
+        "# steady: {STEADY_RATE}/s for {for_length}; bursty: {BURST} within {BURST_SPAN:?} every \
+         {BURST_EVERY:?}, {bursts} times; under the limit: {UNDER_RATE}/s for {for_length}"
     );
     println!("# every request is its own task; request k goes to limiter k % {INSTANCES}");
     println!();
@@ -192,7 +208,7 @@ async fn main() -> Result<(), AnyError> {
     for load in loads {
         for mode in modes {
             run_index += 1;
-            let row = run(&url, &mut stats, mode, load, run_index).await?;
+            let row = run(url, mode, load, run_index).await?;
             print_row(&row);
         }
     }
@@ -206,10 +222,9 @@ async fn main() -> Result<(), AnyError> {
     println!("| --- | --- | --- | --- |");
     for pace in [None, Some(Duration::from_micros(500))] {
         run_index += 1;
-        let (bare, bare_allowed) = abuse(&url, &mut stats, Mode::NoCache, pace, run_index).await?;
+        let (bare, bare_allowed) = abuse(url, Mode::NoCache, pace, run_index).await?;
         run_index += 1;
-        let (cached, cached_allowed) =
-            abuse(&url, &mut stats, Mode::Exact, pace, run_index).await?;
+        let (cached, cached_allowed) = abuse(url, Mode::Exact, pace, run_index).await?;
         println!(
             "| {} | {bare} | {cached} ({:.2}% of them) | {bare_allowed} / {cached_allowed} |",
             match pace {
@@ -222,13 +237,7 @@ async fn main() -> Result<(), AnyError> {
     Ok(())
 }
 
-async fn run(
-    url: &str,
-    stats: &mut redis::aio::MultiplexedConnection,
-    mode: Mode,
-    load: Load,
-    run_index: u32,
-) -> Result<Row, AnyError> {
+async fn run(url: &str, mode: Mode, load: Load, run_index: u32) -> Result<Row, AnyError> {
     let mut limiters = Vec::with_capacity(INSTANCES);
     for _ in 0..INSTANCES {
         limiters.push(RateLimiter::new(mode.config(url)).await?);
@@ -240,7 +249,7 @@ async fn run(
             limiter.peek(&*format!("warm:{run_index}")).await?;
         }
     }
-    let before = script_calls(stats).await?;
+    let before = script_calls(url).await?;
     let started = Instant::now();
     let mut requests = Vec::new();
     for (k, at) in load.schedule().into_iter().enumerate() {
@@ -260,7 +269,7 @@ async fn run(
     for request in requests {
         records.push(request.await??);
     }
-    let script_calls = script_calls(stats).await? - before;
+    let script_calls = script_calls(url).await? - before;
     let (leases_taken, stranded, fallback) =
         limiters.iter().fold((0, 0, 0), |(l, s, f), limiter| {
             let stats = limiter.stats();
@@ -350,7 +359,6 @@ fn exact_admissions(records: &[Record]) -> usize {
 /// returns the script calls those made and how many were allowed.
 async fn abuse(
     url: &str,
-    stats: &mut redis::aio::MultiplexedConnection,
     mode: Mode,
     pace: Option<Duration>,
     run_index: u32,
@@ -360,7 +368,7 @@ async fn abuse(
     for _ in 0..LIMIT {
         limiter.allow(&*key).await?;
     }
-    let before = script_calls(stats).await?;
+    let before = script_calls(url).await?;
     let started = Instant::now();
     let mut allowed = 0;
     for k in 0..ABUSE {
@@ -371,29 +379,12 @@ async fn abuse(
             allowed += 1;
         }
     }
-    Ok((script_calls(stats).await? - before, allowed))
+    Ok((script_calls(url).await? - before, allowed))
 }
 
-/// `EVALSHA` and `EVAL` calls so far, from `INFO commandstats`.
-async fn script_calls(con: &mut redis::aio::MultiplexedConnection) -> Result<u64, AnyError> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(con)
-        .await?;
-    let mut calls = 0;
-    for line in info.lines() {
-        let Some((name, fields)) = line.split_once(':') else {
-            continue;
-        };
-        if name == "cmdstat_evalsha" || name == "cmdstat_eval" {
-            let count = fields
-                .split(',')
-                .find_map(|f| f.strip_prefix("calls="))
-                .ok_or("no calls= in commandstats")?;
-            calls += count.parse::<u64>()?;
-        }
-    }
-    Ok(calls)
+/// Successful `EVALSHA` calls so far: decisions made in Redis.
+async fn script_calls(url: &str) -> Result<u64, AnyError> {
+    Ok(CommandCounts::read(url).await?.evalsha)
 }
 
 fn print_row(row: &Row) {
@@ -425,4 +416,14 @@ fn print_row(row: &Row) {
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Args::command().debug_assert();
+    }
 }

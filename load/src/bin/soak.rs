@@ -33,32 +33,37 @@
 //!       + max_size * CACHE_OVERHEAD_FACTOR  (exact, lease)
 //! ```
 //!
-//! Both modes print Markdown tables. The Redis phases start a throwaway `redis-server` (on
-//! `PATH`) on a free loopback port, without persistence, and kill it at the end.
+//! Both modes print Markdown tables. The Redis phases run on a throwaway `redis-server` (the
+//! test harness's: a free loopback port, no persistence), stopped at the end, unless
+//! `--redis-url` names one. The phases' child processes go through the harness's reaper, so
+//! they die with the parent.
 //!
 //! ```text
-//! cargo run --release -p ratelimit-core --example soak -- keys [--keys 10000000] [--redis-keys N]
-//! cargo run --release -p ratelimit-core --example soak -- steady [--duration 10m] [--rate 20000]
+//! cargo run --release -p ratelimit-load --bin soak -- keys [--keys 10000000] [--redis-keys N]
+//! cargo run --release -p ratelimit-load --bin soak -- steady [--duration 10m] [--rate 20000]
 //! ```
 //!
 //! Options (both modes): `--max-keys 1000000`, `--max-size 64MB`, `--phases
-//! memory,backend,exact,lease`, `--concurrency 64` (tasks driving each Redis phase). `keys`:
-//! `--keys`, `--redis-keys`. `steady`: `--duration`, `--rate`, `--population`, `--every 10s`.
+//! memory,backend,exact,lease`, `--concurrency 64` (tasks driving each Redis phase),
+//! `--redis-url`. `keys`: `--keys`, `--redis-keys`. `steady`: `--duration`, `--rate`,
+//! `--population`, `--every 10s`. Durations and sizes are read as the configuration reads them.
 //! `scripts/soak.sh` builds and runs both modes.
 
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
-use std::net::TcpListener;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use clap::{Parser, Subcommand, ValueEnum};
 use ratelimit_core::backend::MemoryBackend;
 use ratelimit_core::config::{MemoryConfig, parse_duration, parse_size};
 use ratelimit_core::{
     CacheConfig, Config, Identity, Policy, RateLimiter, RedisConfig, Source, SystemClock,
 };
+use ratelimit_load::{MeasuredRedis, Resident};
+use ratelimit_tests::reaper;
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -83,23 +88,102 @@ const CACHE_TTL: Duration = Duration::from_millis(500);
 /// The most permits one lease reserves.
 const LEASE_SIZE: u64 = 10;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Keys,
-    Steady,
+/// Soak: the limiter's memory stays bounded by its configuration under millions of distinct
+/// keys. Each phase runs in a child process of its own; Markdown tables on stdout, progress on
+/// stderr; exits non-zero if a bound did not hold.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "soak")]
+struct Options {
+    #[command(subcommand)]
+    mode: Mode,
+    /// The in-memory backend's bound (memory, backend)
+    #[arg(long, global = true, value_name = "N", default_value_t = 1_000_000)]
+    max_keys: usize,
+    /// The cache's bound (exact, lease), e.g. 64MB, 1MiB
+    #[arg(long, global = true, value_name = "SIZE", default_value = "64MB", value_parser = parse_size)]
+    max_size: u64,
+    /// The phases to run
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "memory,backend,exact,lease"
+    )]
+    phases: Vec<Phase>,
+    /// Tasks driving each Redis phase
+    #[arg(long, global = true, value_name = "N", default_value_t = 64)]
+    concurrency: usize,
+    /// An existing Redis for the Redis phases [default: a throwaway redis-server]
+    #[arg(long, global = true, value_name = "URL")]
+    redis_url: Option<String>,
+    /// The phase a child process runs (given by the parent to its children).
+    #[arg(long, global = true, hide = true)]
+    phase: Option<Phase>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+enum Mode {
+    /// Every phase in turn, N distinct keys each, each key visited once
+    Keys {
+        /// Distinct keys a phase
+        #[arg(long, value_name = "N", default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+        keys: u64,
+        /// Distinct keys a Redis phase [default: the least of --keys and 2000000]
+        #[arg(long, value_name = "N")]
+        redis_keys: Option<u64>,
+    },
+    /// Every phase side by side, at a fixed rate of decisions for a duration
+    Steady(Steady),
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Keys { .. } => "keys",
+            Self::Steady(_) => "steady",
+        }
+    }
+}
+
+/// The options of mode `steady`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+struct Steady {
+    /// How long, e.g. 10m
+    #[arg(long, value_name = "D", default_value = "10m", value_parser = parse_duration)]
+    duration: Duration,
+    /// Decisions a second, each phase
+    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    rate: u64,
+    /// Keys the visits rotate over
+    #[arg(long, value_name = "N", default_value_t = 4_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    population: u64,
+    /// How often memory is sampled, e.g. 10s
+    #[arg(long, value_name = "D", default_value = "10s", value_parser = positive_duration)]
+    every: Duration,
+}
+
+/// A duration read as the configuration reads it, longer than zero.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err("must be longer than zero".to_owned()),
+        duration => Ok(duration),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Phase {
+    /// A `RateLimiter` with the in-memory backend
     Memory,
+    /// The in-memory backend driven directly
     Backend,
+    /// A Redis-backed limiter, the cache in exact mode
     Exact,
+    /// A Redis-backed limiter, the cache in lease mode
     Lease,
 }
 
 impl Phase {
-    const ALL: [Phase; 4] = [Phase::Memory, Phase::Backend, Phase::Exact, Phase::Lease];
-
     fn name(self) -> &'static str {
         match self {
             Self::Memory => "memory",
@@ -107,13 +191,6 @@ impl Phase {
             Self::Exact => "exact",
             Self::Lease => "lease",
         }
-    }
-
-    fn parse(name: &str) -> Result<Self, AnyError> {
-        Self::ALL
-            .into_iter()
-            .find(|p| p.name() == name)
-            .ok_or_else(|| format!("unknown phase `{name}` (memory, backend, exact, lease)").into())
     }
 
     fn uses_redis(self) -> bool {
@@ -177,109 +254,32 @@ impl Phase {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Options {
-    mode: Mode,
-    keys: u64,
-    redis_keys: Option<u64>,
-    max_keys: usize,
-    max_size: u64,
-    phases: Vec<Phase>,
-    concurrency: usize,
-    duration: Duration,
-    rate: u64,
-    population: u64,
-    every: Duration,
-    /// Set in the child processes only.
-    phase: Option<Phase>,
-    redis: Option<String>,
-}
-
 impl Options {
-    fn parse(args: &[String]) -> Result<Self, AnyError> {
-        let mode = match args.first().map(String::as_str) {
-            Some("keys") => Mode::Keys,
-            Some("steady") => Mode::Steady,
-            _ => return Err(USAGE.into()),
-        };
-        let mut options = Self {
-            mode,
-            keys: 10_000_000,
-            redis_keys: None,
-            max_keys: 1_000_000,
-            max_size: 64_000_000,
-            phases: Phase::ALL.to_vec(),
-            concurrency: 64,
-            duration: Duration::from_secs(600),
-            rate: 20_000,
-            population: 4_000_000,
-            every: Duration::from_secs(10),
-            phase: None,
-            redis: None,
-        };
-        let mut rest = args[1..].iter();
-        while let Some(flag) = rest.next() {
-            let value = rest
-                .next()
-                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-            match flag.as_str() {
-                "--keys" => options.keys = value.parse()?,
-                "--redis-keys" => options.redis_keys = Some(value.parse()?),
-                "--max-keys" => options.max_keys = value.parse()?,
-                "--max-size" => options.max_size = parse_size(value)?,
-                "--phases" => {
-                    options.phases = value
-                        .split(',')
-                        .map(Phase::parse)
-                        .collect::<Result<_, _>>()?;
-                }
-                "--concurrency" => options.concurrency = value.parse()?,
-                "--duration" => options.duration = parse_duration(value)?,
-                "--rate" => options.rate = value.parse()?,
-                "--population" => options.population = value.parse()?,
-                "--every" => options.every = parse_duration(value)?,
-                "--phase" => options.phase = Some(Phase::parse(value)?),
-                "--redis" => options.redis = Some(value.clone()),
-                _ => return Err(format!("unknown option {flag}\n{USAGE}").into()),
-            }
-        }
-        if options.keys == 0 || options.rate == 0 || options.population == 0 {
-            return Err("--keys, --rate and --population must be above 0".into());
-        }
-        Ok(options)
-    }
-
     /// The window of every phase's policy: a minute for `keys`; two for `steady`, so that live
     /// keys outnumber `max_keys` at the default rate.
     fn window(&self) -> Duration {
         match self.mode {
-            Mode::Keys => Duration::from_secs(60),
-            Mode::Steady => Duration::from_secs(120),
+            Mode::Keys { .. } => Duration::from_secs(60),
+            Mode::Steady(_) => Duration::from_secs(120),
         }
     }
 
+    /// The distinct keys of `phase` in mode `keys`.
     fn keys_for(&self, phase: Phase) -> u64 {
-        match self.redis_keys {
-            _ if !phase.uses_redis() => self.keys,
+        let Mode::Keys { keys, redis_keys } = self.mode else {
+            return 0;
+        };
+        match redis_keys {
+            _ if !phase.uses_redis() => keys,
             Some(n) => n,
-            None => self.keys.min(DEFAULT_REDIS_KEYS),
+            None => keys.min(DEFAULT_REDIS_KEYS),
         }
     }
 }
 
-const USAGE: &str = "usage: soak keys [--keys N] [--redis-keys N] [options]\n       \
-     soak steady [--duration 10m] [--rate N] [--population N] [--every 10s] [options]\n\
-     options: --max-keys N --max-size 64MB --phases memory,backend,exact,lease --concurrency N";
-
 fn main() -> ExitCode {
+    let options = Options::parse();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let options = match Options::parse(&args) {
-        Ok(options) => options,
-        Err(error) => {
-            eprintln!("{error}");
-            return ExitCode::from(2);
-        }
-    };
     let result = match options.phase {
         Some(phase) => run_child(&options, phase),
         None => run_parent(&args, &options),
@@ -297,8 +297,11 @@ fn main() -> ExitCode {
 /// Starts the Redis server if a phase needs it, runs each phase in a child process (one after
 /// the other for `keys`, side by side for `steady`), and prints their tables in order.
 fn run_parent(args: &[String], options: &Options) -> Result<bool, AnyError> {
-    let server = if options.phases.iter().any(|p| p.uses_redis()) {
-        Some(Server::start()?)
+    let redis = if options.phases.iter().any(|p| p.uses_redis()) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Some(runtime.block_on(MeasuredRedis::start(options.redis_url.clone()))?)
     } else {
         None
     };
@@ -310,25 +313,26 @@ fn run_parent(args: &[String], options: &Options) -> Result<bool, AnyError> {
             .args(["--phase", phase.name()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if let Some(server) = &server {
-            command.args(["--redis", &server.url()]);
+        // The children are given the server the parent started (a URL given is in `args`).
+        if let (Some(redis), None) = (&redis, &options.redis_url) {
+            command.args(["--redis-url", redis.url()]);
         }
-        Ok(command.spawn()?)
+        Ok(reaper::spawn(command)?)
     };
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    println!("# soak, mode {:?}: {cores} cores", options.mode);
+    println!("# soak, mode {}: {cores} cores", options.mode.name());
     match options.mode {
-        Mode::Keys => println!(
+        Mode::Keys { .. } => println!(
             "# {} distinct keys for the memory phases, {} for the Redis phases; samples every 1/20",
-            group(options.keys),
+            group(options.keys_for(Phase::Memory)),
             group(options.keys_for(Phase::Exact))
         ),
-        Mode::Steady => println!(
+        Mode::Steady(steady) => println!(
             "# each phase: {} decisions/s for {}, keys rotating over {}; samples every {}",
-            group(options.rate),
-            humantime::format_duration(options.duration),
-            group(options.population),
-            humantime::format_duration(options.every)
+            group(steady.rate),
+            humantime::format_duration(steady.duration),
+            group(steady.population),
+            humantime::format_duration(steady.every)
         ),
     }
     let mut ok = true;
@@ -338,6 +342,7 @@ fn run_parent(args: &[String], options: &Options) -> Result<bool, AnyError> {
             stdout.read_to_string(&mut out)?;
         }
         let status = child.wait()?;
+        reaper::forget(child.id());
         println!();
         print!("{out}");
         if !status.success() {
@@ -348,13 +353,13 @@ fn run_parent(args: &[String], options: &Options) -> Result<bool, AnyError> {
         Ok(())
     };
     match options.mode {
-        Mode::Keys => {
+        Mode::Keys { .. } => {
             for &phase in &options.phases {
                 let child = spawn(phase)?;
                 finish(phase, child)?;
             }
         }
-        Mode::Steady => {
+        Mode::Steady(_) => {
             let children = options
                 .phases
                 .iter()
@@ -365,7 +370,7 @@ fn run_parent(args: &[String], options: &Options) -> Result<bool, AnyError> {
             }
         }
     }
-    drop(server);
+    drop(redis);
     Ok(ok)
 }
 
@@ -387,9 +392,9 @@ impl Target {
         let cache = CacheConfig::new(CACHE_TTL, options.max_size);
         let redis = || -> Result<RedisConfig, AnyError> {
             let url = options
-                .redis
+                .redis_url
                 .clone()
-                .ok_or("no --redis for a Redis phase")?;
+                .ok_or("no --redis-url for a Redis phase")?;
             Ok(RedisConfig::new([url]).with_timeout(Duration::from_secs(5)))
         };
         Ok(match phase {
@@ -484,26 +489,9 @@ async fn visit(
     Ok(counts.keys.fetch_add(1, Ordering::Relaxed) + 1)
 }
 
-/// Resident memory of this process, in kB.
-#[derive(Debug, Clone, Copy, Default)]
-struct Resident {
-    rss_kb: u64,
-    hwm_kb: u64,
-}
-
+/// Resident memory of this process (zero where `/proc` cannot be read).
 fn resident() -> Resident {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    Resident {
-        rss_kb: field("VmRSS:"),
-        hwm_kb: field("VmHWM:"),
-    }
+    Resident::own().unwrap_or_default()
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -543,8 +531,10 @@ fn run_child(options: &Options, phase: Phase) -> Result<bool, AnyError> {
         let counts = Arc::new(Counts::default());
         let started = Instant::now();
         let samples = match options.mode {
-            Mode::Keys => keys(options, phase, &target, &counts, started).await?,
-            Mode::Steady => steady(options, phase, &target, &counts, started).await?,
+            Mode::Keys { .. } => keys(options, phase, &target, &counts, started).await?,
+            Mode::Steady(steady) => {
+                run_steady(options, &steady, phase, &target, &counts, started).await?
+            }
         };
         Ok(report(options, phase, baseline, &samples, &counts, started))
     })
@@ -599,7 +589,7 @@ async fn keys(
                             "[{name}] {} keys, {:.0} s, VmRSS {:.1} MiB",
                             group(s.keys),
                             s.elapsed.as_secs_f64(),
-                            mib(s.memory.rss_kb)
+                            mib(s.memory.rss_kib)
                         );
                         samples
                             .lock()
@@ -624,19 +614,20 @@ async fn keys(
 }
 
 /// `steady`: visits paced to the rate of decisions, for the duration; a sample every `every`.
-async fn steady(
+async fn run_steady(
     options: &Options,
+    steady: &Steady,
     phase: Phase,
     target: &Arc<Target>,
     counts: &Arc<Counts>,
     started: Instant,
 ) -> Result<Vec<Sample>, AnyError> {
     let (_, requests) = phase.limit_and_requests();
-    let visits_per_second = options.rate as f64 / f64::from(requests);
+    let visits_per_second = steady.rate as f64 / f64::from(requests);
     // In-memory visits are paced in batches (a timer a visit would be most of their cost).
     let batch: u64 = if phase.uses_redis() { 1 } else { 64 };
-    let duration = options.duration;
-    let population = options.population;
+    let duration = steady.duration;
+    let population = steady.population;
     let next = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..tasks_for(options, phase))
         .map(|_| {
@@ -665,7 +656,7 @@ async fn steady(
     let mut tick = 1u32;
     let name = phase.name();
     loop {
-        let at = started + options.every * tick;
+        let at = started + steady.every * tick;
         if at > started + duration {
             break;
         }
@@ -675,7 +666,7 @@ async fn steady(
             "[{name}] {:.0} s, {} decisions, VmRSS {:.1} MiB",
             s.elapsed.as_secs_f64(),
             group(s.decisions),
-            mib(s.memory.rss_kb)
+            mib(s.memory.rss_kib)
         );
         samples.push(s);
         tick += 1;
@@ -687,7 +678,7 @@ async fn steady(
     // taken moments before.
     let last = sample(target, counts, started);
     if let Some(previous) = samples.last_mut()
-        && last.elapsed - previous.elapsed < Duration::from_secs(1).min(options.every / 2)
+        && last.elapsed - previous.elapsed < Duration::from_secs(1).min(steady.every / 2)
     {
         *previous = last;
     } else {
@@ -710,13 +701,13 @@ fn report(
     let _ = writeln!(out, "## {}: {}", phase.name(), phase.describe(options));
     let _ = writeln!(out);
     match options.mode {
-        Mode::Keys => {
+        Mode::Keys { .. } => {
             let _ = writeln!(
                 out,
                 "| keys | decisions | elapsed | VmRSS | VmHWM | tracked keys | cache_bytes |"
             );
         }
-        Mode::Steady => {
+        Mode::Steady(_) => {
             let _ = writeln!(
                 out,
                 "| time | decisions (a second since last) | VmRSS | VmHWM | tracked keys | cache_bytes |"
@@ -724,8 +715,8 @@ fn report(
         }
     }
     let columns = match options.mode {
-        Mode::Keys => 7,
-        Mode::Steady => 6,
+        Mode::Keys { .. } => 7,
+        Mode::Steady(_) => 6,
     };
     let _ = writeln!(out, "|{}", " ---: |".repeat(columns));
     let mut previous: Option<&Sample> = None;
@@ -740,11 +731,11 @@ fn report(
         });
         let memory = format!(
             "{:.1} MiB | {:.1} MiB",
-            mib(s.memory.rss_kb),
-            mib(s.memory.hwm_kb)
+            mib(s.memory.rss_kib),
+            mib(s.memory.hwm_kib)
         );
         match options.mode {
-            Mode::Keys => {
+            Mode::Keys { .. } => {
                 let _ = writeln!(
                     out,
                     "| {} | {} | {:.1} s | {memory} | {tracked} | {cache} |",
@@ -753,7 +744,7 @@ fn report(
                     s.elapsed.as_secs_f64()
                 );
             }
-            Mode::Steady => {
+            Mode::Steady(_) => {
                 let rate = previous.map_or(0.0, |p| {
                     (s.decisions - p.decisions) as f64
                         / (s.elapsed - p.elapsed).as_secs_f64().max(1e-9)
@@ -787,17 +778,17 @@ fn report(
     let mut ok = true;
     let peak_kb = samples
         .iter()
-        .map(|s| s.memory.hwm_kb)
+        .map(|s| s.memory.hwm_kib)
         .max()
         .unwrap_or(0)
-        .max(resident().hwm_kb);
-    let bound_kb = baseline.rss_kb + phase.allowance(options) / 1024;
+        .max(resident().hwm_kib);
+    let bound_kb = baseline.rss_kib + phase.allowance(options) / 1024;
     let under = peak_kb <= bound_kb;
     ok &= under;
     let _ = writeln!(
         out,
         "- VmRSS before traffic {:.1} MiB; peak (VmHWM) {:.1} MiB; bound {:.1} MiB ({}): {}",
-        mib(baseline.rss_kb),
+        mib(baseline.rss_kib),
         mib(peak_kb),
         mib(bound_kb),
         phase.allowance_formula(options),
@@ -828,33 +819,33 @@ fn report(
             if held { "held" } else { "EXCEEDED" }
         );
     }
-    if options.mode == Mode::Steady {
+    if let Mode::Steady(steady) = options.mode {
         // Growth once the bounded structures are full: from minute 2 (or mid-run for a run
         // shorter than 4 minutes) to the end.
-        let from = if options.duration >= Duration::from_secs(240) {
+        let from = if steady.duration >= Duration::from_secs(240) {
             Duration::from_secs(120)
         } else {
-            options.duration / 2
+            steady.duration / 2
         };
         let start = samples.iter().find(|s| s.elapsed >= from);
         if let (Some(start), Some(end)) = (start, samples.last()) {
-            let growth_kb = end.memory.rss_kb as i64 - start.memory.rss_kb as i64;
+            let growth_kb = end.memory.rss_kib as i64 - start.memory.rss_kib as i64;
             let _ = writeln!(
                 out,
                 "- VmRSS growth from {:.0} s to {:.0} s: {:+.1} MiB ({:+.1}% of {:.1} MiB)",
                 start.elapsed.as_secs_f64(),
                 end.elapsed.as_secs_f64(),
                 growth_kb as f64 / 1024.0,
-                100.0 * growth_kb as f64 / start.memory.rss_kb.max(1) as f64,
-                mib(start.memory.rss_kb)
+                100.0 * growth_kb as f64 / start.memory.rss_kib.max(1) as f64,
+                mib(start.memory.rss_kib)
             );
         }
         let achieved = decisions as f64 / elapsed.as_secs_f64().max(1e-9);
-        if achieved < 0.95 * options.rate as f64 {
+        if achieved < 0.95 * steady.rate as f64 {
             let _ = writeln!(
                 out,
                 "- the rate fell short of {}/s: the machine could not keep up",
-                group(options.rate)
+                group(steady.rate)
             );
         }
     }
@@ -865,47 +856,6 @@ fn report(
     );
     print!("{out}");
     ok
-}
-
-/// A `redis-server` child process on a free loopback port, killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start() -> Result<Self, AnyError> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("redis-server on PATH (scripts/test.sh installs it): {e}"))?;
-        let server = Self { child, port };
-        let client = redis::Client::open(server.url())?;
-        for _ in 0..100 {
-            if let Ok(mut con) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut con).is_ok()
-            {
-                return Ok(server);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err(format!("redis-server on port {port} did not answer PING").into())
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn mib(kb: u64) -> f64 {
@@ -923,4 +873,42 @@ fn group(n: u64) -> String {
         out.push(c);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Options::command().debug_assert();
+    }
+
+    #[test]
+    fn a_child_reads_the_parents_arguments_with_the_phase_and_the_server_appended() {
+        let parsed = Options::try_parse_from([
+            "soak",
+            "steady",
+            "--duration",
+            "90s",
+            "--max-size",
+            "1MiB",
+            "--phases",
+            "exact,lease",
+            "--phase",
+            "lease",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+        ]);
+        let options = parsed.expect("the arguments are valid");
+        assert_eq!(options.phase, Some(Phase::Lease));
+        assert_eq!(options.phases, [Phase::Exact, Phase::Lease]);
+        assert_eq!(options.max_size, 1 << 20);
+        assert_eq!(options.redis_url.as_deref(), Some("redis://127.0.0.1:1"));
+        assert!(matches!(options.mode, Mode::Steady(s) if s.duration == Duration::from_secs(90)));
+        // As the configuration reads durations: a bare number is refused.
+        assert!(Options::try_parse_from(["soak", "steady", "--duration", "90"]).is_err());
+    }
 }
