@@ -268,6 +268,11 @@ impl DecisionCache {
             }
             return;
         }
+        // A cheaper request went through: a denial cached for a costlier one no longer knows
+        // what is left (it would answer with a stale `remaining`).
+        if decision.allowed() && !self.denials.is_empty() {
+            self.denials.remove(key);
+        }
         let Some((leases, rules)) = &self.leases else {
             return;
         };
@@ -425,6 +430,17 @@ mod tests {
 
     fn per_minute(limit: u64) -> Policy {
         Policy::new("p", [crate::Window::per_minute(limit)])
+    }
+
+    /// A denial cached for a costly request is dropped once a cheaper one is admitted: it would
+    /// answer later requests with a `remaining` that is no longer true.
+    #[test]
+    fn an_admission_drops_the_key_s_cached_denial() {
+        let cache = exact();
+        cache.record(b"k", 2, 2, &decision(false, 1, 300_000), 0);
+        assert!(cache.lookup(b"k", 2, true, 10).is_some());
+        cache.record(b"k", 1, 1, &decision(true, 0, 0), 20);
+        assert!(cache.lookup(b"k", 2, true, 30).is_none());
     }
 
     #[test]
