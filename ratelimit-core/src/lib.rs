@@ -61,7 +61,7 @@ pub use cache::CacheStats;
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use config::{CacheConfig, Config, ConfigError, FallbackConfig, RedisConfig, RedisMode};
 pub use decision::{Decision, FallbackMode, Source};
-pub use error::Error;
+pub use error::{Error, ErrorKind};
 pub use hot_keys::{HotKey, HotKeyConfig};
 pub use invariants::{Invariant, Invariants};
 pub use key::{Identity, KeyBuilder};
