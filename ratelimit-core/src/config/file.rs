@@ -24,7 +24,7 @@ use super::model::{
 };
 use super::units::{parse_duration, parse_size};
 use crate::decision::FallbackMode;
-use crate::hot_keys::{HotKeyConfig, share_to_ppm};
+use super::{HotKeyConfig, share_to_ppm};
 use crate::policy::{Algorithm, Policy, Window};
 
 #[derive(Deserialize)]

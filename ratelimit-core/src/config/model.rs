@@ -8,7 +8,7 @@ use super::error::ConfigError;
 use super::http::HttpConfig;
 use crate::clock::Clock;
 use crate::decision::FallbackMode;
-use crate::hot_keys::HotKeyConfig;
+use super::HotKeyConfig;
 use crate::key::{KeyBuilder, is_valid_prefix};
 use crate::policy::{Algorithm, Policy, PolicyError, Window};
 
