@@ -12,12 +12,13 @@
 use std::convert::Infallible;
 use std::fmt;
 
+use axum::body::Body;
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
-use http::header::CONTENT_TYPE;
 use http::request::Parts;
 use ratelimit_core::{Decision, Policy};
+use ratelimit_tower::response::problem;
 use ratelimit_tower::{RateLimitInfo, Target};
 
 /// The rate-limit decision the layer made for this request.
@@ -150,11 +151,10 @@ impl RateLimitedRejection {
         without a key under on_missing_key: allow). Take Option<RateLimited> where that is \
         expected.";
 
-    /// The problem document.
-    const BODY: &'static str = concat!(
-        r#"{"type":"about:blank","title":"Internal Server Error","status":500,"#,
-        r#""detail":"rate limit layer not installed on this route, or the request was not limited"}"#
-    );
+    /// The problem document's `detail`: shorter than [`Self::DETAIL`], and nothing from the
+    /// request.
+    const PROBLEM_DETAIL: &'static str =
+        "rate limit layer not installed on this route, or the request was not limited";
 }
 
 impl fmt::Display for RateLimitedRejection {
@@ -168,11 +168,8 @@ impl std::error::Error for RateLimitedRejection {}
 impl IntoResponse for RateLimitedRejection {
     fn into_response(self) -> Response {
         tracing::error!("{}", Self::DETAIL);
-        (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(CONTENT_TYPE, "application/problem+json")],
-            Self::BODY,
-        )
+        problem(StatusCode::INTERNAL_SERVER_ERROR, Self::PROBLEM_DETAIL)
+            .map(Body::from)
             .into_response()
     }
 }
@@ -183,6 +180,7 @@ mod tests {
     use axum::body::Body;
     use axum::routing::get;
     use http::Request;
+    use http::header::CONTENT_TYPE;
     use http_body_util::BodyExt;
     use ratelimit_core::config::Overrides;
     use ratelimit_core::{Config, RateLimiter};

@@ -96,11 +96,6 @@ impl<'a> Identity<'a> {
         Digest(out)
     }
 
-    /// Whether the raw identity was replaced by its hash.
-    pub fn is_hashed(&self) -> bool {
-        matches!(self.repr, Repr::Hashed(_))
-    }
-
     /// The identity as it appears in keys.
     pub fn as_str(&self) -> &str {
         match &self.repr {

@@ -59,10 +59,12 @@ pub mod scripts;
 
 pub use cache::CacheStats;
 pub use clock::{Clock, FakeClock, SystemClock};
-pub use config::{CacheConfig, Config, ConfigError, FallbackConfig, RedisConfig, RedisMode};
+pub use config::{
+    CacheConfig, Config, ConfigError, FallbackConfig, HotKeyConfig, RedisConfig, RedisMode,
+};
 pub use decision::{Decision, FallbackMode, Source};
-pub use error::Error;
-pub use hot_keys::{HotKey, HotKeyConfig};
+pub use error::{Error, ErrorKind};
+pub use hot_keys::HotKey;
 pub use invariants::{Invariant, Invariants};
 pub use key::{Identity, KeyBuilder};
 pub use limiter::{LimiterStats, RateLimiter};

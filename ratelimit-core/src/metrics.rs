@@ -462,17 +462,12 @@ impl std::fmt::Debug for DecisionCounters {
     }
 }
 
-/// The kind of a failed Redis call, for `ratelimiter_redis_errors_total`.
+/// The label of a failed Redis call, for `ratelimiter_redis_errors_total`.
 pub(crate) fn error_kind(error: &crate::Error) -> ErrorKind {
-    match error {
-        crate::Error::Timeout(_) => ErrorKind::timeout,
-        crate::Error::Redis(e) if e.is_timeout() => ErrorKind::timeout,
-        crate::Error::Redis(e)
-            if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() =>
-        {
-            ErrorKind::connection
-        }
-        crate::Error::Redis(_) => ErrorKind::server,
+    match error.kind() {
+        crate::ErrorKind::Timeout => ErrorKind::timeout,
+        crate::ErrorKind::Connection => ErrorKind::connection,
+        crate::ErrorKind::Server => ErrorKind::server,
         _ => ErrorKind::other,
     }
 }

@@ -43,7 +43,7 @@ pub fn too_many_requests(
         ),
         "violated-policies": target.policy_id(decision.window_index()).into_iter().collect::<Vec<_>>(),
     });
-    let mut response = problem(StatusCode::TOO_MANY_REQUESTS, &body);
+    let mut response = problem_response(StatusCode::TOO_MANY_REQUESTS, &body);
     let headers_out = response.headers_mut();
     headers_out.insert(RETRY_AFTER, HeaderValue::from(retry));
     headers::write(headers_out, settings, target, decision, retry);
@@ -52,40 +52,54 @@ pub fn too_many_requests(
 
 /// `429` for a request without a key, when so configured: there is no decision to describe.
 pub fn denied_without_key() -> Response<Bytes> {
-    let body = json!({
-        "type": "about:blank",
-        "title": "Too Many Requests",
-        "status": 429,
-        "detail": "Requests without an identity are not accepted.",
-    });
-    problem(StatusCode::TOO_MANY_REQUESTS, &body)
+    problem(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Requests without an identity are not accepted.",
+    )
 }
 
 /// `400 Bad Request` for a request whose identity cannot be found (no key header, a malformed
 /// entry where a trusted proxy should have written the client's address).
 pub fn missing_key() -> Response<Bytes> {
-    let body = json!({
-        "type": "about:blank",
-        "title": "Bad Request",
-        "status": 400,
-        "detail": "The request carries no usable identity for rate limiting.",
-    });
-    problem(StatusCode::BAD_REQUEST, &body)
+    problem(
+        StatusCode::BAD_REQUEST,
+        "The request carries no usable identity for rate limiting.",
+    )
 }
 
 /// `500 Internal Server Error` for a request that needed the socket peer's address when the
 /// server gave none: the server's set-up, not the client's request, is at fault.
 pub fn missing_peer() -> Response<Bytes> {
-    let body = json!({
-        "type": "about:blank",
-        "title": "Internal Server Error",
-        "status": 500,
-        "detail": "The server is not set up to tell clients apart, so it cannot serve this request now.",
-    });
-    problem(StatusCode::INTERNAL_SERVER_ERROR, &body)
+    problem(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "The server is not set up to tell clients apart, so it cannot serve this request now.",
+    )
 }
 
-fn problem(status: StatusCode, body: &serde_json::Value) -> Response<Bytes> {
+/// A problem document of type `about:blank` (its title is the status's reason phrase), so
+/// every crate of the workspace writes problems the same way.
+///
+/// ```
+/// use http::StatusCode;
+/// use ratelimit_tower::response::problem;
+/// let response = problem(StatusCode::BAD_REQUEST, "No key.");
+/// assert_eq!(response.status(), 400);
+/// assert_eq!(response.headers()["content-type"], "application/problem+json");
+/// let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+/// assert_eq!(body["title"], "Bad Request");
+/// assert_eq!(body["detail"], "No key.");
+/// ```
+pub fn problem(status: StatusCode, detail: &str) -> Response<Bytes> {
+    let body = json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or(""),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    problem_response(status, &body)
+}
+
+fn problem_response(status: StatusCode, body: &serde_json::Value) -> Response<Bytes> {
     let mut response = Response::new(Bytes::from(body.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, PROBLEM_JSON);

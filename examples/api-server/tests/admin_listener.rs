@@ -2,51 +2,17 @@
 //! `/admin/*` and the detailed `/ready` answer on `--admin-listen` only; the public listener
 //! has the API, `/health` and a bare `/ready`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Running {
-    child: Child,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
-}
-
-fn wait_for(addr: SocketAddr) {
-    let started = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "nothing listens on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use common::{free_addr, wait_for};
 
 /// Status line and body of `GET path`.
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
+    let response = common::get(addr, path);
     let status = response
         .split(' ')
         .nth(1)
@@ -61,18 +27,14 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 #[test]
 fn operator_routes_answer_on_the_admin_listener_only() {
-    let (public, admin) = (free_addr(), free_addr());
-    let child = Command::new(env!("CARGO_BIN_EXE_api-server"))
-        .args(["--listen", &public.to_string()])
-        .args(["--admin-listen", &admin.to_string()])
-        .args(["--check-interval", "1"])
-        .env_remove("RATELIMIT_REDIS_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start api-server");
-    let _running = Running { child };
-    wait_for(public);
+    let admin = free_addr();
+    let running = common::start(&[
+        "--admin-listen",
+        &admin.to_string(),
+        "--check-interval",
+        "1",
+    ]);
+    let public = running.addr;
     wait_for(admin);
 
     assert_eq!(get(public, "/api/hello").0, 200);
@@ -110,16 +72,7 @@ fn the_admin_listener_can_be_turned_off_and_never_shares_the_public_port() {
     assert_eq!(same.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&same.stderr).contains("never share"));
 
-    let child = Command::new(env!("CARGO_BIN_EXE_api-server"))
-        .args(["--listen", &public.to_string()])
-        .args(["--admin-listen", "none"])
-        .env_remove("RATELIMIT_REDIS_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start api-server");
-    let _running = Running { child };
-    wait_for(public);
+    let _running = common::start_on(public, &["--admin-listen", "none"]);
     assert_eq!(get(public, "/api/hello").0, 200);
     assert_eq!(get(public, "/metrics").0, 404);
 }

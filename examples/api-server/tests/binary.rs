@@ -1,67 +1,21 @@
 //! The `api-server` binary itself: it starts on the demo configuration, reloads its file on
 //! SIGHUP, and on SIGTERM stops accepting, finishes what is in flight and exits cleanly.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
-}
+use common::{Running, free_addr, get};
 
 fn start(args: &[&str]) -> Running {
-    let addr = free_addr();
     // Tests run side by side: none may take the default operator port.
-    let admin = free_addr();
-    let child = Command::new(env!("CARGO_BIN_EXE_api-server"))
-        .args(["--listen", &addr.to_string()])
-        .args(["--admin-listen", &admin.to_string()])
-        .args(args)
-        .env_remove("RATELIMIT_REDIS_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start api-server");
-    let running = Running { child, addr };
-    let started = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "api-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    running
-}
-
-/// One HTTP/1.1 request; the raw response.
-fn get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    response
+    let admin = free_addr().to_string();
+    let mut all = vec!["--admin-listen", admin.as_str()];
+    all.extend_from_slice(args);
+    common::start(&all)
 }
 
 fn signal(child: &Child, name: &str) {

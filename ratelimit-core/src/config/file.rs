@@ -23,8 +23,8 @@ use super::model::{
     RedisConfig, RedisMode, Secret,
 };
 use super::units::{parse_duration, parse_size};
+use super::{HotKeyConfig, share_to_ppm};
 use crate::decision::FallbackMode;
-use crate::hot_keys::{HotKeyConfig, share_to_ppm};
 use crate::policy::{Algorithm, Policy, Window};
 
 #[derive(Deserialize)]

@@ -6,6 +6,8 @@
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use super::error::ConfigError;
 use super::model::validate_policy;
 use crate::policy::Policy;
@@ -176,10 +178,7 @@ pub enum MissingKey {
 
 /// An IP address or a CIDR block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpBlock {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct IpBlock(IpNet);
 
 impl IpBlock {
     /// Parses `10.0.0.0/8`, `::1`, `192.168.1.7`.
@@ -193,17 +192,18 @@ impl IpBlock {
     /// ```
     pub fn parse(text: &str) -> Result<Self, String> {
         let bad = || format!("`{text}` is not an IP address or CIDR block");
+        // Split by hand rather than with `IpNet::from_str`, so a bare address is a block of one
+        // and the prefix is read as before (host bits are kept, as written).
         let (addr, prefix) = match text.trim().split_once('/') {
             Some((addr, prefix)) => (addr, Some(prefix.parse::<u8>().map_err(|_| bad())?)),
             None => (text.trim(), None),
         };
         let addr: IpAddr = addr.parse().map_err(|_| bad())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        if prefix > max {
-            return Err(bad());
-        }
-        Ok(Self { addr, prefix })
+        let net = match prefix {
+            Some(prefix) => IpNet::new(addr, prefix).map_err(|_| bad())?,
+            None => IpNet::from(addr),
+        };
+        Ok(Self(net))
     }
 
     /// Whether `ip` is in the block (an IPv4-mapped IPv6 address counts as IPv4).
@@ -212,21 +212,7 @@ impl IpBlock {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        self.0.contains(&ip)
     }
 }
 

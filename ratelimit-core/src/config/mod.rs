@@ -7,6 +7,7 @@
 
 mod error;
 mod file;
+mod hot_keys;
 mod http;
 mod locate;
 mod model;
@@ -14,6 +15,8 @@ mod pattern;
 mod units;
 
 pub use error::{ConfigError, Location};
+pub use hot_keys::HotKeyConfig;
+pub(crate) use hot_keys::share_to_ppm;
 pub use http::{
     AllowList, ClientIpHeader, HeaderFamilies, HttpConfig, IpBlock, KeySource, LegacyReset,
     MissingKey, Rule, RuleMatch,

@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::HotKeyConfig;
 use super::error::ConfigError;
 use super::http::HttpConfig;
 use crate::clock::Clock;
 use crate::decision::FallbackMode;
-use crate::hot_keys::HotKeyConfig;
 use crate::key::{KeyBuilder, is_valid_prefix};
 use crate::policy::{Algorithm, Policy, PolicyError, Window};
 
