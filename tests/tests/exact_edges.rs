@@ -268,10 +268,13 @@ async fn leases_on_four_instances_never_admit_more_than_the_limit() {
     for task in tasks {
         allowed += u32::from(task.await.expect("task").expect("allow").allowed());
     }
-    assert_eq!(
-        allowed, 100,
+    // Never more; fewer when permits sit unspent in another instance's lease (documented:
+    // leases trade false denials for Redis calls).
+    assert!(
+        allowed <= 100,
         "four leasing instances admitted {allowed} of 100"
     );
+    eprintln!("four leasing instances admitted {allowed} of 100");
     let leases: u64 = instances.iter().map(|i| i.stats().cache.leases_taken).sum();
     assert!(leases > 0, "the burst was answered without a single lease");
 
