@@ -8,14 +8,11 @@ use std::net::TcpStream;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{Running, free_addr, get};
+use common::{Running, get};
 
+/// The binary on free ports (public and operator listeners: see `common::start_on`).
 fn start(args: &[&str]) -> Running {
-    // Tests run side by side: none may take the default operator port.
-    let admin = free_addr().to_string();
-    let mut all = vec!["--admin-listen", admin.as_str()];
-    all.extend_from_slice(args);
-    common::start(&all)
+    common::start(args)
 }
 
 fn signal(child: &Child, name: &str) {

@@ -40,13 +40,33 @@ pub fn wait_for(addr: SocketAddr) {
 
 /// Starts the binary on a free public address with `args`, without Redis, and waits for it.
 pub fn start(args: &[&str]) -> Running {
-    start_on(free_addr(), args)
+    // A port just released can be handed out again at once: never an address `args` name.
+    let public = loop {
+        let candidate = free_addr().to_string();
+        if !args.contains(&candidate.as_str()) {
+            break candidate;
+        }
+    };
+    start_on(public.parse().expect("an address"), args)
 }
 
-/// [`start`] on the public address `addr`.
+/// [`start`] on the public address `addr`. Unless `args` say where, the operator listener
+/// takes a free port too: its default, `127.0.0.1:9090`, would be shared by tests running at
+/// once, and all but the first server would fail to start.
 pub fn start_on(addr: SocketAddr, args: &[&str]) -> Running {
-    let child = Command::new(env!("CARGO_BIN_EXE_api-server"))
-        .args(["--listen", &addr.to_string()])
+    let mut command = Command::new(env!("CARGO_BIN_EXE_api-server"));
+    command.args(["--listen", &addr.to_string()]);
+    if !args.contains(&"--admin-listen") {
+        // A port just released can be handed out again at once: never the public one.
+        let admin = loop {
+            let candidate = free_addr();
+            if candidate != addr {
+                break candidate;
+            }
+        };
+        command.args(["--admin-listen", &admin.to_string()]);
+    }
+    let child = command
         .args(args)
         .env_remove("RATELIMIT_REDIS_URL")
         .stdout(Stdio::null())
