@@ -54,20 +54,11 @@ if allowed and op == 'allow' and cost > 0 and not replay then
     end
   end
   for i = 1, #windows do counts[i] = counts[i] + cost end
-  redis.call('PEXPIRE', key, math.ceil(longest / 1000))
 end
 
 local newest = nil
 local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-if top[2] then
-  newest = tonumber(top[2])
-  -- The log lives until its newest entry leaves the longest window of the policy in force now,
-  -- also when nothing was added: after a reload to longer windows, a denied client's log must
-  -- not expire with the old ones.
-  if not (allowed and op == 'allow' and cost > 0) or replay then
-    redis.call('PEXPIRE', key, math.ceil((newest + longest - now) / 1000))
-  end
-end
+if top[2] then newest = tonumber(top[2]) end
 
 for i = 1, #windows do
   local remaining = limits[i] - counts[i]
@@ -81,6 +72,18 @@ for i = 1, #windows do
     retry_after = tonumber(nth[2]) + windows[i] - now
   end
   consider(allowed, i, remaining, reset_after, retry_after)
+end
+
+-- The log lives until its newest entry leaves the longest window. Set last: Redis may judge a
+-- TTL against its real clock, and one shorter than the script's own run would end the key
+-- before the reads above. When nothing was added the TTL is only ever extended: after a reload
+-- to longer windows, a denied client's log must not expire with the old ones.
+if allowed and op == 'allow' and cost > 0 and not replay then
+  redis.call('PEXPIRE', key, math.ceil(longest / 1000))
+elseif newest then
+  local needed = math.ceil((newest + longest - now) / 1000)
+  local ttl = redis.call('PTTL', key)
+  if ttl >= 0 and ttl < needed then redis.call('PEXPIRE', key, needed) end
 end
 
 return answer(allowed, limits)

@@ -40,7 +40,6 @@ if allowed and op == 'allow' and cost > 0 and not replay then
     end
   end
   count = count + cost
-  redis.call('PEXPIRE', key, math.ceil(window / 1000))
 end
 
 local remaining = limit - count
@@ -50,11 +49,6 @@ local reset_after = 0
 if count > 0 then
   local newest = tonumber(redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2])
   reset_after = newest + window - now
-  -- The log lives until its newest entry leaves the window in force now, also when nothing was
-  -- added: after a reload to a longer window, a denied client's log must not expire early.
-  if not (allowed and op == 'allow' and cost > 0) or replay then
-    redis.call('PEXPIRE', key, math.ceil(reset_after / 1000))
-  end
 end
 
 local retry_after = 0
@@ -62,6 +56,18 @@ if not allowed then
   -- The request fits once the oldest (count + cost - limit) entries have left the window.
   local nth = redis.call('ZRANGE', key, count + cost - limit - 1, count + cost - limit - 1, 'WITHSCORES')
   retry_after = tonumber(nth[2]) + window - now
+end
+
+-- The log lives until its newest entry leaves the window. Set last: Redis may judge a TTL
+-- against its real clock, and one shorter than the script's own run would end the key before
+-- the reads above. When nothing was added the TTL is only ever extended: after a reload to a
+-- longer window, a denied client's log must not expire with the old one.
+if allowed and op == 'allow' and cost > 0 and not replay then
+  redis.call('PEXPIRE', key, math.ceil(window / 1000))
+elseif count > 0 then
+  local needed = math.ceil(reset_after / 1000)
+  local ttl = redis.call('PTTL', key)
+  if ttl >= 0 and ttl < needed then redis.call('PEXPIRE', key, needed) end
 end
 
 return {allowed and 1 or 0, 1, limit, remaining, reset_after, retry_after}
