@@ -705,11 +705,7 @@ impl Guarded {
     ) -> Result<Decision, Error> {
         let mut buffer = [0u8; MAX_KEY];
         let key = store_key(&mut buffer, policy, identity);
-        let now = self.clock.now_micros();
-        if let Some(cache) = &self.cache
-            && let Some(decision) = cache.lookup(key, cost, consume, now)
-        {
-            self.metrics.cache_hit();
+        if let Some(decision) = self.cached(key, cost, consume, self.clock.now_micros()) {
             return Ok(decision);
         }
         // Wait behind this process's own burst first: that queue is not Redis failing, so it
@@ -722,10 +718,7 @@ impl Guarded {
         let sent = self.clock.now_micros();
         // The calls ahead in the queue may have left a denial for this key: Redis need not
         // hear the rest of a burst on a spent key.
-        if let Some(cache) = &self.cache
-            && let Some(decision) = cache.lookup(key, cost, consume, sent)
-        {
-            self.metrics.cache_hit();
+        if let Some(decision) = self.cached(key, cost, consume, sent) {
             return Ok(decision);
         }
         let admission = self.breaker.admit(sent);
@@ -800,6 +793,13 @@ impl Guarded {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// The cache's answer for `key` at `now_us`, counted, when it has one.
+    fn cached(&self, key: &[u8], cost: u64, consume: bool, now_us: u64) -> Option<Decision> {
+        let decision = self.cache.as_ref()?.lookup(key, cost, consume, now_us)?;
+        self.metrics.cache_hit();
+        Some(decision)
     }
 
     fn fall_back(

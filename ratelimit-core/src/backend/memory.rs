@@ -167,20 +167,19 @@ impl MemoryBackend {
         granted: u64,
     ) -> bool {
         let now = self.clock.now_micros();
-        let mut fitted = true;
         self.with_entry(policy, identity, now, |entry| {
             entry.pending = entry.pending.saturating_sub(cost);
-            if granted > 0 {
-                let request = Request {
-                    cost: granted,
-                    consume: true,
-                };
-                let verdict = apply(&mut entry.state, policy, now, request);
-                fitted = verdict.allowed || !entry.admitted_locally;
-                entry.expires_at_us = entry.expires_at_us.max(verdict.expires_at_us);
+            if granted == 0 {
+                return true;
             }
-        });
-        fitted
+            let request = Request {
+                cost: granted,
+                consume: true,
+            };
+            let verdict = apply(&mut entry.state, policy, now, request);
+            entry.expires_at_us = entry.expires_at_us.max(verdict.expires_at_us);
+            verdict.allowed || !entry.admitted_locally
+        })
     }
 
     /// Like [`Self::evaluate`], counting the permits pending in Redis (see
@@ -193,7 +192,6 @@ impl MemoryBackend {
         consume: bool,
     ) -> Verdict {
         let now = self.clock.now_micros();
-        let mut verdict = None;
         self.with_entry(policy, identity, now, |entry| {
             if entry.pending > 0 {
                 let with_pending = Request {
@@ -202,33 +200,35 @@ impl MemoryBackend {
                 };
                 let check = apply(&mut entry.state, policy, now, with_pending);
                 if !check.allowed {
-                    verdict = Some(check);
-                    return;
+                    return check;
                 }
             }
             let decided = apply(&mut entry.state, policy, now, Request { cost, consume });
             entry.expires_at_us = entry.expires_at_us.max(decided.expires_at_us);
             entry.admitted_locally |= decided.allowed && consume && cost > 0;
-            verdict = Some(decided);
-        });
-        verdict.unwrap_or_else(|| self.evaluate(policy, identity, cost, consume))
+            decided
+        })
     }
 
-    /// Runs `f` on `identity`'s entry under `policy`, creating it (fresh) when missing.
-    fn with_entry(
+    /// Runs `f` on `identity`'s entry under `policy`, creating it (fresh) when missing, and
+    /// keeps the entry while it matters or has permits pending. Sweeps like `evaluate`.
+    fn with_entry<R>(
         &self,
         policy: &Policy,
         identity: Identity<'_>,
         now: u64,
-        f: impl FnOnce(&mut Entry),
-    ) {
+        f: impl FnOnce(&mut Entry) -> R,
+    ) -> R {
         let mut buffer = [0u8; MAX_KEY];
         let key = store_key(&mut buffer, policy, identity);
         let hash = self.hasher.hash_one(key);
         let mut shard = self.shard(hash);
+        shard.ops = shard.ops.wrapping_add(1);
+        if shard.ops.is_multiple_of(SWEEP_EVERY) {
+            shard.map.retain(|e| e.expires_at_us > now || e.pending > 0);
+        }
         if let Some(entry) = shard.map.find_mut(hash, |e| *e.key == *key) {
-            f(entry);
-            return;
+            return f(entry);
         }
         if shard.map.len() >= self.shard_capacity {
             make_room(&mut shard.map, now, self.shard_capacity);
@@ -240,12 +240,13 @@ impl MemoryBackend {
             pending: 0,
             admitted_locally: false,
         };
-        f(&mut entry);
+        let result = f(&mut entry);
         if entry.expires_at_us > now || entry.pending > 0 {
             shard
                 .map
                 .insert_unique(hash, entry, |e| self.hasher.hash_one(&e.key));
         }
+        result
     }
 
     /// Forgets the state of `identity` under `policy`.
