@@ -24,9 +24,9 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null \
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools openssl
 fi
 
-# Deployment files (Kubernetes manifests against the schemas, Helm chart, compose,
-# Grafana and Prometheus provisioning); installs kubernetes-validate from PyPI into
-# target/deploy-venv on first use.
+# Deployment files (the Helm chart rendered and checked against the Kubernetes schemas,
+# compose, Grafana and Prometheus provisioning); on first use installs Debian's Go and the
+# chart renderer's libraries, and kubernetes-validate from PyPI into target/deploy-venv.
 scripts/validate-deploy.sh
 
 # Unit, integration and example/bench targets, then doctests (which

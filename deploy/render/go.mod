@@ -1,0 +1,3 @@
+module deploy-render
+
+go 1.19
