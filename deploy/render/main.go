@@ -1,24 +1,21 @@
-// Command deploy-render renders a Helm chart the way `helm template` does, for checking the chart
-// where helm is not installed: Go's text/template with sprig's functions, Helm's own include,
-// tpl, required, toYaml/fromYaml/toJson/fromJson, and .Values, .Release, .Chart and .Template.
-// It does not render subcharts, .Files, .Capabilities or lookup (the chart uses none of them).
+// Command deploy-render renders a Helm chart as `helm template` does, to check the chart where
+// helm is not installed: text/template with sprig's functions (less env and expandenv), Helm's
+// include, tpl, required and toYaml (sigs.k8s.io/yaml), and .Values, .Release, .Chart, .Template.
+// No subcharts, .Files, .Capabilities or lookup: the chart uses none of them.
 //
-// Usage: deploy-render [-f values.yaml]... [--set path=value]... [--set-file path=file]
-//
-//	[--namespace ns] [NAME] CHART
-//
-// --set takes a dotted path and one YAML scalar (no lists or commas, unlike helm's). The
-// manifests go to stdout, ordered by kind like helm's install order, each under a
-// "# Source:" line.
+// Usage: deploy-render [-f values.yaml]... [--set path=scalar]... [--namespace ns] [NAME] CHART,
+// flags first. Unlike helm's, --set takes one scalar (no lists, no commas), typed as helm does.
+// The manifests go to stdout in helm's install order, each under its "# Source:" line.
 package main
 
 import (
-	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"text/template"
 
@@ -28,28 +25,13 @@ import (
 
 type values = map[string]interface{}
 
-// Metadata is the part of Chart.yaml the templates see as .Chart (helm's chart.Metadata).
-type Metadata struct {
-	APIVersion  string            `json:"apiVersion"`
-	Name        string            `json:"name"`
-	Version     string            `json:"version"`
-	AppVersion  string            `json:"appVersion"`
-	Description string            `json:"description"`
-	Type        string            `json:"type"`
-	KubeVersion string            `json:"kubeVersion"`
-	Home        string            `json:"home"`
-	Icon        string            `json:"icon"`
-	Keywords    []string          `json:"keywords"`
-	Sources     []string          `json:"sources"`
-	Annotations map[string]string `json:"annotations"`
-	Deprecated  bool              `json:"deprecated"`
-}
-
-// installOrder is the start of helm's install order: the kinds a chart like ours renders.
-var installOrder = []string{"Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange",
-	"PodDisruptionBudget", "ServiceAccount", "Secret", "ConfigMap", "PersistentVolumeClaim",
-	"Role", "RoleBinding", "Service", "DaemonSet", "Pod", "ReplicaSet", "Deployment",
-	"HorizontalPodAutoscaler", "StatefulSet", "Job", "CronJob", "Ingress"}
+// installOrder is the start of helm's install order; other kinds come after these.
+var installOrder = strings.Fields(`Namespace NetworkPolicy ResourceQuota LimitRange
+	PodSecurityPolicy PodDisruptionBudget ServiceAccount Secret SecretList ConfigMap StorageClass
+	PersistentVolume PersistentVolumeClaim CustomResourceDefinition ClusterRole ClusterRoleList
+	ClusterRoleBinding ClusterRoleBindingList Role RoleList RoleBinding RoleBindingList Service
+	DaemonSet Pod ReplicationController ReplicaSet Deployment HorizontalPodAutoscaler StatefulSet
+	Job CronJob IngressClass Ingress APIService`)
 
 func must(err error) {
 	if err != nil {
@@ -58,17 +40,19 @@ func must(err error) {
 	}
 }
 
-func readYAML(path string, into interface{}) {
+func readYAML(path string) values {
 	data, err := os.ReadFile(path)
 	must(err)
-	must(yaml.Unmarshal(data, into))
+	v := values{}
+	must(yaml.Unmarshal(data, &v))
+	return v
 }
 
 // merge lays over onto base as helm coalesces values: maps merge, a null deletes the key.
 func merge(base, over values) {
 	for k, v := range over {
-		sub, isMap := v.(values)
-		if old, ok := base[k].(values); ok && isMap {
+		old, baseIsMap := base[k].(values)
+		if sub, isMap := v.(values); isMap && baseIsMap {
 			merge(old, sub)
 		} else if v == nil {
 			delete(base, k)
@@ -78,63 +62,60 @@ func merge(base, over values) {
 	}
 }
 
-// set puts value at the dotted path, creating maps on the way.
+// set puts value at a dotted path, making maps on the way.
 func set(vals values, path string, value interface{}) {
-	keys := strings.Split(path, ".")
-	for _, k := range keys[:len(keys)-1] {
-		if _, ok := vals[k].(values); !ok {
-			vals[k] = values{}
+	for i := len(path) - 1; i >= 0; i-- {
+		if path[i] == '.' {
+			value, path = values{path[i+1:]: value}, path[:i]
 		}
-		vals = vals[k].(values)
 	}
-	merge(vals, values{keys[len(keys)-1]: value})
+	merge(vals, values{path: value})
 }
 
-func main() {
-	var files, sets, setFiles, positional []string
-	namespace := "default"
-	for args := os.Args[1:]; len(args) > 0; args = args[1:] {
-		flag := map[string]*[]string{"-f": &files, "--values": &files, "--set": &sets, "--set-file": &setFiles}
-		if list, ok := flag[args[0]]; ok && len(args) > 1 {
-			*list, args = append(*list, args[1]), args[1:]
-		} else if args[0] == "--namespace" && len(args) > 1 {
-			namespace, args = args[1], args[1:]
-		} else if strings.HasPrefix(args[0], "-") {
-			must(fmt.Errorf("unknown flag %s", args[0]))
-		} else {
-			positional = append(positional, args[0])
-		}
+// typed is a --set value as helm types it: true, false, null, an integer, else a string.
+func typed(val string) interface{} {
+	lower := strings.ToLower(val)
+	if lower == "true" || lower == "false" || lower == "null" || val == "0" {
+		var v interface{}
+		must(yaml.Unmarshal([]byte(lower), &v))
+		return v
+	} else if n, err := strconv.ParseInt(val, 10, 64); err == nil && val[0] != '0' {
+		return n
 	}
-	if len(positional) == 1 {
-		positional = append([]string{"release-name"}, positional...)
-	}
-	if len(positional) != 2 {
-		must(fmt.Errorf("usage: deploy-render [-f values.yaml] [--set k=v] [--set-file k=file] [NAME] CHART"))
-	}
-	name, chartDir := positional[0], positional[1]
+	return val
+}
 
-	var chart Metadata
-	readYAML(filepath.Join(chartDir, "Chart.yaml"), &chart)
-	vals := values{}
-	readYAML(filepath.Join(chartDir, "values.yaml"), &vals)
+// list is a flag that may be given more than once.
+type list []string
+
+func (l *list) String() string     { return strings.Join(*l, ",") }
+func (l *list) Set(s string) error { *l = append(*l, s); return nil }
+
+func main() {
+	var files, sets list
+	flag.Var(&files, "f", "a values file laid over values.yaml (repeatable, in order)")
+	flag.Var(&sets, "set", "path=scalar, laid over the values files (repeatable)")
+	namespace := flag.String("namespace", "default", ".Release.Namespace")
+	flag.Parse()
+	args := flag.Args()
+	if len(args) == 1 {
+		args = append([]string{"release-name"}, args...)
+	}
+	if len(args) != 2 {
+		must(fmt.Errorf("usage: deploy-render [-f values.yaml] [-set path=scalar] [NAME] CHART"))
+	}
+	// .Chart has Chart.yaml's fields with helm's Go names (name -> Name, appVersion -> AppVersion).
+	chart, meta := values{}, readYAML(filepath.Join(args[1], "Chart.yaml"))
+	for k, v := range meta {
+		chart[strings.Replace(strings.ToUpper(k[:1])+k[1:], "Api", "API", 1)] = v
+	}
+	vals := readYAML(filepath.Join(args[1], "values.yaml"))
 	for _, f := range files {
-		over := values{}
-		readYAML(f, &over)
-		merge(vals, over)
+		merge(vals, readYAML(f))
 	}
-	for _, s := range sets {
-		path, raw, _ := strings.Cut(s, "=")
-		var v interface{} = raw
-		if raw != "" {
-			must(yaml.Unmarshal([]byte(raw), &v))
-		}
-		set(vals, path, v)
-	}
-	for _, s := range setFiles {
-		path, file, _ := strings.Cut(s, "=")
-		data, err := os.ReadFile(file)
-		must(err)
-		set(vals, path, string(data))
+	for _, kv := range sets {
+		key, val, _ := strings.Cut(kv, "=")
+		set(vals, key, typed(val))
 	}
 
 	t := template.New("gotpl").Option("missingkey=zero")
@@ -142,25 +123,8 @@ func main() {
 	delete(funcs, "env")
 	delete(funcs, "expandenv")
 	funcs["toYaml"] = func(v interface{}) string {
-		data, err := yaml.Marshal(v)
-		if err != nil {
-			return ""
-		}
+		data, _ := yaml.Marshal(v) // helm too prints nothing for what it cannot marshal
 		return strings.TrimSuffix(string(data), "\n")
-	}
-	funcs["fromYaml"] = func(s string) values {
-		m := values{}
-		if err := yaml.Unmarshal([]byte(s), &m); err != nil {
-			m["Error"] = err.Error()
-		}
-		return m
-	}
-	funcs["toJson"] = func(v interface{}) string {
-		data, err := json.Marshal(v)
-		if err != nil {
-			return ""
-		}
-		return string(data)
 	}
 	funcs["include"] = func(name string, data interface{}) (string, error) {
 		var buf strings.Builder
@@ -168,14 +132,12 @@ func main() {
 		return buf.String(), err
 	}
 	funcs["tpl"] = func(text string, data interface{}) (string, error) {
-		clone, err := t.Clone()
-		if err == nil {
-			_, err = clone.New("tpl").Parse(text)
+		clone := template.Must(t.Clone())
+		if _, err := clone.New("tpl").Parse(text); err != nil {
+			return "", err
 		}
 		var buf strings.Builder
-		if err == nil {
-			err = clone.ExecuteTemplate(&buf, "tpl", data)
-		}
+		err := clone.ExecuteTemplate(&buf, "tpl", data)
 		return buf.String(), err
 	}
 	funcs["required"] = func(msg string, v interface{}) (interface{}, error) {
@@ -186,39 +148,36 @@ func main() {
 	}
 	t.Funcs(funcs)
 
-	paths, err := filepath.Glob(filepath.Join(chartDir, "templates", "*"))
+	paths, err := filepath.Glob(filepath.Join(args[1], "templates", "*"))
 	must(err)
 	sort.Strings(paths)
+	prefix := fmt.Sprint(chart["Name"], "/templates/")
 	for _, p := range paths {
 		data, err := os.ReadFile(p)
 		must(err)
-		_, err = t.New(chart.Name + "/templates/" + filepath.Base(p)).Parse(string(data))
+		_, err = t.New(prefix + filepath.Base(p)).Parse(string(data))
 		must(err)
 	}
-	release := values{"Name": name, "Namespace": namespace, "Service": "Helm",
+	release := values{"Name": args[0], "Namespace": *namespace, "Service": "Helm",
 		"IsInstall": true, "IsUpgrade": false, "Revision": 1}
-	type manifest struct{ source, kind, body string }
-	var out []manifest
+	var out []struct{ kind, source, body string }
 	for _, p := range paths {
-		base := filepath.Base(p)
-		if strings.HasPrefix(base, "_") || base == "NOTES.txt" {
+		source := prefix + filepath.Base(p)
+		if strings.HasPrefix(filepath.Base(p), "_") || filepath.Base(p) == "NOTES.txt" {
 			continue
 		}
-		source := chart.Name + "/templates/" + base
-		top := values{"Values": vals, "Release": release, "Chart": chart,
-			"Template": values{"Name": source, "BasePath": chart.Name + "/templates"}}
 		var buf strings.Builder
-		must(t.ExecuteTemplate(&buf, source, top))
+		must(t.ExecuteTemplate(&buf, source, values{"Values": vals, "Release": release, "Chart": chart,
+			"Template": values{"Name": source, "BasePath": strings.TrimSuffix(prefix, "/")}}))
 		text := strings.ReplaceAll(buf.String(), "<no value>", "")
 		for _, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(text, -1) {
-			if strings.TrimSpace(doc) == "" {
-				continue
-			}
 			var head struct{ Kind string }
-			if err := yaml.Unmarshal([]byte(doc), &head); err != nil {
+			if doc = strings.TrimSpace(doc); doc == "" {
+				continue
+			} else if err := yaml.Unmarshal([]byte(doc), &head); err != nil {
 				must(fmt.Errorf("YAML parse error on %s: %v", source, err))
 			}
-			out = append(out, manifest{source, head.Kind, strings.TrimSpace(doc)})
+			out = append(out, struct{ kind, source, body string }{head.Kind, source, doc})
 		}
 	}
 	rank := func(kind string) int {
