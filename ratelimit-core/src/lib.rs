@@ -36,7 +36,8 @@
 //! - `cache` and `fallback` (private): decisions answered locally, and what answers while Redis
 //!   cannot.
 //! - [`hot_keys`]: which keys take a disproportionate share of decisions.
-//! - [`limiter`]: [`RateLimiter`], which ties them together.
+//! - [`limiter`]: [`RateLimiter`], which ties them together; `policy_state` (private) keeps
+//!   what it derives from each policy (sub-policies, metric counters).
 //! - [`metrics`]: the Prometheus families.
 //! - [`scripts`]: the Lua scripts, embedded.
 
@@ -55,6 +56,7 @@ pub mod key;
 pub mod limiter;
 pub mod metrics;
 pub mod policy;
+mod policy_state;
 pub mod scripts;
 
 pub use cache::CacheStats;
