@@ -458,10 +458,9 @@ mod tests {
     fn leases_follow_demand_and_shrink_with_the_quota() {
         let config = CacheConfig::new(Duration::from_millis(200), 1_000_000).with_leases(8);
         let cache = DecisionCache::new(&config);
-        assert_eq!(
-            cache.reservation(b"k", 1, true, &per_minute(100)),
-            Reservation::Lease(2)
-        );
+        // What the next miss of a request of cost 1 under 100/1m reserves.
+        let next = || cache.reservation(b"k", 1, true, &per_minute(100));
+        assert_eq!(next(), Reservation::Lease(2));
         cache.record(b"k", 1, 2, &decision(true, 50, 0), 0);
         let hit = cache.lookup(b"k", 1, true, 10).expect("lease permit");
         assert!(hit.allowed());
@@ -473,25 +472,16 @@ mod tests {
         );
         // Used up within its ttl: the next one doubles once the old one has expired.
         assert!(cache.lookup(b"k", 1, true, 300_000).is_none());
-        assert_eq!(
-            cache.reservation(b"k", 1, true, &per_minute(100)),
-            Reservation::Lease(4)
-        );
+        assert_eq!(next(), Reservation::Lease(4));
         cache.record(b"k", 1, 4, &decision(true, 40, 0), 300_000);
         // Expires with 2 of its 3 extra permits unused: stranded, and the next size follows use.
         assert!(cache.lookup(b"k", 1, true, 300_010).is_some());
         assert!(cache.lookup(b"k", 1, true, 600_000).is_none());
         assert_eq!(cache.stats().stranded_permits, 2);
-        assert_eq!(
-            cache.reservation(b"k", 1, true, &per_minute(100)),
-            Reservation::Lease(2)
-        );
+        assert_eq!(next(), Reservation::Lease(2));
         // Near the limit the cache steps aside.
         cache.record(b"k", 1, 2, &decision(true, 3, 0), 600_000);
-        assert_eq!(
-            cache.reservation(b"k", 1, true, &per_minute(100)),
-            Reservation::Exact
-        );
+        assert_eq!(next(), Reservation::Exact);
     }
 
     /// Misses that race to create a key's first lease all land in it: none replaces another's

@@ -35,8 +35,10 @@
 //! - [`breaker`]: the circuit breaker in front of Redis.
 //! - `cache` and `fallback` (private): decisions answered locally, and what answers while Redis
 //!   cannot.
+//! - `guard` (private): the pipeline around each Redis call: cache, turn, breaker, fallback.
 //! - [`hot_keys`]: which keys take a disproportionate share of decisions.
-//! - [`limiter`]: [`RateLimiter`], which ties them together.
+//! - [`limiter`]: [`RateLimiter`], which ties them together; `policy_state` (private) keeps
+//!   what it derives from each policy (sub-policies, metric counters).
 //! - [`metrics`]: the Prometheus families.
 //! - [`scripts`]: the Lua scripts, embedded.
 
@@ -49,12 +51,14 @@ pub mod config;
 pub mod decision;
 mod error;
 mod fallback;
+mod guard;
 pub mod hot_keys;
 pub mod invariants;
 pub mod key;
 pub mod limiter;
 pub mod metrics;
 pub mod policy;
+mod policy_state;
 pub mod scripts;
 
 pub use cache::CacheStats;

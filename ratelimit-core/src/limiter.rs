@@ -1,28 +1,28 @@
 //! [`RateLimiter`]: the public entry point.
+//!
+//! It wires a backend (in memory, or Redis behind the guard pipeline of `guard.rs`) with the
+//! per-policy state, the hot-key detector and the metrics, and handles what is common to both
+//! backends: validation of the cost, spread policies, tracing and counting decisions.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::Instrument;
 
-use crate::backend::{MemoryBackend, RedisBackend};
-use crate::breaker::{Admission, BreakerState, BreakerStats, CircuitBreaker};
-use crate::cache::{CacheStats, DecisionCache, Reservation};
+use crate::backend::MemoryBackend;
+use crate::breaker::{BreakerState, BreakerStats};
+use crate::cache::CacheStats;
 use crate::clock::{Clock, SystemClock};
-use crate::config::CacheConfig;
 use crate::config::Config;
 use crate::decision::{Decision, Source};
 use crate::error::Error;
-use crate::fallback::Fallback;
+use crate::guard::Guarded;
 use crate::hot_keys::{HotKey, HotKeys};
 use crate::invariants::{self, Invariant, Invariants};
-use crate::key::{Identity, KeyBuilder, MAX_KEY, store_key};
-use crate::metrics::{Metrics, Operation, error_kind};
+use crate::key::Identity;
+use crate::metrics::Metrics;
 use crate::policy::Policy;
-
-/// The bound on the memory of the hot-key shield (denials of hot keys, when the cache is off):
-/// it holds at most `hot_keys.capacity` keys at a time in practice.
-const SHIELD_BYTES: u64 = 256 * 1024;
+use crate::policy_state::{PolicyState, PolicyTable};
 
 /// Answers whether a key may proceed, for a default policy or any other.
 ///
@@ -52,6 +52,8 @@ struct Inner {
     backend: Arc<Backend>,
     metrics: Metrics,
     hot_keys: Arc<HotKeys>,
+    /// The sub-policies and counters of each policy, built with the limiter.
+    policies: PolicyTable,
     /// Whose turn it is among the sub-counters of spread policies.
     turn: AtomicU64,
 }
@@ -60,23 +62,6 @@ struct Inner {
 enum Backend {
     Memory(MemoryBackend),
     Redis(Box<Guarded>),
-}
-
-/// Redis, with what protects the service from it: the cache, the breaker, the fallback.
-#[derive(Debug)]
-struct Guarded {
-    redis: RedisBackend,
-    clock: Arc<dyn Clock>,
-    cache: Option<DecisionCache>,
-    /// Whether every denial is cached (the cache is on), or only hot keys' (the shield).
-    cache_every_denial: bool,
-    hot_keys: Arc<HotKeys>,
-    breaker: CircuitBreaker,
-    fallback: Fallback,
-    metrics: Metrics,
-    /// `evicted_keys` of each primary when this limiter first read it: evictions since then
-    /// are counts lost while it ran.
-    evictions_seen: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// What the limiter has done so far, for operators and tests.
@@ -105,7 +90,7 @@ impl RateLimiter {
     pub async fn new(config: Config) -> Result<Self, Error> {
         let limiter = Self::new_lazy(config)?;
         if let Backend::Redis(guarded) = limiter.inner.backend.as_ref() {
-            guarded.redis.connect().await?;
+            guarded.connect().await?;
             // Loud at start: a Redis that may evict our keys silently hands quotas back.
             let check = guarded.keeps_counts().await;
             if !check.ok {
@@ -143,14 +128,12 @@ impl RateLimiter {
         if same_backend {
             // Cached denials, the hot-key shield and leases were decided under the old
             // limits: a client denied under 5/1m must not stay denied under 100000/1m.
-            if let Backend::Redis(guarded) = self.inner.backend.as_ref()
-                && let Some(cache) = &guarded.cache
-            {
-                cache.clear();
+            if let Backend::Redis(guarded) = self.inner.backend.as_ref() {
+                guarded.clear_cache();
             }
-            publish_policies(&config, &self.inner.metrics);
             return Ok(Self {
                 inner: Arc::new(Inner {
+                    policies: PolicyTable::new(&config, &self.inner.metrics),
                     config,
                     backend: self.inner.backend.clone(),
                     metrics: self.inner.metrics.clone(),
@@ -164,7 +147,7 @@ impl RateLimiter {
 
     fn build(config: Config, metrics: Metrics) -> Result<Self, Error> {
         config.validate()?;
-        publish_policies(&config, &metrics);
+        let policies = PolicyTable::new(&config, &metrics);
         let clock: Arc<dyn Clock> = config
             .clock
             .clone()
@@ -175,39 +158,13 @@ impl RateLimiter {
             metrics.clone(),
         ));
         let backend = match config.redis() {
-            Some(redis) => {
-                let fallback = config.fallback();
-                let cache_every_denial = config.cache().enabled();
-                let cache = if cache_every_denial {
-                    Some(DecisionCache::new(config.cache()))
-                } else {
-                    hot_keys.shields().then(|| {
-                        DecisionCache::new(&CacheConfig::new(
-                            std::time::Duration::from_millis(500),
-                            SHIELD_BYTES,
-                        ))
-                    })
-                };
-                Backend::Redis(Box::new(Guarded {
-                    redis: RedisBackend::new(redis, KeyBuilder::new(config.prefix()))?,
-                    cache,
-                    cache_every_denial,
-                    hot_keys: hot_keys.clone(),
-                    breaker: CircuitBreaker::new(
-                        fallback.circuit_breaker_threshold(),
-                        fallback.cool_down(),
-                    ),
-                    fallback: Fallback::new(
-                        fallback.mode(),
-                        clock.clone(),
-                        config.memory().max_keys(),
-                        fallback.cool_down(),
-                    ),
-                    clock,
-                    metrics: metrics.clone(),
-                    evictions_seen: Default::default(),
-                }))
-            }
+            Some(redis) => Backend::Redis(Box::new(Guarded::new(
+                redis,
+                &config,
+                clock.clone(),
+                hot_keys.clone(),
+                metrics.clone(),
+            )?)),
             None => Backend::Memory(MemoryBackend::new(clock, config.memory().max_keys())),
         };
         Ok(Self {
@@ -216,6 +173,7 @@ impl RateLimiter {
                 backend: Arc::new(backend),
                 metrics,
                 hot_keys,
+                policies,
                 turn: AtomicU64::new(0),
             }),
         })
@@ -284,29 +242,7 @@ impl RateLimiter {
                         detail: "in-memory backend".to_owned(),
                     },
                 ),
-                Backend::Redis(guarded) => {
-                    let ping = guarded.redis.ping().await;
-                    let stuck = guarded.redis.stuck_keys().await;
-                    let keeps_counts = guarded.keeps_counts().await;
-                    (
-                        Invariant {
-                            name: "redis_healthy",
-                            ok: ping.is_ok(),
-                            detail: ping
-                                .map_or_else(|e| e.to_string(), |()| "PING answered".into()),
-                        },
-                        Invariant {
-                            name: "no_stuck_keys",
-                            ok: matches!(&stuck, Ok(keys) if keys.is_empty()),
-                            detail: match stuck {
-                                Ok(keys) => format!("{} keys without a TTL", keys.len()),
-                                Err(e) => format!("scan failed: {e}"),
-                            },
-                        },
-                        invariants::breaker(Some(guarded.breaker.state())),
-                        keeps_counts,
-                    )
-                }
+                Backend::Redis(guarded) => guarded.health().await,
             };
         let report = Invariants::new(vec![
             config_loaded,
@@ -327,16 +263,12 @@ impl RateLimiter {
                 ..LimiterStats::default()
             },
             Backend::Redis(guarded) => LimiterStats {
-                breaker: Some(guarded.breaker.state()),
-                breaker_transitions: guarded.breaker.stats(),
-                fallback_decisions: guarded.fallback.events(),
-                cache: guarded
-                    .cache
-                    .as_ref()
-                    .map(DecisionCache::stats)
-                    .unwrap_or_default(),
-                cache_bytes: guarded.cache.as_ref().map_or(0, DecisionCache::weight),
-                memory_keys: guarded.fallback.local_keys(),
+                breaker: Some(guarded.breaker_state()),
+                breaker_transitions: guarded.breaker_stats(),
+                fallback_decisions: guarded.fallback_decisions(),
+                cache: guarded.cache_stats(),
+                cache_bytes: guarded.cache_bytes(),
+                memory_keys: guarded.local_keys(),
             },
         }
     }
@@ -358,8 +290,8 @@ impl RateLimiter {
 
     /// Takes the default cost (1 unless configured) from `key`'s quota, if it fits.
     pub async fn allow(&self, key: impl AsRef<[u8]>) -> Result<Decision, Error> {
-        let policy = self.policy();
-        self.evaluate(policy, key.as_ref(), policy.cost(), true)
+        let state = self.inner.policies.default_policy();
+        self.evaluate(state, key.as_ref(), state.policy().cost(), true)
             .await
     }
 
@@ -367,13 +299,14 @@ impl RateLimiter {
     ///
     /// `n` above the smallest window's limit could never fit and is an error.
     pub async fn allow_n(&self, key: impl AsRef<[u8]>, n: u64) -> Result<Decision, Error> {
-        self.evaluate(self.policy(), key.as_ref(), n, true).await
+        let state = self.inner.policies.default_policy();
+        self.evaluate(state, key.as_ref(), n, true).await
     }
 
     /// What `allow` would answer, without taking anything; `remaining` is what is left now.
     pub async fn peek(&self, key: impl AsRef<[u8]>) -> Result<Decision, Error> {
-        let policy = self.policy();
-        self.evaluate(policy, key.as_ref(), policy.cost(), false)
+        let state = self.inner.policies.default_policy();
+        self.evaluate(state, key.as_ref(), state.policy().cost(), false)
             .await
     }
 
@@ -390,7 +323,8 @@ impl RateLimiter {
         n: u64,
     ) -> Result<Decision, Error> {
         policy.validate()?;
-        self.evaluate(policy, key.as_ref(), n, true).await
+        let state = self.inner.policies.get(policy);
+        self.evaluate(&state, key.as_ref(), n, true).await
     }
 
     /// `peek` under another policy.
@@ -400,7 +334,8 @@ impl RateLimiter {
         key: impl AsRef<[u8]>,
     ) -> Result<Decision, Error> {
         policy.validate()?;
-        self.evaluate(policy, key.as_ref(), policy.cost(), false)
+        let state = self.inner.policies.get(policy);
+        self.evaluate(&state, key.as_ref(), policy.cost(), false)
             .await
     }
 
@@ -413,7 +348,7 @@ impl RateLimiter {
         let identity = Identity::new(key.as_ref());
         let source = if policy.spread() > 1 {
             let mut source = Source::Memory;
-            for (index, part) in policy.parts().iter().enumerate() {
+            for (index, part) in self.inner.policies.parts(policy).iter().enumerate() {
                 let mut buffer = [0u8; PART_IDENTITY];
                 source = self
                     .reset_one(part, part_identity(&mut buffer, identity, index))
@@ -433,20 +368,7 @@ impl RateLimiter {
                 Source::Memory
             }
             Backend::Redis(guarded) => {
-                guarded.fallback.reset(policy, identity);
-                if let Some(cache) = &guarded.cache {
-                    let mut buffer = [0u8; MAX_KEY];
-                    cache.forget(store_key(&mut buffer, policy, identity));
-                }
-                let started = std::time::Instant::now();
-                let result = guarded.redis.reset(policy, identity).await;
-                guarded
-                    .metrics
-                    .redis_latency(Operation::reset, started.elapsed());
-                if let Err(error) = &result {
-                    guarded.metrics.redis_error(error_kind(error));
-                }
-                result?;
+                guarded.reset(policy, identity).await?;
                 Source::Redis
             }
         })
@@ -454,22 +376,13 @@ impl RateLimiter {
 
     async fn evaluate(
         &self,
-        policy: &Policy,
+        state: &PolicyState,
         key: &[u8],
         cost: u64,
         consume: bool,
     ) -> Result<Decision, Error> {
-        // A spread key's request is decided by one sub-counter: it must fit the largest share.
-        let limit = if policy.spread() > 1 {
-            policy
-                .parts()
-                .iter()
-                .map(Policy::smallest_limit)
-                .max()
-                .unwrap_or(0)
-        } else {
-            policy.smallest_limit()
-        };
+        let policy = state.policy();
+        let limit = state.largest_cost();
         if cost > limit {
             return Err(Error::CostAboveLimit { cost, limit });
         }
@@ -493,7 +406,7 @@ impl RateLimiter {
         // `async fn` for it makes the in-memory path's future nest and be moved, measured at
         // +80 ns a decision (143 -> 225 ns in the token-bucket bench).
         let decision = if policy.spread() > 1 {
-            let decide = self.decide_spread(policy, identity, cost, consume);
+            let decide = self.decide_spread(state, identity, cost, consume);
             if started.is_some() {
                 decide.instrument(span.clone()).await?
             } else {
@@ -529,7 +442,7 @@ impl RateLimiter {
             span.record("latency_us", started.elapsed().as_micros() as u64);
         }
         if consume {
-            self.inner.metrics.decision(policy, &decision);
+            state.counters().count(&decision);
             self.inner
                 .hot_keys
                 .record(policy, identity, decision.allowed());
@@ -543,12 +456,13 @@ impl RateLimiter {
     /// next in turn, then the one after it if the first denies.
     async fn decide_spread(
         &self,
-        policy: &Policy,
+        state: &PolicyState,
         identity: Identity<'_>,
         cost: u64,
         consume: bool,
     ) -> Result<Decision, Error> {
-        let parts = policy.parts();
+        let policy = state.policy();
+        let parts = state.parts();
         let n = parts.len().max(1);
         let turn = self.inner.turn.fetch_add(1, Ordering::Relaxed);
         let first = usize::try_from(turn % n as u64).unwrap_or(0);
@@ -585,19 +499,6 @@ impl RateLimiter {
     }
 }
 
-/// Creates the decision series of every policy `config` names, at zero.
-fn publish_policies(config: &Config, metrics: &Metrics) {
-    metrics.publish_policy(config.policy());
-    for policy in config
-        .http()
-        .rules
-        .iter()
-        .filter_map(|rule| rule.policy.as_ref())
-    {
-        metrics.publish_policy(policy);
-    }
-}
-
 /// Room for an identity (at most 64 bytes as stored) and `#<index>`.
 const PART_IDENTITY: usize = crate::key::MAX_PLAIN_IDENTITY + 4;
 
@@ -625,210 +526,4 @@ fn part_identity<'b>(
     len += 1;
     // Only ASCII was written.
     Identity::internal(std::str::from_utf8(&buffer[..len]).unwrap_or("#"))
-}
-
-impl Guarded {
-    /// The `redis_keeps_counts` invariant: every primary's eviction policy cannot pick our
-    /// keys, and none evicted a key since this limiter first looked. Also publishes the
-    /// evictions seen as `ratelimiter_redis_evicted_keys`.
-    async fn keeps_counts(&self) -> Invariant {
-        let name = "redis_keeps_counts";
-        let nodes = match self.redis.evictions().await {
-            Ok(nodes) => nodes,
-            Err(error) => {
-                return Invariant {
-                    name,
-                    ok: false,
-                    detail: format!("unknown: {error}"),
-                };
-            }
-        };
-        let mut problems = Vec::new();
-        let mut evicted_since_start = 0;
-        {
-            let mut seen = self
-                .evictions_seen
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for node in &nodes {
-                let at = if node.node.is_empty() {
-                    "redis".to_owned()
-                } else {
-                    node.node.clone()
-                };
-                match node.may_evict() {
-                    Some(false) => {}
-                    Some(true) => problems.push(format!(
-                        "{at}: maxmemory-policy {} with maxmemory {} can evict the limiter's keys (set noeviction)",
-                        node.policy.as_deref().unwrap_or("?"),
-                        node.maxmemory.unwrap_or(0),
-                    )),
-                    None => problems.push(format!(
-                        "{at}: eviction policy unknown (CONFIG GET refused): check that it is noeviction"
-                    )),
-                }
-                if let Some(evicted) = node.evicted_keys {
-                    let baseline = *seen.entry(node.node.clone()).or_insert(evicted);
-                    let since = evicted.saturating_sub(baseline);
-                    evicted_since_start += since;
-                    if since > 0 {
-                        problems.push(format!(
-                            "{at}: {since} keys evicted since the limiter started"
-                        ));
-                    }
-                }
-            }
-        }
-        self.metrics.redis_evicted_keys(evicted_since_start);
-        Invariant {
-            name,
-            ok: problems.is_empty(),
-            detail: if problems.is_empty() {
-                format!(
-                    "{} primar{} keep every key (noeviction or no maxmemory), none evicted",
-                    nodes.len(),
-                    if nodes.len() == 1 { "y" } else { "ies" }
-                )
-            } else {
-                problems.join("; ")
-            },
-        }
-    }
-
-    /// Cache, then breaker, then Redis; the fallback when Redis cannot answer.
-    async fn evaluate(
-        &self,
-        policy: &Policy,
-        identity: Identity<'_>,
-        cost: u64,
-        consume: bool,
-    ) -> Result<Decision, Error> {
-        let mut buffer = [0u8; MAX_KEY];
-        let key = store_key(&mut buffer, policy, identity);
-        if let Some(decision) = self.cached(key, cost, consume, self.clock.now_micros()) {
-            return Ok(decision);
-        }
-        // Wait behind this process's own burst first: that queue is not Redis failing, so it
-        // neither counts against the timeout nor reaches the breaker. The breaker is asked
-        // once the call can really be sent, so a breaker that opened meanwhile still spares
-        // Redis the queued calls.
-        let _turn = self.redis.turn().await;
-        // When the call is sent: a cached answer is anchored here, not when the reply came
-        // back, so it never outlives what Redis said by the round trip.
-        let sent = self.clock.now_micros();
-        // The calls ahead in the queue may have left a denial for this key: Redis need not
-        // hear the rest of a burst on a spent key.
-        if let Some(decision) = self.cached(key, cost, consume, sent) {
-            return Ok(decision);
-        }
-        let admission = self.breaker.admit(sent);
-        if admission == Admission::Reject {
-            return Ok(self.fall_back(policy, identity, cost, consume));
-        }
-        // A probe whose caller gives up (the future is dropped) must still end the half-open
-        // state, or the breaker never lets another call through.
-        let probe = ProbeGuard {
-            guarded: (admission == Admission::Probe).then_some(self),
-        };
-        let operation = if consume {
-            Operation::allow
-        } else {
-            Operation::peek
-        };
-        let started = std::time::Instant::now();
-        let reserve = match &self.cache {
-            Some(cache) => cache.reservation(key, cost, consume, policy),
-            None => Reservation::Exact,
-        };
-        let asked = match reserve {
-            Reservation::Exact => cost,
-            Reservation::Lease(size) => size,
-        };
-        let in_flight = consume.then(|| self.fallback.sent(policy, identity, asked));
-        let mut granted = asked;
-        let mut result = self.redis.evaluate(policy, identity, asked, consume).await;
-        if asked > cost && matches!(&result, Ok(outcome) if !outcome.allowed) {
-            // The lease did not fit; the request itself may.
-            granted = cost;
-            result = self.redis.evaluate(policy, identity, cost, consume).await;
-        }
-        self.metrics.redis_latency(operation, started.elapsed());
-        probe.disarm();
-        match result {
-            Ok(outcome) => {
-                self.breaker.on_success();
-                self.metrics.set_circuit_state(self.breaker.state());
-                let granted = if outcome.allowed { granted } else { cost };
-                if let Some(in_flight) = in_flight
-                    && !in_flight.answered(if outcome.allowed { granted } else { 0 })
-                    && outcome.allowed
-                {
-                    // Back from an outage: this instance's fallback admitted the rest of the
-                    // limit, which Redis never heard of. One instance never passes the limit
-                    // across the switch, in either direction; the local count answers.
-                    return Ok(self.fall_back(policy, identity, cost, false));
-                }
-                let mut decision = Decision::from_outcome(outcome, policy.windows(), Source::Redis);
-                if granted > cost {
-                    // Permits reserved for this instance are still the client's to spend.
-                    decision = decision.with_remaining(decision.remaining() + granted - cost);
-                }
-                if let Some(cache) = &self.cache
-                    && (self.cache_every_denial
-                        || decision.allowed()
-                        || self.hot_keys.is_hot(policy, identity))
-                {
-                    cache.record(key, cost, granted, &decision, sent);
-                }
-                Ok(decision)
-            }
-            Err(error) if error.is_backend_failure() => {
-                // No answer: whatever Redis did, this caller's answer comes from the fallback.
-                drop(in_flight);
-                tracing::debug!(%error, "redis failed; fallback answers");
-                self.metrics.redis_error(error_kind(&error));
-                self.breaker.on_failure(self.clock.now_micros());
-                self.metrics.set_circuit_state(self.breaker.state());
-                Ok(self.fall_back(policy, identity, cost, consume))
-            }
-            Err(error) => Err(error),
-        }
-    }
-
-    /// The cache's answer for `key` at `now_us`, counted, when it has one.
-    fn cached(&self, key: &[u8], cost: u64, consume: bool, now_us: u64) -> Option<Decision> {
-        let decision = self.cache.as_ref()?.lookup(key, cost, consume, now_us)?;
-        self.metrics.cache_hit();
-        Some(decision)
-    }
-
-    fn fall_back(
-        &self,
-        policy: &Policy,
-        identity: Identity<'_>,
-        cost: u64,
-        consume: bool,
-    ) -> Decision {
-        self.metrics.fallback(self.fallback.mode());
-        self.fallback.decide(policy, identity, cost, consume)
-    }
-}
-
-/// Records a failed probe if dropped before [`ProbeGuard::disarm`].
-struct ProbeGuard<'a> {
-    guarded: Option<&'a Guarded>,
-}
-
-impl ProbeGuard<'_> {
-    fn disarm(mut self) {
-        self.guarded = None;
-    }
-}
-
-impl Drop for ProbeGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(guarded) = self.guarded {
-            guarded.breaker.on_failure(guarded.clock.now_micros());
-        }
-    }
 }

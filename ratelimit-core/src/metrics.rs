@@ -18,8 +18,7 @@
 //! a decision allocates nothing: label sets are small `Copy` values and a shared policy name.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -177,8 +176,6 @@ fn latency_histogram() -> Histogram {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Metrics {
-    /// Tells these families apart from another limiter's, for [`DecisionCounters`].
-    id: u64,
     requests: Family<RequestLabels, Counter>,
     redis_latency: LatencyFamily,
     cache_hits: Counter,
@@ -201,9 +198,7 @@ impl Default for Metrics {
 impl Metrics {
     /// Fresh families, registered nowhere yet.
     pub fn new() -> Self {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let metrics = Self {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             requests: Family::default(),
             redis_latency: Family::new_with_constructor(latency_histogram),
             cache_hits: Counter::default(),
@@ -248,14 +243,17 @@ impl Metrics {
         metrics
     }
 
-    /// Creates the decision series of `policy` (each window, allowed and denied) at zero, so
-    /// they exist before the first decision.
-    pub(crate) fn publish_policy(&self, policy: &Policy) {
-        for index in 0..policy.windows().len() {
-            for allowed in [true, false] {
-                self.request_counter(policy, index, allowed);
-            }
-        }
+    /// The request counters of `policy`'s windows, looked up in the families once. Creates
+    /// the series (each window, allowed and denied) at zero, so they exist before the first
+    /// decision.
+    pub(crate) fn decision_counters(&self, policy: &Policy) -> DecisionCounters {
+        DecisionCounters(
+            (0..policy.windows().len())
+                .map(|index| {
+                    [true, false].map(|allowed| self.request_counter(policy, index, allowed))
+                })
+                .collect(),
+        )
     }
 
     /// Registers every family in `registry` (yours, or a fresh one).
@@ -345,29 +343,6 @@ impl Metrics {
         }
     }
 
-    /// Counts `decision`, made under `policy`.
-    ///
-    /// The counters of a policy's windows are looked up in the family once and kept in the
-    /// policy, so a decision costs one atomic increment; a policy used by a limiter with other
-    /// families (rare) looks them up each time.
-    pub(crate) fn decision(&self, policy: &Policy, decision: &Decision) {
-        let result = usize::from(!decision.allowed());
-        let resolved = policy.decision_counters().get_or_init(|| Resolved {
-            owner: self.id,
-            counters: (0..policy.windows().len())
-                .map(|index| {
-                    [true, false].map(|allowed| self.request_counter(policy, index, allowed))
-                })
-                .collect(),
-        });
-        match resolved.counters.get(decision.window_index()) {
-            Some(pair) if resolved.owner == self.id => pair[result].inc(),
-            _ => self
-                .request_counter(policy, decision.window_index(), decision.allowed())
-                .inc(),
-        };
-    }
-
     fn request_counter(&self, policy: &Policy, window_index: usize, allowed: bool) -> Counter {
         let window = policy
             .windows()
@@ -436,29 +411,18 @@ impl Metrics {
     }
 }
 
-/// A policy's request counters, resolved from one limiter's families on first use.
-///
-/// Kept in the [`Policy`] (clones share it; renaming a policy starts a fresh one), so the
-/// label set of a decision is never hashed on the hot path.
-#[derive(Default)]
-pub(crate) struct DecisionCounters(OnceLock<Resolved>);
-
-struct Resolved {
-    /// The [`Metrics::id`] the counters belong to.
-    owner: u64,
-    /// `[allowed, denied]` for each window of the policy, in order.
-    counters: Box<[[Counter; 2]]>,
-}
+/// A policy's request counters, resolved from one limiter's families when the limiter is
+/// built (see [`Metrics::decision_counters`]), so counting a decision is one atomic increment:
+/// the label set is never hashed on the hot path.
+#[derive(Debug)]
+pub(crate) struct DecisionCounters(Box<[[Counter; 2]]>);
 
 impl DecisionCounters {
-    fn get_or_init(&self, init: impl FnOnce() -> Resolved) -> &Resolved {
-        self.0.get_or_init(init)
-    }
-}
-
-impl std::fmt::Debug for DecisionCounters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DecisionCounters")
+    /// Counts `decision`, made under the policy these counters were resolved for.
+    pub(crate) fn count(&self, decision: &Decision) {
+        if let Some(pair) = self.0.get(decision.window_index()) {
+            pair[usize::from(!decision.allowed())].inc();
+        }
     }
 }
 

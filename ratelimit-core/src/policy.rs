@@ -5,11 +5,10 @@
 //! backend always has at least one window, no zero limit and no duplicate window.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::micros;
-use crate::metrics::DecisionCounters;
 
 /// At most `max_requests` permits in any interval of length `duration`.
 ///
@@ -162,30 +161,14 @@ pub const MAX_SPREAD: u32 = 64;
 /// assert!(policy.validate().is_ok());
 /// assert_eq!(policy.windows().len(), 2);
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Policy {
     name: Arc<str>,
     algorithm: Algorithm,
     windows: Arc<[Window]>,
     cost: u64,
     spread: u32,
-    /// Metric handles, found once: not part of what the policy is.
-    counters: Arc<DecisionCounters>,
-    /// The policies of the sub-counters when `spread > 1`, built on first use.
-    parts: Arc<OnceLock<Box<[Policy]>>>,
 }
-
-impl PartialEq for Policy {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
-            && self.algorithm == other.algorithm
-            && self.windows == other.windows
-            && self.cost == other.cost
-            && self.spread == other.spread
-    }
-}
-
-impl Eq for Policy {}
 
 impl Policy {
     /// The name of the policy built from the top-level `windows` of a configuration.
@@ -199,22 +182,18 @@ impl Policy {
             windows: windows.into_iter().collect(),
             cost: 1,
             spread: 1,
-            counters: Arc::default(),
-            parts: Arc::default(),
         }
     }
 
     /// The same policy under another algorithm.
     pub fn with_algorithm(mut self, algorithm: Algorithm) -> Self {
         self.algorithm = algorithm;
-        self.parts = Arc::default();
         self
     }
 
     /// The same policy with another default cost (what `allow` spends).
     pub fn with_cost(mut self, cost: u64) -> Self {
         self.cost = cost;
-        self.parts = Arc::default();
         self
     }
 
@@ -237,7 +216,6 @@ impl Policy {
     /// ```
     pub fn with_spread(mut self, n: u32) -> Self {
         self.spread = n;
-        self.parts = Arc::default();
         self
     }
 
@@ -247,37 +225,34 @@ impl Policy {
     }
 
     /// The sub-counters' policies: the same name, algorithm and cost, and sub-counter `i`
-    /// holds `limit / n` of every window's limit, plus one when `i < limit % n`.
-    pub(crate) fn parts(&self) -> &[Policy] {
-        self.parts.get_or_init(|| {
-            let n = u64::from(self.spread.max(1));
-            (0..n)
-                .map(|i| Policy {
-                    name: self.name.clone(),
-                    algorithm: self.algorithm,
-                    windows: self
-                        .windows
-                        .iter()
-                        .map(|w| {
-                            let share = w.max_requests / n + u64::from(i < w.max_requests % n);
-                            Window::new(share, w.duration)
-                        })
-                        .collect(),
-                    cost: self.cost,
-                    spread: 1,
-                    counters: Arc::default(),
-                    parts: Arc::default(),
-                })
-                .collect()
-        })
+    /// holds `limit / n` of every window's limit, plus one when `i < limit % n`. Empty when
+    /// the policy is not spread. Allocates: a limiter computes them once per policy.
+    pub(crate) fn parts(&self) -> Box<[Policy]> {
+        if self.spread <= 1 {
+            return Box::default();
+        }
+        let n = u64::from(self.spread);
+        (0..n)
+            .map(|i| Policy {
+                name: self.name.clone(),
+                algorithm: self.algorithm,
+                windows: self
+                    .windows
+                    .iter()
+                    .map(|w| {
+                        let share = w.max_requests / n + u64::from(i < w.max_requests % n);
+                        Window::new(share, w.duration)
+                    })
+                    .collect(),
+                cost: self.cost,
+                spread: 1,
+            })
+            .collect()
     }
 
     /// The same policy under another name.
     pub fn with_name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.name = name.into();
-        // The metric labels and the sub-counters carry the name.
-        self.counters = Arc::default();
-        self.parts = Arc::default();
         self
     }
 
@@ -291,8 +266,10 @@ impl Policy {
         &self.name
     }
 
-    pub(crate) fn decision_counters(&self) -> &DecisionCounters {
-        &self.counters
+    /// Where the windows live: clones of a policy share them, so a limiter finds the state
+    /// it keeps for a policy by this address before comparing values.
+    pub(crate) fn windows_addr(&self) -> usize {
+        Arc::as_ptr(&self.windows).cast::<Window>().addr()
     }
 
     /// The algorithm.

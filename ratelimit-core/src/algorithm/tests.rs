@@ -231,20 +231,30 @@ proptest! {
     }
 }
 
+/// One request of cost 1 that takes what it is granted.
+const ALLOW: Request = Request {
+    cost: 1,
+    consume: true,
+};
+
+/// How many of 15 requests just before a one-second boundary and 15 just after it `decide`
+/// admits (the instants are 2 µs apart).
+fn admitted_across_a_boundary(mut decide: impl FnMut(u64) -> bool) -> u64 {
+    let mut admitted = 0;
+    for t in [999_999u64, 1_000_001] {
+        for _ in 0..15 {
+            admitted += u64::from(decide(t));
+        }
+    }
+    admitted
+}
+
 #[test]
 fn sliding_counter_has_no_double_burst_at_a_boundary() {
     let windows = [Window::per_second(10)];
     let mut pairs = [CounterPair::default()];
-    let allow = Request {
-        cost: 1,
-        consume: true,
-    };
-    let mut admitted = 0;
-    for t in [999_999u64, 1_000_001] {
-        for _ in 0..15 {
-            admitted += u64::from(sliding_counter(&mut pairs, &windows, t, allow).allowed);
-        }
-    }
+    let admitted =
+        admitted_across_a_boundary(|t| sliding_counter(&mut pairs, &windows, t, ALLOW).allowed);
     // The previous window's 10 still weigh almost fully 2 µs later.
     assert_eq!(admitted, 10);
 }
@@ -253,26 +263,13 @@ fn sliding_counter_has_no_double_burst_at_a_boundary() {
 fn fixed_window_admits_twice_the_limit_across_a_boundary() {
     let windows = [Window::per_second(10)];
     let mut counters = [FixedCounter::default()];
-    let allow = Request {
-        cost: 1,
-        consume: true,
-    };
-    let mut admitted = 0;
     // 10 at the end of one window, 10 at the start of the next: 20 within 2 ms.
-    for t in [999_999u64, 1_000_001] {
-        for _ in 0..15 {
-            admitted += u64::from(fixed_window(&mut counters, &windows, t, allow).allowed);
-        }
-    }
+    let admitted =
+        admitted_across_a_boundary(|t| fixed_window(&mut counters, &windows, t, ALLOW).allowed);
     assert_eq!(admitted, 20);
     // The sliding log never does.
     let mut log = VecDeque::new();
-    let mut exact = 0;
-    for t in [999_999u64, 1_000_001] {
-        for _ in 0..15 {
-            exact += u64::from(sliding_log(&mut log, &windows, t, allow).allowed);
-        }
-    }
+    let exact = admitted_across_a_boundary(|t| sliding_log(&mut log, &windows, t, ALLOW).allowed);
     assert_eq!(exact, 10);
 }
 
@@ -281,10 +278,7 @@ fn gcra_admits_exactly_the_burst_then_refills_at_the_rate() {
     // 7 per minute: the emission interval (60/7 s) is not a whole number of microseconds.
     let windows = [Window::per_minute(7)];
     let mut tats = [Tat::default()];
-    let allow = Request {
-        cost: 1,
-        consume: true,
-    };
+    let allow = ALLOW;
     let now = 5_000_000;
     let burst = (0..20)
         .filter(|_| gcra(&mut tats, &windows, now, allow).allowed)
