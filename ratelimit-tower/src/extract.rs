@@ -19,13 +19,6 @@ use ratelimit_core::config::{ClientIpHeader, HttpConfig, IpBlock, KeySource};
 use crate::error::Error;
 use crate::proxy::{ProxyError, TrustedProxies, canonical};
 
-/// The socket peer of a request, as an extension. Servers that know it insert it: a plain
-/// hyper server inserts this; under axum, serve the app with
-/// `into_make_service_with_connect_info::<SocketAddr>()` and the layer reads axum's
-/// `ConnectInfo` (with this crate's `axum` feature, which `ratelimit-axum` turns on).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerAddr(pub SocketAddr);
-
 /// What an extractor sees of a request.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestInfo<'a> {

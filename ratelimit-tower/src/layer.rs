@@ -13,10 +13,11 @@ use tower_layer::Layer;
 use crate::error::Error;
 use crate::extract::{ClientIp, KeyExtractor, from_source};
 use crate::hooks::Denial;
+use crate::peer::PeerLookup;
 use crate::plan::{Exemptions, Planner, SinglePolicy, Target};
 use crate::rules::RuleSet;
-use crate::service::{CodeSettings, LayerState, PeerLookup, PlannerSource, RateLimit, SharedCell};
-use crate::service::{PlannerBuilder, Shared};
+use crate::service::RateLimit;
+use crate::state::{CodeSettings, LayerState, PlannerBuilder, PlannerSource, Shared, SharedCell};
 
 /// Rate-limits every request of the wrapped service.
 ///
@@ -164,7 +165,7 @@ impl RateLimitLayer {
     }
 
     /// How to find the socket peer in a request's extensions (default:
-    /// [`peer_from_extension`](crate::service::peer_from_extension): a
+    /// [`peer_from_extension`](crate::peer::peer_from_extension): a
     /// [`PeerAddr`](crate::PeerAddr), and with the `axum` feature axum's `ConnectInfo` and
     /// `MockConnectInfo`).
     pub fn with_peer_lookup(self, lookup: PeerLookup) -> Self {
