@@ -12,7 +12,6 @@ use ratelimit_core::{Decision, Error};
 use tower_service::Service;
 
 use crate::body::ResponseBody;
-use crate::extract::RequestInfo;
 use crate::headers;
 use crate::hooks::Denial;
 use crate::info::RateLimitInfo;
@@ -251,13 +250,7 @@ fn denial<'a, B>(
     shadow: bool,
 ) -> Denial<'a> {
     Denial {
-        request: RequestInfo {
-            method: request.method(),
-            uri: request.uri(),
-            headers: request.headers(),
-            extensions: request.extensions(),
-            peer: (shared.code.peer)(request.extensions()),
-        },
+        request: shared.request_info(request),
         target,
         decision,
         key,

@@ -63,6 +63,8 @@ pub mod response;
 pub mod rules;
 pub mod service;
 mod state;
+#[cfg(test)]
+mod test_support;
 
 pub use body::ResponseBody;
 pub use error::Error;

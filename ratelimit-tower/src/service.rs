@@ -9,7 +9,6 @@ use ratelimit_core::config::MissingKey;
 use tower_service::Service;
 
 use crate::body::ResponseBody;
-use crate::extract::RequestInfo;
 use crate::future::ResponseFuture;
 use crate::plan::Plan;
 use crate::response;
@@ -74,13 +73,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         // The state in force when the request arrived decides it, even if a reload follows.
         let shared = self.state.current.load_full();
-        let mut info = RequestInfo {
-            method: request.method(),
-            uri: request.uri(),
-            headers: request.headers(),
-            extensions: request.extensions(),
-            peer: (shared.code.peer)(request.extensions()),
-        };
+        let mut info = shared.request_info(&request);
         let plan = shared.planner.plan(&info);
         if let Plan::NoKey(_) = plan
             && info.peer.is_none()

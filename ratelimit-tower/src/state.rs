@@ -6,9 +6,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use http::Request;
 use ratelimit_core::config::{HeaderFamilies, LegacyReset};
 use ratelimit_core::{Config, RateLimiter};
 
+use crate::extract::RequestInfo;
 use crate::headers::HeaderSettings;
 use crate::hooks::Hooks;
 use crate::peer::{PeerLookup, peer_from_extension};
@@ -98,6 +100,13 @@ impl Shared {
             code,
             limiter,
         }
+    }
+}
+
+impl Shared {
+    /// What planners and hooks see of `request`, its peer found as code says.
+    pub(crate) fn request_info<'a, B>(&self, request: &'a Request<B>) -> RequestInfo<'a> {
+        RequestInfo::new(request, (self.code.peer)(request.extensions()))
     }
 }
 
