@@ -20,7 +20,7 @@ use crate::rules::axum_rules;
 
 /// The socket peer of a request: a [`PeerAddr`](ratelimit_tower::PeerAddr) left by another server, else axum's
 /// `ConnectInfo<SocketAddr>`, else a `MockConnectInfo<SocketAddr>` added by a test (the
-/// layer's default lookup, [`peer_from_extension`](ratelimit_tower::service::peer_from_extension)).
+/// layer's default lookup, [`peer_from_extension`](ratelimit_tower::peer::peer_from_extension)).
 ///
 /// ```
 /// use std::net::SocketAddr;
@@ -35,7 +35,7 @@ use crate::rules::axum_rules;
 /// # Ok::<(), std::net::AddrParseError>(())
 /// ```
 pub fn connect_info_peer(extensions: &Extensions) -> Option<SocketAddr> {
-    ratelimit_tower::service::peer_from_extension(extensions)
+    ratelimit_tower::peer::peer_from_extension(extensions)
 }
 
 /// The layer for `limiter`'s configuration: its rules (see [`axum_rules`]), header families and

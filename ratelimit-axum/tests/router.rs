@@ -1,16 +1,14 @@
-//! The layer in a real server: `axum::serve` on a bound socket with connect info, spoken to
-//! over raw HTTP/1.1, so the peer address, the rules, the headers and the 429 are checked as a
-//! client sees them.
+//! The layer on an axum app as a client sees it: the rules, the headers, the 429 and the
+//! extractor, with the app called in process from a known peer; and the peer address itself
+//! with the app served on a loopback socket (`axum::serve`, with and without connect info)
+//! and spoken to over HTTP.
 
-use std::net::SocketAddr;
+mod common;
 
 use axum::Router;
 use axum::routing::get;
+use common::{call, fetch, from_peer, limiter, serve};
 use ratelimit_axum::{RateLimited, RouterExt};
-use ratelimit_core::config::Overrides;
-use ratelimit_core::{Config, RateLimiter};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 const CONFIG: &str = r#"
 rate_limiter:
@@ -37,123 +35,27 @@ async fn maybe(limit: Option<RateLimited>) -> &'static str {
     if limit.is_some() { "limited" } else { "exempt" }
 }
 
-/// Serves the app on 127.0.0.1 with connect info; returns its address.
-async fn serve(yaml: &str) -> SocketAddr {
-    serve_with(yaml, true).await
-}
-
-/// Serves the app on 127.0.0.1, with or without connect info.
-async fn serve_with(yaml: &str, connect_info: bool) -> SocketAddr {
-    let config =
-        Config::from_yaml_str_with(yaml, None, &Overrides::default()).expect("valid config");
-    let limiter = RateLimiter::new(config).await.expect("limiter");
-    let app = Router::new()
+/// The app, limited by the rules of `yaml`.
+fn app(yaml: &str) -> Router {
+    Router::new()
         .route("/api/hello", get(decision))
         .route("/api/users/{id}", get(decision))
         .route("/health", get(maybe))
         .route("/other", get(decision))
         .route("/maybe", get(maybe))
-        .rate_limit(&limiter);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("local address");
-    tokio::spawn(async move {
-        if connect_info {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-        } else {
-            axum::serve(listener, app.into_make_service()).await
-        }
-        .expect("server");
-    });
-    addr
+        .rate_limit(&limiter(yaml))
 }
 
-/// A response as read off the wire.
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn number(&self, name: &str) -> u64 {
-        self.header(name)
-            .unwrap_or_else(|| panic!("{name} missing: {self:?}"))
-            .parse()
-            .unwrap_or_else(|_| panic!("{name} is not a number: {self:?}"))
-    }
-}
-
-/// `GET path` over a fresh connection, read to the end.
-async fn get_path(addr: SocketAddr, path: &str) -> Response {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("write request");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.expect("read response");
-    let raw = String::from_utf8(raw).expect("utf-8 response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("end of headers");
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().expect("status line");
-    let mut parts = status_line.splitn(3, ' ');
-    assert_eq!(parts.next(), Some("HTTP/1.1"), "{status_line}");
-    let status = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    let headers: Vec<(String, String)> = lines
-        .map(|line| {
-            let (name, value) = line.split_once(':').expect("header line");
-            (name.trim().to_ascii_lowercase(), value.trim().to_owned())
-        })
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Response {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").expect("chunk size");
-        let size = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
-        if size == 0 {
-            return out;
-        }
-        out.push_str(&rest[..size]);
-        body = &rest[size + 2..];
-    }
+/// The app called in process, its requests from [`common::PEER`] (127.0.0.1).
+fn in_process(yaml: &str) -> Router {
+    from_peer(app(yaml))
 }
 
 #[tokio::test]
 async fn three_allowed_then_429_with_headers() {
-    let addr = serve(CONFIG).await;
+    let app = in_process(CONFIG);
     for remaining in [2u64, 1, 0] {
-        let response = get_path(addr, "/api/hello").await;
+        let response = call(&app, "GET", "/api/hello").await;
         assert_eq!(response.status, 200, "{response:?}");
         // The extractor sees the decision the headers describe.
         assert_eq!(response.body, format!("api {remaining}"));
@@ -175,7 +77,7 @@ async fn three_allowed_then_429_with_headers() {
         assert!(response.number("x-ratelimit-reset") > 1_700_000_000);
     }
 
-    let denied = get_path(addr, "/api/hello").await;
+    let denied = call(&app, "GET", "/api/hello").await;
     assert_eq!(denied.status, 429, "{denied:?}");
     assert_eq!(
         denied.header("content-type"),
@@ -194,7 +96,7 @@ async fn three_allowed_then_429_with_headers() {
     );
     assert_eq!(denied.number("x-ratelimit-limit"), 3);
     assert_eq!(denied.number("x-ratelimit-remaining"), 0);
-    let problem: serde_json::Value = serde_json::from_str(&denied.body).expect("problem json");
+    let problem = denied.json();
     assert_eq!(problem["status"], 429);
     assert_eq!(
         problem["type"],
@@ -203,15 +105,15 @@ async fn three_allowed_then_429_with_headers() {
     assert_eq!(problem["violated-policies"], serde_json::json!(["api-1m"]));
 
     // The rule covers the whole `/api/*` tree under one quota.
-    let other_api = get_path(addr, "/api/users/7").await;
+    let other_api = call(&app, "GET", "/api/users/7").await;
     assert_eq!(other_api.status, 429, "{other_api:?}");
 }
 
 #[tokio::test]
 async fn exempt_rule_is_never_limited() {
-    let addr = serve(CONFIG).await;
+    let app = in_process(CONFIG);
     for _ in 0..10 {
-        let response = get_path(addr, "/health").await;
+        let response = call(&app, "GET", "/health").await;
         assert_eq!(response.status, 200, "{response:?}");
         assert_eq!(response.body, "exempt");
         assert_eq!(response.header("ratelimit"), None);
@@ -221,9 +123,9 @@ async fn exempt_rule_is_never_limited() {
 
 #[tokio::test]
 async fn unmatched_path_gets_the_default_policy() {
-    let addr = serve(CONFIG).await;
+    let app = in_process(CONFIG);
     for remaining in (0..5u64).rev() {
-        let response = get_path(addr, "/other").await;
+        let response = call(&app, "GET", "/other").await;
         assert_eq!(response.status, 200, "{response:?}");
         assert_eq!(response.body, format!("default {remaining}"));
         assert_eq!(
@@ -232,22 +134,22 @@ async fn unmatched_path_gets_the_default_policy() {
         );
         assert_eq!(response.number("x-ratelimit-remaining"), remaining);
     }
-    let denied = get_path(addr, "/other").await;
+    let denied = call(&app, "GET", "/other").await;
     assert_eq!(denied.status, 429, "{denied:?}");
-    let problem: serde_json::Value = serde_json::from_str(&denied.body).expect("problem json");
+    let problem = denied.json();
     assert_eq!(
         problem["violated-policies"],
         serde_json::json!(["default-1m"])
     );
     // The default quota is separate from the rule's.
-    let api = get_path(addr, "/api/hello").await;
+    let api = call(&app, "GET", "/api/hello").await;
     assert_eq!((api.status, api.body.as_str()), (200, "api 2"));
 }
 
 #[tokio::test]
 async fn header_families_follow_the_configuration() {
-    let addr = serve(&CONFIG.replace("headers: [ietf, legacy]", "headers: [legacy]")).await;
-    let response = get_path(addr, "/api/hello").await;
+    let app = in_process(&CONFIG.replace("headers: [ietf, legacy]", "headers: [legacy]"));
+    let response = call(&app, "GET", "/api/hello").await;
     assert_eq!(response.status, 200, "{response:?}");
     assert_eq!(response.header("ratelimit"), None);
     assert_eq!(response.header("ratelimit-policy"), None);
@@ -256,33 +158,41 @@ async fn header_families_follow_the_configuration() {
 
 #[tokio::test]
 async fn peer_address_comes_from_connect_info() {
-    let listed = serve(&format!("{CONFIG}  allow_list: {{ ips: [127.0.0.1] }}\n")).await;
+    let listed = serve(
+        app(&format!("{CONFIG}  allow_list: {{ ips: [127.0.0.1] }}\n")),
+        true,
+    )
+    .await;
     for _ in 0..6 {
-        let response = get_path(listed, "/maybe").await;
+        let response = fetch(listed, "/maybe").await;
         assert_eq!((response.status, response.body.as_str()), (200, "exempt"));
     }
-    let unlisted = serve(&format!("{CONFIG}  allow_list: {{ ips: [10.0.0.0/8] }}\n")).await;
-    let response = get_path(unlisted, "/maybe").await;
+    let unlisted = serve(
+        app(&format!("{CONFIG}  allow_list: {{ ips: [10.0.0.0/8] }}\n")),
+        true,
+    )
+    .await;
+    let response = fetch(unlisted, "/maybe").await;
     assert_eq!((response.status, response.body.as_str()), (200, "limited"));
 }
 
 #[tokio::test]
 async fn without_connect_info_ip_keys_are_a_server_error() {
-    let addr = serve_with(CONFIG, false).await;
-    let response = get_path(addr, "/other").await;
+    let addr = serve(app(CONFIG), false).await;
+    let response = fetch(addr, "/other").await;
     assert_eq!(response.status, 500, "{response:?}");
     assert_eq!(
         response.header("content-type"),
         Some("application/problem+json")
     );
     // Exempt routes need no key.
-    assert_eq!(get_path(addr, "/health").await.status, 200);
+    assert_eq!(fetch(addr, "/health").await.status, 200);
 }
 
 #[tokio::test]
 async fn extractor_rejects_where_nothing_was_limited() {
-    let addr = serve(&format!("{CONFIG}  allow_list: {{ ips: [127.0.0.1] }}\n")).await;
-    let response = get_path(addr, "/api/hello").await;
+    let app = in_process(&format!("{CONFIG}  allow_list: {{ ips: [127.0.0.1] }}\n"));
+    let response = call(&app, "GET", "/api/hello").await;
     assert_eq!(response.status, 500, "{response:?}");
     assert_eq!(
         response.header("content-type"),

@@ -1,23 +1,23 @@
-//! Every way to spell a request against the rules, over real HTTP: whatever the method and the
-//! spelling of the path, a request that reaches a handler is governed by the rule that names
+//! Every way to spell a request against the rules: whatever the method and the spelling of the
+//! path, a request that reaches a handler is governed by the rule that names
 //! that handler's route, and no spelling turns a limited handler into an exempt one. Checked
 //! with the layer installed the three ways an axum app can install it: `Router::layer`,
 //! `Router::route_layer` (both see axum's `MatchedPath`), and around the whole router (before
 //! routing: the path alone decides). The app has a catch-all route (a proxy or a single-page
-//! app would), so that most spellings reach some handler.
+//! app would), so that most spellings reach some handler. Requests are handed to the router in
+//! process, each target as written: `http` parses it as hyper parses a request line, and no
+//! client normalizes it on the way.
 
-use std::net::SocketAddr;
+mod common;
 
 use axum::Router;
 use axum::extract::Path;
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, get, on};
+use common::{call, from_peer, limiter};
 use ratelimit_axum::{RateLimited, RouterExt};
-use ratelimit_core::config::Overrides;
-use ratelimit_core::{Config, RateLimiter};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use ratelimit_core::RateLimiter;
 use tower::Layer;
 
 /// Generous limits: these tests look at which rule applied, not at denials.
@@ -84,16 +84,26 @@ fn answer(
     (headers, handler.to_owned())
 }
 
+/// A handler for `method` that answers as `name` (see [`answer`]).
+fn answering(method: MethodFilter, name: &'static str) -> MethodRouter {
+    on(method, move |l: Option<RateLimited>| async move {
+        answer(name, None, l)
+    })
+}
+
 fn routes() -> Router {
-    Router::new()
-        .route(
-            "/api/hello",
-            get(|l: Option<RateLimited>| async move { answer("hello", None, l) }),
-        )
-        .route(
-            "/api/users/me",
-            get(|l: Option<RateLimited>| async move { answer("me", None, l) }),
-        )
+    let plain = [
+        ("/api/hello", MethodFilter::GET, "hello"),
+        ("/api/users/me", MethodFilter::GET, "me"),
+        ("/files/{*rest}", MethodFilter::GET, "files"),
+        ("/api/orders", MethodFilter::POST, "orders"),
+        ("/health", MethodFilter::GET, "health"),
+    ];
+    plain
+        .into_iter()
+        .fold(Router::new(), |router, (path, method, name)| {
+            router.route(path, answering(method, name))
+        })
         .route(
             "/api/users/{id}",
             get(
@@ -102,39 +112,15 @@ fn routes() -> Router {
                 },
             ),
         )
-        .route(
-            "/files/{*rest}",
-            get(|l: Option<RateLimited>| async move { answer("files", None, l) }),
-        )
-        .route(
-            "/api/orders",
-            post(|l: Option<RateLimited>| async move { answer("orders", None, l) }),
-        )
-        .route(
-            "/health",
-            get(|l: Option<RateLimited>| async move { answer("health", None, l) }),
-        )
         .nest(
             "/v2",
-            Router::new().route(
-                "/hello",
-                get(|l: Option<RateLimited>| async move { answer("nested", None, l) }),
-            ),
+            Router::new().route("/hello", answering(MethodFilter::GET, "nested")),
         )
-        .route(
-            "/{*page}",
-            get(|l: Option<RateLimited>| async move { answer("pages", None, l) }),
-        )
+        .route("/{*page}", answering(MethodFilter::GET, "pages"))
 }
 
-fn limiter(yaml: &str) -> RateLimiter {
-    let config =
-        Config::from_yaml_str_with(yaml, None, &Overrides::default()).expect("valid config");
-    RateLimiter::new_lazy(config).expect("limiter")
-}
-
-/// The app with the layer installed as `install` says, served with connect info.
-async fn serve(install: Install, limiter: &RateLimiter) -> SocketAddr {
+/// The app with the layer installed as `install` says, its requests from a known peer.
+fn app(install: Install, limiter: &RateLimiter) -> Router {
     let app = match install {
         Install::Layer => routes().rate_limit(limiter),
         Install::RouteLayer => routes().rate_limit_routes(limiter),
@@ -145,60 +131,27 @@ async fn serve(install: Install, limiter: &RateLimiter) -> SocketAddr {
             Router::new().fallback_service(limited)
         }
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .expect("serve");
-    });
-    addr
+    from_peer(app)
 }
 
-/// What came back: the status and the headers we look at.
+/// What came back: the status, and what [`answer`] told.
 #[derive(Debug)]
-struct Reply {
+struct Routed {
     status: u16,
     handler: Option<String>,
     rule: Option<String>,
     id: Option<Vec<u8>>,
 }
 
-/// `method target` sent byte for byte (no client in between to normalize the target).
-async fn send(addr: SocketAddr, method: &str, target: &str) -> Reply {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request = format!(
-        "{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("write request");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.expect("read response");
-    let raw = String::from_utf8_lossy(&raw);
-    let head = raw.split("\r\n\r\n").next().unwrap_or_default();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("{method} {target}: no status line in {raw:?}"));
-    let header = |name: &str| {
-        head.split("\r\n").skip(1).find_map(|line| {
-            let (n, v) = line.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-        })
-    };
-    let _ = lines;
-    Reply {
-        status,
+/// `method target`, the target as written.
+async fn send(app: &Router, method: &str, target: &str) -> Routed {
+    let reply = call(app, method, target).await;
+    let header = |name: &str| reply.header(name).map(str::to_owned);
+    Routed {
+        status: reply.status,
         handler: header("x-handler"),
         rule: header("x-rule"),
-        id: header("x-id-hex").map(|hex| {
+        id: reply.header("x-id-hex").map(|hex| {
             (0..hex.len())
                 .step_by(2)
                 .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
@@ -316,11 +269,11 @@ const SPELLINGS: &[&str] = &[
 async fn every_spelling_that_reaches_a_handler_is_governed_by_its_rule() {
     let limiter = limiter(RULES);
     for install in INSTALLS {
-        let addr = serve(install, &limiter).await;
+        let app = app(install, &limiter);
         let mut reached = 0;
         for &method in METHODS {
             for &path in SPELLINGS {
-                let reply = send(addr, method, path).await;
+                let reply = send(&app, method, path).await;
                 let Some(handler) = reply.handler.as_deref() else {
                     continue;
                 };
@@ -369,9 +322,9 @@ async fn the_named_spellings_reach_their_handler_under_their_rule() {
         ("GET", "/health", "health", "none"),
     ];
     for install in INSTALLS {
-        let addr = serve(install, &limiter).await;
+        let app = app(install, &limiter);
         for &(method, path, handler, rule) in cases {
-            let reply = send(addr, method, path).await;
+            let reply = send(&app, method, path).await;
             assert_eq!(reply.status, 200, "{install:?} {method} {path}: {reply:?}");
             assert_eq!(
                 reply.handler.as_deref(),
@@ -398,7 +351,7 @@ async fn the_named_spellings_reach_their_handler_under_their_rule() {
             "/health/../api/hello",
             "/health%2F..%2Fapi%2Fhello",
         ] {
-            let reply = send(addr, "GET", path).await;
+            let reply = send(&app, "GET", path).await;
             assert_eq!(
                 reply.handler.as_deref(),
                 Some("pages"),
@@ -410,7 +363,7 @@ async fn the_named_spellings_reach_their_handler_under_their_rule() {
                 "{install:?} {path}: {reply:?}"
             );
         }
-        let reply = send(addr, "POST", "/api/hello").await;
+        let reply = send(&app, "POST", "/api/hello").await;
         assert_eq!((reply.status, reply.handler), (405, None), "{install:?}");
     }
 }
@@ -435,12 +388,12 @@ rate_limiter:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_spends_the_get_rules_quota() {
     for install in INSTALLS {
-        let addr = serve(install, &limiter(TIGHT)).await;
+        let app = app(install, &limiter(TIGHT));
         for _ in 0..3 {
-            assert_eq!(send(addr, "GET", "/api/hello").await.status, 200);
+            assert_eq!(send(&app, "GET", "/api/hello").await.status, 200);
         }
         for _ in 0..5 {
-            let reply = send(addr, "HEAD", "/api/hello").await;
+            let reply = send(&app, "HEAD", "/api/hello").await;
             assert_eq!(reply.status, 429, "{install:?}: {reply:?}");
         }
     }
@@ -451,15 +404,15 @@ async fn head_spends_the_get_rules_quota() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_percent_encoded_literal_spends_the_literal_rules_quota() {
     for install in INSTALLS {
-        let addr = serve(install, &limiter(TIGHT)).await;
-        assert_eq!(send(addr, "GET", "/api/users/me").await.status, 200);
-        assert_eq!(send(addr, "GET", "/api/users/%6De").await.status, 200);
+        let app = app(install, &limiter(TIGHT));
+        assert_eq!(send(&app, "GET", "/api/users/me").await.status, 200);
+        assert_eq!(send(&app, "GET", "/api/users/%6De").await.status, 200);
         for path in ["/api/users/%6de", "/api/users/m%65", "/api/users/%6D%65"] {
-            let reply = send(addr, "GET", path).await;
+            let reply = send(&app, "GET", path).await;
             assert_eq!(reply.status, 429, "{install:?} {path}: {reply:?}");
         }
         // Another user is another quota (the default policy's).
-        assert_eq!(send(addr, "GET", "/api/users/7").await.status, 200);
+        assert_eq!(send(&app, "GET", "/api/users/7").await.status, 200);
     }
 }
 
@@ -468,11 +421,11 @@ async fn a_percent_encoded_literal_spends_the_literal_rules_quota() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catch_all_rule_governs_the_whole_tree() {
     for install in INSTALLS {
-        let addr = serve(install, &limiter(TIGHT)).await;
-        assert_eq!(send(addr, "GET", "/files/a").await.status, 200);
-        assert_eq!(send(addr, "GET", "/files/a/b/c").await.status, 200);
+        let app = app(install, &limiter(TIGHT));
+        assert_eq!(send(&app, "GET", "/files/a").await.status, 200);
+        assert_eq!(send(&app, "GET", "/files/a/b/c").await.status, 200);
         for path in ["/files/x/y", "/files//", "/files/%2e%2e/x"] {
-            let reply = send(addr, "GET", path).await;
+            let reply = send(&app, "GET", path).await;
             assert_eq!(reply.status, 429, "{install:?} {path}: {reply:?}");
         }
     }

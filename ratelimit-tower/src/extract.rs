@@ -13,18 +13,11 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use http::header::COOKIE;
-use http::{Extensions, HeaderMap, HeaderName, Method, Uri};
+use http::{Extensions, HeaderMap, HeaderName, Method, Request, Uri};
 use ratelimit_core::config::{ClientIpHeader, HttpConfig, IpBlock, KeySource};
 
 use crate::error::Error;
 use crate::proxy::{ProxyError, TrustedProxies, canonical};
-
-/// The socket peer of a request, as an extension. Servers that know it insert it: a plain
-/// hyper server inserts this; under axum, serve the app with
-/// `into_make_service_with_connect_info::<SocketAddr>()` and the layer reads axum's
-/// `ConnectInfo` (with this crate's `axum` feature, which `ratelimit-axum` turns on).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerAddr(pub SocketAddr);
 
 /// What an extractor sees of a request.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +32,28 @@ pub struct RequestInfo<'a> {
     pub extensions: &'a Extensions,
     /// The socket peer, when the server provided it.
     pub peer: Option<SocketAddr>,
+}
+
+impl<'a> RequestInfo<'a> {
+    /// What an extractor sees of `request`, sent by `peer` (`None`: the server did not say).
+    ///
+    /// ```
+    /// use ratelimit_tower::RequestInfo;
+    ///
+    /// let request = http::Request::get("/users/7").body(())?;
+    /// let info = RequestInfo::new(&request, Some("192.0.2.1:4000".parse()?));
+    /// assert_eq!(info.uri.path(), "/users/7");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn new<B>(request: &'a Request<B>, peer: Option<SocketAddr>) -> Self {
+        Self {
+            method: request.method(),
+            uri: request.uri(),
+            headers: request.headers(),
+            extensions: request.extensions(),
+            peer,
+        }
+    }
 }
 
 /// Finds the identity a request is limited by.
@@ -257,12 +272,11 @@ impl KeyExtractor for HeaderKey {
 /// ```
 /// use ratelimit_tower::{CookieKey, KeyExtractor, RequestInfo};
 ///
-/// let mut headers = http::HeaderMap::new();
-/// headers.insert("cookie", "theme=dark; session=abc123".parse().unwrap());
-/// let (method, uri, extensions) = (http::Method::GET, http::Uri::from_static("/"), http::Extensions::new());
-/// let request = RequestInfo { method: &method, uri: &uri, headers: &headers, extensions: &extensions, peer: None };
-/// assert_eq!(CookieKey::new("session").extract(&request), Some(b"abc123".to_vec()));
-/// assert_eq!(CookieKey::new("Session").extract(&request), None);
+/// let request = http::Request::get("/").header("cookie", "theme=dark; session=abc123").body(())?;
+/// let info = RequestInfo::new(&request, None);
+/// assert_eq!(CookieKey::new("session").extract(&info), Some(b"abc123".to_vec()));
+/// assert_eq!(CookieKey::new("Session").extract(&info), None);
+/// # Ok::<(), http::Error>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct CookieKey {
@@ -363,12 +377,10 @@ where
 /// use ratelimit_tower::{KeyExtractor, PathParam, RequestInfo};
 ///
 /// let by_user = PathParam::new("/users/{id}/posts", "id")?;
-/// let (method, headers, extensions) = (http::Method::GET, http::HeaderMap::new(), http::Extensions::new());
-/// let uri = http::Uri::from_static("/users/%41lice/posts");
-/// let request = RequestInfo { method: &method, uri: &uri, headers: &headers, extensions: &extensions, peer: None };
-/// assert_eq!(by_user.extract(&request), Some(b"Alice".to_vec()));
+/// let request = http::Request::get("/users/%41lice/posts").body(())?;
+/// assert_eq!(by_user.extract(&RequestInfo::new(&request, None)), Some(b"Alice".to_vec()));
 /// assert!(PathParam::new("/users/{id}", "name").is_err());
-/// # Ok::<(), ratelimit_tower::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct PathParam {
@@ -554,55 +566,23 @@ pub fn from_source(source: &KeySource, client_ip: &ClientIp) -> Arc<dyn KeyExtra
 mod tests {
     use super::*;
 
-    struct Request {
-        method: Method,
-        uri: Uri,
-        headers: HeaderMap,
-        extensions: Extensions,
-        peer: Option<SocketAddr>,
-    }
+    use crate::test_support::TestRequest;
 
-    impl Request {
-        fn new(uri: &'static str) -> Self {
-            Self {
-                method: Method::GET,
-                uri: Uri::from_static(uri),
-                headers: HeaderMap::new(),
-                extensions: Extensions::new(),
-                peer: None,
-            }
-        }
-
-        fn header(mut self, name: &'static str, value: &'static str) -> Self {
-            self.headers
-                .append(name, http::HeaderValue::from_static(value));
-            self
-        }
-
-        fn key(&self, extractor: &dyn KeyExtractor) -> Option<String> {
-            extractor
-                .extract(&RequestInfo {
-                    method: &self.method,
-                    uri: &self.uri,
-                    headers: &self.headers,
-                    extensions: &self.extensions,
-                    peer: self.peer,
-                })
-                .map(|k| String::from_utf8_lossy(&k).into_owned())
-        }
+    fn get(uri: &str) -> TestRequest {
+        TestRequest::new("GET", uri)
     }
 
     #[test]
     fn cookies_are_found_by_exact_name() {
-        let r = Request::new("/")
+        let r = get("/")
             .header("cookie", "a=1; session=; sid=first")
             .header("cookie", "sid=second");
         assert_eq!(r.key(&CookieKey::new("sid")).as_deref(), Some("first"));
         assert_eq!(r.key(&CookieKey::new("a")).as_deref(), Some("1"));
         assert_eq!(r.key(&CookieKey::new("session")), None, "empty is no key");
         assert_eq!(r.key(&CookieKey::new("SID")), None);
-        assert_eq!(Request::new("/").key(&CookieKey::new("sid")), None);
-        let odd = Request::new("/").header("cookie", "junk;=x; ;sid = v ");
+        assert_eq!(get("/").key(&CookieKey::new("sid")), None);
+        let odd = get("/").header("cookie", "junk;=x; ;sid = v ");
         assert_eq!(odd.key(&CookieKey::new("sid")).as_deref(), Some("v"));
     }
 
@@ -611,9 +591,9 @@ mod tests {
         #[derive(Clone)]
         struct UserId(u64);
         let key = ExtensionKey::new(|user: &UserId| format!("user:{}", user.0));
-        let mut r = Request::new("/");
+        let r = get("/");
         assert_eq!(r.key(&key), None);
-        r.extensions.insert(UserId(7));
+        let r = r.extension(UserId(7));
         assert_eq!(r.key(&key).as_deref(), Some("user:7"));
         assert!(format!("{key:?}").contains("UserId"));
     }
@@ -650,27 +630,19 @@ mod tests {
     #[test]
     fn closures_are_extractors() {
         let first_segment = |r: &RequestInfo<'_>| r.uri.path().split('/').nth(1).map(str::to_owned);
-        assert_eq!(
-            Request::new("/acme/x").key(&first_segment).as_deref(),
-            Some("acme")
-        );
-        assert_eq!(
-            Request::new("/").key(&first_segment),
-            None,
-            "empty is no key"
-        );
+        assert_eq!(get("/acme/x").key(&first_segment).as_deref(), Some("acme"));
+        assert_eq!(get("/").key(&first_segment), None, "empty is no key");
         let extractors: Vec<Arc<dyn KeyExtractor>> = vec![
             Arc::new(first_segment),
             Arc::new(HeaderKey::new(HeaderName::from_static("x-k"))),
         ];
-        let r = Request::new("/acme").header("x-k", "a+b");
+        let r = get("/acme").header("x-k", "a+b");
         assert_eq!(r.key(&AllOf(extractors)).as_deref(), Some("acme+a%2Bb"));
     }
 
     #[test]
     fn ipv6_peers_are_keyed_by_prefix() {
-        let mut r = Request::new("/");
-        r.peer = "[2001:db8:aa:bb:1:2:3:4]:80".parse().ok();
+        let r = get("/").peer(Some("[2001:db8:aa:bb:1:2:3:4]:80"));
         assert_eq!(
             r.key(&PeerIp::new()).as_deref(),
             Some("2001:db8:aa:bb::/64")
@@ -687,7 +659,7 @@ mod tests {
             r.key(&PeerIp::new().ipv6_prefix(0)).as_deref(),
             Some("::/0")
         );
-        r.peer = "[::ffff:192.0.2.1]:80".parse().ok();
+        let r = r.peer(Some("[::ffff:192.0.2.1]:80"));
         assert_eq!(r.key(&PeerIp::new()).as_deref(), Some("192.0.2.1"));
         assert_eq!(r.key(&ClientIp::default()).as_deref(), Some("192.0.2.1"));
     }

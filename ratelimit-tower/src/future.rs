@@ -11,14 +11,13 @@ use pin_project_lite::pin_project;
 use ratelimit_core::{Decision, Error};
 use tower_service::Service;
 
-use crate::RateLimitInfo;
 use crate::body::ResponseBody;
-use crate::extract::RequestInfo;
 use crate::headers;
 use crate::hooks::Denial;
+use crate::info::RateLimitInfo;
 use crate::plan::Target;
 use crate::response;
-use crate::service::Shared;
+use crate::state::Shared;
 
 /// The limiter's answer, and the key handed back for the hooks (no copy is made).
 type Check = Pin<Box<dyn Future<Output = (Result<Decision, Error>, Vec<u8>)> + Send>>;
@@ -220,7 +219,7 @@ where
                         headers::write(
                             response.headers_mut(),
                             shared.headers,
-                            &target,
+                            target.fields(),
                             &decision,
                             reset,
                         );
@@ -251,13 +250,7 @@ fn denial<'a, B>(
     shadow: bool,
 ) -> Denial<'a> {
     Denial {
-        request: RequestInfo {
-            method: request.method(),
-            uri: request.uri(),
-            headers: request.headers(),
-            extensions: request.extensions(),
-            peer: (shared.code.peer)(request.extensions()),
-        },
+        request: shared.request_info(request),
         target,
         decision,
         key,

@@ -40,8 +40,6 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use ratelimit_core::config::{HeaderFamilies, LegacyReset};
 use ratelimit_core::{Decision, Policy, Window};
 
-use crate::plan::Target;
-
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
@@ -123,9 +121,9 @@ pub(crate) fn sf_string(text: &str) -> Option<String> {
     Some(out)
 }
 
-/// Requests a policy's permits pay for: `permits / cost`.
-pub(crate) fn in_requests(permits: u64, policy: &Policy) -> u64 {
-    permits / policy.cost().max(1)
+/// Requests that `permits` pay for when each request costs `cost` permits.
+fn in_requests(permits: u64, cost: u64) -> u64 {
+    permits / cost.max(1)
 }
 
 /// The `RateLimit-Policy` value of `policy`: one item per window.
@@ -147,7 +145,7 @@ pub fn policy_header(policy: &Policy) -> Option<HeaderValue> {
         let _ = write!(
             value,
             "{id};q={};w={}",
-            in_requests(window.max_requests(), policy),
+            in_requests(window.max_requests(), policy.cost()),
             ceil_secs(window.duration()).max(1)
         );
     }
@@ -168,23 +166,88 @@ fn legacy_reset(secs: u64, format: LegacyReset) -> u64 {
     }
 }
 
-/// Writes the enabled families for `decision` under `target` into `headers`; `reset` is the
+/// A policy as the headers name it, written once when the policy is: its `RateLimit-Policy`
+/// value and the identifier of each window, so that a response only formats the numbers that
+/// change.
+///
+/// ```
+/// use ratelimit_core::{Policy, Window};
+/// use ratelimit_tower::headers::PolicyFields;
+/// let fields = PolicyFields::new(&Policy::new("hello", [Window::per_minute(10), Window::per_hour(100)]));
+/// assert_eq!(fields.policy_id(1), Some("hello-1h"));
+/// assert_eq!(fields.policy_id(2), None);
+/// ```
+#[derive(Debug)]
+pub struct PolicyFields {
+    /// `RateLimit-Policy`, or `None` when the policy's name cannot be written in a header.
+    policy_header: Option<HeaderValue>,
+    windows: Box<[WindowId]>,
+    /// Permits a request takes: the headers count requests.
+    cost: u64,
+}
+
+/// A window's identifier (`hello-1m`), and the same as a structured-field String (`None` when
+/// it cannot be one).
+#[derive(Debug)]
+struct WindowId {
+    id: Box<str>,
+    item: Option<Box<str>>,
+}
+
+impl PolicyFields {
+    /// The header items of `policy`.
+    pub fn new(policy: &Policy) -> Self {
+        let windows = policy
+            .windows()
+            .iter()
+            .map(|window| {
+                let id = policy_id(policy, window);
+                WindowId {
+                    item: sf_string(&id).map(String::into_boxed_str),
+                    id: id.into_boxed_str(),
+                }
+            })
+            .collect();
+        Self {
+            policy_header: policy_header(policy),
+            windows,
+            cost: policy.cost(),
+        }
+    }
+
+    /// The identifier of window `index` (`hello-1m`), as `RateLimit-Policy` and `RateLimit`
+    /// name it and a problem document's `violated-policies` lists it.
+    pub fn policy_id(&self, index: usize) -> Option<&str> {
+        self.windows.get(index).map(|w| &*w.id)
+    }
+
+    /// Window `index`'s identifier as a structured-field String.
+    fn item(&self, index: usize) -> Option<&str> {
+        self.windows.get(index).and_then(|w| w.item.as_deref())
+    }
+
+    /// Requests that `permits` pay for under this policy.
+    pub(crate) fn in_requests(&self, permits: u64) -> u64 {
+        in_requests(permits, self.cost)
+    }
+}
+
+/// Writes the enabled families for `decision` under the policy of `fields` into `headers`; `reset` is the
 /// draft's `t` ([`reset_secs`]), computed once by the caller so that a `429`'s `Retry-After`
 /// names the same moment.
 pub fn write(
     headers: &mut HeaderMap,
     settings: HeaderSettings,
-    target: &Target,
+    fields: &PolicyFields,
     decision: &Decision,
     reset: u64,
 ) {
-    let policy = target.policy();
-    let remaining = in_requests(decision.remaining(), policy);
+    let remaining = fields.in_requests(decision.remaining());
     if settings.families.ietf {
-        if let Some(value) = target.policy_header_value() {
+        if let Some(value) = &fields.policy_header {
             headers.append(RATELIMIT_POLICY.clone(), value.clone());
         }
-        if let Some(id) = target.window_item(decision.window_index()) {
+        if let Some(id) = fields.item(decision.window_index()) {
             let item = format!("{id};r={remaining};t={reset}");
             if let Ok(value) = HeaderValue::from_str(&item) {
                 headers.append(RATELIMIT.clone(), value);
@@ -203,7 +266,7 @@ pub fn write(
                 .is_none_or(|existing| remaining < existing),
         };
         if fewer {
-            let limit = in_requests(decision.limit(), policy);
+            let limit = fields.in_requests(decision.limit());
             headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(limit));
             headers.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining));
             headers.insert(

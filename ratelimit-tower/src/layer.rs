@@ -13,10 +13,11 @@ use tower_layer::Layer;
 use crate::error::Error;
 use crate::extract::{ClientIp, KeyExtractor, from_source};
 use crate::hooks::Denial;
+use crate::peer::PeerLookup;
 use crate::plan::{Exemptions, Planner, SinglePolicy, Target};
 use crate::rules::RuleSet;
-use crate::service::{CodeSettings, LayerState, PeerLookup, PlannerSource, RateLimit, SharedCell};
-use crate::service::{PlannerBuilder, Shared};
+use crate::service::RateLimit;
+use crate::state::{CodeSettings, LayerState, PlannerBuilder, PlannerSource, Shared, SharedCell};
 
 /// Rate-limits every request of the wrapped service.
 ///
@@ -164,7 +165,7 @@ impl RateLimitLayer {
     }
 
     /// How to find the socket peer in a request's extensions (default:
-    /// [`peer_from_extension`](crate::service::peer_from_extension): a
+    /// [`peer_from_extension`](crate::peer::peer_from_extension): a
     /// [`PeerAddr`](crate::PeerAddr), and with the `axum` feature axum's `ConnectInfo` and
     /// `MockConnectInfo`).
     pub fn with_peer_lookup(self, lookup: PeerLookup) -> Self {
@@ -312,7 +313,6 @@ enum Source {
 /// # drop((global, login));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Default)]
 pub struct RateLimitLayerBuilder {
     source: Source,
     windows: Vec<Window>,
@@ -321,11 +321,23 @@ pub struct RateLimitLayerBuilder {
     cost: Option<u64>,
     key: Option<Arc<dyn KeyExtractor>>,
     on_missing_key: Option<MissingKey>,
-    families: Option<HeaderFamilies>,
-    legacy_reset: Option<LegacyReset>,
-    shadow: Option<bool>,
-    peer: Option<PeerLookup>,
-    hooks: crate::hooks::Hooks,
+    /// What the layer keeps across reloads; its planner is decided by `build`.
+    code: CodeSettings,
+}
+
+impl Default for RateLimitLayerBuilder {
+    fn default() -> Self {
+        Self {
+            source: Source::default(),
+            windows: Vec::new(),
+            name: None,
+            algorithm: None,
+            cost: None,
+            key: None,
+            on_missing_key: None,
+            code: CodeSettings::new(PlannerSource::Config(Arc::new(default_planner))),
+        }
+    }
 }
 
 impl fmt::Debug for RateLimitLayerBuilder {
@@ -338,10 +350,7 @@ impl fmt::Debug for RateLimitLayerBuilder {
             .field("cost", &self.cost)
             .field("key", &self.key)
             .field("on_missing_key", &self.on_missing_key)
-            .field("families", &self.families)
-            .field("legacy_reset", &self.legacy_reset)
-            .field("shadow", &self.shadow)
-            .field("hooks", &self.hooks)
+            .field("code", &self.code)
             .finish_non_exhaustive()
     }
 }
@@ -419,31 +428,31 @@ impl RateLimitLayerBuilder {
 
     /// Which header families responses carry.
     pub fn headers(mut self, families: HeaderFamilies) -> Self {
-        self.families = Some(families);
+        self.code.families = Some(families);
         self
     }
 
     /// What `X-RateLimit-Reset` holds.
     pub fn legacy_reset(mut self, reset: LegacyReset) -> Self {
-        self.legacy_reset = Some(reset);
+        self.code.legacy_reset = Some(reset);
         self
     }
 
     /// Shadow mode: decide and count, never deny.
     pub fn shadow(mut self, shadow: bool) -> Self {
-        self.shadow = Some(shadow);
+        self.code.shadow = Some(shadow);
         self
     }
 
     /// How to find the socket peer (see [`RateLimitLayer::with_peer_lookup`]).
     pub fn peer_lookup(mut self, lookup: PeerLookup) -> Self {
-        self.peer = Some(lookup);
+        self.code.peer = lookup;
         self
     }
 
     /// See [`RateLimitLayer::on_denied`].
     pub fn on_denied(mut self, hook: impl Fn(&Denial<'_>) + Send + Sync + 'static) -> Self {
-        self.hooks.on_denied = Some(Arc::new(hook));
+        self.code.hooks.on_denied = Some(Arc::new(hook));
         self
     }
 
@@ -452,7 +461,7 @@ impl RateLimitLayerBuilder {
         mut self,
         hook: impl Fn(&Denial<'_>, Response<Bytes>) -> Response<Bytes> + Send + Sync + 'static,
     ) -> Self {
-        self.hooks.denied_response = Some(Arc::new(hook));
+        self.code.hooks.denied_response = Some(Arc::new(hook));
         self
     }
 
@@ -496,11 +505,12 @@ impl RateLimitLayerBuilder {
         if let Some(policy) = &policy {
             policy.validate()?;
         }
-        let planner = if policy.is_none() && self.key.is_none() && self.on_missing_key.is_none() {
-            PlannerSource::Config(Arc::new(default_planner))
-        } else {
+        let mut code = self.code;
+        // Without a policy, key or missing-key action of its own, the configuration plans
+        // (the default); otherwise its one policy governs every request.
+        if policy.is_some() || self.key.is_some() || self.on_missing_key.is_some() {
             let (key, on_missing_key) = (self.key, self.on_missing_key);
-            PlannerSource::Config(Arc::new(move |config: &Config| {
+            code.planner = PlannerSource::Config(Arc::new(move |config: &Config| {
                 let http = config.http();
                 let key = key.clone().unwrap_or_else(|| {
                     from_source(&http.default_key(), &ClientIp::from_config(http))
@@ -512,16 +522,8 @@ impl RateLimitLayerBuilder {
                     key,
                     on_missing_key.unwrap_or(http.on_missing_key),
                 )
-            }))
-        };
-        let mut code = CodeSettings::new(planner);
-        code.families = self.families;
-        code.legacy_reset = self.legacy_reset;
-        code.shadow = self.shadow;
-        if let Some(peer) = self.peer {
-            code.peer = peer;
+            }));
         }
-        code.hooks = self.hooks;
         Ok(RateLimitLayer::with_code(limiter, code))
     }
 }

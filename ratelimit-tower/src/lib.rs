@@ -33,10 +33,13 @@
 //! - [`layer`]: [`RateLimitLayer`], which builds the service, and its builder.
 //! - [`service`]: [`RateLimit`], the `Service`.
 //! - [`future`]: its response future.
+//! - `state`: what a layer shares with its services, replaced whole on a reload.
+//! - [`info`]: [`RateLimitInfo`], the decision left in the extensions for handlers.
 //! - [`body`]: [`ResponseBody`], the inner body or one of ours, without boxing.
 //! - [`plan`]: [`Planner`], [`Plan`], [`Target`]: what to do with a request.
 //! - [`rules`]: [`RuleSet`], the planner of a configuration's routing rules.
 //! - [`extract`]: [`KeyExtractor`] and the built-in extractors.
+//! - [`peer`]: [`PeerAddr`], the socket peer, and where the layer finds it.
 //! - [`proxy`]: the client IP behind trusted proxies.
 //! - [`headers`]: the rate-limit header families.
 //! - [`hooks`]: [`Denial`], what the denial hooks see.
@@ -51,32 +54,29 @@ pub mod extract;
 pub mod future;
 pub mod headers;
 pub mod hooks;
+pub mod info;
 pub mod layer;
+pub mod peer;
 pub mod plan;
 pub mod proxy;
 pub mod response;
 pub mod rules;
 pub mod service;
+mod state;
+#[cfg(test)]
+mod test_support;
 
 pub use body::ResponseBody;
 pub use error::Error;
 pub use extract::{
-    AllOf, ClientIp, CookieKey, ExtensionKey, FirstOf, HeaderKey, KeyExtractor, PathParam,
-    PeerAddr, PeerIp, RequestInfo,
+    AllOf, ClientIp, CookieKey, ExtensionKey, FirstOf, HeaderKey, KeyExtractor, PathParam, PeerIp,
+    RequestInfo,
 };
 pub use hooks::Denial;
+pub use info::RateLimitInfo;
 pub use layer::{RateLimitLayer, RateLimitLayerBuilder, ReloadHandle};
+pub use peer::{PeerAddr, PeerLookup};
 pub use plan::{Plan, Planner, SinglePolicy, Target};
 pub use proxy::{ProxyError, TrustedProxies};
 pub use rules::{PathLookup, RuleSet};
 pub use service::RateLimit;
-
-/// The decision of the request, left in the response's extensions (and, for handlers, in the
-/// request's): what ratelimit-axum's extractor reads.
-#[derive(Debug, Clone)]
-pub struct RateLimitInfo {
-    /// The decision.
-    pub decision: ratelimit_core::Decision,
-    /// The target it was made for.
-    pub target: std::sync::Arc<Target>,
-}

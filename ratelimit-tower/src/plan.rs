@@ -3,70 +3,47 @@
 use std::fmt;
 use std::sync::Arc;
 
-use http::HeaderValue;
 use ratelimit_core::Policy;
 use ratelimit_core::config::{AllowList, MissingKey};
 
 use crate::extract::{ClientIp, KeyExtractor, RequestInfo};
-use crate::headers::{policy_header, policy_id, sf_string};
+use crate::headers::PolicyFields;
 
-/// A policy as the layer applies it: with its rule's name, shadow flag, and its
-/// `RateLimit-Policy` header and item names written once.
+/// A policy as the layer applies it: with its rule's name, shadow flag, and its header items
+/// written once ([`PolicyFields`]).
 #[derive(Debug)]
 pub struct Target {
     policy: Policy,
     rule: Option<Arc<str>>,
     shadow: bool,
-    policy_header: Option<HeaderValue>,
-    windows: Box<[WindowId]>,
-}
-
-/// A window's identifier (`hello-1m`), and the same as a structured-field String (`None` when
-/// it cannot be one).
-#[derive(Debug)]
-struct WindowId {
-    id: Box<str>,
-    item: Option<Box<str>>,
+    fields: PolicyFields,
 }
 
 impl Target {
     /// `policy`, applied by the rule named `rule` (if any); in shadow mode nothing is denied.
     pub fn new(policy: Policy, rule: Option<Arc<str>>, shadow: bool) -> Self {
-        let policy_header = policy_header(&policy);
-        let windows = policy
-            .windows()
-            .iter()
-            .map(|window| {
-                let id = policy_id(&policy, window);
-                WindowId {
-                    item: sf_string(&id).map(String::into_boxed_str),
-                    id: id.into_boxed_str(),
-                }
-            })
-            .collect();
         Self {
+            fields: PolicyFields::new(&policy),
             policy,
             rule,
             shadow,
-            policy_header,
-            windows,
         }
     }
 
     /// The identifier of the policy's window `index` (`hello-1m`), as `RateLimit-Policy` and
     /// `RateLimit` name it and a problem document's `violated-policies` lists it.
     pub fn policy_id(&self, index: usize) -> Option<&str> {
-        self.windows.get(index).map(|w| &*w.id)
-    }
-
-    /// Window `index`'s identifier as a structured-field String.
-    pub(crate) fn window_item(&self, index: usize) -> Option<&str> {
-        self.windows.get(index).and_then(|w| w.item.as_deref())
+        self.fields.policy_id(index)
     }
 
     /// The policy.
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// The policy as the rate-limit headers name it.
+    pub fn fields(&self) -> &PolicyFields {
+        &self.fields
     }
 
     /// The rule that chose this policy, if rules are in use.
@@ -77,10 +54,6 @@ impl Target {
     /// Whether decisions are made and counted but never enforced.
     pub fn shadow(&self) -> bool {
         self.shadow
-    }
-
-    pub(crate) fn policy_header_value(&self) -> Option<&HeaderValue> {
-        self.policy_header.as_ref()
     }
 }
 

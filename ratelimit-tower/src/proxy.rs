@@ -14,6 +14,7 @@
 //! allocation.
 
 use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -139,7 +140,10 @@ impl TrustedProxies {
                 Syntax::List => entry,
                 Syntax::Forwarded => forwarded_for(entry)?,
             };
-            let ip = canonical(parse_node(node)?);
+            let NodeAddr(ip) = std::str::from_utf8(node)
+                .map_err(|_| ProxyError::Malformed("forwarded address is not ASCII"))?
+                .parse()?;
+            let ip = canonical(ip);
             client = ip;
             if !self.is_trusted(ip) {
                 return Ok(ip);
@@ -227,30 +231,36 @@ fn forwarded_for(element: &[u8]) -> Result<&[u8], ProxyError> {
 }
 
 /// An address as proxies write it: `1.2.3.4`, `1.2.3.4:80`, `[2001:db8::1]`, `[2001:db8::1]:80`,
-/// a bare IPv6 address, or `unknown` / `_obfuscated`.
-fn parse_node(node: &[u8]) -> Result<IpAddr, ProxyError> {
-    if node.eq_ignore_ascii_case(b"unknown") || node.starts_with(b"_") {
-        return Err(ProxyError::Hidden);
+/// a bare IPv6 address; `unknown` or an `_obfuscated` identifier hides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NodeAddr(IpAddr);
+
+impl FromStr for NodeAddr {
+    type Err = ProxyError;
+
+    fn from_str(node: &str) -> Result<Self, ProxyError> {
+        if node.eq_ignore_ascii_case("unknown") || node.starts_with('_') {
+            return Err(ProxyError::Hidden);
+        }
+        // The longest address form is a bracketed IPv6 address with a port: 47 bytes, plus a
+        // zone is never written by proxies. Anything longer is not an address, and is not
+        // parsed.
+        if node.len() > 64 {
+            return Err(ProxyError::Malformed("forwarded address is not an IP"));
+        }
+        if let Ok(ip) = node.parse::<IpAddr>() {
+            return Ok(Self(ip));
+        }
+        if let Ok(socket) = node.parse::<SocketAddr>() {
+            return Ok(Self(socket.ip()));
+        }
+        if let Some(inner) = node.strip_prefix('[').and_then(|n| n.strip_suffix(']'))
+            && let Ok(ip) = inner.parse::<IpAddr>()
+        {
+            return Ok(Self(ip));
+        }
+        Err(ProxyError::Malformed("forwarded address is not an IP"))
     }
-    // The longest address form is a bracketed IPv6 address with a port: 47 bytes, plus a zone
-    // is never written by proxies. Anything longer is not an address, and is not decoded.
-    if node.len() > 64 {
-        return Err(ProxyError::Malformed("forwarded address is not an IP"));
-    }
-    let text = std::str::from_utf8(node)
-        .map_err(|_| ProxyError::Malformed("forwarded address is not ASCII"))?;
-    if let Ok(ip) = text.parse::<IpAddr>() {
-        return Ok(ip);
-    }
-    if let Ok(socket) = text.parse::<SocketAddr>() {
-        return Ok(socket.ip());
-    }
-    if let Some(inner) = text.strip_prefix('[').and_then(|n| n.strip_suffix(']'))
-        && let Ok(ip) = inner.parse::<IpAddr>()
-    {
-        return Ok(ip);
-    }
-    Err(ProxyError::Malformed("forwarded address is not an IP"))
 }
 
 #[cfg(test)]
@@ -286,6 +296,31 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+
+    #[test]
+    fn node_addresses_are_read_in_every_form_proxies_write() {
+        let malformed = Err(ProxyError::Malformed("forwarded address is not an IP"));
+        // Longer than any address: refused before it is parsed.
+        let long = format!("{}1", "0".repeat(64));
+        let table: &[(&str, Result<&str, ProxyError>)] = &[
+            (&long, malformed),
+            ("192.0.2.1", Ok("192.0.2.1")),
+            ("192.0.2.1:8080", Ok("192.0.2.1")),
+            ("2001:db8::1", Ok("2001:db8::1")),
+            ("[2001:db8::1]", Ok("2001:db8::1")),
+            ("[2001:db8::1]:443", Ok("2001:db8::1")),
+            ("unknown", Err(ProxyError::Hidden)),
+            ("UNKNOWN", Err(ProxyError::Hidden)),
+            ("_hidden", Err(ProxyError::Hidden)),
+            ("", malformed),
+            ("banana", malformed),
+            ("[192.0.2.1", malformed),
+        ];
+        for &(node, expected) in table {
+            let got = node.parse::<NodeAddr>().map(|NodeAddr(ip)| ip);
+            assert_eq!(got, expected.map(ip), "{node}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use http::{HeaderValue, Response, StatusCode};
 use ratelimit_core::Decision;
 use serde_json::json;
 
-use crate::headers::{self, HeaderSettings, in_requests};
+use crate::headers::{self, HeaderSettings};
 use crate::plan::Target;
 
 const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
@@ -31,14 +31,13 @@ pub fn too_many_requests(
     retry: u64,
 ) -> Response<Bytes> {
     let window = decision.window();
-    let policy = target.policy();
     let body = json!({
         "type": QUOTA_EXCEEDED,
         "title": "Request cannot be satisfied as assigned quota has been exceeded",
         "status": 429,
         "detail": format!(
             "Rate limit of {} requests per {} exceeded; retry in {retry} s.",
-            in_requests(window.max_requests(), policy),
+            target.fields().in_requests(window.max_requests()),
             window.label()
         ),
         "violated-policies": target.policy_id(decision.window_index()).into_iter().collect::<Vec<_>>(),
@@ -46,7 +45,7 @@ pub fn too_many_requests(
     let mut response = problem_response(StatusCode::TOO_MANY_REQUESTS, &body);
     let headers_out = response.headers_mut();
     headers_out.insert(RETRY_AFTER, HeaderValue::from(retry));
-    headers::write(headers_out, settings, target, decision, retry);
+    headers::write(headers_out, settings, target.fields(), decision, retry);
     response
 }
 

@@ -130,13 +130,7 @@ pub type PathLookup = for<'a> fn(&'a Extensions) -> Option<&'a str>;
 ///
 /// // `HEAD /users/%37` is served by the `GET /users/{id}` handler: the `users` rule applies.
 /// let request = http::Request::head("/users/%37").body(())?;
-/// let plan = rules.plan(&RequestInfo {
-///     method: request.method(),
-///     uri: request.uri(),
-///     headers: request.headers(),
-///     extensions: request.extensions(),
-///     peer: Some("192.0.2.1:4000".parse()?),
-/// });
+/// let plan = rules.plan(&RequestInfo::new(&request, Some("192.0.2.1:4000".parse()?)));
 /// assert!(matches!(plan, Plan::Limit { target, .. } if target.rule() == Some("users")));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -625,12 +619,10 @@ fn hex(digit: u8) -> Option<u8> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
-    use http::{HeaderMap, HeaderValue, Uri};
     use ratelimit_core::config::Overrides;
 
     use super::*;
+    use crate::test_support::TestRequest;
 
     fn config(yaml: &str) -> Config {
         Config::from_yaml_str_with(yaml, None, &Overrides::default()).expect("valid config")
@@ -640,44 +632,9 @@ mod tests {
         CompiledPath::new(PathPattern::parse(pattern).expect("valid pattern"))
     }
 
-    struct Request {
-        method: Method,
-        uri: Uri,
-        headers: HeaderMap,
-        extensions: Extensions,
-        peer: Option<SocketAddr>,
-    }
-
-    fn request(method: &str, uri: &str) -> Request {
-        Request {
-            method: Method::from_bytes(method.as_bytes()).expect("method"),
-            uri: uri.parse().expect("uri"),
-            headers: HeaderMap::new(),
-            extensions: Extensions::new(),
-            peer: Some("192.0.2.1:4000".parse().expect("addr")),
-        }
-    }
-
-    impl Request {
-        fn header(mut self, name: &'static str, value: &'static str) -> Self {
-            self.headers.append(name, HeaderValue::from_static(value));
-            self
-        }
-
-        fn peer(mut self, peer: Option<&str>) -> Self {
-            self.peer = peer.map(|p| p.parse().expect("addr"));
-            self
-        }
-
-        fn plan(&self, rules: &RuleSet) -> Plan {
-            rules.plan(&RequestInfo {
-                method: &self.method,
-                uri: &self.uri,
-                headers: &self.headers,
-                extensions: &self.extensions,
-                peer: self.peer,
-            })
-        }
+    /// `method uri` from 192.0.2.1.
+    fn request(method: &str, uri: &str) -> TestRequest {
+        TestRequest::new(method, uri).peer(Some("192.0.2.1:4000"))
     }
 
     /// `exempt`, `no-key`, or `rule:key`.
@@ -830,7 +787,7 @@ rate_limiter:
         for &(pattern, path, route, exempt) in table {
             let mut request = request("GET", path);
             if let Some(route) = route {
-                request.extensions.insert(Route(Box::leak(route.into())));
+                request = request.extension(Route(Box::leak(route.into())));
             }
             assert_eq!(
                 matches!(request.plan(&rules(pattern)), Plan::Exempt),
@@ -999,7 +956,7 @@ rate_limiter:
         let rules = RuleSet::from_config(&config(&format!(
             "{RULES}  allow_list: {{ ips: [10.0.0.0/8] }}\n"
         )));
-        let listed = |r: Request| r.peer(Some("10.1.2.3:5000"));
+        let listed = |r: TestRequest| r.peer(Some("10.1.2.3:5000"));
         assert!(matches!(
             listed(request("GET", "/users/7")).plan(&rules),
             Plan::Exempt
@@ -1091,9 +1048,9 @@ rate_limiter:
     fn the_original_path_is_matched_when_a_lookup_finds_it() {
         let rules = RuleSet::from_config(&config(RULES))
             .with_original_path(|extensions| extensions.get::<Original>().map(|o| o.0));
-        let mut nested = request("GET", "/7/posts");
+        let nested = request("GET", "/7/posts");
         assert_eq!(outcome(&nested.plan(&rules)), "default:192.0.2.1");
-        nested.extensions.insert(Original("/users/7/posts"));
+        let nested = nested.extension(Original("/users/7/posts"));
         assert_eq!(outcome(&nested.plan(&rules)), "user-posts:192.0.2.1");
     }
 
@@ -1102,13 +1059,12 @@ rate_limiter:
         let rules = RuleSet::from_config(&config(RULES))
             .with_matched_route(|extensions| extensions.get::<Route>().map(|r| r.0));
         // A router that routed this spelling to `/users/{id}/posts` (say it decodes `%2F`).
-        let mut routed = request("GET", "/users/7%2Fposts");
+        let routed = request("GET", "/users/7%2Fposts");
         assert_eq!(outcome(&routed.plan(&rules)), "users:192.0.2.1");
-        routed.extensions.insert(Route("/users/{user}/posts"));
+        let routed = routed.extension(Route("/users/{user}/posts"));
         assert_eq!(outcome(&routed.plan(&rules)), "user-posts:192.0.2.1");
         // The path still matches on its own: a literal rule inside a parameter route.
-        let mut health = request("GET", "/health");
-        health.extensions.insert(Route("/{page}"));
+        let health = request("GET", "/health").extension(Route("/{page}"));
         assert!(matches!(health.plan(&rules), Plan::Exempt));
     }
 

@@ -4,13 +4,18 @@
 
 mod common;
 
-use common::{config, hello, request, send, statuses};
+use common::{config, hello_behind, request, send, statuses, statuses_of};
+use http::Request;
 use ratelimit_core::config::ClientIpHeader;
 use ratelimit_tower::{PeerIp, RateLimitLayer};
-use tower::ServiceBuilder;
 
 /// The proxy that talks to us.
 const PROXY: &str = "10.0.0.1:443";
+
+/// `GET /` straight from `peer`.
+fn from_peer(peer: &str) -> Request<String> {
+    request("/", Some(peer), &[])
+}
 
 /// Two requests a minute per client IP, behind proxies in 10.0.0.0/8 writing `HEADER`.
 fn two_per_ip(extra: &str) -> String {
@@ -27,31 +32,27 @@ rate_limiter:
 #[tokio::test]
 async fn forwarded_is_ignored_behind_an_x_forwarded_for_proxy() {
     let layer = RateLimitLayer::new(config(&two_per_ip("")));
-    let service = ServiceBuilder::new().layer(layer).service_fn(hello);
+    let service = hello_behind(layer);
     // The proxy appends the real client to X-Forwarded-For and passes the client's own
     // Forwarded through: a new `for=` on every request used to be a new key.
-    let mut got = Vec::new();
-    for i in 0..4 {
+    let spoofing = (0..4).map(|i| {
         let spoof = format!("for=198.51.100.{i}");
-        let request = request(
+        request(
             "/",
             Some(PROXY),
             &[
                 ("forwarded", spoof.as_bytes()),
                 ("x-forwarded-for", b"203.0.113.7"),
             ],
-        );
-        got.push(send(&service, request).await.status);
-    }
-    assert_eq!(got, [200, 200, 429, 429]);
+        )
+    });
+    assert_eq!(statuses_of(&service, spoofing).await, [200, 200, 429, 429]);
 }
 
 #[tokio::test]
 async fn forwarded_cannot_make_a_client_exempt() {
     let yaml = two_per_ip("  allow_list: { ips: [192.0.2.0/24] }\n");
-    let service = ServiceBuilder::new()
-        .layer(RateLimitLayer::new(config(&yaml)))
-        .service_fn(hello);
+    let service = hello_behind(RateLimitLayer::new(config(&yaml)));
     let spoofing = || {
         request(
             "/",
@@ -78,26 +79,26 @@ async fn client_ip_header_names_the_one_header_believed() {
         ("fly-client-ip", "fly-client-ip"),
     ] {
         let yaml = two_per_ip(&format!("  client_ip_header: {header}\n"));
-        let service = ServiceBuilder::new()
-            .layer(RateLimitLayer::new(config(&yaml)))
-            .service_fn(hello);
+        let service = hello_behind(RateLimitLayer::new(config(&yaml)));
         let value: &[u8] = if name == "forwarded" {
             b"for=203.0.113.9"
         } else {
             b"203.0.113.9"
         };
         // X-Forwarded-For changes on every request, and is not believed.
-        let mut got = Vec::new();
-        for i in 0..3 {
+        let requests = (0..3).map(|i| {
             let xff = format!("198.51.100.{i}");
-            let request = request(
+            request(
                 "/",
                 Some(PROXY),
                 &[(name, value), ("x-forwarded-for", xff.as_bytes())],
-            );
-            got.push(send(&service, request).await.status);
-        }
-        assert_eq!(got, [200, 200, 429], "{header}");
+            )
+        });
+        assert_eq!(
+            statuses_of(&service, requests).await,
+            [200, 200, 429],
+            "{header}"
+        );
         // Another client, in the believed header, has its own quota.
         let other: &[u8] = if name == "forwarded" {
             b"for=\"[2001:db8::1]:80\""
@@ -113,9 +114,7 @@ async fn client_ip_header_names_the_one_header_believed() {
 async fn a_forwarded_element_without_for_is_no_error_behind_an_x_forwarded_for_proxy() {
     for missing_key in ["reject", "allow"] {
         let yaml = two_per_ip(&format!("  on_missing_key: {missing_key}\n"));
-        let service = ServiceBuilder::new()
-            .layer(RateLimitLayer::new(config(&yaml)))
-            .service_fn(hello);
+        let service = hello_behind(RateLimitLayer::new(config(&yaml)));
         // Was 400 on every request (reject) or a free pass (allow).
         let proto_only = || {
             request(
@@ -137,9 +136,7 @@ async fn a_forwarded_element_without_for_is_no_error_behind_an_x_forwarded_for_p
 
 #[tokio::test]
 async fn nothing_a_client_writes_left_of_its_own_entry_is_parsed() {
-    let service = ServiceBuilder::new()
-        .layer(RateLimitLayer::new(config(&two_per_ip(""))))
-        .service_fn(hello);
+    let service = hello_behind(RateLimitLayer::new(config(&two_per_ip(""))));
     let many = vec!["garbage"; 500].join(", ");
     let lefts: [&[u8]; 7] = [
         b"not-an-ip",
@@ -151,14 +148,14 @@ async fn nothing_a_client_writes_left_of_its_own_entry_is_parsed() {
         many.as_bytes(),
     ];
     // Each of these is keyed as 203.0.113.99: two pass, the rest are denied, none is a 400.
-    let mut got = Vec::new();
-    for left in lefts {
-        let mut xff = left.to_vec();
-        xff.extend_from_slice(b", 203.0.113.99");
-        let request = request("/", Some(PROXY), &[("x-forwarded-for", &xff)]);
-        got.push(send(&service, request).await.status);
-    }
-    assert_eq!(got, [200, 200, 429, 429, 429, 429, 429]);
+    let requests = lefts.map(|left| {
+        let xff = [left, b", 203.0.113.99"].concat();
+        request("/", Some(PROXY), &[("x-forwarded-for", &xff)])
+    });
+    assert_eq!(
+        statuses_of(&service, requests).await,
+        [200, 200, 429, 429, 429, 429, 429]
+    );
     // Repeated lines are one list: the client is on the first line, a trusted hop on the next.
     let split = request(
         "/",
@@ -171,24 +168,18 @@ async fn nothing_a_client_writes_left_of_its_own_entry_is_parsed() {
     assert_eq!(send(&service, split).await.status, 429);
     // Behind a Forwarded proxy, the client's garbage elements are not parsed either.
     let yaml = two_per_ip("  client_ip_header: forwarded\n");
-    let service = ServiceBuilder::new()
-        .layer(RateLimitLayer::new(config(&yaml)))
-        .service_fn(hello);
-    let mut got = Vec::new();
-    for left in [&b"proto=https"[..], b"for", b"for=\"1.2.3.4", b"secret"] {
-        let mut value = left.to_vec();
-        value.extend_from_slice(b", for=203.0.113.98");
-        let request = request("/", Some(PROXY), &[("forwarded", &value)]);
-        got.push(send(&service, request).await.status);
-    }
-    assert_eq!(got, [200, 200, 429, 429]);
+    let service = hello_behind(RateLimitLayer::new(config(&yaml)));
+    let lefts: [&[u8]; 4] = [b"proto=https", b"for", b"for=\"1.2.3.4", b"secret"];
+    let requests = lefts.map(|left| {
+        let value = [left, b", for=203.0.113.98"].concat();
+        request("/", Some(PROXY), &[("forwarded", &value)])
+    });
+    assert_eq!(statuses_of(&service, requests).await, [200, 200, 429, 429]);
 }
 
 #[tokio::test]
 async fn the_entry_the_proxy_wrote_must_be_an_address() {
-    let service = ServiceBuilder::new()
-        .layer(RateLimitLayer::new(config(&two_per_ip(""))))
-        .service_fn(hello);
+    let service = hello_behind(RateLimitLayer::new(config(&two_per_ip(""))));
     let reply = send(
         &service,
         request("/", Some(PROXY), &[("x-forwarded-for", b"1.2.3.4, zq9x")]),
@@ -201,37 +192,28 @@ async fn the_entry_the_proxy_wrote_must_be_an_address() {
 #[tokio::test]
 async fn ipv6_clients_rotating_through_a_64_share_one_quota() {
     // Peers.
-    let service = ServiceBuilder::new()
-        .layer(RateLimitLayer::new(config(&two_per_ip(""))))
-        .service_fn(hello);
-    let mut got = Vec::new();
-    for i in 1..=4 {
-        let peer = format!("[2001:db8:1:2::{i:x}]:40000");
-        got.push(send(&service, request("/", Some(&peer), &[])).await.status);
-    }
-    assert_eq!(got, [200, 200, 429, 429]);
-    let neighbour = send(&service, request("/", Some("[2001:db8:1:3::1]:1"), &[])).await;
+    let service = hello_behind(RateLimitLayer::new(config(&two_per_ip(""))));
+    let rotating = || (1..=4).map(|i| from_peer(&format!("[2001:db8:1:2::{i:x}]:40000")));
+    assert_eq!(
+        statuses_of(&service, rotating()).await,
+        [200, 200, 429, 429]
+    );
+    let neighbour = send(&service, from_peer("[2001:db8:1:3::1]:1")).await;
     assert_eq!(neighbour.status, 200, "another /64, another quota");
     // Behind a proxy.
-    let mut got = Vec::new();
-    for i in 1..=3 {
+    let proxied = (1..=3).map(|i| {
         let xff = format!("2001:db8:9:9:{i}::1");
-        let request = request("/", Some(PROXY), &[("x-forwarded-for", xff.as_bytes())]);
-        got.push(send(&service, request).await.status);
-    }
-    assert_eq!(got, [200, 200, 429]);
+        request("/", Some(PROXY), &[("x-forwarded-for", xff.as_bytes())])
+    });
+    assert_eq!(statuses_of(&service, proxied).await, [200, 200, 429]);
     // The prefix is configurable: /128 keys every address apart.
-    let service = ServiceBuilder::new()
-        .layer(RateLimitLayer::new(config(&two_per_ip(
-            "  ipv6_prefix: 128\n",
-        ))))
-        .service_fn(hello);
-    let mut got = Vec::new();
-    for i in 1..=4 {
-        let peer = format!("[2001:db8:1:2::{i:x}]:40000");
-        got.push(send(&service, request("/", Some(&peer), &[])).await.status);
-    }
-    assert_eq!(got, [200, 200, 200, 200]);
+    let service = hello_behind(RateLimitLayer::new(config(&two_per_ip(
+        "  ipv6_prefix: 128\n",
+    ))));
+    assert_eq!(
+        statuses_of(&service, rotating()).await,
+        [200, 200, 200, 200]
+    );
 }
 
 #[tokio::test]
@@ -241,22 +223,10 @@ rate_limiter:
   key: peer
   windows: [{ max_requests: 2, duration: 1m }]
 ";
-    let service = ServiceBuilder::new()
-        .layer(RateLimitLayer::new(config(yaml)))
-        .service_fn(hello);
-    let got = [
-        send(&service, request("/", Some("192.0.2.1:1"), &[]))
-            .await
-            .status,
-        send(&service, request("/", Some("[::ffff:192.0.2.1]:2"), &[]))
-            .await
-            .status,
-        send(&service, request("/", Some("[::ffff:c000:201]:3"), &[]))
-            .await
-            .status,
-    ];
+    let service = hello_behind(RateLimitLayer::new(config(yaml)));
+    let one_client = ["192.0.2.1:1", "[::ffff:192.0.2.1]:2", "[::ffff:c000:201]:3"].map(from_peer);
     assert_eq!(
-        got,
+        statuses_of(&service, one_client).await,
         [200, 200, 429],
         "one client, however its address is written"
     );
@@ -266,16 +236,9 @@ rate_limiter:
         .key(PeerIp::new())
         .build()
         .expect("layer");
-    let service = ServiceBuilder::new().layer(layer).service_fn(hello);
-    let got = [
-        send(&service, request("/", Some("[::ffff:192.0.2.5]:1"), &[]))
-            .await
-            .status,
-        send(&service, request("/", Some("192.0.2.5:1"), &[]))
-            .await
-            .status,
-    ];
-    assert_eq!(got, [200, 429]);
+    let service = hello_behind(layer);
+    let one_client = ["[::ffff:192.0.2.5]:1", "192.0.2.5:1"].map(from_peer);
+    assert_eq!(statuses_of(&service, one_client).await, [200, 429]);
 }
 
 #[tokio::test]
@@ -285,12 +248,10 @@ rate_limiter:
   allow_list: { ips: ['2001:db8::1'] }
   windows: [{ max_requests: 1, duration: 1m }]
 ";
-    let service = ServiceBuilder::new()
-        .layer(RateLimitLayer::new(config(yaml)))
-        .service_fn(hello);
-    let listed = || request("/", Some("[2001:db8::1]:1"), &[]);
+    let service = hello_behind(RateLimitLayer::new(config(yaml)));
+    let listed = || from_peer("[2001:db8::1]:1");
     assert_eq!(statuses(&service, 3, listed).await, [200, 200, 200]);
-    let neighbour = || request("/", Some("[2001:db8::2]:1"), &[]);
+    let neighbour = || from_peer("[2001:db8::2]:1");
     assert_eq!(statuses(&service, 2, neighbour).await, [200, 429]);
 }
 
@@ -307,7 +268,7 @@ async fn client_ip_in_code_takes_a_header_and_a_prefix() {
         )
         .build()
         .expect("layer");
-    let service = ServiceBuilder::new().layer(layer).service_fn(hello);
+    let service = hello_behind(layer);
     let from =
         |ip: &'static str| move || request("/", Some(PROXY), &[("fly-client-ip", ip.as_bytes())]);
     assert_eq!(statuses(&service, 1, from("2001:db8:5:1::1")).await, [200]);

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use common::{Capture, config, hello, request, send, statuses};
+use common::{Capture, config, hello, hello_behind, request, send, statuses};
 use http::StatusCode;
 use ratelimit_core::config::{HeaderFamilies, LegacyReset, MissingKey};
 use ratelimit_core::{Algorithm, Config, FakeClock, Policy, RateLimiter, Window};
@@ -46,9 +46,7 @@ async fn retry_after_and_t_name_the_same_moment() {
         let (limiter, clock) = clocked(&format!(
             "rate_limiter:\n  algorithm: {algorithm}\n  windows: [{{ max_requests: 3, duration: 1m }}]\n"
         ));
-        let service = ServiceBuilder::new()
-            .layer(RateLimitLayer::from_limiter(limiter))
-            .service_fn(hello);
+        let service = hello_behind(RateLimitLayer::from_limiter(limiter));
         // Once, then twice 2.5 s later: the fourth request is denied.
         send(&service, from_peer()).await;
         clock.advance(Duration::from_millis(2500));
@@ -85,9 +83,7 @@ async fn retry_after_and_t_name_the_same_moment() {
 async fn allowed_responses_carry_the_time_until_the_quota_is_back() {
     let (limiter, clock) =
         clocked("rate_limiter:\n  windows: [{ max_requests: 3, duration: 1m }]\n");
-    let service = ServiceBuilder::new()
-        .layer(RateLimitLayer::from_limiter(limiter))
-        .service_fn(hello);
+    let service = hello_behind(RateLimitLayer::from_limiter(limiter));
     let first = send(&service, from_peer()).await;
     assert_eq!(first.header("ratelimit"), Some("\"default-1m\";r=2;t=60"));
     clock.advance(Duration::from_millis(10_500));
@@ -104,9 +100,7 @@ async fn legacy_reset_is_epoch_seconds_unless_configured() {
             .as_secs()
     };
     let yaml = "rate_limiter:\n  windows: [{ max_requests: 1, duration: 1m }]\n";
-    let service = ServiceBuilder::new()
-        .layer(RateLimitLayer::new(config(yaml)))
-        .service_fn(hello);
+    let service = hello_behind(RateLimitLayer::new(config(yaml)));
     let before = now();
     let allowed = send(&service, from_peer()).await;
     let denied = send(&service, from_peer()).await;
@@ -123,9 +117,7 @@ async fn legacy_reset_is_epoch_seconds_unless_configured() {
         );
     }
     let delta = format!("{yaml}  legacy_reset: delta_seconds\n");
-    let service = ServiceBuilder::new()
-        .layer(RateLimitLayer::new(config(&delta)))
-        .service_fn(hello);
+    let service = hello_behind(RateLimitLayer::new(config(&delta)));
     send(&service, from_peer()).await;
     let denied = send(&service, from_peer()).await;
     assert_eq!(
@@ -133,9 +125,9 @@ async fn legacy_reset_is_epoch_seconds_unless_configured() {
         denied.header("retry-after")
     );
     // In code, over the configuration.
-    let service = ServiceBuilder::new()
-        .layer(RateLimitLayer::new(config(yaml)).with_legacy_reset(LegacyReset::DeltaSeconds))
-        .service_fn(hello);
+    let service = hello_behind(
+        RateLimitLayer::new(config(yaml)).with_legacy_reset(LegacyReset::DeltaSeconds),
+    );
     let reply = send(&service, from_peer()).await;
     assert_eq!(reply.header("x-ratelimit-reset"), Some("60"));
 }
@@ -146,9 +138,7 @@ async fn policies_are_named_and_counted_in_requests() {
 rate_limiter:
   windows: [{ max_requests: 10, duration: 1m }, { max_requests: 100, duration: 1h }]
 ";
-    let service = ServiceBuilder::new()
-        .layer(RateLimitLayer::new(config(yaml)))
-        .service_fn(hello);
+    let service = hello_behind(RateLimitLayer::new(config(yaml)));
     let reply = send(&service, from_peer()).await;
     assert_eq!(
         reply.header("ratelimit-policy"),
@@ -162,7 +152,7 @@ rate_limiter:
         .cost(4)
         .build()
         .expect("layer");
-    let service = ServiceBuilder::new().layer(layer).service_fn(hello);
+    let service = hello_behind(layer);
     let first = send(&service, from_peer()).await;
     assert_eq!(
         first.header("ratelimit-policy"),
@@ -240,7 +230,7 @@ async fn the_builder_makes_a_layer_in_one_expression() {
         })
         .build()
         .expect("layer");
-    let service = ServiceBuilder::new().layer(layer).service_fn(hello);
+    let service = hello_behind(layer);
     let keyed = || request("/", Some(PEER), &[("x-api-key", b"k1")]);
     assert_eq!(statuses(&service, 3, keyed).await, [200, 200, 429]);
     let reply = send(&service, request("/", Some(PEER), &[("x-api-key", b"k2")])).await;
@@ -310,8 +300,8 @@ async fn reloads_keep_what_code_set() {
         legacy: true,
     });
     let reloads = [shadowed.reload_handle(), legacy_only.reload_handle()];
-    let shadowed = ServiceBuilder::new().layer(shadowed).service_fn(hello);
-    let legacy_only = ServiceBuilder::new().layer(legacy_only).service_fn(hello);
+    let shadowed = hello_behind(shadowed);
+    let legacy_only = hello_behind(legacy_only);
     assert_eq!(statuses(&shadowed, 3, from_peer).await, [200, 200, 200]);
     // The file says shadow: false and both families; code said otherwise, and still does.
     let file = format!("{yaml}  shadow: false\n  headers: [ietf, legacy]\n");
@@ -331,7 +321,7 @@ async fn reloads_keep_what_code_set() {
         .build()
         .expect("layer");
     let reload = layer.reload_handle();
-    let service = ServiceBuilder::new().layer(layer).service_fn(hello);
+    let service = hello_behind(layer);
     let user = || request("/", Some(PEER), &[("x-user", b"ann")]);
     assert_eq!(statuses(&service, 2, user).await, [200, 429]);
     let two = "rate_limiter:\n  windows: [{ max_requests: 3, duration: 1m }]\n";
@@ -367,7 +357,7 @@ async fn hooks_see_every_denial_and_shape_the_response() {
         })
         .build()
         .expect("layer");
-    let service = ServiceBuilder::new().layer(layer).service_fn(hello);
+    let service = hello_behind(layer);
     assert_eq!(
         send(&service, request("/a", Some(PEER), &[])).await.status,
         200
@@ -395,7 +385,7 @@ async fn hooks_see_every_denial_and_shape_the_response() {
             assert!(denial.shadow());
             counter.fetch_add(1, Ordering::Relaxed);
         });
-    let service = ServiceBuilder::new().layer(layer).service_fn(hello);
+    let service = hello_behind(layer);
     assert_eq!(statuses(&service, 4, from_peer).await, [200, 200, 200, 200]);
     assert_eq!(count.load(Ordering::Relaxed), 3);
 }
@@ -447,7 +437,7 @@ async fn keys_from_an_extension_a_cookie_a_path_and_a_closure() {
             .build()
             .expect("layer"),
     ] {
-        let service = ServiceBuilder::new().layer(layer).service_fn(hello);
+        let service = hello_behind(layer);
         let with = |cookie: &'static [u8]| request("/", Some(PEER), &[("cookie", cookie)]);
         assert_eq!(
             send(&service, with(b"theme=dark; session=s1")).await.status,
@@ -468,7 +458,7 @@ async fn keys_from_an_extension_a_cookie_a_path_and_a_closure() {
         .key(PathParam::new("/t/{tenant}/orders", "tenant").expect("pattern"))
         .build()
         .expect("layer");
-    let service = ServiceBuilder::new().layer(by_tenant).service_fn(hello);
+    let service = hello_behind(by_tenant);
     let path = |p: &str| request(p, Some(PEER), &[]);
     assert_eq!(send(&service, path("/t/acme/orders")).await.status, 200);
     assert_eq!(send(&service, path("/t/%61cme/orders")).await.status, 429);
@@ -480,7 +470,7 @@ async fn keys_from_an_extension_a_cookie_a_path_and_a_closure() {
         .key(|r: &RequestInfo<'_>| Some(r.method.as_str().to_owned()))
         .build()
         .expect("layer");
-    let service = ServiceBuilder::new().layer(by_method).service_fn(hello);
+    let service = hello_behind(by_method);
     assert_eq!(
         statuses(&service, 2, || request("/x", Some(PEER), &[])).await,
         [200, 429]
@@ -493,9 +483,7 @@ async fn keys_from_an_extension_a_cookie_a_path_and_a_closure() {
 async fn a_missing_peer_is_a_server_error_reported_once() {
     let capture = Capture::default();
     let _guard = capture.start();
-    let service = ServiceBuilder::new()
-        .layer(RateLimitLayer::new(Config::new(2, Duration::from_secs(60))))
-        .service_fn(hello);
+    let service = hello_behind(RateLimitLayer::new(Config::new(2, Duration::from_secs(60))));
     for _ in 0..3 {
         let reply = send(&service, request("/", None, &[])).await;
         assert_eq!(reply.status, 500, "{reply:?}");
@@ -519,16 +507,14 @@ async fn a_missing_peer_is_a_server_error_reported_once() {
         .key(HeaderKey::new(http::HeaderName::from_static("x-api-key")))
         .build()
         .expect("layer");
-    let service = ServiceBuilder::new().layer(by_header).service_fn(hello);
+    let service = hello_behind(by_header);
     let keyed = send(&service, request("/", None, &[("x-api-key", b"k")])).await;
     assert_eq!(keyed.status, 200);
     assert_eq!(send(&service, request("/", None, &[])).await.status, 400);
     // With on_missing_key: allow, a missing peer is no free pass.
     let yaml =
         "rate_limiter:\n  on_missing_key: allow\n  windows: [{ max_requests: 1, duration: 1m }]\n";
-    let service = ServiceBuilder::new()
-        .layer(RateLimitLayer::new(config(yaml)))
-        .service_fn(hello);
+    let service = hello_behind(RateLimitLayer::new(config(yaml)));
     assert_eq!(send(&service, request("/", None, &[])).await.status, 500);
 }
 

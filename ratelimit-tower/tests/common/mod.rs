@@ -10,8 +10,8 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use ratelimit_core::Config;
 use ratelimit_core::config::Overrides;
-use ratelimit_tower::{PeerAddr, ResponseBody};
-use tower::{Service, ServiceExt};
+use ratelimit_tower::{PeerAddr, RateLimitLayer, ResponseBody};
+use tower::{Layer, Service, ServiceExt};
 
 /// `yaml` as a configuration, ignoring `RATELIMIT_REDIS_URL`.
 pub fn config(yaml: &str) -> Config {
@@ -72,6 +72,14 @@ impl Reply {
     }
 }
 
+/// The inner service [`hello`] behind `layer`.
+pub fn hello_behind(
+    layer: RateLimitLayer,
+) -> impl Service<Request<String>, Response = Response<ResponseBody<String>>, Error = Infallible> + Clone
+{
+    layer.layer(tower::service_fn(hello))
+}
+
 /// Sends `request` through a clone of `service`.
 pub async fn send<S, B>(service: &S, request: Request<String>) -> Reply
 where
@@ -89,17 +97,29 @@ where
     }
 }
 
+/// The statuses of `requests`, sent one after the other.
+pub async fn statuses_of<S, B>(
+    service: &S,
+    requests: impl IntoIterator<Item = Request<String>>,
+) -> Vec<u16>
+where
+    S: Service<Request<String>, Response = Response<ResponseBody<B>>, Error = Infallible> + Clone,
+    B: http_body::Body<Data = bytes::Bytes, Error = Infallible>,
+{
+    let mut out = Vec::new();
+    for request in requests {
+        out.push(send(service, request).await.status);
+    }
+    out
+}
+
 /// The statuses of `n` requests made by `make`.
 pub async fn statuses<S, B>(service: &S, n: usize, make: impl Fn() -> Request<String>) -> Vec<u16>
 where
     S: Service<Request<String>, Response = Response<ResponseBody<B>>, Error = Infallible> + Clone,
     B: http_body::Body<Data = bytes::Bytes, Error = Infallible>,
 {
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(send(service, make()).await.status);
-    }
-    out
+    statuses_of(service, (0..n).map(|_| make())).await
 }
 
 /// Log events recorded while a [`Capture`] is the thread's default subscriber: (level,
