@@ -1,0 +1,184 @@
+//! The limiter's side of the comparison with rate-limiter-flexible (`scripts/compare-peer.sh`):
+//! the same workload as `load/peer/rate-limiter-flexible.js`, printed as the same JSON line.
+//!
+//! - **Throughput**: `--callers` concurrent callers, each taking the next key of `k0..k{N-1}`
+//!   from one shared counter, for `--duration`; a fixed window of 1,000,000 per 60 s on Redis,
+//!   the default configuration otherwise (no local cache, `local` fallback). The figure is
+//!   completed calls over the time until the last caller finished.
+//! - **Exactness**: 200 concurrent calls on one fresh key, fixed window of 100 per 60 s; how
+//!   many were allowed (exactly 100 is right).
+//!
+//! ```text
+//! cargo run --release -p ratelimit-load --bin peer-workload -- --redis-url redis://127.0.0.1:6379
+//! {"decisions_per_sec":41234.5,"exact_pass":100}
+//! ```
+//! Without `--redis-url` it runs on a throwaway `redis-server` (the test harness's), stopped at
+//! the end. Decisions not made by Redis (by the fallback, on an overloaded machine) are counted on
+//! standard error: the figure is then not Redis's alone.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use ratelimit_core::config::parse_duration;
+use ratelimit_core::{Algorithm, Config, Policy, RateLimiter, Source, Window};
+use ratelimit_load::MeasuredRedis;
+
+type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The throughput run's window: large enough that every call is allowed and writes.
+const THROUGHPUT_WINDOW: Window = Window::new(1_000_000, Duration::from_secs(60));
+/// The exactness check's window, and how many call at once.
+const EXACT_WINDOW: Window = Window::new(100, Duration::from_secs(60));
+const EXACT_CALLS: usize = 200;
+/// Our fixed windows are aligned to the epoch: the exactness burst starts at least this long
+/// before a window ends, so all of it falls into one window.
+const CLEAR_OF_WINDOW_END: Duration = Duration::from_secs(2);
+
+/// Runs the peer comparison's workload on this limiter and prints one JSON line:
+/// `{"decisions_per_sec":…,"exact_pass":…}`.
+#[derive(Debug, Parser)]
+#[command(name = "peer-workload")]
+struct Args {
+    /// The Redis to run on [default: a throwaway redis-server]
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+    /// How long the throughput run lasts, e.g. 5s
+    #[arg(long, value_name = "D", default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Concurrent callers
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    callers: u32,
+    /// Distinct keys, `k0` to `k{N-1}`, taken in turn
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    keys: u64,
+}
+
+/// What the throughput run counted.
+struct Throughput {
+    decisions: u64,
+    not_by_redis: u64,
+    elapsed: Duration,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), AnyError> {
+    let args = Args::parse();
+    let redis = MeasuredRedis::start(args.redis_url).await?;
+    let url = redis.url();
+
+    let limiter = RateLimiter::new(fixed_window(THROUGHPUT_WINDOW, url)).await?;
+    let run = throughput(&limiter, args.callers, args.keys, args.duration).await?;
+    let (exact_pass, exact_not_by_redis) = exactness(url).await?;
+
+    let not_by_redis = run.not_by_redis + exact_not_by_redis;
+    if not_by_redis > 0 {
+        eprintln!("peer-workload: {not_by_redis} decisions were not made by Redis");
+    }
+    let line = serde_json::json!({
+        "decisions_per_sec": run.decisions as f64 / run.elapsed.as_secs_f64(),
+        "exact_pass": exact_pass,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// One fixed window on the Redis at `url`, the default configuration otherwise.
+fn fixed_window(window: Window, url: &str) -> Config {
+    Config::with_policy(Policy::new("peer", [window]).with_algorithm(Algorithm::FixedWindow))
+        .with_redis(url)
+}
+
+/// `callers` concurrent callers for `duration`, each taking the next of `keys` keys in turn.
+async fn throughput(
+    limiter: &RateLimiter,
+    callers: u32,
+    keys: u64,
+    duration: Duration,
+) -> Result<Throughput, AnyError> {
+    // Connections are open once the limiter is built; this loads the script.
+    limiter.allow("warm-up").await?;
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (limiter, next) = (limiter.clone(), next.clone());
+            tokio::spawn(async move {
+                let (mut decisions, mut not_by_redis) = (0u64, 0u64);
+                let mut key = String::new();
+                while Instant::now() < deadline {
+                    key.clear();
+                    let _ = write!(key, "k{}", next.fetch_add(1, Ordering::Relaxed) % keys);
+                    let decision = limiter.allow(&key).await?;
+                    decisions += 1;
+                    if decision.source() != Source::Redis {
+                        not_by_redis += 1;
+                    }
+                }
+                Ok::<_, ratelimit_core::Error>((decisions, not_by_redis))
+            })
+        })
+        .collect();
+    let mut run = Throughput {
+        decisions: 0,
+        not_by_redis: 0,
+        elapsed: Duration::ZERO,
+    };
+    for task in tasks {
+        let (decisions, not_by_redis) = task.await??;
+        run.decisions += decisions;
+        run.not_by_redis += not_by_redis;
+    }
+    run.elapsed = started.elapsed();
+    Ok(run)
+}
+
+/// [`EXACT_CALLS`] concurrent calls on one fresh key: how many were allowed, and how many
+/// decisions Redis did not make.
+async fn exactness(url: &str) -> Result<(u64, u64), AnyError> {
+    let limiter = RateLimiter::new(fixed_window(EXACT_WINDOW, url)).await?;
+    limiter.allow("warm-up").await?;
+    wait_clear_of_window_end(EXACT_WINDOW.duration()).await;
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
+    let key: Arc<str> = format!("exact-{nanos}").into();
+    let tasks: Vec<_> = (0..EXACT_CALLS)
+        .map(|_| {
+            let (limiter, key) = (limiter.clone(), key.clone());
+            tokio::spawn(async move { limiter.allow(&*key).await })
+        })
+        .collect();
+    let (mut allowed, mut not_by_redis) = (0u64, 0u64);
+    for task in tasks {
+        let decision = task.await??;
+        allowed += u64::from(decision.allowed());
+        not_by_redis += u64::from(decision.source() != Source::Redis);
+    }
+    Ok((allowed, not_by_redis))
+}
+
+/// Sleeps past the end of the current epoch-aligned `window` if it ends within
+/// [`CLEAR_OF_WINDOW_END`] (Redis runs on this machine: its clock is this one).
+async fn wait_clear_of_window_end(window: Duration) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let window_us = window.as_micros().max(1);
+    let left_us = window_us - now.as_micros() % window_us;
+    let left = Duration::from_micros(u64::try_from(left_us).unwrap_or(u64::MAX));
+    if left < CLEAR_OF_WINDOW_END {
+        tokio::time::sleep(left + Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Args::command().debug_assert();
+    }
+}
