@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::error::ConfigError;
-use super::model::validate_policy;
+use super::validate::validate_policy;
 use crate::policy::Policy;
 
 /// Where the identity of a request comes from.

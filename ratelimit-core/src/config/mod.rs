@@ -13,6 +13,7 @@ mod locate;
 mod model;
 mod pattern;
 mod units;
+mod validate;
 
 pub use error::{ConfigError, Location};
 pub use hot_keys::HotKeyConfig;

@@ -7,10 +7,11 @@ use std::time::Duration;
 use super::HotKeyConfig;
 use super::error::ConfigError;
 use super::http::HttpConfig;
+use super::validate::validate_policy;
 use crate::clock::Clock;
 use crate::decision::FallbackMode;
 use crate::key::{KeyBuilder, is_valid_prefix};
-use crate::policy::{Algorithm, Policy, PolicyError, Window};
+use crate::policy::{Algorithm, Policy, Window};
 
 /// How to reach Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -680,34 +681,4 @@ impl Config {
         }
         Ok(())
     }
-}
-
-/// Validates a policy whose windows live at `<base>.windows`, naming the field at fault.
-pub(crate) fn validate_policy(policy: &Policy, base: &str) -> Result<(), ConfigError> {
-    policy.validate().map_err(|e| {
-        let field = match &e {
-            PolicyError::Name(_) => format!("{base}.name"),
-            PolicyError::NoWindow => format!("{base}.windows"),
-            PolicyError::ZeroLimit { index }
-            | PolicyError::LimitTooLarge { index }
-            | PolicyError::LogTooLarge { index } => {
-                format!("{base}.windows[{index}].max_requests")
-            }
-            PolicyError::WindowTooShort { index }
-            | PolicyError::WindowTooLong { index }
-            | PolicyError::DuplicateWindow { index } => {
-                format!("{base}.windows[{index}].duration")
-            }
-            PolicyError::CostAboveLimit { .. } => format!("{base}.cost"),
-            PolicyError::Spread(_)
-            | PolicyError::SpreadAlgorithm
-            | PolicyError::SpreadAboveLimit { .. } => format!("{base}.spread"),
-        };
-        let message = e.to_string();
-        let message = message
-            .split_once(": ")
-            .filter(|(head, _)| head.starts_with("window "))
-            .map_or(message.clone(), |(_, tail)| tail.to_owned());
-        ConfigError::invalid(field, message)
-    })
 }
