@@ -7,6 +7,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
 
 use super::error::ConfigError;
 use super::validate::validate_policy;
@@ -71,6 +72,25 @@ impl KeySource {
     }
 }
 
+/// `Deserialize` for types written as text in the file, through their parser; the parser's
+/// message becomes the error's.
+macro_rules! deserialize_from_text {
+    ($($ty:ty => $parse:path),* $(,)?) => {$(
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                $parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+
+deserialize_from_text!(
+    KeySource => KeySource::parse,
+    ClientIpHeader => ClientIpHeader::parse,
+    IpBlock => IpBlock::parse,
+);
+
 fn is_header_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
@@ -86,6 +106,23 @@ pub struct HeaderFamilies {
     pub ietf: bool,
     /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
     pub legacy: bool,
+}
+
+/// Read from a list of family names: `[ietf, legacy]`, `[legacy]`, `[]`.
+impl<'de> Deserialize<'de> for HeaderFamilies {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize, PartialEq)]
+        #[serde(rename_all = "snake_case")]
+        enum Family {
+            Ietf,
+            Legacy,
+        }
+        let families = Vec::<Family>::deserialize(d)?;
+        Ok(Self {
+            ietf: families.contains(&Family::Ietf),
+            legacy: families.contains(&Family::Legacy),
+        })
+    }
 }
 
 impl Default for HeaderFamilies {
@@ -153,8 +190,9 @@ impl ClientIpHeader {
     }
 }
 
-/// What `X-RateLimit-Reset` holds (`legacy_reset`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What `X-RateLimit-Reset` holds (`legacy_reset`: `epoch_seconds` or `delta_seconds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LegacyReset {
     /// The Unix time, in whole seconds rounded up, when the quota is back: GitHub's convention
     /// and the default, so that a client computing `reset - now` waits.
@@ -164,8 +202,10 @@ pub enum LegacyReset {
     DeltaSeconds,
 }
 
-/// What to do with a request whose key cannot be extracted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What to do with a request whose key cannot be extracted (`on_missing_key`: `reject`, `deny`
+/// or `allow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum MissingKey {
     /// Answer 400 with a problem document (the default).
     #[default]
@@ -217,7 +257,8 @@ impl IpBlock {
 }
 
 /// Requests that are never limited: by client IP, or by key.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AllowList {
     /// Client IPs and blocks.
     pub ips: Vec<IpBlock>,
@@ -226,15 +267,51 @@ pub struct AllowList {
 }
 
 /// What a rule matches; every part given must match.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RuleMatch {
     /// A path pattern: literal segments, `{name}` for one segment, a final `{*name}` or `*` for
     /// the rest (see [`PathPattern`](super::PathPattern)).
     pub path: Option<String>,
     /// Methods, upper case; empty matches any.
+    #[serde(deserialize_with = "methods")]
     pub methods: Vec<String>,
     /// Headers that must be present with these exact values (names lower case).
+    #[serde(deserialize_with = "header_values")]
     pub headers: Vec<(String, String)>,
+}
+
+/// HTTP methods, upper-cased; each is checked where it is written, so an error names its index.
+fn methods<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct Method(String);
+
+    impl<'de> Deserialize<'de> for Method {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let text = String::deserialize(d)?;
+            let upper = text.trim().to_ascii_uppercase();
+            if upper.is_empty()
+                || upper.len() > 32
+                || !upper.bytes().all(|b| b.is_ascii_uppercase())
+            {
+                return Err(serde::de::Error::custom(format!(
+                    "`{text}` is not an HTTP method"
+                )));
+            }
+            Ok(Method(upper))
+        }
+    }
+
+    let methods = Vec::<Method>::deserialize(d)?;
+    Ok(methods.into_iter().map(|m| m.0).collect())
+}
+
+/// A mapping of header names to values, sorted by name as written, names lower-cased.
+fn header_values<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+    let headers = std::collections::BTreeMap::<String, String>::deserialize(d)?;
+    Ok(headers
+        .into_iter()
+        .map(|(name, value)| (name.to_ascii_lowercase(), value))
+        .collect())
 }
 
 /// One routing rule: what it matches, and the policy it applies or that it is exempt.

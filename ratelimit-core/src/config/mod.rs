@@ -17,7 +17,6 @@ mod validate;
 
 pub use error::{ConfigError, Location};
 pub use hot_keys::HotKeyConfig;
-pub(crate) use hot_keys::share_to_ppm;
 pub use http::{
     AllowList, ClientIpHeader, HeaderFamilies, HttpConfig, IpBlock, KeySource, LegacyReset,
     MissingKey, Rule, RuleMatch,
@@ -27,4 +26,5 @@ pub use model::{
     RedisConfig, RedisMode, Secret,
 };
 pub use pattern::{PathPattern, PatternError, PatternSegment, PatternTail};
+pub(crate) use units::{human_duration, human_size};
 pub use units::{parse_duration, parse_size};

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Deserialize;
+
 use super::HotKeyConfig;
 use super::error::ConfigError;
 use super::http::HttpConfig;
@@ -13,8 +15,9 @@ use crate::decision::FallbackMode;
 use crate::key::{KeyBuilder, is_valid_prefix};
 use crate::policy::{Algorithm, Policy, Window};
 
-/// How to reach Redis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How to reach Redis (`mode`: `auto`, `standalone` or `cluster`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RedisMode {
     /// Cluster when more than one address is given, standalone otherwise.
     #[default]
@@ -235,6 +238,27 @@ pub enum CacheMode {
     },
 }
 
+impl CacheMode {
+    /// Permits a lease reserves when the file names the `lease` mode without a `lease_size`.
+    pub(crate) const DEFAULT_LEASE_SIZE: u64 = 20;
+}
+
+/// Read from the mode's name, `exact` or `lease`; a lease's size is a field of its own
+/// (`lease_size`), so `lease` alone has [`CacheMode::DEFAULT_LEASE_SIZE`].
+impl<'de> Deserialize<'de> for CacheMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["exact", "lease"];
+        let name = String::deserialize(d)?;
+        match name.as_str() {
+            "exact" => Ok(Self::Exact),
+            "lease" => Ok(Self::Lease {
+                size: Self::DEFAULT_LEASE_SIZE,
+            }),
+            other => Err(serde::de::Error::unknown_variant(other, NAMES)),
+        }
+    }
+}
+
 /// The `cache` section: decisions answered locally.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheConfig {
@@ -294,10 +318,12 @@ impl Default for CacheConfig {
 }
 
 /// The `fallback` section: what to do while Redis cannot answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct FallbackConfig {
     pub(crate) mode: FallbackMode,
     pub(crate) circuit_breaker_threshold: u32,
+    #[serde(with = "super::human_duration")]
     pub(crate) cool_down: Duration,
 }
 
@@ -344,7 +370,8 @@ impl Default for FallbackConfig {
 }
 
 /// The `memory` section: bounds of the in-memory backend.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MemoryConfig {
     pub(crate) max_keys: usize,
 }

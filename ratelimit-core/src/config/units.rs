@@ -60,3 +60,53 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .checked_mul(factor)
         .ok_or_else(|| format!("`{text}` is too large"))
 }
+
+/// `#[serde(with = "..")]` for a duration written like `100ms`, read by [`parse_duration`].
+///
+/// It fills any field built from a [`Duration`]: a `Duration`, or an `Option<Duration>` marked
+/// `#[serde(default)]` as well.
+pub(crate) mod human_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(crate) fn deserialize<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: From<Duration>,
+    {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text)
+            .map(T::from)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// `#[serde(with = "..")]` for a size written like `100MB`, or a whole number of bytes.
+///
+/// It fills a `u64`, or an `Option<u64>` marked `#[serde(default)]` as well.
+pub(crate) mod human_size {
+    use serde::{Deserialize, Deserializer};
+
+    pub(crate) fn deserialize<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: From<u64>,
+    {
+        #[derive(Deserialize)]
+        #[serde(
+            untagged,
+            expecting = "a size such as `100MB`, or a whole number of bytes"
+        )]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(T::from(n)),
+            Raw::Text(text) => super::parse_size(&text)
+                .map(T::from)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
