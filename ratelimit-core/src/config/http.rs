@@ -5,6 +5,7 @@
 //! (`ratelimit-tower` turns them into extractors and headers, `ratelimit-axum` into rules).
 
 use std::net::IpAddr;
+use std::str::FromStr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
@@ -28,24 +29,52 @@ pub enum KeySource {
     All(Vec<KeySource>),
 }
 
-impl KeySource {
-    /// Parses `ip`, `peer`, `header:<name>`, `cookie:<name>`, or several joined with `+`.
-    ///
-    /// ```
-    /// use ratelimit_core::config::KeySource;
-    /// assert_eq!(KeySource::parse("header:X-Api-Key"), Ok(KeySource::Header("x-api-key".into())));
-    /// assert!(matches!(KeySource::parse("ip+header:x-api-key"), Ok(KeySource::All(_))));
-    /// // Cookie names are case-sensitive: kept as written.
-    /// assert_eq!(KeySource::parse("cookie:SID"), Ok(KeySource::Cookie("SID".into())));
-    /// assert!(KeySource::parse("cookie:a;b").is_err());
-    /// assert!(KeySource::parse("query:id").is_err());
-    /// ```
-    pub fn parse(text: &str) -> Result<Self, String> {
+/// Why a key source, a client IP header or an IP block written as text is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpParseError {
+    /// Not a [`KeySource`].
+    #[error(
+        "`{0}` is not a key source: use `ip`, `peer`, `header:<name>`, `cookie:<name>`, or several joined with `+`"
+    )]
+    KeySource(String),
+    /// Not a header name, for [`ClientIpHeader`].
+    #[error(
+        "`{0}` is not a header name: use `x-forwarded-for`, `forwarded`, `x-real-ip`, or the header your proxies write (such as `cf-connecting-ip`)"
+    )]
+    HeaderName(String),
+    /// Not an [`IpBlock`].
+    #[error("`{0}` is not an IP address or CIDR block")]
+    IpBlock(String),
+}
+
+/// The message, for callers that keep errors as text.
+impl From<HttpParseError> for String {
+    fn from(error: HttpParseError) -> Self {
+        error.to_string()
+    }
+}
+
+/// Parses `ip`, `peer`, `header:<name>`, `cookie:<name>`, or several joined with `+`.
+///
+/// ```
+/// use ratelimit_core::config::KeySource;
+/// assert_eq!("header:X-Api-Key".parse(), Ok(KeySource::Header("x-api-key".into())));
+/// assert!(matches!("ip+header:x-api-key".parse(), Ok(KeySource::All(_))));
+/// // Cookie names are case-sensitive: kept as written.
+/// assert_eq!("cookie:SID".parse(), Ok(KeySource::Cookie("SID".into())));
+/// assert!("cookie:a;b".parse::<KeySource>().is_err());
+/// assert!("query:id".parse::<KeySource>().is_err());
+/// ```
+impl FromStr for KeySource {
+    type Err = HttpParseError;
+
+    fn from_str(text: &str) -> Result<Self, HttpParseError> {
         let parts: Vec<&str> = text.split('+').map(str::trim).collect();
         if parts.len() > 1 {
             return parts
                 .iter()
-                .map(|p| Self::parse(p))
+                .map(|p| p.parse())
                 .collect::<Result<Vec<_>, _>>()
                 .map(Self::All);
         }
@@ -66,30 +95,24 @@ impl KeySource {
         {
             return Ok(Self::Cookie(name.to_owned()));
         }
-        Err(format!(
-            "`{other}` is not a key source: use `ip`, `peer`, `header:<name>`, `cookie:<name>`, or several joined with `+`"
-        ))
+        Err(HttpParseError::KeySource(other.to_owned()))
     }
 }
 
-/// `Deserialize` for types written as text in the file, through their parser; the parser's
-/// message becomes the error's.
-macro_rules! deserialize_from_text {
-    ($($ty:ty => $parse:path),* $(,)?) => {$(
+/// `Deserialize` for types written as text in the file, through their [`FromStr`]; the
+/// parser's message becomes the error's.
+macro_rules! deserialize_from_str {
+    ($($ty:ty),* $(,)?) => {$(
         impl<'de> Deserialize<'de> for $ty {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let text = String::deserialize(d)?;
-                $parse(&text).map_err(serde::de::Error::custom)
+                text.parse().map_err(serde::de::Error::custom)
             }
         }
     )*};
 }
 
-deserialize_from_text!(
-    KeySource => KeySource::parse,
-    ClientIpHeader => ClientIpHeader::parse,
-    IpBlock => IpBlock::parse,
-);
+deserialize_from_str!(KeySource, ClientIpHeader, IpBlock);
 
 fn is_header_name(name: &str) -> bool {
     !name.is_empty()
@@ -142,12 +165,12 @@ impl Default for HeaderFamilies {
 /// ```
 /// use ratelimit_core::config::ClientIpHeader;
 /// assert_eq!(ClientIpHeader::default(), ClientIpHeader::XForwardedFor);
-/// assert_eq!(ClientIpHeader::parse("Forwarded"), Ok(ClientIpHeader::Forwarded));
-/// let cf = ClientIpHeader::parse("CF-Connecting-IP")?;
+/// assert_eq!("Forwarded".parse(), Ok(ClientIpHeader::Forwarded));
+/// let cf: ClientIpHeader = "CF-Connecting-IP".parse()?;
 /// assert_eq!(cf, ClientIpHeader::Other("cf-connecting-ip".into()));
 /// assert_eq!(cf.name(), "cf-connecting-ip");
-/// assert!(ClientIpHeader::parse("not a header").is_err());
-/// # Ok::<(), String>(())
+/// assert!("not a header".parse::<ClientIpHeader>().is_err());
+/// # Ok::<(), ratelimit_core::config::HttpParseError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum ClientIpHeader {
@@ -164,19 +187,26 @@ pub enum ClientIpHeader {
     Other(String),
 }
 
-impl ClientIpHeader {
-    /// Parses a header name (case-insensitive).
-    pub fn parse(text: &str) -> Result<Self, String> {
+/// Parses a header name (case-insensitive).
+impl FromStr for ClientIpHeader {
+    type Err = HttpParseError;
+
+    fn from_str(text: &str) -> Result<Self, HttpParseError> {
         let name = text.trim().to_ascii_lowercase();
         match name.as_str() {
             "x-forwarded-for" => Ok(Self::XForwardedFor),
             "forwarded" => Ok(Self::Forwarded),
             "x-real-ip" => Ok(Self::XRealIp),
             other if is_header_name(other) => Ok(Self::Other(name)),
-            _ => Err(format!(
-                "`{text}` is not a header name: use `x-forwarded-for`, `forwarded`, `x-real-ip`, or the header your proxies write (such as `cf-connecting-ip`)"
-            )),
+            _ => Err(HttpParseError::HeaderName(text.to_owned())),
         }
+    }
+}
+
+impl ClientIpHeader {
+    /// Parses a header name (case-insensitive), as [`str::parse`] does.
+    pub fn parse(text: &str) -> Result<Self, HttpParseError> {
+        text.parse()
     }
 
     /// The header's name, lower case.
@@ -220,18 +250,20 @@ pub enum MissingKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpBlock(IpNet);
 
-impl IpBlock {
-    /// Parses `10.0.0.0/8`, `::1`, `192.168.1.7`.
-    ///
-    /// ```
-    /// use ratelimit_core::config::IpBlock;
-    /// let block = IpBlock::parse("10.0.0.0/8")?;
-    /// assert!(block.contains("10.1.2.3".parse().unwrap()));
-    /// assert!(!block.contains("11.0.0.1".parse().unwrap()));
-    /// # Ok::<(), String>(())
-    /// ```
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = || format!("`{text}` is not an IP address or CIDR block");
+/// Parses `10.0.0.0/8`, `::1`, `192.168.1.7`.
+///
+/// ```
+/// use ratelimit_core::config::IpBlock;
+/// let block: IpBlock = "10.0.0.0/8".parse()?;
+/// assert!(block.contains("10.1.2.3".parse().unwrap()));
+/// assert!(!block.contains("11.0.0.1".parse().unwrap()));
+/// # Ok::<(), ratelimit_core::config::HttpParseError>(())
+/// ```
+impl FromStr for IpBlock {
+    type Err = HttpParseError;
+
+    fn from_str(text: &str) -> Result<Self, HttpParseError> {
+        let bad = || HttpParseError::IpBlock(text.to_owned());
         // Split by hand rather than with `IpNet::from_str`, so a bare address is a block of one
         // and the prefix is read as before (host bits are kept, as written).
         let (addr, prefix) = match text.trim().split_once('/') {
@@ -244,6 +276,13 @@ impl IpBlock {
             None => IpNet::from(addr),
         };
         Ok(Self(net))
+    }
+}
+
+impl IpBlock {
+    /// Parses `10.0.0.0/8`, `::1`, `192.168.1.7`, as [`str::parse`] does.
+    pub fn parse(text: &str) -> Result<Self, HttpParseError> {
+        text.parse()
     }
 
     /// Whether `ip` is in the block (an IPv4-mapped IPv6 address counts as IPv4).
@@ -415,7 +454,7 @@ impl HttpConfig {
             }
             names.push(&rule.name);
             if let Some(path) = &rule.matches.path
-                && let Err(e) = super::pattern::PathPattern::parse(path)
+                && let Err(e) = path.parse::<super::PathPattern>()
             {
                 return Err(ConfigError::invalid(
                     format!("{base}.match.path"),
