@@ -174,18 +174,16 @@ impl RedisConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.addrs.is_empty() {
-            return Err(ConfigError::invalid(
-                "rate_limiter.redis.addrs",
-                "at least one address is needed (host:port or redis://host:port)",
-            ));
-        }
-        if self.mode == RedisMode::Standalone && self.addrs.len() > 1 {
-            return Err(ConfigError::invalid(
-                "rate_limiter.redis.mode",
-                "standalone mode takes exactly one address; use `cluster` for several",
-            ));
-        }
+        ensure(
+            !self.addrs.is_empty(),
+            "rate_limiter.redis.addrs",
+            "at least one address is needed (host:port or redis://host:port)",
+        )?;
+        ensure(
+            self.mode != RedisMode::Standalone || self.addrs.len() <= 1,
+            "rate_limiter.redis.mode",
+            "standalone mode takes exactly one address; use `cluster` for several",
+        )?;
         for (i, url) in self.urls().iter().enumerate() {
             if let Err(e) = redis::Client::open(url.as_str()) {
                 return Err(ConfigError::invalid(
@@ -195,31 +193,27 @@ impl RedisConfig {
             }
         }
         if let Some(TlsCa(pem)) = &self.tls_ca {
-            if !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----") {
-                return Err(ConfigError::invalid(
-                    "rate_limiter.redis.tls_ca_file",
-                    "holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-                ));
-            }
-            if !self.urls().iter().any(|url| url.starts_with("rediss://")) {
-                return Err(ConfigError::invalid(
-                    "rate_limiter.redis.tls_ca_file",
-                    "a CA applies to TLS connections, but no address is a rediss:// URL",
-                ));
-            }
+            ensure(
+                String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----"),
+                "rate_limiter.redis.tls_ca_file",
+                "holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            )?;
+            ensure(
+                self.urls().iter().any(|url| url.starts_with("rediss://")),
+                "rate_limiter.redis.tls_ca_file",
+                "a CA applies to TLS connections, but no address is a rediss:// URL",
+            )?;
         }
-        if !(1..=1024).contains(&self.pool_size) {
-            return Err(ConfigError::invalid(
-                "rate_limiter.redis.pool_size",
-                "must be between 1 and 1024",
-            ));
-        }
-        if self.timeout.is_zero() || self.timeout > Duration::from_secs(60) {
-            return Err(ConfigError::invalid(
-                "rate_limiter.redis.timeout",
-                "must be above 0 and at most 60s: a limiter that waits longer is an outage",
-            ));
-        }
+        ensure(
+            (1..=1024).contains(&self.pool_size),
+            "rate_limiter.redis.pool_size",
+            "must be between 1 and 1024",
+        )?;
+        ensure(
+            within(self.timeout, Duration::ZERO, Duration::from_secs(60)),
+            "rate_limiter.redis.timeout",
+            "must be above 0 and at most 60s: a limiter that waits longer is an outage",
+        )?;
         Ok(())
     }
 }
@@ -620,12 +614,11 @@ impl Config {
     /// Checks every section; the error names the offending field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_policy(&self.policy, "rate_limiter")?;
-        if !is_valid_prefix(&self.prefix) {
-            return Err(ConfigError::invalid(
-                "rate_limiter.prefix",
-                "must be at most 64 printable ASCII characters without `{` or `}`",
-            ));
-        }
+        ensure(
+            is_valid_prefix(&self.prefix),
+            "rate_limiter.prefix",
+            "must be at most 64 printable ASCII characters without `{` or `}`",
+        )?;
         if let Some(redis) = &self.redis {
             redis.validate()?;
         }
@@ -653,59 +646,69 @@ impl Config {
                     "must be between 2 and 10000",
                 ));
             }
-            if self.cache.max_size < 1024 {
-                return Err(ConfigError::invalid(
-                    "rate_limiter.cache.max_size",
-                    "must be at least 1KB",
-                ));
-            }
+            ensure(
+                self.cache.max_size >= 1024,
+                "rate_limiter.cache.max_size",
+                "must be at least 1KB",
+            )?;
         }
-        if self.fallback.circuit_breaker_threshold == 0 {
-            return Err(ConfigError::invalid(
-                "rate_limiter.fallback.circuit_breaker_threshold",
-                "must be at least 1",
-            ));
-        }
-        if self.fallback.cool_down.is_zero() || self.fallback.cool_down > Duration::from_secs(300) {
-            return Err(ConfigError::invalid(
-                "rate_limiter.fallback.cool_down",
-                "must be above 0 and at most 5m",
-            ));
-        }
+        ensure(
+            self.fallback.circuit_breaker_threshold >= 1,
+            "rate_limiter.fallback.circuit_breaker_threshold",
+            "must be at least 1",
+        )?;
+        ensure(
+            within(
+                self.fallback.cool_down,
+                Duration::ZERO,
+                Duration::from_secs(300),
+            ),
+            "rate_limiter.fallback.cool_down",
+            "must be above 0 and at most 5m",
+        )?;
         self.http.validate()?;
         let hot = &self.hot_keys;
         if hot.enabled {
-            if !(1..=1024).contains(&hot.capacity) {
-                return Err(ConfigError::invalid(
-                    "rate_limiter.hot_keys.capacity",
-                    "must be between 1 and 1024",
-                ));
-            }
-            if !(1..=1_000_000).contains(&hot.min_share_ppm) {
-                return Err(ConfigError::invalid(
-                    "rate_limiter.hot_keys.min_share",
-                    "must be above 0 and at most 1 (a share of decisions, such as 0.05)",
-                ));
-            }
-            if !(1..=65_536).contains(&hot.sample_every) {
-                return Err(ConfigError::invalid(
-                    "rate_limiter.hot_keys.sample_every",
-                    "must be between 1 and 65536",
-                ));
-            }
-            if hot.window < Duration::from_millis(100) || hot.window > Duration::from_secs(3600) {
-                return Err(ConfigError::invalid(
-                    "rate_limiter.hot_keys.window",
-                    "must be between 100ms and 1h",
-                ));
-            }
+            ensure(
+                (1..=1024).contains(&hot.capacity),
+                "rate_limiter.hot_keys.capacity",
+                "must be between 1 and 1024",
+            )?;
+            ensure(
+                (1..=1_000_000).contains(&hot.min_share_ppm),
+                "rate_limiter.hot_keys.min_share",
+                "must be above 0 and at most 1 (a share of decisions, such as 0.05)",
+            )?;
+            ensure(
+                (1..=65_536).contains(&hot.sample_every),
+                "rate_limiter.hot_keys.sample_every",
+                "must be between 1 and 65536",
+            )?;
+            ensure(
+                (Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&hot.window),
+                "rate_limiter.hot_keys.window",
+                "must be between 100ms and 1h",
+            )?;
         }
-        if self.memory.max_keys == 0 {
-            return Err(ConfigError::invalid(
-                "rate_limiter.memory.max_keys",
-                "must be at least 1",
-            ));
-        }
+        ensure(
+            self.memory.max_keys >= 1,
+            "rate_limiter.memory.max_keys",
+            "must be at least 1",
+        )?;
         Ok(())
     }
+}
+
+/// `Ok` when `holds`, otherwise the refusal of `field` with `message`.
+fn ensure(holds: bool, field: &str, message: &str) -> Result<(), ConfigError> {
+    if holds {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(field, message))
+    }
+}
+
+/// Whether `value` is above `floor` and at most `ceiling`.
+fn within(value: Duration, floor: Duration, ceiling: Duration) -> bool {
+    value > floor && value <= ceiling
 }
