@@ -6,7 +6,8 @@ use std::time::Duration;
 use crate::policy::Window;
 
 /// Which fallback answered while Redis could not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FallbackMode {
     /// Allow every request.
     Open,

@@ -20,9 +20,11 @@ use crate::clock::micros;
 /// assert_eq!(w.duration(), Duration::from_secs(60));
 /// assert_eq!(w.label(), "1m");
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Window {
     max_requests: u64,
+    #[serde(with = "crate::config::human_duration")]
     duration: Duration,
 }
 
@@ -101,10 +103,12 @@ pub(crate) fn duration_label(d: Duration) -> String {
 ///
 /// A sliding-window policy with several windows is the multi-window algorithm: all windows are
 /// checked in one script and a request is recorded in all of them or in none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     /// Exact sliding log (the default); with several windows, multi-window.
     #[default]
+    #[serde(alias = "multi_window")]
     SlidingWindow,
     /// GCRA: burst of `max_requests`, refilled at `max_requests / duration`.
     TokenBucket,

@@ -4,27 +4,22 @@
 //! deprecated), and `serde_path_to_error`, so that a parse error names the field's path as well
 //! as its line. Unknown fields are refused everywhere: a typo must not silently keep a default.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::HotKeyConfig;
 use super::error::{ConfigError, Location};
 use super::http::{
     AllowList, ClientIpHeader, HeaderFamilies, HttpConfig, IpBlock, KeySource, LegacyReset,
     MissingKey, Rule, RuleMatch,
 };
 use super::locate;
-/// Permits a lease reserves when `lease_size` is not given.
-const DEFAULT_LEASE_SIZE: u64 = 20;
-
 use super::model::{
     CacheConfig, CacheMode, Config, Credentials, FallbackConfig, MemoryConfig, Overrides,
     RedisConfig, RedisMode, Secret,
 };
-use super::units::{parse_duration, parse_size};
-use super::{HotKeyConfig, share_to_ppm};
-use crate::decision::FallbackMode;
 use crate::policy::{Algorithm, Policy, Window};
 
 #[derive(Deserialize)]
@@ -37,91 +32,24 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct RateLimiterSection {
     prefix: Option<String>,
-    algorithm: Option<AlgorithmName>,
+    algorithm: Option<Algorithm>,
     spread: Option<u32>,
     redis: Option<RedisSection>,
-    windows: Vec<WindowSection>,
+    windows: Vec<Window>,
     cache: Option<CacheSection>,
-    fallback: Option<FallbackSection>,
-    memory: Option<MemorySection>,
-    hot_keys: Option<HotKeysSection>,
-    key: Option<KeyName>,
-    trusted_proxies: Option<Vec<IpBlockText>>,
-    client_ip_header: Option<ClientIpHeaderName>,
+    fallback: Option<FallbackConfig>,
+    memory: Option<MemoryConfig>,
+    hot_keys: Option<HotKeyConfig>,
+    key: Option<KeySource>,
+    trusted_proxies: Option<Vec<IpBlock>>,
+    client_ip_header: Option<ClientIpHeader>,
     ipv6_prefix: Option<u8>,
-    headers: Option<Vec<HeaderFamilyName>>,
-    legacy_reset: Option<LegacyResetName>,
-    on_missing_key: Option<MissingKeyName>,
+    headers: Option<HeaderFamilies>,
+    legacy_reset: Option<LegacyReset>,
+    on_missing_key: Option<MissingKey>,
     shadow: Option<bool>,
-    allow_list: Option<AllowListSection>,
+    allow_list: Option<AllowList>,
     rules: Option<Vec<RuleSection>>,
-}
-
-/// A key source written like `ip`, `header:x-api-key` or `ip+header:x-api-key`.
-struct KeyName(KeySource);
-
-impl<'de> Deserialize<'de> for KeyName {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        KeySource::parse(&text)
-            .map(KeyName)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// An IP or CIDR block written as text.
-struct IpBlockText(IpBlock);
-
-impl<'de> Deserialize<'de> for IpBlockText {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        IpBlock::parse(&text)
-            .map(IpBlockText)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// The header trusted proxies write, such as `x-forwarded-for` or `cf-connecting-ip`.
-struct ClientIpHeaderName(ClientIpHeader);
-
-impl<'de> Deserialize<'de> for ClientIpHeaderName {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        ClientIpHeader::parse(&text)
-            .map(ClientIpHeaderName)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-#[derive(Deserialize, Clone, Copy)]
-#[serde(rename_all = "snake_case")]
-enum LegacyResetName {
-    EpochSeconds,
-    DeltaSeconds,
-}
-
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-enum HeaderFamilyName {
-    Ietf,
-    Legacy,
-}
-
-#[derive(Deserialize, Clone, Copy)]
-#[serde(rename_all = "snake_case")]
-enum MissingKeyName {
-    Reject,
-    Deny,
-    Allow,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AllowListSection {
-    #[serde(default)]
-    ips: Vec<IpBlockText>,
-    #[serde(default)]
-    keys: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -129,11 +57,11 @@ struct AllowListSection {
 struct RuleSection {
     name: String,
     #[serde(rename = "match", default)]
-    matches: Option<MatchSection>,
-    windows: Option<Vec<WindowSection>>,
-    algorithm: Option<AlgorithmName>,
+    matches: Option<RuleMatch>,
+    windows: Option<Vec<Window>>,
+    algorithm: Option<Algorithm>,
     spread: Option<u32>,
-    key: Option<KeyName>,
+    key: Option<KeySource>,
     cost: Option<u64>,
     #[serde(default)]
     shadow: bool,
@@ -141,169 +69,79 @@ struct RuleSection {
     exempt: bool,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MatchSection {
-    path: Option<String>,
-    #[serde(default)]
-    methods: Vec<MethodName>,
-    #[serde(default)]
-    headers: std::collections::BTreeMap<String, String>,
-}
-
-/// An HTTP method, upper-cased.
-struct MethodName(String);
-
-impl<'de> Deserialize<'de> for MethodName {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        let upper = text.trim().to_ascii_uppercase();
-        if upper.is_empty() || upper.len() > 32 || !upper.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(serde::de::Error::custom(format!(
-                "`{text}` is not an HTTP method"
-            )));
-        }
-        Ok(MethodName(upper))
-    }
-}
-
-#[derive(Deserialize, Clone, Copy)]
-#[serde(rename_all = "snake_case")]
-enum AlgorithmName {
-    SlidingWindow,
-    MultiWindow,
-    TokenBucket,
-    FixedWindow,
-    SlidingCounter,
-}
-
-impl From<AlgorithmName> for Algorithm {
-    fn from(name: AlgorithmName) -> Self {
-        match name {
-            AlgorithmName::SlidingWindow | AlgorithmName::MultiWindow => Self::SlidingWindow,
-            AlgorithmName::TokenBucket => Self::TokenBucket,
-            AlgorithmName::FixedWindow => Self::FixedWindow,
-            AlgorithmName::SlidingCounter => Self::SlidingCounter,
-        }
-    }
-}
-
+/// The `redis` section: the addresses and settings of [`RedisConfig`], and where its secrets are.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RedisSection {
     addrs: Vec<String>,
-    mode: Option<ModeName>,
+    mode: Option<RedisMode>,
     pool_size: Option<usize>,
-    timeout: Option<HumanDuration>,
+    #[serde(default, with = "super::human_duration")]
+    timeout: Option<Duration>,
     /// ACL user; the password comes from the environment or a file, never from this file.
     username: Option<String>,
     password_env: Option<String>,
-    password_file: Option<std::path::PathBuf>,
+    password_file: Option<PathBuf>,
     /// PEM file of the CA(s) trusted for `rediss://` addresses, instead of the system's roots.
-    tls_ca_file: Option<std::path::PathBuf>,
+    tls_ca_file: Option<PathBuf>,
 }
 
-#[derive(Deserialize, Clone, Copy)]
-#[serde(rename_all = "snake_case")]
-enum ModeName {
-    Auto,
-    Standalone,
-    Cluster,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WindowSection {
-    max_requests: u64,
-    duration: HumanDuration,
-}
-
+/// The `cache` section: [`CacheConfig`], with the lease size beside the mode's name.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CacheSection {
     enabled: Option<bool>,
-    ttl: Option<HumanDuration>,
-    max_size: Option<HumanSize>,
-    mode: Option<CacheModeName>,
+    #[serde(default, with = "super::human_duration")]
+    ttl: Option<Duration>,
+    #[serde(default, with = "super::human_size")]
+    max_size: Option<u64>,
+    #[serde(default)]
+    mode: CacheMode,
     lease_size: Option<u64>,
 }
 
-#[derive(Deserialize, Clone, Copy)]
-#[serde(rename_all = "snake_case")]
-enum CacheModeName {
-    Exact,
-    Lease,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FallbackSection {
-    mode: Option<FallbackName>,
-    circuit_breaker_threshold: Option<u32>,
-    cool_down: Option<HumanDuration>,
-}
-
-#[derive(Deserialize, Clone, Copy)]
-#[serde(rename_all = "snake_case")]
-enum FallbackName {
-    Open,
-    Closed,
-    Local,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MemorySection {
-    max_keys: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HotKeysSection {
-    enabled: Option<bool>,
-    capacity: Option<usize>,
-    min_share: Option<f64>,
-    sample_every: Option<u32>,
-    window: Option<HumanDuration>,
-    shield: Option<bool>,
-}
-
-/// A duration written like `100ms` or `1h`.
-struct HumanDuration(Duration);
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        parse_duration(&text)
-            .map(HumanDuration)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// A size written like `100MB`, or a number of bytes.
-struct HumanSize(u64);
-
-impl<'de> Deserialize<'de> for HumanSize {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(
-            untagged,
-            expecting = "a size such as `100MB`, or a whole number of bytes"
-        )]
-        enum Raw {
-            Bytes(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Bytes(n) => Ok(HumanSize(n)),
-            Raw::Text(text) => parse_size(&text)
-                .map(HumanSize)
-                .map_err(serde::de::Error::custom),
+impl From<CacheSection> for CacheConfig {
+    fn from(section: CacheSection) -> Self {
+        let defaults = Self::default();
+        Self {
+            // A cache section turns the cache on unless it says otherwise.
+            enabled: section.enabled.unwrap_or(true),
+            ttl: section.ttl.unwrap_or(defaults.ttl),
+            max_size: section.max_size.unwrap_or(defaults.max_size),
+            mode: match (section.mode, section.lease_size) {
+                (CacheMode::Lease { .. }, Some(size)) => CacheMode::Lease { size },
+                (mode, _) => mode,
+            },
         }
     }
 }
 
 impl RedisSection {
+    /// The section as a [`RedisConfig`], with the password and CA certificates it names read.
+    fn into_config(self) -> Result<RedisConfig, ConfigError> {
+        let mut redis =
+            RedisConfig::new(self.addrs.iter().cloned()).with_mode(self.mode.unwrap_or_default());
+        if let Some(size) = self.pool_size {
+            redis = redis.with_pool_size(size);
+        }
+        if let Some(timeout) = self.timeout {
+            redis = redis.with_timeout(timeout);
+        }
+        if let Some(credentials) = self.credentials()? {
+            redis = redis.with_credentials(credentials);
+        }
+        if let Some(path) = &self.tls_ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                ConfigError::invalid(
+                    "rate_limiter.redis.tls_ca_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            redis = redis.with_tls_ca_pem(pem);
+        }
+        Ok(redis)
+    }
+
     /// Reads the password named by `password_env` or `password_file`.
     fn credentials(&self) -> Result<Option<Credentials>, ConfigError> {
         let password = match (&self.password_env, &self.password_file) {
@@ -346,134 +184,64 @@ impl RedisSection {
 }
 
 impl RateLimiterSection {
+    /// What needs more than one field: the default policy from the top-level windows, which
+    /// rules without windows of their own share, and the HTTP settings gathered into one.
     fn into_config(self) -> Result<Config, ConfigError> {
-        let windows = self
-            .windows
-            .iter()
-            .map(|w| Window::new(w.max_requests, w.duration.0));
-        let algorithm = self.algorithm.map(Algorithm::from).unwrap_or_default();
         let mut config = Config::with_policy(
-            Policy::new(Policy::DEFAULT_NAME, windows)
-                .with_algorithm(algorithm)
+            Policy::new(Policy::DEFAULT_NAME, self.windows)
+                .with_algorithm(self.algorithm.unwrap_or_default())
                 .with_spread(self.spread.unwrap_or(1)),
         );
         if let Some(prefix) = self.prefix {
             config.prefix = prefix;
         }
         if let Some(redis) = self.redis {
-            let credentials = redis.credentials()?;
-            let mut r = RedisConfig::new(redis.addrs);
-            r.mode = match redis.mode {
-                None | Some(ModeName::Auto) => RedisMode::Auto,
-                Some(ModeName::Standalone) => RedisMode::Standalone,
-                Some(ModeName::Cluster) => RedisMode::Cluster,
-            };
-            if let Some(size) = redis.pool_size {
-                r.pool_size = size;
-            }
-            if let Some(timeout) = redis.timeout {
-                r.timeout = timeout.0;
-            }
-            r.credentials = credentials;
-            if let Some(path) = &redis.tls_ca_file {
-                let pem = std::fs::read(path).map_err(|e| {
-                    ConfigError::invalid(
-                        "rate_limiter.redis.tls_ca_file",
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                r = r.with_tls_ca_pem(pem);
-            }
-            config.redis = Some(r);
+            config.redis = Some(redis.into_config()?);
         }
-        if let Some(cache) = self.cache {
-            let defaults = CacheConfig::default();
-            config.cache = CacheConfig {
-                // A cache section turns the cache on unless it says otherwise.
-                enabled: cache.enabled.unwrap_or(true),
-                ttl: cache.ttl.map_or(defaults.ttl, |t| t.0),
-                max_size: cache.max_size.map_or(defaults.max_size, |s| s.0),
-                mode: match cache.mode {
-                    None | Some(CacheModeName::Exact) => CacheMode::Exact,
-                    Some(CacheModeName::Lease) => CacheMode::Lease {
-                        size: cache.lease_size.unwrap_or(DEFAULT_LEASE_SIZE),
-                    },
-                },
-            };
-        }
-        if let Some(fallback) = self.fallback {
-            let defaults = FallbackConfig::default();
-            config.fallback = FallbackConfig {
-                mode: match fallback.mode {
-                    None => defaults.mode,
-                    Some(FallbackName::Open) => FallbackMode::Open,
-                    Some(FallbackName::Closed) => FallbackMode::Closed,
-                    Some(FallbackName::Local) => FallbackMode::Local,
-                },
-                circuit_breaker_threshold: fallback
-                    .circuit_breaker_threshold
-                    .unwrap_or(defaults.circuit_breaker_threshold),
-                cool_down: fallback.cool_down.map_or(defaults.cool_down, |d| d.0),
-            };
-        }
-        let default_windows = config.policy.windows().to_vec();
+        config.cache = self.cache.map(CacheConfig::from).unwrap_or_default();
+        config.fallback = self.fallback.unwrap_or_default();
+        config.memory = self.memory.unwrap_or_default();
+        config.hot_keys = self.hot_keys.unwrap_or_default();
+        let default_windows = config.policy.windows();
         let rules = self
             .rules
             .unwrap_or_default()
             .into_iter()
-            .map(|rule| rule.into_rule(&default_windows))
+            .map(|rule| rule.into_rule(default_windows))
             .collect();
         config.http = HttpConfig {
-            key: self.key.map(|k| k.0),
-            trusted_proxies: self
-                .trusted_proxies
-                .unwrap_or_default()
-                .into_iter()
-                .map(|b| b.0)
-                .collect(),
-            client_ip_header: self.client_ip_header.map(|h| h.0).unwrap_or_default(),
+            key: self.key,
+            trusted_proxies: self.trusted_proxies.unwrap_or_default(),
+            client_ip_header: self.client_ip_header.unwrap_or_default(),
             ipv6_prefix: self.ipv6_prefix.unwrap_or(HttpConfig::DEFAULT_IPV6_PREFIX),
-            legacy_reset: match self.legacy_reset {
-                None | Some(LegacyResetName::EpochSeconds) => LegacyReset::EpochSeconds,
-                Some(LegacyResetName::DeltaSeconds) => LegacyReset::DeltaSeconds,
-            },
-            headers: self
-                .headers
-                .map_or_else(HeaderFamilies::default, |families| HeaderFamilies {
-                    ietf: families.contains(&HeaderFamilyName::Ietf),
-                    legacy: families.contains(&HeaderFamilyName::Legacy),
-                }),
-            on_missing_key: match self.on_missing_key {
-                None | Some(MissingKeyName::Reject) => MissingKey::Reject,
-                Some(MissingKeyName::Deny) => MissingKey::Deny,
-                Some(MissingKeyName::Allow) => MissingKey::Allow,
-            },
+            headers: self.headers.unwrap_or_default(),
+            legacy_reset: self.legacy_reset.unwrap_or_default(),
+            on_missing_key: self.on_missing_key.unwrap_or_default(),
             shadow: self.shadow.unwrap_or(false),
-            allow_list: self
-                .allow_list
-                .map_or_else(AllowList::default, |a| AllowList {
-                    ips: a.ips.into_iter().map(|b| b.0).collect(),
-                    keys: a.keys,
-                }),
+            allow_list: self.allow_list.unwrap_or_default(),
             rules,
         };
-        if let Some(hot) = self.hot_keys {
-            let defaults = HotKeyConfig::default();
-            config.hot_keys = HotKeyConfig {
-                enabled: hot.enabled.unwrap_or(defaults.enabled),
-                capacity: hot.capacity.unwrap_or(defaults.capacity),
-                min_share_ppm: hot.min_share.map_or(defaults.min_share_ppm, share_to_ppm),
-                sample_every: hot.sample_every.unwrap_or(defaults.sample_every),
-                window: hot.window.map_or(defaults.window, |w| w.0),
-                shield: hot.shield.unwrap_or(defaults.shield),
-            };
-        }
-        if let Some(memory) = self.memory {
-            config.memory = MemoryConfig {
-                max_keys: memory.max_keys.unwrap_or(MemoryConfig::default().max_keys),
-            };
-        }
         Ok(config)
+    }
+}
+
+impl RuleSection {
+    /// A rule without windows (and not exempt) applies the top-level windows under its own name.
+    fn into_rule(self, default_windows: &[Window]) -> Rule {
+        let policy = (!self.exempt).then(|| {
+            let windows = self.windows.unwrap_or_else(|| default_windows.to_vec());
+            Policy::new(self.name.clone(), windows)
+                .with_algorithm(self.algorithm.unwrap_or_default())
+                .with_cost(self.cost.unwrap_or(1))
+                .with_spread(self.spread.unwrap_or(1))
+        });
+        Rule {
+            name: self.name,
+            matches: self.matches.unwrap_or_default(),
+            policy,
+            key: self.key,
+            shadow: self.shadow,
+        }
     }
 }
 
@@ -488,41 +256,6 @@ fn parser_message(raw: &str) -> String {
             tail.to_owned()
         }
         _ => message.to_owned(),
-    }
-}
-
-impl RuleSection {
-    /// A rule without windows (and not exempt) applies the top-level windows under its own name.
-    fn into_rule(self, default_windows: &[Window]) -> Rule {
-        let matches = self.matches.map_or_else(RuleMatch::default, |m| RuleMatch {
-            path: m.path,
-            methods: m.methods.into_iter().map(|m| m.0).collect(),
-            headers: m
-                .headers
-                .into_iter()
-                .map(|(name, value)| (name.to_ascii_lowercase(), value))
-                .collect(),
-        });
-        let policy = (!self.exempt).then(|| {
-            let windows: Vec<Window> = match &self.windows {
-                Some(ws) => ws
-                    .iter()
-                    .map(|w| Window::new(w.max_requests, w.duration.0))
-                    .collect(),
-                None => default_windows.to_vec(),
-            };
-            Policy::new(self.name.clone(), windows)
-                .with_algorithm(self.algorithm.map(Algorithm::from).unwrap_or_default())
-                .with_cost(self.cost.unwrap_or(1))
-                .with_spread(self.spread.unwrap_or(1))
-        });
-        Rule {
-            name: self.name,
-            matches,
-            policy,
-            key: self.key.map(|k| k.0),
-            shadow: self.shadow,
-        }
     }
 }
 
@@ -601,5 +334,83 @@ impl Config {
             e => e.located(origin, |field| locate::find(text, field)),
         })?;
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOWS: &str = "rate_limiter:\n  windows:\n    - max_requests: 10\n      duration: 1m\n";
+
+    fn read(extra: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml_str_with(&format!("{WINDOWS}{extra}"), None, &Overrides::default())
+    }
+
+    #[test]
+    fn sections_read_into_the_domain_types() {
+        let config = read(
+            "  algorithm: multi_window\n  headers: [legacy]\n  legacy_reset: delta_seconds\n  \
+             on_missing_key: deny\n  hot_keys:\n    min_share: 0.25\n    window: 30s\n  \
+             fallback:\n    mode: closed\n    cool_down: 2s\n  memory:\n    max_keys: 5\n",
+        )
+        .expect("valid");
+        assert_eq!(config.policy().algorithm(), Algorithm::SlidingWindow);
+        assert_eq!(
+            config.http().headers,
+            HeaderFamilies {
+                ietf: false,
+                legacy: true
+            }
+        );
+        assert_eq!(config.http().legacy_reset, LegacyReset::DeltaSeconds);
+        assert_eq!(config.http().on_missing_key, MissingKey::Deny);
+        assert!((config.hot_keys().min_share() - 0.25).abs() < 1e-9);
+        assert_eq!(config.hot_keys().window(), Duration::from_secs(30));
+        assert_eq!(
+            config.hot_keys().capacity(),
+            HotKeyConfig::default().capacity()
+        );
+        assert_eq!(
+            config.fallback().mode(),
+            crate::decision::FallbackMode::Closed
+        );
+        assert_eq!(config.fallback().cool_down(), Duration::from_secs(2));
+        assert_eq!(config.memory().max_keys(), 5);
+    }
+
+    #[test]
+    fn a_lease_takes_its_size_from_lease_size() {
+        let mode = |cache: &str| read(cache).expect("valid").cache().mode();
+        assert_eq!(
+            mode("  cache:\n    ttl: 1s\n    mode: lease\n"),
+            CacheMode::Lease {
+                size: CacheMode::DEFAULT_LEASE_SIZE
+            }
+        );
+        assert_eq!(
+            mode("  cache:\n    ttl: 1s\n    mode: lease\n    lease_size: 50\n"),
+            CacheMode::Lease { size: 50 }
+        );
+        assert_eq!(
+            mode("  cache:\n    ttl: 1s\n    lease_size: 50\n"),
+            CacheMode::Exact
+        );
+        let err = read("  cache:\n    mode: leased\n").expect_err("unknown mode");
+        assert_eq!(err.field(), Some("rate_limiter.cache.mode"));
+        assert_eq!(err.location().and_then(Location::line), Some(6));
+    }
+
+    #[test]
+    fn rule_errors_name_the_item_at_fault() {
+        let err =
+            read("  rules:\n    - name: api\n      match:\n        methods: [get, \"p st\"]\n")
+                .expect_err("a bad method");
+        assert_eq!(err.field(), Some("rate_limiter.rules[0].match.methods[1]"));
+        assert!(err.to_string().contains("not an HTTP method"), "{err}");
+
+        let err = read("  hot_keys:\n    share: 0.1\n").expect_err("unknown field");
+        assert_eq!(err.field(), Some("rate_limiter.hot_keys.share"));
+        assert_eq!(err.location().and_then(Location::line), Some(6));
     }
 }

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use serde::Deserialize;
+
 /// The `hot_keys` section: detection of keys with a disproportionate share of decisions.
 ///
 /// ```
@@ -15,13 +17,16 @@ use std::time::Duration;
 /// assert_eq!(config.capacity(), 64);
 /// assert!(config.enabled() && config.shield());
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HotKeyConfig {
     pub(crate) enabled: bool,
     pub(crate) capacity: usize,
-    /// In parts per million of the sampled decisions.
+    /// In parts per million of the sampled decisions; written as a share (`min_share: 0.05`).
+    #[serde(rename = "min_share", deserialize_with = "share_as_ppm")]
     pub(crate) min_share_ppm: u32,
     pub(crate) sample_every: u32,
+    #[serde(with = "super::human_duration")]
     pub(crate) window: Duration,
     pub(crate) shield: bool,
 }
@@ -110,7 +115,7 @@ impl HotKeyConfig {
 }
 
 /// `share` (0..=1) in parts per million, saturating; NaN is 0.
-pub(crate) fn share_to_ppm(share: f64) -> u32 {
+fn share_to_ppm(share: f64) -> u32 {
     let ppm = (share * 1e6).round();
     if ppm.is_nan() || ppm <= 0.0 {
         0
@@ -119,6 +124,11 @@ pub(crate) fn share_to_ppm(share: f64) -> u32 {
     } else {
         ppm as u32
     }
+}
+
+/// Reads a share (`0.05`) into parts per million.
+fn share_as_ppm<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    f64::deserialize(d).map(share_to_ppm)
 }
 
 #[cfg(test)]

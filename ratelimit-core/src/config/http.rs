@@ -5,11 +5,13 @@
 //! (`ratelimit-tower` turns them into extractors and headers, `ratelimit-axum` into rules).
 
 use std::net::IpAddr;
+use std::str::FromStr;
 
 use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
 
 use super::error::ConfigError;
-use super::model::validate_policy;
+use super::validate::validate_policy;
 use crate::policy::Policy;
 
 /// Where the identity of a request comes from.
@@ -27,24 +29,52 @@ pub enum KeySource {
     All(Vec<KeySource>),
 }
 
-impl KeySource {
-    /// Parses `ip`, `peer`, `header:<name>`, `cookie:<name>`, or several joined with `+`.
-    ///
-    /// ```
-    /// use ratelimit_core::config::KeySource;
-    /// assert_eq!(KeySource::parse("header:X-Api-Key"), Ok(KeySource::Header("x-api-key".into())));
-    /// assert!(matches!(KeySource::parse("ip+header:x-api-key"), Ok(KeySource::All(_))));
-    /// // Cookie names are case-sensitive: kept as written.
-    /// assert_eq!(KeySource::parse("cookie:SID"), Ok(KeySource::Cookie("SID".into())));
-    /// assert!(KeySource::parse("cookie:a;b").is_err());
-    /// assert!(KeySource::parse("query:id").is_err());
-    /// ```
-    pub fn parse(text: &str) -> Result<Self, String> {
+/// Why a key source, a client IP header or an IP block written as text is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpParseError {
+    /// Not a [`KeySource`].
+    #[error(
+        "`{0}` is not a key source: use `ip`, `peer`, `header:<name>`, `cookie:<name>`, or several joined with `+`"
+    )]
+    KeySource(String),
+    /// Not a header name, for [`ClientIpHeader`].
+    #[error(
+        "`{0}` is not a header name: use `x-forwarded-for`, `forwarded`, `x-real-ip`, or the header your proxies write (such as `cf-connecting-ip`)"
+    )]
+    HeaderName(String),
+    /// Not an [`IpBlock`].
+    #[error("`{0}` is not an IP address or CIDR block")]
+    IpBlock(String),
+}
+
+/// The message, for callers that keep errors as text.
+impl From<HttpParseError> for String {
+    fn from(error: HttpParseError) -> Self {
+        error.to_string()
+    }
+}
+
+/// Parses `ip`, `peer`, `header:<name>`, `cookie:<name>`, or several joined with `+`.
+///
+/// ```
+/// use ratelimit_core::config::KeySource;
+/// assert_eq!("header:X-Api-Key".parse(), Ok(KeySource::Header("x-api-key".into())));
+/// assert!(matches!("ip+header:x-api-key".parse(), Ok(KeySource::All(_))));
+/// // Cookie names are case-sensitive: kept as written.
+/// assert_eq!("cookie:SID".parse(), Ok(KeySource::Cookie("SID".into())));
+/// assert!("cookie:a;b".parse::<KeySource>().is_err());
+/// assert!("query:id".parse::<KeySource>().is_err());
+/// ```
+impl FromStr for KeySource {
+    type Err = HttpParseError;
+
+    fn from_str(text: &str) -> Result<Self, HttpParseError> {
         let parts: Vec<&str> = text.split('+').map(str::trim).collect();
         if parts.len() > 1 {
             return parts
                 .iter()
-                .map(|p| Self::parse(p))
+                .map(|p| p.parse())
                 .collect::<Result<Vec<_>, _>>()
                 .map(Self::All);
         }
@@ -65,11 +95,24 @@ impl KeySource {
         {
             return Ok(Self::Cookie(name.to_owned()));
         }
-        Err(format!(
-            "`{other}` is not a key source: use `ip`, `peer`, `header:<name>`, `cookie:<name>`, or several joined with `+`"
-        ))
+        Err(HttpParseError::KeySource(other.to_owned()))
     }
 }
+
+/// `Deserialize` for types written as text in the file, through their [`FromStr`]; the
+/// parser's message becomes the error's.
+macro_rules! deserialize_from_str {
+    ($($ty:ty),* $(,)?) => {$(
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+
+deserialize_from_str!(KeySource, ClientIpHeader, IpBlock);
 
 fn is_header_name(name: &str) -> bool {
     !name.is_empty()
@@ -86,6 +129,23 @@ pub struct HeaderFamilies {
     pub ietf: bool,
     /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
     pub legacy: bool,
+}
+
+/// Read from a list of family names: `[ietf, legacy]`, `[legacy]`, `[]`.
+impl<'de> Deserialize<'de> for HeaderFamilies {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize, PartialEq)]
+        #[serde(rename_all = "snake_case")]
+        enum Family {
+            Ietf,
+            Legacy,
+        }
+        let families = Vec::<Family>::deserialize(d)?;
+        Ok(Self {
+            ietf: families.contains(&Family::Ietf),
+            legacy: families.contains(&Family::Legacy),
+        })
+    }
 }
 
 impl Default for HeaderFamilies {
@@ -105,12 +165,12 @@ impl Default for HeaderFamilies {
 /// ```
 /// use ratelimit_core::config::ClientIpHeader;
 /// assert_eq!(ClientIpHeader::default(), ClientIpHeader::XForwardedFor);
-/// assert_eq!(ClientIpHeader::parse("Forwarded"), Ok(ClientIpHeader::Forwarded));
-/// let cf = ClientIpHeader::parse("CF-Connecting-IP")?;
+/// assert_eq!("Forwarded".parse(), Ok(ClientIpHeader::Forwarded));
+/// let cf: ClientIpHeader = "CF-Connecting-IP".parse()?;
 /// assert_eq!(cf, ClientIpHeader::Other("cf-connecting-ip".into()));
 /// assert_eq!(cf.name(), "cf-connecting-ip");
-/// assert!(ClientIpHeader::parse("not a header").is_err());
-/// # Ok::<(), String>(())
+/// assert!("not a header".parse::<ClientIpHeader>().is_err());
+/// # Ok::<(), ratelimit_core::config::HttpParseError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum ClientIpHeader {
@@ -127,19 +187,26 @@ pub enum ClientIpHeader {
     Other(String),
 }
 
-impl ClientIpHeader {
-    /// Parses a header name (case-insensitive).
-    pub fn parse(text: &str) -> Result<Self, String> {
+/// Parses a header name (case-insensitive).
+impl FromStr for ClientIpHeader {
+    type Err = HttpParseError;
+
+    fn from_str(text: &str) -> Result<Self, HttpParseError> {
         let name = text.trim().to_ascii_lowercase();
         match name.as_str() {
             "x-forwarded-for" => Ok(Self::XForwardedFor),
             "forwarded" => Ok(Self::Forwarded),
             "x-real-ip" => Ok(Self::XRealIp),
             other if is_header_name(other) => Ok(Self::Other(name)),
-            _ => Err(format!(
-                "`{text}` is not a header name: use `x-forwarded-for`, `forwarded`, `x-real-ip`, or the header your proxies write (such as `cf-connecting-ip`)"
-            )),
+            _ => Err(HttpParseError::HeaderName(text.to_owned())),
         }
+    }
+}
+
+impl ClientIpHeader {
+    /// Parses a header name (case-insensitive), as [`str::parse`] does.
+    pub fn parse(text: &str) -> Result<Self, HttpParseError> {
+        text.parse()
     }
 
     /// The header's name, lower case.
@@ -153,8 +220,9 @@ impl ClientIpHeader {
     }
 }
 
-/// What `X-RateLimit-Reset` holds (`legacy_reset`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What `X-RateLimit-Reset` holds (`legacy_reset`: `epoch_seconds` or `delta_seconds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LegacyReset {
     /// The Unix time, in whole seconds rounded up, when the quota is back: GitHub's convention
     /// and the default, so that a client computing `reset - now` waits.
@@ -164,8 +232,10 @@ pub enum LegacyReset {
     DeltaSeconds,
 }
 
-/// What to do with a request whose key cannot be extracted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What to do with a request whose key cannot be extracted (`on_missing_key`: `reject`, `deny`
+/// or `allow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum MissingKey {
     /// Answer 400 with a problem document (the default).
     #[default]
@@ -180,18 +250,20 @@ pub enum MissingKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpBlock(IpNet);
 
-impl IpBlock {
-    /// Parses `10.0.0.0/8`, `::1`, `192.168.1.7`.
-    ///
-    /// ```
-    /// use ratelimit_core::config::IpBlock;
-    /// let block = IpBlock::parse("10.0.0.0/8")?;
-    /// assert!(block.contains("10.1.2.3".parse().unwrap()));
-    /// assert!(!block.contains("11.0.0.1".parse().unwrap()));
-    /// # Ok::<(), String>(())
-    /// ```
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = || format!("`{text}` is not an IP address or CIDR block");
+/// Parses `10.0.0.0/8`, `::1`, `192.168.1.7`.
+///
+/// ```
+/// use ratelimit_core::config::IpBlock;
+/// let block: IpBlock = "10.0.0.0/8".parse()?;
+/// assert!(block.contains("10.1.2.3".parse().unwrap()));
+/// assert!(!block.contains("11.0.0.1".parse().unwrap()));
+/// # Ok::<(), ratelimit_core::config::HttpParseError>(())
+/// ```
+impl FromStr for IpBlock {
+    type Err = HttpParseError;
+
+    fn from_str(text: &str) -> Result<Self, HttpParseError> {
+        let bad = || HttpParseError::IpBlock(text.to_owned());
         // Split by hand rather than with `IpNet::from_str`, so a bare address is a block of one
         // and the prefix is read as before (host bits are kept, as written).
         let (addr, prefix) = match text.trim().split_once('/') {
@@ -205,6 +277,13 @@ impl IpBlock {
         };
         Ok(Self(net))
     }
+}
+
+impl IpBlock {
+    /// Parses `10.0.0.0/8`, `::1`, `192.168.1.7`, as [`str::parse`] does.
+    pub fn parse(text: &str) -> Result<Self, HttpParseError> {
+        text.parse()
+    }
 
     /// Whether `ip` is in the block (an IPv4-mapped IPv6 address counts as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -217,7 +296,8 @@ impl IpBlock {
 }
 
 /// Requests that are never limited: by client IP, or by key.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AllowList {
     /// Client IPs and blocks.
     pub ips: Vec<IpBlock>,
@@ -226,15 +306,51 @@ pub struct AllowList {
 }
 
 /// What a rule matches; every part given must match.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RuleMatch {
     /// A path pattern: literal segments, `{name}` for one segment, a final `{*name}` or `*` for
     /// the rest (see [`PathPattern`](super::PathPattern)).
     pub path: Option<String>,
     /// Methods, upper case; empty matches any.
+    #[serde(deserialize_with = "methods")]
     pub methods: Vec<String>,
     /// Headers that must be present with these exact values (names lower case).
+    #[serde(deserialize_with = "header_values")]
     pub headers: Vec<(String, String)>,
+}
+
+/// HTTP methods, upper-cased; each is checked where it is written, so an error names its index.
+fn methods<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct Method(String);
+
+    impl<'de> Deserialize<'de> for Method {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let text = String::deserialize(d)?;
+            let upper = text.trim().to_ascii_uppercase();
+            if upper.is_empty()
+                || upper.len() > 32
+                || !upper.bytes().all(|b| b.is_ascii_uppercase())
+            {
+                return Err(serde::de::Error::custom(format!(
+                    "`{text}` is not an HTTP method"
+                )));
+            }
+            Ok(Method(upper))
+        }
+    }
+
+    let methods = Vec::<Method>::deserialize(d)?;
+    Ok(methods.into_iter().map(|m| m.0).collect())
+}
+
+/// A mapping of header names to values, sorted by name as written, names lower-cased.
+fn header_values<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+    let headers = std::collections::BTreeMap::<String, String>::deserialize(d)?;
+    Ok(headers
+        .into_iter()
+        .map(|(name, value)| (name.to_ascii_lowercase(), value))
+        .collect())
 }
 
 /// One routing rule: what it matches, and the policy it applies or that it is exempt.
@@ -338,7 +454,7 @@ impl HttpConfig {
             }
             names.push(&rule.name);
             if let Some(path) = &rule.matches.path
-                && let Err(e) = super::pattern::PathPattern::parse(path)
+                && let Err(e) = path.parse::<super::PathPattern>()
             {
                 return Err(ConfigError::invalid(
                     format!("{base}.match.path"),

@@ -13,17 +13,18 @@ mod locate;
 mod model;
 mod pattern;
 mod units;
+mod validate;
 
 pub use error::{ConfigError, Location};
 pub use hot_keys::HotKeyConfig;
-pub(crate) use hot_keys::share_to_ppm;
 pub use http::{
-    AllowList, ClientIpHeader, HeaderFamilies, HttpConfig, IpBlock, KeySource, LegacyReset,
-    MissingKey, Rule, RuleMatch,
+    AllowList, ClientIpHeader, HeaderFamilies, HttpConfig, HttpParseError, IpBlock, KeySource,
+    LegacyReset, MissingKey, Rule, RuleMatch,
 };
 pub use model::{
     CacheConfig, CacheMode, Config, Credentials, FallbackConfig, MemoryConfig, Overrides,
     RedisConfig, RedisMode, Secret,
 };
 pub use pattern::{PathPattern, PatternError, PatternSegment, PatternTail};
-pub use units::{parse_duration, parse_size};
+pub use units::{UnitError, UnitErrorKind, parse_duration, parse_size};
+pub(crate) use units::{human_duration, human_size};

@@ -4,16 +4,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Deserialize;
+
 use super::HotKeyConfig;
 use super::error::ConfigError;
 use super::http::HttpConfig;
+use super::validate::validate_policy;
 use crate::clock::Clock;
 use crate::decision::FallbackMode;
 use crate::key::{KeyBuilder, is_valid_prefix};
-use crate::policy::{Algorithm, Policy, PolicyError, Window};
+use crate::policy::{Algorithm, Policy, Window};
 
-/// How to reach Redis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How to reach Redis (`mode`: `auto`, `standalone` or `cluster`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RedisMode {
     /// Cluster when more than one address is given, standalone otherwise.
     #[default]
@@ -170,18 +174,16 @@ impl RedisConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.addrs.is_empty() {
-            return Err(ConfigError::invalid(
-                "rate_limiter.redis.addrs",
-                "at least one address is needed (host:port or redis://host:port)",
-            ));
-        }
-        if self.mode == RedisMode::Standalone && self.addrs.len() > 1 {
-            return Err(ConfigError::invalid(
-                "rate_limiter.redis.mode",
-                "standalone mode takes exactly one address; use `cluster` for several",
-            ));
-        }
+        ensure(
+            !self.addrs.is_empty(),
+            "rate_limiter.redis.addrs",
+            "at least one address is needed (host:port or redis://host:port)",
+        )?;
+        ensure(
+            self.mode != RedisMode::Standalone || self.addrs.len() <= 1,
+            "rate_limiter.redis.mode",
+            "standalone mode takes exactly one address; use `cluster` for several",
+        )?;
         for (i, url) in self.urls().iter().enumerate() {
             if let Err(e) = redis::Client::open(url.as_str()) {
                 return Err(ConfigError::invalid(
@@ -191,31 +193,27 @@ impl RedisConfig {
             }
         }
         if let Some(TlsCa(pem)) = &self.tls_ca {
-            if !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----") {
-                return Err(ConfigError::invalid(
-                    "rate_limiter.redis.tls_ca_file",
-                    "holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-                ));
-            }
-            if !self.urls().iter().any(|url| url.starts_with("rediss://")) {
-                return Err(ConfigError::invalid(
-                    "rate_limiter.redis.tls_ca_file",
-                    "a CA applies to TLS connections, but no address is a rediss:// URL",
-                ));
-            }
+            ensure(
+                String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----"),
+                "rate_limiter.redis.tls_ca_file",
+                "holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            )?;
+            ensure(
+                self.urls().iter().any(|url| url.starts_with("rediss://")),
+                "rate_limiter.redis.tls_ca_file",
+                "a CA applies to TLS connections, but no address is a rediss:// URL",
+            )?;
         }
-        if !(1..=1024).contains(&self.pool_size) {
-            return Err(ConfigError::invalid(
-                "rate_limiter.redis.pool_size",
-                "must be between 1 and 1024",
-            ));
-        }
-        if self.timeout.is_zero() || self.timeout > Duration::from_secs(60) {
-            return Err(ConfigError::invalid(
-                "rate_limiter.redis.timeout",
-                "must be above 0 and at most 60s: a limiter that waits longer is an outage",
-            ));
-        }
+        ensure(
+            (1..=1024).contains(&self.pool_size),
+            "rate_limiter.redis.pool_size",
+            "must be between 1 and 1024",
+        )?;
+        ensure(
+            within(self.timeout, Duration::ZERO, Duration::from_secs(60)),
+            "rate_limiter.redis.timeout",
+            "must be above 0 and at most 60s: a limiter that waits longer is an outage",
+        )?;
         Ok(())
     }
 }
@@ -232,6 +230,27 @@ pub enum CacheMode {
         /// The most permits one lease reserves.
         size: u64,
     },
+}
+
+impl CacheMode {
+    /// Permits a lease reserves when the file names the `lease` mode without a `lease_size`.
+    pub(crate) const DEFAULT_LEASE_SIZE: u64 = 20;
+}
+
+/// Read from the mode's name, `exact` or `lease`; a lease's size is a field of its own
+/// (`lease_size`), so `lease` alone has [`CacheMode::DEFAULT_LEASE_SIZE`].
+impl<'de> Deserialize<'de> for CacheMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["exact", "lease"];
+        let name = String::deserialize(d)?;
+        match name.as_str() {
+            "exact" => Ok(Self::Exact),
+            "lease" => Ok(Self::Lease {
+                size: Self::DEFAULT_LEASE_SIZE,
+            }),
+            other => Err(serde::de::Error::unknown_variant(other, NAMES)),
+        }
+    }
 }
 
 /// The `cache` section: decisions answered locally.
@@ -293,10 +312,12 @@ impl Default for CacheConfig {
 }
 
 /// The `fallback` section: what to do while Redis cannot answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct FallbackConfig {
     pub(crate) mode: FallbackMode,
     pub(crate) circuit_breaker_threshold: u32,
+    #[serde(with = "super::human_duration")]
     pub(crate) cool_down: Duration,
 }
 
@@ -343,7 +364,8 @@ impl Default for FallbackConfig {
 }
 
 /// The `memory` section: bounds of the in-memory backend.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MemoryConfig {
     pub(crate) max_keys: usize,
 }
@@ -592,12 +614,11 @@ impl Config {
     /// Checks every section; the error names the offending field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_policy(&self.policy, "rate_limiter")?;
-        if !is_valid_prefix(&self.prefix) {
-            return Err(ConfigError::invalid(
-                "rate_limiter.prefix",
-                "must be at most 64 printable ASCII characters without `{` or `}`",
-            ));
-        }
+        ensure(
+            is_valid_prefix(&self.prefix),
+            "rate_limiter.prefix",
+            "must be at most 64 printable ASCII characters without `{` or `}`",
+        )?;
         if let Some(redis) = &self.redis {
             redis.validate()?;
         }
@@ -625,89 +646,69 @@ impl Config {
                     "must be between 2 and 10000",
                 ));
             }
-            if self.cache.max_size < 1024 {
-                return Err(ConfigError::invalid(
-                    "rate_limiter.cache.max_size",
-                    "must be at least 1KB",
-                ));
-            }
+            ensure(
+                self.cache.max_size >= 1024,
+                "rate_limiter.cache.max_size",
+                "must be at least 1KB",
+            )?;
         }
-        if self.fallback.circuit_breaker_threshold == 0 {
-            return Err(ConfigError::invalid(
-                "rate_limiter.fallback.circuit_breaker_threshold",
-                "must be at least 1",
-            ));
-        }
-        if self.fallback.cool_down.is_zero() || self.fallback.cool_down > Duration::from_secs(300) {
-            return Err(ConfigError::invalid(
-                "rate_limiter.fallback.cool_down",
-                "must be above 0 and at most 5m",
-            ));
-        }
+        ensure(
+            self.fallback.circuit_breaker_threshold >= 1,
+            "rate_limiter.fallback.circuit_breaker_threshold",
+            "must be at least 1",
+        )?;
+        ensure(
+            within(
+                self.fallback.cool_down,
+                Duration::ZERO,
+                Duration::from_secs(300),
+            ),
+            "rate_limiter.fallback.cool_down",
+            "must be above 0 and at most 5m",
+        )?;
         self.http.validate()?;
         let hot = &self.hot_keys;
         if hot.enabled {
-            if !(1..=1024).contains(&hot.capacity) {
-                return Err(ConfigError::invalid(
-                    "rate_limiter.hot_keys.capacity",
-                    "must be between 1 and 1024",
-                ));
-            }
-            if !(1..=1_000_000).contains(&hot.min_share_ppm) {
-                return Err(ConfigError::invalid(
-                    "rate_limiter.hot_keys.min_share",
-                    "must be above 0 and at most 1 (a share of decisions, such as 0.05)",
-                ));
-            }
-            if !(1..=65_536).contains(&hot.sample_every) {
-                return Err(ConfigError::invalid(
-                    "rate_limiter.hot_keys.sample_every",
-                    "must be between 1 and 65536",
-                ));
-            }
-            if hot.window < Duration::from_millis(100) || hot.window > Duration::from_secs(3600) {
-                return Err(ConfigError::invalid(
-                    "rate_limiter.hot_keys.window",
-                    "must be between 100ms and 1h",
-                ));
-            }
+            ensure(
+                (1..=1024).contains(&hot.capacity),
+                "rate_limiter.hot_keys.capacity",
+                "must be between 1 and 1024",
+            )?;
+            ensure(
+                (1..=1_000_000).contains(&hot.min_share_ppm),
+                "rate_limiter.hot_keys.min_share",
+                "must be above 0 and at most 1 (a share of decisions, such as 0.05)",
+            )?;
+            ensure(
+                (1..=65_536).contains(&hot.sample_every),
+                "rate_limiter.hot_keys.sample_every",
+                "must be between 1 and 65536",
+            )?;
+            ensure(
+                (Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&hot.window),
+                "rate_limiter.hot_keys.window",
+                "must be between 100ms and 1h",
+            )?;
         }
-        if self.memory.max_keys == 0 {
-            return Err(ConfigError::invalid(
-                "rate_limiter.memory.max_keys",
-                "must be at least 1",
-            ));
-        }
+        ensure(
+            self.memory.max_keys >= 1,
+            "rate_limiter.memory.max_keys",
+            "must be at least 1",
+        )?;
         Ok(())
     }
 }
 
-/// Validates a policy whose windows live at `<base>.windows`, naming the field at fault.
-pub(crate) fn validate_policy(policy: &Policy, base: &str) -> Result<(), ConfigError> {
-    policy.validate().map_err(|e| {
-        let field = match &e {
-            PolicyError::Name(_) => format!("{base}.name"),
-            PolicyError::NoWindow => format!("{base}.windows"),
-            PolicyError::ZeroLimit { index }
-            | PolicyError::LimitTooLarge { index }
-            | PolicyError::LogTooLarge { index } => {
-                format!("{base}.windows[{index}].max_requests")
-            }
-            PolicyError::WindowTooShort { index }
-            | PolicyError::WindowTooLong { index }
-            | PolicyError::DuplicateWindow { index } => {
-                format!("{base}.windows[{index}].duration")
-            }
-            PolicyError::CostAboveLimit { .. } => format!("{base}.cost"),
-            PolicyError::Spread(_)
-            | PolicyError::SpreadAlgorithm
-            | PolicyError::SpreadAboveLimit { .. } => format!("{base}.spread"),
-        };
-        let message = e.to_string();
-        let message = message
-            .split_once(": ")
-            .filter(|(head, _)| head.starts_with("window "))
-            .map_or(message.clone(), |(_, tail)| tail.to_owned());
-        ConfigError::invalid(field, message)
-    })
+/// `Ok` when `holds`, otherwise the refusal of `field` with `message`.
+fn ensure(holds: bool, field: &str, message: &str) -> Result<(), ConfigError> {
+    if holds {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(field, message))
+    }
+}
+
+/// Whether `value` is above `floor` and at most `ceiling`.
+fn within(value: Duration, floor: Duration, ceiling: Duration) -> bool {
+    value > floor && value <= ceiling
 }

@@ -20,6 +20,7 @@
 //! and control characters.
 
 use std::fmt;
+use std::str::FromStr;
 
 /// One segment of a [`PathPattern`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +47,7 @@ pub enum PatternTail {
 /// ```
 /// use ratelimit_core::config::{PathPattern, PatternSegment, PatternTail};
 ///
-/// let pattern = PathPattern::parse("/api/users/{id}")?;
+/// let pattern: PathPattern = "/api/users/{id}".parse()?;
 /// assert_eq!(
 ///     pattern.segments(),
 ///     [
@@ -56,9 +57,9 @@ pub enum PatternTail {
 ///     ]
 /// );
 /// assert_eq!(pattern.tail(), PatternTail::End);
-/// assert_eq!(PathPattern::parse("/files/{*rest}")?.tail(), PatternTail::CatchAll);
-/// assert!(PathPattern::parse("/api/users/:id").is_err());
-/// assert!(PathPattern::parse("/api/hello/").is_err());
+/// assert_eq!("/files/{*rest}".parse::<PathPattern>()?.tail(), PatternTail::CatchAll);
+/// assert!("/api/users/:id".parse::<PathPattern>().is_err());
+/// assert!("/api/hello/".parse::<PathPattern>().is_err());
 /// # Ok::<(), ratelimit_core::config::PatternError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,9 +112,11 @@ pub enum PatternError {
     Character(String),
 }
 
-impl PathPattern {
-    /// Parses and checks `text`.
-    pub fn parse(text: &str) -> Result<Self, PatternError> {
+/// Parses and checks a pattern.
+impl FromStr for PathPattern {
+    type Err = PatternError;
+
+    fn from_str(text: &str) -> Result<Self, PatternError> {
         let Some(rest) = text.strip_prefix('/') else {
             return Err(PatternError::NoLeadingSlash);
         };
@@ -159,6 +162,13 @@ impl PathPattern {
             segments.push(segment(part)?);
         }
         Ok(Self { segments, tail })
+    }
+}
+
+impl PathPattern {
+    /// Parses and checks `text`, as [`str::parse`] does.
+    pub fn parse(text: &str) -> Result<Self, PatternError> {
+        text.parse()
     }
 
     /// The segments before the tail.
@@ -260,7 +270,9 @@ mod tests {
             ),
         ];
         for &(text, segments, tail) in table {
-            let pattern = PathPattern::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let pattern = text
+                .parse::<PathPattern>()
+                .unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(pattern.segments(), segments, "{text}");
             assert_eq!(pattern.tail(), tail, "{text}");
         }
@@ -296,7 +308,11 @@ mod tests {
             ("/api\n", E::Character("\\n".into())),
         ];
         for (text, expected) in table {
-            assert_eq!(PathPattern::parse(text).as_ref(), Err(expected), "{text:?}");
+            assert_eq!(
+                text.parse::<PathPattern>().as_ref(),
+                Err(expected),
+                "{text:?}"
+            );
         }
     }
 
@@ -308,14 +324,14 @@ mod tests {
             ("/users/{id}/posts", "/users/{param}/posts"),
             ("/files/{*path}", "/files/{*rest}"),
         ] {
-            let pattern = PathPattern::parse(text).expect("valid");
+            let pattern = text.parse::<PathPattern>().expect("valid");
             assert_eq!(pattern.to_string(), shown);
         }
     }
 
     #[test]
     fn errors_explain_themselves() {
-        let message = |text: &str| PathPattern::parse(text).expect_err(text).to_string();
+        let message = |text: &str| text.parse::<PathPattern>().expect_err(text).to_string();
         assert!(message("/users/:id").contains("{name}"));
         assert!(message("/x/").contains("trailing"));
         assert!(message("/users/%6De").contains("decoded"));

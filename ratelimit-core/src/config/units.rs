@@ -2,6 +2,65 @@
 
 use std::time::Duration;
 
+/// Why a duration or a size is refused.
+///
+/// It derefs to its message, as the `String` these parsers once returned did, so code that
+/// searches the message keeps working; [`UnitError::kind`] says what went wrong.
+///
+/// ```
+/// use ratelimit_core::config::{UnitErrorKind, parse_duration};
+/// let err = parse_duration("60").unwrap_err();
+/// assert_eq!(err.kind(), UnitErrorKind::NoUnit);
+/// assert!(err.contains("no unit"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct UnitError {
+    kind: UnitErrorKind,
+    message: String,
+}
+
+/// What is wrong with a duration or a size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnitErrorKind {
+    /// A bare number where a duration needs its unit.
+    NoUnit,
+    /// Not a duration at all.
+    Duration,
+    /// Not a size at all.
+    Size,
+    /// A size with a unit that is not one of `B`, `KB`, `MB`, `GB`, `KiB`, `MiB`, `GiB`.
+    SizeUnit,
+    /// A size beyond `u64` bytes.
+    TooLarge,
+}
+
+impl UnitError {
+    fn new(kind: UnitErrorKind, message: String) -> Self {
+        Self { kind, message }
+    }
+
+    /// What is wrong.
+    pub fn kind(&self) -> UnitErrorKind {
+        self.kind
+    }
+}
+
+impl std::ops::Deref for UnitError {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<UnitError> for String {
+    fn from(error: UnitError) -> Self {
+        error.message
+    }
+}
+
 /// Parses a duration written as a number and a unit: `us`, `ms`, `s`, `m`, `h`, `d`, combinable
 /// (`1m30s`). A bare number is refused: its unit would be a guess.
 ///
@@ -12,15 +71,19 @@ use std::time::Duration;
 /// assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
 /// assert!(parse_duration("60").is_err());
 /// ```
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let text = text.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "`{text}` has no unit: write it like `100ms`, `30s`, `1m` or `1h`"
+        return Err(UnitError::new(
+            UnitErrorKind::NoUnit,
+            format!("`{text}` has no unit: write it like `100ms`, `30s`, `1m` or `1h`"),
         ));
     }
     humantime::parse_duration(text).map_err(|e| {
-        format!("`{text}` is not a duration ({e}): write it like `100ms`, `30s`, `1m` or `1h`")
+        UnitError::new(
+            UnitErrorKind::Duration,
+            format!("`{text}` is not a duration ({e}): write it like `100ms`, `30s`, `1m` or `1h`"),
+        )
     })
 }
 
@@ -33,15 +96,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// assert_eq!(parse_size("1KiB"), Ok(1024));
 /// assert_eq!(parse_size("512"), Ok(512));
 /// ```
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, UnitError> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size: write it like `100MB` or `64MiB`"))?;
+    let number: u64 = number.parse().map_err(|_| {
+        UnitError::new(
+            UnitErrorKind::Size,
+            format!("`{text}` is not a size: write it like `100MB` or `64MiB`"),
+        )
+    })?;
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" | "k" => 1_000,
@@ -51,12 +117,63 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "mib" => 1 << 20,
         "gib" => 1 << 30,
         other => {
-            return Err(format!(
-                "`{other}` is not a size unit: use B, KB, MB, GB, KiB, MiB or GiB"
+            return Err(UnitError::new(
+                UnitErrorKind::SizeUnit,
+                format!("`{other}` is not a size unit: use B, KB, MB, GB, KiB, MiB or GiB"),
             ));
         }
     };
     number
         .checked_mul(factor)
-        .ok_or_else(|| format!("`{text}` is too large"))
+        .ok_or_else(|| UnitError::new(UnitErrorKind::TooLarge, format!("`{text}` is too large")))
+}
+
+/// `#[serde(with = "..")]` for a duration written like `100ms`, read by [`parse_duration`].
+///
+/// It fills any field built from a [`Duration`]: a `Duration`, or an `Option<Duration>` marked
+/// `#[serde(default)]` as well.
+pub(crate) mod human_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(crate) fn deserialize<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: From<Duration>,
+    {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text)
+            .map(T::from)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// `#[serde(with = "..")]` for a size written like `100MB`, or a whole number of bytes.
+///
+/// It fills a `u64`, or an `Option<u64>` marked `#[serde(default)]` as well.
+pub(crate) mod human_size {
+    use serde::{Deserialize, Deserializer};
+
+    pub(crate) fn deserialize<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: From<u64>,
+    {
+        #[derive(Deserialize)]
+        #[serde(
+            untagged,
+            expecting = "a size such as `100MB`, or a whole number of bytes"
+        )]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(T::from(n)),
+            Raw::Text(text) => super::parse_size(&text)
+                .map(T::from)
+                .map_err(serde::de::Error::custom),
+        }
+    }
 }
