@@ -5,7 +5,7 @@
 #   scripts/bench.sh [extra criterion arguments, e.g. a filter]
 #
 # Benches (both start their own throwaway redis-server; redis-benchmark must be on PATH):
-#   ratelimit-core/benches/decisions.rs  cache hit and in-memory decisions vs `governor`
+#   load/benches/decisions.rs            cache hit and in-memory decisions vs `governor`
 #   tests/benches/redis.rs               the Redis paths vs `redis-benchmark` running the same
 #                                        script with the same key and arguments, in one run
 # Full criterion output goes to target/bench-logs/; the summary reads criterion's estimates
@@ -39,7 +39,7 @@ run() {
   [ "$status" -eq 0 ] || { echo "failed ($status); see $log" >&2; exit 1; }
 }
 extra=("$@")
-run decisions cargo bench -p ratelimit-core --bench decisions
+run decisions cargo bench -p ratelimit-load --bench decisions
 run redis cargo bench -p ratelimit-tests --bench redis
 
 echo

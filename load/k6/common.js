@@ -35,6 +35,23 @@ export const baseThresholds = {
   checks: ['rate==1'],
 };
 
+// The `options` of a script running one arrival-rate scenario `name` (timed per second):
+// `scenario` holds the executor and its own settings; the base thresholds, 200 and 429 answers
+// both under `p99Ms` at the 99th percentile, the scenario's `extraThresholds`, and the summary
+// statistics are the same for every scenario.
+export function scenarioOptions(name, scenario, p99Ms, extraThresholds = {}) {
+  return {
+    scenarios: { [name]: { timeUnit: '1s', ...scenario } },
+    thresholds: {
+      ...baseThresholds,
+      'http_req_duration{status:200}': [`p(99)<${p99Ms}`],
+      'http_req_duration{status:429}': [`p(99)<${p99Ms}`],
+      ...extraThresholds,
+    },
+    summaryTrendStats: ['avg', 'med', 'p(90)', 'p(99)', 'p(99.9)', 'max'],
+  };
+}
+
 // GET /api/hello with a random key of the population, on the next instance in turn.
 export function hello() {
   const key = Math.floor(Math.random() * KEYS);

@@ -7,37 +7,28 @@
 //
 // BASE_RATE (default 500/s), SPIKE (default 10), P99_MS (default 200: the spike's queueing
 // is part of the figure), and the variables of common.js. Runs 1m40s.
-import { baseThresholds, hello } from './common.js';
+import { hello, scenarioOptions } from './common.js';
 
 const BASE_RATE = parseInt(__ENV.BASE_RATE || '500', 10);
 const PEAK = BASE_RATE * parseInt(__ENV.SPIKE || '10', 10);
 const P99_MS = parseInt(__ENV.P99_MS || '200', 10);
 
-export const options = {
-  scenarios: {
-    spike: {
-      executor: 'ramping-arrival-rate',
-      startRate: BASE_RATE,
-      timeUnit: '1s',
-      preAllocatedVUs: Math.max(20, Math.ceil(PEAK / 100)),
-      maxVUs: Math.max(100, Math.ceil(PEAK / 10)),
-      stages: [
-        { target: BASE_RATE, duration: '30s' }, // steady before
-        { target: PEAK, duration: '5s' }, // the spike
-        { target: PEAK, duration: '20s' }, // held
-        { target: BASE_RATE, duration: '5s' }, // gone
-        { target: BASE_RATE, duration: '40s' }, // recovery
-      ],
-    },
+export const options = scenarioOptions(
+  'spike',
+  {
+    executor: 'ramping-arrival-rate',
+    startRate: BASE_RATE,
+    preAllocatedVUs: Math.max(20, Math.ceil(PEAK / 100)),
+    maxVUs: Math.max(100, Math.ceil(PEAK / 10)),
+    stages: [
+      { target: BASE_RATE, duration: '30s' }, // steady before
+      { target: PEAK, duration: '5s' }, // the spike
+      { target: PEAK, duration: '20s' }, // held
+      { target: BASE_RATE, duration: '5s' }, // gone
+      { target: BASE_RATE, duration: '40s' }, // recovery
+    ],
   },
-  thresholds: {
-    ...baseThresholds,
-    'http_req_duration{status:200}': [`p(99)<${P99_MS}`],
-    'http_req_duration{status:429}': [`p(99)<${P99_MS}`],
-  },
-  summaryTrendStats: ['avg', 'med', 'p(90)', 'p(99)', 'p(99.9)', 'max'],
-};
+  P99_MS,
+);
 
-export default function () {
-  hello();
-}
+export default hello;

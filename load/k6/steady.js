@@ -6,35 +6,26 @@
 //
 // RATE (default 1000/s), DURATION (default 30s), P99_MS (default 50), and the variables of
 // common.js.
-import { baseThresholds, hello } from './common.js';
+import { hello, scenarioOptions } from './common.js';
 
 const RATE = parseInt(__ENV.RATE || '1000', 10);
 const P99_MS = parseInt(__ENV.P99_MS || '50', 10);
 
-export const options = {
-  scenarios: {
-    steady: {
-      executor: 'constant-arrival-rate',
-      rate: RATE,
-      timeUnit: '1s',
-      duration: __ENV.DURATION || '30s',
-      // Enough virtual users for a few milliseconds of latency at this rate; k6 adds more,
-      // up to maxVUs, if answers slow down (and counts dropped_iterations past that).
-      preAllocatedVUs: Math.max(10, Math.ceil(RATE / 100)),
-      maxVUs: Math.max(50, Math.ceil(RATE / 10)),
-    },
+export const options = scenarioOptions(
+  'steady',
+  {
+    executor: 'constant-arrival-rate',
+    rate: RATE,
+    duration: __ENV.DURATION || '30s',
+    // Enough virtual users for a few milliseconds of latency at this rate; k6 adds more, up to
+    // maxVUs, if answers slow down (and counts dropped_iterations past that).
+    preAllocatedVUs: Math.max(10, Math.ceil(RATE / 100)),
+    maxVUs: Math.max(50, Math.ceil(RATE / 10)),
   },
-  thresholds: {
-    ...baseThresholds,
-    'http_req_duration{status:200}': [`p(99)<${P99_MS}`],
-    'http_req_duration{status:429}': [`p(99)<${P99_MS}`],
-    // The rate was held: under 1% of the planned requests could not be started for want of
-    // a free virtual user.
-    dropped_iterations: [`rate<${RATE * 0.01}`],
-  },
-  summaryTrendStats: ['avg', 'med', 'p(90)', 'p(99)', 'p(99.9)', 'max'],
-};
+  P99_MS,
+  // The rate was held: under 1% of the planned requests could not be started for want of a
+  // free virtual user.
+  { dropped_iterations: [`rate<${RATE * 0.01}`] },
+);
 
-export default function () {
-  hello();
-}
+export default hello;

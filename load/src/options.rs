@@ -54,17 +54,39 @@ impl Default for Options {
     }
 }
 
-impl Options {
-    /// Which Redis the instances share.
-    pub fn with_redis(mut self, redis: RedisChoice) -> Self {
-        self.redis = redis;
-        self
-    }
+/// Options setters that each store their argument in one field as it is: `with_x(x)` sets `x`.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident($field:ident: $ty:ty);)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, $field: $ty) -> Self {
+                self.$field = $field;
+                self
+            }
+        )*
+    };
+}
 
-    /// How many api-server instances to start.
-    pub fn with_instances(mut self, instances: usize) -> Self {
-        self.instances = instances;
-        self
+impl Options {
+    setters! {
+        /// Which Redis the instances share.
+        with_redis(redis: RedisChoice);
+        /// How many api-server instances to start.
+        with_instances(instances: usize);
+        /// Client connections, spread round-robin over the instances.
+        with_connections(connections: usize);
+        /// How long the measured load lasts.
+        with_duration(duration: Duration);
+        /// How long the unmeasured load before it lasts (zero: none).
+        with_warmup(warmup: Duration);
+        /// How many distinct keys the requests carry.
+        with_keys(keys: u64);
+        /// The share of the keys (0 to 1) sent in the free tier, whose small limit denies most of
+        /// their requests.
+        with_free_share(free_share: f64);
+        /// A fixed arrival rate, in requests a second over all connections; `None` sends as fast
+        /// as the connections go.
+        with_rate(rate: Option<u64>);
     }
 
     /// The api-server binary to start; without it, a release build is made with cargo.
@@ -76,44 +98,6 @@ impl Options {
     /// The instances' configuration file.
     pub fn with_config(mut self, path: impl Into<PathBuf>) -> Self {
         self.config = path.into();
-        self
-    }
-
-    /// Client connections, spread round-robin over the instances.
-    pub fn with_connections(mut self, connections: usize) -> Self {
-        self.connections = connections;
-        self
-    }
-
-    /// How long the measured load lasts.
-    pub fn with_duration(mut self, duration: Duration) -> Self {
-        self.duration = duration;
-        self
-    }
-
-    /// How long the unmeasured load before it lasts (zero: none).
-    pub fn with_warmup(mut self, warmup: Duration) -> Self {
-        self.warmup = warmup;
-        self
-    }
-
-    /// How many distinct keys the requests carry.
-    pub fn with_keys(mut self, keys: u64) -> Self {
-        self.keys = keys;
-        self
-    }
-
-    /// The share of the keys (0 to 1) sent in the free tier, whose small limit denies most of
-    /// their requests.
-    pub fn with_free_share(mut self, share: f64) -> Self {
-        self.free_share = share;
-        self
-    }
-
-    /// A fixed arrival rate, in requests a second over all connections; `None` sends as fast
-    /// as the connections go.
-    pub fn with_rate(mut self, rate: Option<u64>) -> Self {
-        self.rate = rate;
         self
     }
 

@@ -10,15 +10,26 @@ fn limiter(clock: &FakeClock) -> RateLimiter {
         .expect("a valid config")
 }
 
+/// Whether one request of `key` under `policy` is admitted (the memory backend never fails).
+async fn allowed(limiter: &RateLimiter, policy: &Policy, key: &str) -> bool {
+    let decision = limiter.allow_with(policy, key, 1).await;
+    decision.expect("memory").allowed()
+}
+
+/// A policy `name` of one `window` on `algorithm`, its counter spread over `spread`.
+fn spread_policy(name: &str, window: Window, algorithm: Algorithm, spread: u32) -> Policy {
+    Policy::new(name, [window])
+        .with_algorithm(algorithm)
+        .with_spread(spread)
+}
+
 #[tokio::test]
 async fn a_spread_key_admits_exactly_its_limit() {
     let clock = FakeClock::new(1_000_000_000);
     let limiter = limiter(&clock);
     for algorithm in [Algorithm::TokenBucket, Algorithm::FixedWindow] {
         for spread in [2, 3, 4, 7] {
-            let policy = Policy::new("spread", [Window::per_hour(100)])
-                .with_algorithm(algorithm)
-                .with_spread(spread);
+            let policy = spread_policy("spread", Window::per_hour(100), algorithm, spread);
             let key = format!("k-{algorithm}-{spread}");
             let mut admitted = 0;
             for _ in 0..300 {
@@ -38,19 +49,11 @@ async fn under_the_limit_one_caller_is_never_denied() {
     // empty sub-counter while another is full.
     let clock = FakeClock::new(1_000_000_000);
     let limiter = limiter(&clock);
-    let policy = Policy::new("steady", [Window::per_second(100)])
-        .with_algorithm(Algorithm::TokenBucket)
-        .with_spread(4);
+    let policy = spread_policy("steady", Window::per_second(100), Algorithm::TokenBucket, 4);
     let mut denied = 0;
     for _ in 0..2_000 {
         clock.advance(Duration::from_millis(11)); // ~91 a second
-        denied += u64::from(
-            !limiter
-                .allow_with(&policy, "k", 1)
-                .await
-                .expect("memory")
-                .allowed(),
-        );
+        denied += u64::from(!allowed(&limiter, &policy, "k").await);
     }
     assert_eq!(denied, 0);
 }
@@ -64,9 +67,12 @@ async fn interleaved_keys_cost_few_false_denials() {
     for spread in [1, 4, 8] {
         let clock = FakeClock::new(1_000_000_000);
         let limiter = limiter(&clock);
-        let policy = Policy::new("mixed", [Window::per_second(40)])
-            .with_algorithm(Algorithm::TokenBucket)
-            .with_spread(spread);
+        let policy = spread_policy(
+            "mixed",
+            Window::per_second(40),
+            Algorithm::TokenBucket,
+            spread,
+        );
         let (mut offered, mut denied) = (0u64, 0u64);
         let mut seed = 0x2545_f491_4f6c_dd1d_u64;
         // 10 keys in random order, each at ~95% of its rate, for 17 s.
@@ -144,35 +150,15 @@ fn spread_is_read_from_yaml_and_errors_name_the_line() {
 async fn reset_clears_every_sub_counter() {
     let clock = FakeClock::new(1_000_000_000);
     let limiter = limiter(&clock);
-    let policy = Policy::new("r", [Window::per_hour(8)])
-        .with_algorithm(Algorithm::FixedWindow)
-        .with_spread(4);
+    let policy = spread_policy("r", Window::per_hour(8), Algorithm::FixedWindow, 4);
     for _ in 0..8 {
-        assert!(
-            limiter
-                .allow_with(&policy, "k", 1)
-                .await
-                .expect("memory")
-                .allowed()
-        );
+        assert!(allowed(&limiter, &policy, "k").await);
     }
-    assert!(
-        !limiter
-            .allow_with(&policy, "k", 1)
-            .await
-            .expect("memory")
-            .allowed()
-    );
+    assert!(!allowed(&limiter, &policy, "k").await);
     limiter.reset_with(&policy, "k").await.expect("memory");
     let mut admitted = 0;
     for _ in 0..20 {
-        admitted += u64::from(
-            limiter
-                .allow_with(&policy, "k", 1)
-                .await
-                .expect("memory")
-                .allowed(),
-        );
+        admitted += u64::from(allowed(&limiter, &policy, "k").await);
     }
     assert_eq!(admitted, 8);
 }

@@ -167,23 +167,48 @@ impl RedisCluster {
     /// Waits until every running node except those in `down` (paused ones, say: they would
     /// never answer) reports `cluster_state:ok`; panics with the node logs after `timeout`.
     pub fn wait_for_ok_except(&self, down: &[&RedisServer], timeout: Duration) {
+        self.wait_for_nodes(
+            timeout,
+            |n| {
+                !down.iter().any(|d| d.port() == n.port())
+                    && !cluster_info(n).contains("cluster_state:ok")
+            },
+            |pending| {
+                format!(
+                    "cluster nodes {pending:?} did not reach cluster_state:ok within {timeout:?}"
+                )
+            },
+        );
+    }
+
+    /// The address of a running node, for redis-cli to reach the cluster through; panics with
+    /// `need` (what needs one) if every node is down.
+    fn running_node_addr(&self, need: &str) -> String {
+        let running = self.nodes.iter().find(|n| n.is_running());
+        running.expect(need).addr()
+    }
+
+    /// Polls every 100 ms until no running node is `lagging`; panics after `timeout` with
+    /// `failure` (given the addresses of the nodes still lagging) and the node logs.
+    fn wait_for_nodes(
+        &self,
+        timeout: Duration,
+        lagging: impl Fn(&RedisServer) -> bool,
+        failure: impl Fn(&[String]) -> String,
+    ) {
         let deadline = Instant::now() + timeout;
         loop {
             let pending: Vec<String> = self
                 .nodes
                 .iter()
-                .filter(|n| n.is_running() && !down.iter().any(|d| d.port() == n.port()))
-                .filter(|n| !cluster_info(n).contains("cluster_state:ok"))
+                .filter(|n| n.is_running() && lagging(n))
                 .map(RedisServer::addr)
                 .collect();
             if pending.is_empty() {
                 return;
             }
             if Instant::now() >= deadline {
-                panic!(
-                    "cluster nodes {pending:?} did not reach cluster_state:ok within {timeout:?}\n{}",
-                    self.node_logs()
-                );
+                panic!("{}\n{}", failure(&pending), self.node_logs());
             }
             thread::sleep(Duration::from_millis(100));
         }
@@ -247,12 +272,7 @@ impl RedisCluster {
     /// `cluster_state:ok`. Returns the new node (also in [`nodes`](Self::nodes) from now on).
     pub fn add_node(&mut self) -> &RedisServer {
         let node = RedisServer::start_cluster_node();
-        let seed = self
-            .nodes
-            .iter()
-            .find(|n| n.is_running())
-            .expect("add_node needs a running node to join")
-            .addr();
+        let seed = self.running_node_addr("add_node needs a running node to join");
         let mut add = Command::new("redis-cli");
         add.args(["--cluster", "add-node"])
             .arg(node.addr())
@@ -269,30 +289,19 @@ impl RedisCluster {
             );
         }
         let known = format!("cluster_known_nodes:{}", self.nodes.len());
-        let deadline = Instant::now() + HEALTHY_TIMEOUT;
-        loop {
-            let pending: Vec<String> = self
-                .nodes
-                .iter()
-                .filter(|n| n.is_running())
-                .filter(|n| {
-                    let info = cluster_info(n);
-                    !info.contains("cluster_state:ok") || !info.contains(&known)
-                })
-                .map(RedisServer::addr)
-                .collect();
-            if pending.is_empty() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                panic!(
+        self.wait_for_nodes(
+            HEALTHY_TIMEOUT,
+            |n| {
+                let info = cluster_info(n);
+                !info.contains("cluster_state:ok") || !info.contains(&known)
+            },
+            |pending| {
+                format!(
                     "after add-node, {pending:?} lack `cluster_state:ok` or `{known}` \
-                     within {HEALTHY_TIMEOUT:?}\n{}",
-                    self.node_logs()
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+                     within {HEALTHY_TIMEOUT:?}"
+                )
+            },
+        );
         self.nodes.last().expect("the node was just pushed")
     }
 
@@ -322,12 +331,7 @@ impl RedisCluster {
     /// weighted 0.25 among three of weight 1 ends up with 0.25 / 3.25 of the slots, fewer to
     /// move). Panics with redis-cli's output and the node logs on failure.
     pub fn rebalance(&self, weights: &[(&RedisServer, f64)]) {
-        let seed = self
-            .nodes
-            .iter()
-            .find(|n| n.is_running())
-            .expect("rebalance needs a running node")
-            .addr();
+        let seed = self.running_node_addr("rebalance needs a running node");
         let mut rebalance = Command::new("redis-cli");
         rebalance
             .args(["--cluster", "rebalance"])

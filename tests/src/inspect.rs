@@ -3,9 +3,41 @@
 //! [`keys_without_ttl`] is the main use: a rate limiter must never leave a key
 //! that lives forever, so tests scan every node afterwards. [`key_slot`]
 //! mirrors `CLUSTER KEYSLOT` locally, so tests can pick keys that land on
-//! chosen slots or check that related keys share one.
+//! chosen slots or check that related keys share one. [`command_calls`] and [`evalsha_calls`]
+//! read `INFO commandstats`, for tests about how often the limiter asks Redis.
+
+use std::collections::BTreeMap;
 
 use crate::tools;
+
+/// Calls so far of each command on one server, by command name in lower case, as reported by
+/// `INFO commandstats` (`cmdstat_<name>:calls=<n>,...`). Panics if the server is unreachable.
+///
+/// ```no_run
+/// let server = ratelimit_tests::RedisServer::start();
+/// let calls = ratelimit_tests::command_calls(&server.url());
+/// assert!(calls.contains_key("info") || calls.is_empty());
+/// ```
+pub fn command_calls(url: &str) -> BTreeMap<String, u64> {
+    let mut conn = tools::connect(url)
+        .unwrap_or_else(|e| panic!("cannot connect to {url} for INFO commandstats: {e}"));
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .unwrap_or_else(|e| panic!("INFO commandstats failed on {url}: {e}"));
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            let calls = rest.split(',').next()?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+/// `EVALSHA` calls so far on one server (0 before the first): [`command_calls`]'s `evalsha`.
+pub fn evalsha_calls(url: &str) -> u64 {
+    command_calls(url).get("evalsha").copied().unwrap_or(0)
+}
 
 /// Every key on the given nodes whose `PTTL` is -1 (no expiry), sorted and
 /// deduplicated. For a cluster pass the masters

@@ -4,13 +4,12 @@
 //! a keyspace `SCAN` and a `PING` each: 5,756 of each for 5,756 requests in 3 s from 4
 //! clients).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ratelimit_core::config::Overrides;
 use ratelimit_core::{Config, HotKeyConfig, RateLimiter};
-use ratelimit_tests::RedisServer;
+use ratelimit_tests::{RedisServer, command_calls};
 
 /// The two listeners of a served example app, and its checker.
 struct Served {
@@ -149,23 +148,6 @@ async fn hot_keys_are_reported_by_digest_unless_raw_keys_are_asked_for() {
         raw["keys"][0]["digest"], digest,
         "the same key, the same digest"
     );
-}
-
-/// `INFO commandstats` calls by command, on one server.
-fn command_calls(url: &str) -> BTreeMap<String, u64> {
-    let client = redis::Client::open(url).expect("a Redis URL");
-    let mut conn = client.get_connection().expect("connect");
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut conn)
-        .expect("INFO commandstats");
-    info.lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(":calls=")?;
-            let calls = rest.split(',').next()?.parse().ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

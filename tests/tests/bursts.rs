@@ -35,6 +35,16 @@ async fn limiter(target: Target, limit: u64, prefix: &str) -> RateLimiter {
         .unwrap_or_else(|e| panic!("building a limiter on {target:?}: {e}"))
 }
 
+/// The same configuration on a private `server` (to kill and restart), under `prefix`.
+async fn limiter_on(server: &ratelimit_tests::RedisServer, prefix: &str) -> RateLimiter {
+    let config = Config::new(LIMIT, Duration::from_secs(60))
+        .with_prefix(prefix)
+        .with_redis(server.url());
+    RateLimiter::new(config)
+        .await
+        .unwrap_or_else(|e| panic!("building a limiter on {}: {e}", server.url()))
+}
+
 /// `callers` concurrent `allow` calls spread over `keys` keys (in turn): checks that exactly
 /// `limit` were admitted for each key, then that Redis (or the cache, for denials) made every
 /// decision: the queue behind the burst sent nothing to the fallback and opened no breaker.
@@ -131,13 +141,7 @@ on_both! {
 async fn the_local_fallback_starts_from_this_instances_admissions() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let server = ratelimit_tests::RedisServer::start();
-    let limiter = RateLimiter::new(
-        Config::new(LIMIT, Duration::from_secs(60))
-            .with_prefix("switch:")
-            .with_redis(server.url()),
-    )
-    .await
-    .expect("limiter");
+    let limiter = limiter_on(&server, "switch:").await;
     for _ in 0..60 {
         let d = limiter.allow("client").await.expect("allow");
         assert!(d.allowed());
@@ -154,13 +158,7 @@ async fn the_local_fallback_starts_from_this_instances_admissions() {
 
     // A burst with Redis killed in its middle: never more than the limit in all.
     let server = ratelimit_tests::RedisServer::start();
-    let limiter = RateLimiter::new(
-        Config::new(LIMIT, Duration::from_secs(60))
-            .with_prefix("switch-burst:")
-            .with_redis(server.url()),
-    )
-    .await
-    .expect("limiter");
+    let limiter = limiter_on(&server, "switch-burst:").await;
     for _ in 0..50 {
         assert!(limiter.allow("burst").await.expect("allow").allowed());
     }
@@ -191,13 +189,7 @@ async fn the_local_fallback_starts_from_this_instances_admissions() {
 async fn an_instance_never_passes_the_limit_when_redis_returns() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let server = ratelimit_tests::RedisServer::start();
-    let limiter = RateLimiter::new(
-        Config::new(LIMIT, Duration::from_secs(60))
-            .with_prefix("switch-back:")
-            .with_redis(server.url()),
-    )
-    .await
-    .expect("limiter");
+    let limiter = limiter_on(&server, "switch-back:").await;
     let mut allowed = 0;
     for _ in 0..30 {
         allowed += u64::from(limiter.allow("client").await.expect("allow").allowed());
@@ -244,15 +236,7 @@ async fn n_instances_pass_at_most_n_times_the_limit_while_redis_is_away() {
     let server = ratelimit_tests::RedisServer::start();
     let mut instances = Vec::new();
     for _ in 0..3 {
-        instances.push(
-            RateLimiter::new(
-                Config::new(LIMIT, Duration::from_secs(60))
-                    .with_prefix("n-instances:")
-                    .with_redis(server.url()),
-            )
-            .await
-            .expect("limiter"),
-        );
+        instances.push(limiter_on(&server, "n-instances:").await);
     }
     let mut before = 0;
     for instance in &instances {

@@ -205,20 +205,11 @@ async fn survives_a_killed_and_restarted_redis(mode: FallbackMode) {
     assert!(stats.breaker_transitions.closed >= 1, "{stats:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_killed_redis_falls_back_open_then_recovers() {
-    survives_a_killed_and_restarted_redis(FallbackMode::Open).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_killed_redis_falls_back_closed_then_recovers() {
-    survives_a_killed_and_restarted_redis(FallbackMode::Closed).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_killed_redis_falls_back_local_then_recovers() {
-    survives_a_killed_and_restarted_redis(FallbackMode::Local).await;
-}
+ratelimit_tests::tokio_test_cases!(survives_a_killed_and_restarted_redis {
+    a_killed_redis_falls_back_open_then_recovers => FallbackMode::Open,
+    a_killed_redis_falls_back_closed_then_recovers => FallbackMode::Closed,
+    a_killed_redis_falls_back_local_then_recovers => FallbackMode::Local,
+});
 
 /// Redis answering after 300 ms (> the 100 ms timeout): the breaker opens after the threshold,
 /// and no decision waits for Redis longer than the timeout.
@@ -442,20 +433,7 @@ async fn reset_connections_fall_back_then_reconnect() {
 
 /// `calls` of `cmdstat_evalsha` in `INFO commandstats`, asked of the server directly.
 fn evalsha_calls(server: &RedisServer) -> u64 {
-    tokio::task::block_in_place(|| {
-        let mut connection = server
-            .client()
-            .get_connection()
-            .expect("connect to redis directly");
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut connection)
-            .expect("INFO commandstats");
-        info.lines()
-            .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |calls| calls.parse().expect("calls is a number"))
-    })
+    tokio::task::block_in_place(|| ratelimit_tests::evalsha_calls(&server.url()))
 }
 
 /// A spent key hammered 1000 more times: the cache answers the denials, Redis hardly sees them.

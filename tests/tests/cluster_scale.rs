@@ -253,6 +253,12 @@ async fn limiter(
         .expect("the limiter connects to the cluster")
 }
 
+/// The limiter of the slot-migration scenarios: the generous [`RESHARD_REDIS_TIMEOUT`] and the
+/// local fallback.
+async fn migrating_limiter(cluster: &RedisCluster, prefix: &str) -> RateLimiter {
+    limiter(cluster, prefix, RESHARD_REDIS_TIMEOUT, FallbackMode::Local).await
+}
+
 /// One policy of each kind, `limit` permits each over windows that do not roll over during a
 /// test: sliding window, token bucket, fixed window, multi-window (one sorted set) and a
 /// two-window token bucket (two keys in one slot: a migration can catch them apart).
@@ -546,13 +552,7 @@ async fn resharding_under_load_loses_no_decision_and_no_count() {
         !moving.contains(&s)
     }));
     let subjects = Arc::new(subjects);
-    let limiter = limiter(
-        &cluster,
-        &prefix,
-        RESHARD_REDIS_TIMEOUT,
-        FallbackMode::Local,
-    )
-    .await;
+    let limiter = migrating_limiter(&cluster, &prefix).await;
 
     let migrated = migrate_under_load(&mut cluster, &limiter, &prefix, &subjects, |cluster| {
         cluster.reshard(cluster.node_on(from), cluster.node_on(to), MOVED_SLOTS);
@@ -905,18 +905,13 @@ async fn until_redis(
     }
 }
 
-/// A master is SIGKILLed under load; its replica takes over.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_killed_master_fails_over_to_its_replica_under_load() {
-    failover_under_load(Outage::Kill).await;
-}
-
-/// A master is frozen (SIGSTOP) under load until its replica takes over, then thawed: it
-/// rejoins as a replica.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_frozen_master_fails_over_and_rejoins_as_a_replica() {
-    failover_under_load(Outage::Pause).await;
-}
+ratelimit_tests::tokio_test_cases!(failover_under_load {
+    /// A master is SIGKILLed under load; its replica takes over.
+    a_killed_master_fails_over_to_its_replica_under_load => Outage::Kill,
+    /// A master is frozen (SIGSTOP) under load until its replica takes over, then thawed: it
+    /// rejoins as a replica.
+    a_frozen_master_fails_over_and_rejoins_as_a_replica => Outage::Pause,
+});
 
 /// Scale-out under load: a fourth master joins (`redis-cli --cluster add-node`) and
 /// `redis-cli --cluster rebalance --cluster-use-empty-masters` moves slots onto it (weighted
@@ -936,13 +931,7 @@ async fn scaling_out_under_load_loses_no_decision_and_no_count() {
         IDENTITIES,
         |_| true,
     ));
-    let limiter = limiter(
-        &cluster,
-        &prefix,
-        RESHARD_REDIS_TIMEOUT,
-        FallbackMode::Local,
-    )
-    .await;
+    let limiter = migrating_limiter(&cluster, &prefix).await;
 
     let mut new_port = 0;
     let migrated = migrate_under_load(&mut cluster, &limiter, &prefix, &subjects, |cluster| {

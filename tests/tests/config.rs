@@ -851,49 +851,63 @@ fn environment_variable_overrides_the_file() {
     );
 }
 
+/// A human-unit parser against its cases: what each accepted text reads as, the texts it
+/// refuses, and one refusal whose message must say why (`(text, part of the message)`).
+fn check_units<T: PartialEq + std::fmt::Debug>(
+    parse: fn(&str) -> Result<T, String>,
+    accepted: &[(&str, T)],
+    refused: &[&str],
+    (refusal, reason): (&str, &str),
+) {
+    for (text, expected) in accepted {
+        assert_eq!(parse(text).as_ref(), Ok(expected), "{text:?}");
+    }
+    for bad in refused {
+        assert!(parse(bad).is_err(), "{bad:?} accepted as {:?}", parse(bad));
+    }
+    let message = parse(refusal).expect_err(reason);
+    assert!(message.contains(reason), "{refusal:?}: {message}");
+}
+
 #[test]
 fn durations_take_human_units() {
-    assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
-    assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-    assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-    assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-    for bad in ["60", "abc", "", "10XB", "99999999999999999999999h"] {
-        assert!(
-            parse_duration(bad).is_err(),
-            "{bad:?} accepted as {:?}",
-            parse_duration(bad)
-        );
-    }
-    let message = parse_duration("60").expect_err("no unit");
-    assert!(message.contains("no unit"), "{message}");
+    check_units(
+        parse_duration,
+        &[
+            ("100ms", Duration::from_millis(100)),
+            ("1m", Duration::from_secs(60)),
+            ("1h", Duration::from_secs(3600)),
+            ("1m30s", Duration::from_secs(90)),
+            ("30s", Duration::from_secs(30)),
+        ],
+        &["60", "abc", "", "10XB", "99999999999999999999999h"],
+        ("60", "no unit"),
+    );
 }
 
 #[test]
 fn sizes_take_human_units() {
-    assert_eq!(parse_size("100MB"), Ok(100_000_000));
-    assert_eq!(parse_size("64MiB"), Ok(64 * 1024 * 1024));
-    assert_eq!(parse_size("512"), Ok(512));
-    assert_eq!(parse_size("1KB"), Ok(1000));
-    assert_eq!(parse_size("1kib"), Ok(1024));
-    assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
-    for bad in [
-        "60XB",
-        "10XB",
-        "abc",
-        "",
-        "MB",
-        "20000000000GB",
-        "99999999999999999999",
-    ] {
-        assert!(
-            parse_size(bad).is_err(),
-            "{bad:?} accepted as {:?}",
-            parse_size(bad)
-        );
-    }
-    let message = parse_size("20000000000GB").expect_err("overflow");
-    assert!(message.contains("too large"), "{message}");
+    check_units(
+        parse_size,
+        &[
+            ("100MB", 100_000_000),
+            ("64MiB", 64 * 1024 * 1024),
+            ("512", 512),
+            ("1KB", 1000),
+            ("1kib", 1024),
+            ("2GB", 2_000_000_000),
+        ],
+        &[
+            "60XB",
+            "10XB",
+            "abc",
+            "",
+            "MB",
+            "20000000000GB",
+            "99999999999999999999",
+        ],
+        ("20000000000GB", "too large"),
+    );
 }
 
 #[test]

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use ratelimit_core::{Algorithm, Config, Error, FakeClock, Policy, RateLimiter, Source, Window};
-use ratelimit_tests::{Backend, for_each_backend, key_slot, spawn_allows, window_starting_now};
+use ratelimit_tests::{
+    Backend, concurrent_allows, for_each_backend, key_slot, window_starting_now,
+};
 
 const ALGORITHMS: [Algorithm; 4] = [
     Algorithm::SlidingWindow,
@@ -48,11 +50,8 @@ async fn exactly_the_limit_under_1000_concurrent_callers(backend: Backend) {
             let limiter = backend.limiter(config, &prefix).await;
             let key = format!("hot:{algorithm}:{multi}");
             let mut allowed = 0;
-            for task in spawn_allows(&limiter, &key, 1000) {
-                let decision = task
-                    .await
-                    .expect("task panicked")
-                    .unwrap_or_else(|e| panic!("{backend:?} {algorithm}: {e}"));
+            let context = format!("{backend:?} {algorithm}");
+            for decision in concurrent_allows(&limiter, &key, 1000, &context).await {
                 // A hot key's denials may come from the hot-key shield, never its admissions.
                 if decision.allowed() || backend == Backend::Memory {
                     assert_eq!(decision.source(), expected_source(backend));
@@ -227,25 +226,14 @@ async fn multi_window_is_all_or_nothing(backend: Backend) {
         assert!(!refused.allowed(), "{algorithm}");
         assert_eq!(refused.window_index(), 0);
         assert_eq!(
-            limiter
-                .peek_with(&long_only, key)
-                .await
-                .expect("peek")
-                .remaining(),
+            remaining(&limiter, &long_only, key).await,
             3,
             "{algorithm}: the refused request must not count in the long window"
         );
 
         let last = limiter.allow_with(&both, key, 1).await.expect("allow");
         assert!(last.allowed());
-        assert_eq!(
-            limiter
-                .peek_with(&long_only, key)
-                .await
-                .expect("peek")
-                .remaining(),
-            2
-        );
+        assert_eq!(remaining(&limiter, &long_only, key).await, 2);
         // Now the long window binds once the short one is reset.
         limiter
             .reset_with(&short_only(&both), key)
@@ -291,6 +279,12 @@ async fn policies_do_not_share_state(backend: Backend) {
             .allowed()
     );
     backend.assert_every_key_expires(&prefix);
+}
+
+/// Permits `policy` has left for `key`, peeked (nothing taken).
+async fn remaining(limiter: &RateLimiter, policy: &Policy, key: &str) -> u64 {
+    let decision = limiter.peek_with(policy, key).await;
+    decision.expect("peek").remaining()
 }
 
 /// Identities with braces, 10 KB, or binary bytes work, are counted apart, and never choose a

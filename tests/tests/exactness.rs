@@ -28,10 +28,7 @@ const SECOND_US: u64 = 1_000_000;
 
 /// The seed of a randomized test: `EXACTNESS_SEED` when set, random otherwise.
 fn seed() -> u64 {
-    std::env::var("EXACTNESS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random)
+    ratelimit_tests::seed_from_env("EXACTNESS_SEED")
 }
 
 fn micros(d: Duration) -> u64 {
@@ -323,25 +320,12 @@ async fn twins_agree(algorithm: Algorithm) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn twins_agree_sliding_window() {
-    twins_agree(Algorithm::SlidingWindow).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn twins_agree_token_bucket() {
-    twins_agree(Algorithm::TokenBucket).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn twins_agree_fixed_window() {
-    twins_agree(Algorithm::FixedWindow).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn twins_agree_sliding_counter() {
-    twins_agree(Algorithm::SlidingCounter).await;
-}
+ratelimit_tests::tokio_test_cases!(twins_agree {
+    twins_agree_sliding_window => Algorithm::SlidingWindow,
+    twins_agree_token_bucket => Algorithm::TokenBucket,
+    twins_agree_fixed_window => Algorithm::FixedWindow,
+    twins_agree_sliding_counter => Algorithm::SlidingCounter,
+});
 
 // ---------------------------------------------------------------------------------------------
 // 3. Client clocks never reach a Redis decision.
@@ -426,15 +410,10 @@ async fn skewed_client_clocks_change_nothing(backend: Backend) {
     backend.assert_every_key_expires(&prefix);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn skewed_client_clocks_change_nothing_standalone() {
-    skewed_client_clocks_change_nothing(Backend::Standalone).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn skewed_client_clocks_change_nothing_cluster() {
-    skewed_client_clocks_change_nothing(Backend::Cluster).await;
-}
+ratelimit_tests::tokio_test_cases!(skewed_client_clocks_change_nothing {
+    skewed_client_clocks_change_nothing_standalone => Backend::Standalone,
+    skewed_client_clocks_change_nothing_cluster => Backend::Cluster,
+});
 
 // ---------------------------------------------------------------------------------------------
 // 4. Fixed windows admit up to twice the limit across a boundary; sliding windows do not.
@@ -536,8 +515,8 @@ async fn fixed_window_admits_up_to_twice_the_limit_at_a_boundary() {
 // 5. Every key carries a TTL.
 // ---------------------------------------------------------------------------------------------
 
+/// `PTTL` of each key, in order, on `backend`'s Redis.
 async fn pttls(backend: Backend, keys: &[String]) -> Vec<i64> {
-    let mut out = Vec::new();
     match backend {
         Backend::Cluster => {
             let mut conn = shared_cluster()
@@ -545,28 +524,18 @@ async fn pttls(backend: Backend, keys: &[String]) -> Vec<i64> {
                 .get_async_connection()
                 .await
                 .expect("cluster connection");
-            for key in keys {
-                out.push(
-                    redis::cmd("PTTL")
-                        .arg(key)
-                        .query_async(&mut conn)
-                        .await
-                        .expect("PTTL"),
-                );
-            }
+            pttls_on(&mut conn, keys).await
         }
-        _ => {
-            let mut conn = time_connection().await;
-            for key in keys {
-                out.push(
-                    redis::cmd("PTTL")
-                        .arg(key)
-                        .query_async(&mut conn)
-                        .await
-                        .expect("PTTL"),
-                );
-            }
-        }
+        _ => pttls_on(&mut time_connection().await, keys).await,
+    }
+}
+
+/// `PTTL` of each key, in order, over `conn`.
+async fn pttls_on(conn: &mut impl redis::aio::ConnectionLike, keys: &[String]) -> Vec<i64> {
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        let ttl = redis::cmd("PTTL").arg(key).query_async(conn).await;
+        out.push(ttl.unwrap_or_else(|e| panic!("PTTL {key}: {e}")));
     }
     out
 }

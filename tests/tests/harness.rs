@@ -25,6 +25,23 @@ fn ping(server: &RedisServer) -> String {
         .expect("PING the test server")
 }
 
+/// A synchronous connection to `cluster`.
+fn cluster_connection(cluster: &RedisCluster) -> redis::cluster::ClusterConnection {
+    cluster
+        .client()
+        .get_connection()
+        .expect("sync cluster connection")
+}
+
+/// `CONFIG GET name` on `server`: the name and its value.
+fn config_get(server: &RedisServer, name: &str) -> Vec<String> {
+    redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(name)
+        .query(&mut conn(server))
+        .unwrap_or_else(|e| panic!("CONFIG GET {name}: {e}"))
+}
+
 /// Whether `pid` is gone (no /proc entry) or a zombie waiting to be reaped.
 fn process_is_dead(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -59,22 +76,14 @@ fn standalone_starts_and_answers_ping() {
     assert_eq!(server.url(), format!("redis://127.0.0.1:{}", server.port()));
     assert_eq!(ping(&server), "PONG");
     // No persistence configured.
-    let save: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("save")
-        .query(&mut conn(&server))
-        .expect("CONFIG GET save");
+    let save = config_get(&server, "save");
     assert_eq!(save, ["save", ""]);
 }
 
 #[test]
 fn start_with_args_passes_extra_arguments() {
     let server = RedisServer::start_with_args(&["--maxmemory", "12mb"]);
-    let reply: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("maxmemory")
-        .query(&mut conn(&server))
-        .expect("CONFIG GET maxmemory");
+    let reply = config_get(&server, "maxmemory");
     assert_eq!(reply, ["maxmemory", "12582912"]);
 }
 
@@ -214,11 +223,7 @@ async fn shared_cluster_is_ok_and_serves_keys_on_every_master() {
 
 #[test]
 fn sync_cluster_client_works_too() {
-    let cluster = shared_cluster();
-    let mut c = cluster
-        .client()
-        .get_connection()
-        .expect("sync cluster connection");
+    let mut c = cluster_connection(shared_cluster());
     for tag in ["a", "b", "c", "d", "e", "f"] {
         let key = format!("harness:{{{tag}}}:sync");
         redis::cmd("SET")
@@ -316,10 +321,7 @@ fn keys_without_ttl_on_a_standalone_server() {
 #[test]
 fn keys_without_ttl_on_the_cluster() {
     let cluster = shared_cluster();
-    let mut c = cluster
-        .client()
-        .get_connection()
-        .expect("sync cluster connection");
+    let mut c = cluster_connection(cluster);
     let prefix = "harness:ttl-scan";
     let mut forever = Vec::new();
     let mut expiring = Vec::new();
@@ -378,10 +380,7 @@ fn cluster_with_replicas_fails_over_and_a_restarted_node_rejoins() {
     );
     cluster.wait_for_ok(Duration::from_secs(30));
 
-    let mut c = cluster
-        .client()
-        .get_connection()
-        .expect("cluster connection");
+    let mut c = cluster_connection(&cluster);
     for i in 0..20 {
         redis::cmd("SET")
             .arg(format!("after-failover:{i}"))

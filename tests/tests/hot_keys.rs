@@ -5,22 +5,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use ratelimit_core::{Algorithm, Config, HotKeyConfig, Policy, Source};
-use ratelimit_tests::{Backend, for_each_backend, key_slot, shared_standalone, spawn_allows};
-
-/// `cmdstat_evalsha` calls on a server so far.
-fn evalsha_calls(url: &str) -> u64 {
-    let client = redis::Client::open(url).expect("a Redis URL");
-    let mut conn = client.get_connection().expect("connect");
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut conn)
-        .expect("INFO commandstats");
-    info.lines()
-        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|calls| calls.parse().ok())
-        .unwrap_or(0)
-}
+use ratelimit_tests::{
+    Backend, concurrent_allows, evalsha_calls, for_each_backend, key_slot, shared_standalone,
+};
 
 /// An abusive client on a spent key: with the detector on, its denials stop reaching Redis
 /// once it is hot, though the cache is off; with it off, every request is a script call.
@@ -97,11 +84,8 @@ async fn a_spread_key_is_exact_and_lands_on_several_slots(backend: Backend) {
             .await;
         let key = format!("celebrity:{algorithm}");
         let mut allowed = 0;
-        for task in spawn_allows(&limiter, &key, 1000) {
-            let decision = task
-                .await
-                .expect("task panicked")
-                .unwrap_or_else(|e| panic!("{backend:?} {algorithm}: {e}"));
+        let context = format!("{backend:?} {algorithm}");
+        for decision in concurrent_allows(&limiter, &key, 1000, &context).await {
             assert_eq!(decision.limit(), 100);
             allowed += u32::from(decision.allowed());
         }
@@ -153,22 +137,13 @@ async fn the_admin_route_reports_the_hot_client() {
     let client = reqwest::Client::new();
     let mut denied = 0;
     for _ in 0..60 {
-        let response = client
-            .get(format!("http://{addr}/api/hello"))
-            .send()
-            .await
-            .expect("GET /api/hello");
+        let response = ratelimit_tests::http_get(&client, format!("http://{addr}/api/hello")).await;
         denied += u32::from(response.status() == 429);
     }
     assert_eq!(denied, 50, "the demo's hello rule allows 10 a minute");
-    let report: serde_json::Value = client
-        .get(format!("http://{admin}/admin/hot-keys?raw=true"))
-        .send()
-        .await
-        .expect("GET /admin/hot-keys")
-        .json()
-        .await
-        .expect("json");
+    let report: serde_json::Value =
+        ratelimit_tests::http_json(&client, format!("http://{admin}/admin/hot-keys?raw=true"))
+            .await;
     assert_eq!(report["enabled"], true);
     let top = &report["keys"][0];
     assert_eq!(top["key"], "127.0.0.1", "{report}");

@@ -55,42 +55,25 @@ fn header(response: &reqwest::Response, name: &str) -> Option<String> {
         .map(|v| v.to_str().expect("ascii header").to_owned())
 }
 
+/// Asserts the value of header `name` on `response` (`None`: absent).
+#[track_caller]
+fn assert_header(response: &reqwest::Response, name: &str, expected: Option<&str>) {
+    assert_eq!(header(response, name).as_deref(), expected, "header {name}");
+}
+
 fn value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).expect("header value")
 }
 
-const HELLO_3_PER_MINUTE: &str = "
-rate_limiter:
-  windows:
-    - max_requests: 100
-      duration: 1m
-  rules:
-    - name: hello
-      match:
-        path: /api/hello
-      windows:
-        - max_requests: 3
-          duration: 1m
-";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_and_denied_responses_carry_exact_headers() {
-    let app = App::start(HELLO_3_PER_MINUTE, Backend::Memory).await;
+    let app = App::start(&ratelimit_tests::hello_rule_config(100, 3), Backend::Memory).await;
     let first = app.get("/api/hello", &[]).await;
     assert_eq!(first.status(), StatusCode::OK);
-    assert_eq!(
-        header(&first, "ratelimit-policy").as_deref(),
-        Some("\"hello-1m\";q=3;w=60")
-    );
-    assert_eq!(
-        header(&first, "ratelimit").as_deref(),
-        Some("\"hello-1m\";r=2;t=60")
-    );
-    assert_eq!(header(&first, "x-ratelimit-limit").as_deref(), Some("3"));
-    assert_eq!(
-        header(&first, "x-ratelimit-remaining").as_deref(),
-        Some("2")
-    );
+    assert_header(&first, "ratelimit-policy", Some("\"hello-1m\";q=3;w=60"));
+    assert_header(&first, "ratelimit", Some("\"hello-1m\";r=2;t=60"));
+    assert_header(&first, "x-ratelimit-limit", Some("3"));
+    assert_header(&first, "x-ratelimit-remaining", Some("2"));
     // Epoch seconds (the default `legacy_reset`): a minute from now, rounded up.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -100,7 +83,7 @@ async fn allowed_and_denied_responses_carry_exact_headers() {
         .and_then(|v| v.parse().ok())
         .expect("numeric reset");
     assert!((now + 60..=now + 62).contains(&reset), "{reset} vs {now}");
-    assert_eq!(header(&first, "retry-after"), None);
+    assert_header(&first, "retry-after", None);
     let body: serde_json::Value = first.json().await.expect("json");
     assert_eq!(body["quota"]["rule"], "hello");
     assert_eq!(body["quota"]["remaining"], 2);
@@ -108,26 +91,14 @@ async fn allowed_and_denied_responses_carry_exact_headers() {
     app.get("/api/hello", &[]).await;
     let third = app.get("/api/hello", &[]).await;
     assert_eq!(third.status(), StatusCode::OK);
-    assert_eq!(
-        header(&third, "x-ratelimit-remaining").as_deref(),
-        Some("0")
-    );
+    assert_header(&third, "x-ratelimit-remaining", Some("0"));
 
     let denied = app.get("/api/hello", &[]).await;
     assert_eq!(denied.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(
-        header(&denied, "content-type").as_deref(),
-        Some("application/problem+json")
-    );
-    assert_eq!(header(&denied, "retry-after").as_deref(), Some("60"));
-    assert_eq!(
-        header(&denied, "ratelimit").as_deref(),
-        Some("\"hello-1m\";r=0;t=60")
-    );
-    assert_eq!(
-        header(&denied, "x-ratelimit-remaining").as_deref(),
-        Some("0")
-    );
+    assert_header(&denied, "content-type", Some("application/problem+json"));
+    assert_header(&denied, "retry-after", Some("60"));
+    assert_header(&denied, "ratelimit", Some("\"hello-1m\";r=0;t=60"));
+    assert_header(&denied, "x-ratelimit-remaining", Some("0"));
     let problem: serde_json::Value = denied.json().await.expect("problem json");
     assert_eq!(problem["status"], 429);
     assert_eq!(
@@ -143,11 +114,11 @@ async fn allowed_and_denied_responses_carry_exact_headers() {
     // Unmatched routes use the default policy; operational routes are never limited.
     let other = app.get("/api/users/7", &[]).await;
     assert_eq!(other.status(), StatusCode::OK);
-    assert_eq!(header(&other, "x-ratelimit-limit").as_deref(), Some("100"));
+    assert_header(&other, "x-ratelimit-limit", Some("100"));
     for _ in 0..10 {
         let health = app.get("/health", &[]).await;
         assert_eq!(health.status(), StatusCode::OK);
-        assert_eq!(header(&health, "x-ratelimit-limit"), None);
+        assert_header(&health, "x-ratelimit-limit", None);
     }
 }
 
@@ -162,11 +133,8 @@ rate_limiter:
 ";
     let app = App::start(yaml, Backend::Memory).await;
     let response = app.get("/api/hello", &[]).await;
-    assert_eq!(
-        header(&response, "ratelimit").as_deref(),
-        Some("\"default-1h\";r=4;t=3600")
-    );
-    assert_eq!(header(&response, "x-ratelimit-limit"), None);
+    assert_header(&response, "ratelimit", Some("\"default-1h\";r=4;t=3600"));
+    assert_header(&response, "x-ratelimit-limit", None);
 }
 
 const TWO_PER_IP: &str = "
@@ -361,20 +329,11 @@ rate_limiter:
     assert_eq!((created, denied), (50, 450), "{backend:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn parallel_requests_admit_exactly_the_limit_in_memory() {
-    parallel_requests_admit_exactly_the_limit(Backend::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn parallel_requests_admit_exactly_the_limit_on_redis() {
-    parallel_requests_admit_exactly_the_limit(Backend::Standalone).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn parallel_requests_admit_exactly_the_limit_on_a_cluster() {
-    parallel_requests_admit_exactly_the_limit(Backend::Cluster).await;
-}
+ratelimit_tests::tokio_test_cases!(parallel_requests_admit_exactly_the_limit {
+    parallel_requests_admit_exactly_the_limit_in_memory => Backend::Memory,
+    parallel_requests_admit_exactly_the_limit_on_redis => Backend::Standalone,
+    parallel_requests_admit_exactly_the_limit_on_a_cluster => Backend::Cluster,
+});
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_headers_get_clear_answers() {
@@ -397,10 +356,7 @@ async fn hostile_headers_get_clear_answers() {
             StatusCode::BAD_REQUEST,
             "Forwarded: {malformed}"
         );
-        assert_eq!(
-            header(&response, "content-type").as_deref(),
-            Some("application/problem+json")
-        );
+        assert_header(&response, "content-type", Some("application/problem+json"));
         let body = response.text().await.expect("body");
         assert!(
             !body.contains("zq9x") && !body.contains("1.2.3.4"),

@@ -137,13 +137,11 @@ async fn oneshot_status(app: &Router, uri: &str) -> (u16, String) {
     let request = Request::get(uri).body(Body::empty()).expect("request");
     let response = app.clone().oneshot(request).await.expect("infallible");
     let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let body = response.into_body().collect().await.expect("body");
+    (
+        status,
+        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+    )
 }
 
 #[tokio::test]
@@ -220,11 +218,7 @@ async fn shared_limiter(backend: Backend) {
     );
 
     // Other routes see the global layer only, and every request was counted there once.
-    let hello = client
-        .get(format!("http://{addr}/hello"))
-        .send()
-        .await
-        .expect("request");
+    let hello = ratelimit_tests::http_get(&client, format!("http://{addr}/hello")).await;
     assert_eq!(
         header_values(&hello, "ratelimit"),
         ["\"default-1h\";r=96;t=3600"],
@@ -299,6 +293,15 @@ async fn statuses_with(
     out
 }
 
+/// Three requests, each with the same `Forwarded` and `X-Forwarded-For` values.
+fn three_forwarded(forwarded: &str, x_forwarded_for: &str) -> Vec<Vec<(&'static str, String)>> {
+    let headers = vec![
+        ("forwarded", forwarded.to_owned()),
+        ("x-forwarded-for", x_forwarded_for.to_owned()),
+    ];
+    vec![headers; 3]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_bypasses_are_closed_on_a_real_server() {
     let client = client();
@@ -321,13 +324,7 @@ async fn forwarding_bypasses_are_closed_on_a_real_server() {
     for action in ["reject", "allow"] {
         let yaml = format!("{BEHIND_A_PROXY}  on_missing_key: {action}\n");
         let addr = example_server(&yaml).await;
-        let proto_only = vec![
-            vec![
-                ("forwarded", "proto=https".to_owned()),
-                ("x-forwarded-for", "203.0.113.8".to_owned()),
-            ];
-            3
-        ];
+        let proto_only = three_forwarded("proto=https", "203.0.113.8");
         assert_eq!(
             statuses_with(&client, addr, &proto_only).await,
             [200, 200, 429],
@@ -338,13 +335,7 @@ async fn forwarding_bypasses_are_closed_on_a_real_server() {
     // Nor does it make a client allow-listed.
     let yaml = format!("{BEHIND_A_PROXY}  allow_list: {{ ips: [192.0.2.0/24] }}\n");
     let addr = example_server(&yaml).await;
-    let exempt_claim = vec![
-        vec![
-            ("forwarded", "for=192.0.2.1".to_owned()),
-            ("x-forwarded-for", "203.0.113.9".to_owned()),
-        ];
-        3
-    ];
+    let exempt_claim = three_forwarded("for=192.0.2.1", "203.0.113.9");
     assert_eq!(
         statuses_with(&client, addr, &exempt_claim).await,
         [200, 200, 429]

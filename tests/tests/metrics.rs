@@ -38,11 +38,7 @@ async fn serve(limiter: RateLimiter) -> (SocketAddr, SocketAddr) {
 }
 
 async fn scrape(client: &reqwest::Client, addr: SocketAddr) -> String {
-    let response = client
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .expect("scrape");
+    let response = ratelimit_tests::http_get(client, format!("http://{addr}/metrics")).await;
     assert_eq!(response.status(), 200);
     let content_type = response
         .headers()
@@ -60,19 +56,9 @@ async fn scrape(client: &reqwest::Client, addr: SocketAddr) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_family_is_exported_with_its_labels() {
     let redis = RedisServer::start();
-    let yaml = "
-rate_limiter:
-  windows:
-    - max_requests: 100
-      duration: 1m
-  rules:
-    - name: hello
-      match:
-        path: /api/hello
-      windows:
-        - max_requests: 2
-          duration: 1m
-  cache:
+    // Appended to the `rate_limiter` block (no `\` continuation: it would eat the indent).
+    let yaml = ratelimit_tests::hello_rule_config(100, 2)
+        + "  cache:
     ttl: 200ms
     max_size: 1MB
   fallback:
@@ -80,7 +66,7 @@ rate_limiter:
     circuit_breaker_threshold: 1
     cool_down: 30s
 ";
-    let config = Config::from_yaml_str_with(yaml, None, &Overrides::default())
+    let config = Config::from_yaml_str_with(&yaml, None, &Overrides::default())
         .expect("config")
         .with_redis_config(
             RedisConfig::new([redis.url()]).with_timeout(Duration::from_millis(500)),

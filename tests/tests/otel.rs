@@ -1,11 +1,9 @@
 //! Decisions reach OpenTelemetry: through `tracing-opentelemetry`, each decision's span is
 //! exported with its fields as attributes, and the key only as a digest.
 
-use std::time::Duration;
-
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
-use ratelimit_core::{Config, Identity, RateLimiter};
+use ratelimit_core::Identity;
 use tracing_subscriber::layer::SubscriberExt;
 
 #[test]
@@ -16,19 +14,12 @@ fn each_decision_is_an_exported_span() {
         .build();
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    tracing::subscriber::with_default(subscriber, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
-            let limiter = RateLimiter::new(Config::new(1, Duration::from_secs(60)))
-                .await
-                .expect("limiter");
-            limiter.allow("alice@example.com").await.expect("allow");
-            limiter.allow("alice@example.com").await.expect("allow");
-        });
-    });
+    let allowed = ratelimit_tests::two_decisions_traced(subscriber, "alice@example.com");
+    assert_eq!(
+        allowed,
+        [true, false],
+        "a limit of one: allowed, then denied"
+    );
     provider.force_flush().expect("flush");
     let spans = exporter.get_finished_spans().expect("spans");
     let decisions: Vec<_> = spans

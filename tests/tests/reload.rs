@@ -2,29 +2,18 @@
 //! broken file keeps the running configuration, and requests never fail because of a reload.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use example_api_server::{Reloader, Server, load_config};
 use ratelimit_core::RateLimiter;
+use ratelimit_tests::{http_get, http_json, http_text};
 
+/// A default far above any test's traffic and a `hello` rule of `limit` a minute, then `extra`.
 fn config(limit: u64, extra: &str) -> String {
-    format!(
-        "rate_limiter:
-  windows:
-    - max_requests: 100000
-      duration: 1m
-  rules:
-    - name: hello
-      match:
-        path: /api/hello
-      windows:
-        - max_requests: {limit}
-          duration: 1m
-{extra}"
-    )
+    ratelimit_tests::hello_rule_config(100_000, limit) + extra
 }
 
 fn write(path: &Path, text: &str) {
@@ -32,6 +21,15 @@ fn write(path: &Path, text: &str) {
     let aside = path.with_extension("tmp");
     std::fs::write(&aside, text).expect("write config");
     std::fs::rename(&aside, path).expect("replace config");
+}
+
+/// A temporary directory holding `config.yaml` of [`config`]`(limit, "")`, and that file's path
+/// (the directory goes when dropped).
+fn config_file(limit: u64) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.yaml");
+    write(&path, &config(limit, ""));
+    (dir, path)
 }
 
 /// The public listener, the operator listener (`/ready`, `/metrics`), and the server.
@@ -51,11 +49,7 @@ async fn start(path: &Path) -> (SocketAddr, SocketAddr, Server) {
 }
 
 async fn policy_header(client: &reqwest::Client, addr: SocketAddr) -> String {
-    let response = client
-        .get(format!("http://{addr}/api/hello"))
-        .send()
-        .await
-        .expect("request");
+    let response = http_get(client, format!("http://{addr}/api/hello")).await;
     response
         .headers()
         .get("ratelimit-policy")
@@ -66,9 +60,7 @@ async fn policy_header(client: &reqwest::Client, addr: SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_reloads_under_load_fail_no_request() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("config.yaml");
-    write(&path, &config(100_000, ""));
+    let (_dir, path) = config_file(100_000);
     let (addr, admin, server) = start(&path).await;
     let reloader = Reloader::new(&path, &server);
     let client = reqwest::Client::new();
@@ -117,14 +109,8 @@ async fn twenty_reloads_under_load_fail_no_request() {
                 policy_header(&client, addr).await,
                 format!("\"hello-1m\";q={limit};w=60")
             );
-            let ready: serde_json::Value = client
-                .get(format!("http://{admin}/ready"))
-                .send()
-                .await
-                .expect("ready")
-                .json()
-                .await
-                .expect("json");
+            let ready: serde_json::Value =
+                http_json(&client, format!("http://{admin}/ready")).await;
             assert_eq!(ready["ready"], true);
             assert!(
                 ready["last_reload_error"]
@@ -137,14 +123,7 @@ async fn twenty_reloads_under_load_fail_no_request() {
     for task in load {
         task.await.expect("load task");
     }
-    let metrics = client
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = http_text(&client, format!("http://{admin}/metrics")).await;
     assert!(
         metrics.contains("ratelimiter_config_reloads_total{result=\"ok\"} 20"),
         "{metrics}"
@@ -160,25 +139,15 @@ async fn twenty_reloads_under_load_fail_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_survive_a_reload_that_keeps_the_backend() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("config.yaml");
-    write(&path, &config(3, ""));
+    let (_dir, path) = config_file(3);
     let (addr, _admin, server) = start(&path).await;
     let client = reqwest::Client::new();
     for _ in 0..2 {
-        client
-            .get(format!("http://{addr}/api/hello"))
-            .send()
-            .await
-            .expect("request");
+        http_get(&client, format!("http://{addr}/api/hello")).await;
     }
     write(&path, &config(5, ""));
     Reloader::new(&path, &server).reload().expect("reload");
-    let response = client
-        .get(format!("http://{addr}/api/hello"))
-        .send()
-        .await
-        .expect("request");
+    let response = http_get(&client, format!("http://{addr}/api/hello")).await;
     assert_eq!(
         response
             .headers()
@@ -191,9 +160,7 @@ async fn counts_survive_a_reload_that_keeps_the_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_file_is_picked_up_by_the_watcher() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("config.yaml");
-    write(&path, &config(10, ""));
+    let (_dir, path) = config_file(10);
     let (addr, _admin, server) = start(&path).await;
     let _watcher = Reloader::new(&path, &server)
         .watch(Duration::from_millis(50))
@@ -218,11 +185,7 @@ async fn a_changed_file_is_picked_up_by_the_watcher() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let users = client
-        .get(format!("http://{addr}/api/users/1"))
-        .send()
-        .await
-        .expect("request");
+    let users = http_get(&client, format!("http://{addr}/api/users/1")).await;
     assert!(
         users.headers().get("ratelimit").is_none(),
         "the new exempt rule applies"

@@ -143,6 +143,15 @@ async fn a_memory_limiter_remembers_at_most_max_keys() {
     );
 }
 
+/// What the callers of [`the_cache_stays_within_max_size`] share: the next key to visit, the
+/// most the cache weighed, and the denials the cache answered.
+#[derive(Default)]
+struct Progress {
+    next: AtomicU64,
+    most: AtomicU64,
+    cached_denials: AtomicU64,
+}
+
 /// `keys` distinct keys driven to denial by 64 concurrent tasks: `cache_bytes` never exceeds
 /// `max_size`, reaches most of it (the bound is what stops it), and the denials (and, with
 /// leases, the leases) are really cached.
@@ -167,18 +176,16 @@ async fn the_cache_stays_within_max_size(leases: bool, keys: u64) {
     )
     .await
     .expect("Redis answers");
-    let next = Arc::new(AtomicU64::new(0));
-    let most = Arc::new(AtomicU64::new(0));
-    let cached_denials = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(Progress::default());
     let tasks: Vec<_> = (0..64)
         .map(|_| {
-            let (limiter, next, most, cached_denials) = (
-                limiter.clone(),
-                next.clone(),
-                most.clone(),
-                cached_denials.clone(),
-            );
+            let (limiter, progress) = (limiter.clone(), progress.clone());
             tokio::spawn(async move {
+                let Progress {
+                    next,
+                    most,
+                    cached_denials,
+                } = &*progress;
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= keys {
@@ -221,12 +228,12 @@ async fn the_cache_stays_within_max_size(leases: bool, keys: u64) {
         "{} bytes at the end",
         stats.cache_bytes
     );
-    let most = most.load(Ordering::Relaxed);
+    let most = progress.most.load(Ordering::Relaxed);
     assert!(
         most >= MAX_SIZE * 3 / 4,
         "the cache filled up to {most} bytes only, of {MAX_SIZE}: the bound was never reached"
     );
-    let cached_denials = cached_denials.load(Ordering::Relaxed);
+    let cached_denials = progress.cached_denials.load(Ordering::Relaxed);
     assert!(
         cached_denials >= keys * 9 / 10,
         "only {cached_denials} of {keys} denials were answered from the cache"

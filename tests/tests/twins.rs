@@ -18,16 +18,13 @@ use rand::{Rng, SeedableRng};
 use ratelimit_core::algorithm::Verdict;
 use ratelimit_core::backend::MemoryBackend;
 use ratelimit_core::{Algorithm, FakeClock, Identity, KeyBuilder, Policy, Window, scripts};
-use ratelimit_tests::{shared_cluster, shared_standalone};
+use ratelimit_tests::{Backend, shared_cluster, shared_standalone};
 
 const SEQUENCES: usize = 8;
 const STEPS: usize = 150;
 
 fn seed() -> u64 {
-    std::env::var("TWINS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random)
+    ratelimit_tests::seed_from_env("TWINS_SEED")
 }
 
 /// A policy named `name` of `algorithm` with `count` random windows: small limits (denials
@@ -183,27 +180,30 @@ where
     assert!(denied > compared / 10, "the sequences should deny often");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn standalone_scripts_match_their_twins() {
-    let server = shared_standalone();
-    let mut connection = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connecting");
-    scripts_match_their_twins(&mut connection, "standalone").await;
+/// Awaits `$check(&mut connection, name)` over a new connection to `$backend`'s shared Redis
+/// (a multiplexed connection to the standalone server, a cluster connection to the cluster).
+macro_rules! on_connection_to {
+    ($backend:expr, $check:ident) => {
+        if $backend == Backend::Cluster {
+            let client = shared_cluster().client();
+            let connecting = client.get_async_connection().await;
+            $check(&mut connecting.expect("connecting"), "cluster").await
+        } else {
+            let client = shared_standalone().client();
+            let connecting = client.get_multiplexed_async_connection().await;
+            $check(&mut connecting.expect("connecting"), "standalone").await
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_scripts_match_their_twins() {
-    let cluster = shared_cluster();
-    let mut connection = cluster
-        .client()
-        .get_async_connection()
-        .await
-        .expect("connecting");
-    scripts_match_their_twins(&mut connection, "cluster").await;
+async fn scripts_match_their_twins_on(backend: Backend) {
+    on_connection_to!(backend, scripts_match_their_twins);
 }
+
+ratelimit_tests::tokio_test_cases!(scripts_match_their_twins_on {
+    standalone_scripts_match_their_twins => Backend::Standalone,
+    cluster_scripts_match_their_twins => Backend::Cluster,
+});
 
 /// A call retried after its reply was lost (the cluster client retries on I/O errors and
 /// response timeouts; the limiter once after a broken connection) carries the same nonce: the
@@ -287,16 +287,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_call_takes_nothing_twice_on_both() {
-    let mut standalone = shared_standalone()
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connecting");
-    a_retried_call_takes_nothing_twice(&mut standalone, "standalone").await;
-    let mut cluster = shared_cluster()
-        .client()
-        .get_async_connection()
-        .await
-        .expect("connecting");
-    a_retried_call_takes_nothing_twice(&mut cluster, "cluster").await;
+    for backend in [Backend::Standalone, Backend::Cluster] {
+        on_connection_to!(backend, a_retried_call_takes_nothing_twice);
+    }
 }

@@ -59,31 +59,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
         let seq = run(1, requests / 4, {
             let limiter = limiter.clone();
-            move |_| {
-                let limiter = limiter.clone();
-                async move {
-                    limiter
-                        .allow("bench:0")
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                }
-            }
+            move |_| allow_once(limiter.clone(), "bench:0")
         })
         .await?;
         report(&format!("limiter allow, 1 caller, pool_size={pool}"), seq);
         let par = run(concurrency, requests, {
             let limiter = limiter.clone();
-            move |_| {
-                let limiter = limiter.clone();
-                async move {
-                    limiter
-                        .allow("bench:1")
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                }
-            }
+            move |_| allow_once(limiter.clone(), "bench:1")
         })
         .await?;
         report(
@@ -103,17 +85,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let (script, window_us, mut con) =
                 (script.clone(), window_us.clone(), multiplexed.clone());
             async move {
-                script
-                    .key("raw:{bench:1}:sw")
-                    .arg("allow")
-                    .arg(1)
-                    .arg(format!("raw.{i}"))
-                    .arg(LIMIT)
-                    .arg(&window_us)
-                    .invoke_async::<Vec<i64>>(&mut con)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                allow_by_hand(
+                    &script,
+                    "raw:{bench:1}:sw",
+                    format!("raw.{i}"),
+                    &window_us,
+                    &mut con,
+                )
+                .await
             }
         }
     })
@@ -133,17 +112,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let (script, window_us, pool) = (script.clone(), window_us.clone(), pool.clone());
             async move {
                 let mut con = pool.get().await.map_err(|e| e.to_string())?;
-                script
-                    .key("bb8:{bench:1}:sw")
-                    .arg("allow")
-                    .arg(1)
-                    .arg(format!("bb8.{i}"))
-                    .arg(LIMIT)
-                    .arg(&window_us)
-                    .invoke_async::<Vec<i64>>(&mut *con)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                allow_by_hand(
+                    &script,
+                    "bb8:{bench:1}:sw",
+                    format!("bb8.{i}"),
+                    &window_us,
+                    &mut *con,
+                )
+                .await
             }
         }
     })
@@ -168,6 +144,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 struct Measured {
     requests: usize,
     elapsed: Duration,
+}
+
+/// One `limiter.allow(key)`, as [`run`] calls it.
+async fn allow_once(limiter: RateLimiter, key: &'static str) -> Result<(), String> {
+    limiter
+        .allow(key)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// One allowed-path call of the sliding-window script by hand on `con`: what the limiter sends
+/// for a request of cost 1 under `LIMIT` a second, with `nonce` as its member.
+async fn allow_by_hand(
+    script: &redis::Script,
+    key: &str,
+    nonce: String,
+    window_us: &str,
+    con: &mut impl redis::aio::ConnectionLike,
+) -> Result<(), String> {
+    script
+        .key(key)
+        .arg("allow")
+        .arg(1)
+        .arg(nonce)
+        .arg(LIMIT)
+        .arg(window_us)
+        .invoke_async::<Vec<i64>>(con)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn report(label: &str, m: Measured) {

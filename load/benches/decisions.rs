@@ -3,82 +3,30 @@
 //! keyed limiter doing the same work (one key, always allowed) as the peer to beat.
 //!
 //! ```text
-//! cargo bench -p ratelimit-core --bench decisions
+//! cargo bench -p ratelimit-load --bench decisions
 //! ```
 //!
-//! The cache-hit bench needs `redis-server` on `PATH`: `main` starts a throwaway one on a free
-//! loopback port (no persistence) and kills it at the end. Async decisions are timed in
-//! batches inside one `block_on` of a current-thread runtime (`iter_custom`), so the figure is
-//! the decision's, not the runtime's: a cached or in-memory decision completes on first poll.
+//! The cache-hit bench needs `redis-server` on `PATH`: `main` starts a throwaway one (the test
+//! harness's [`RedisServer`]: a free loopback port, no persistence) and kills it at the end. Async
+//! decisions are timed in batches inside one `block_on` of a current-thread runtime
+//! (`iter_custom`), so the figure is the decision's, not the runtime's: a cached or in-memory
+//! decision completes on first poll.
 //!
 //! Before each bench, the heap allocations one decision makes (on the same limiter, after a
-//! warm-up) are counted by a global allocator and printed (`allocations per decision, ...`).
+//! warm-up) are counted by the harness's [`CountingAllocator`] and printed
+//! (`allocations per decision, ...`).
 
-// A global allocator is an `unsafe impl GlobalAlloc`; the workspace denies unsafe code. The impl
-// only forwards to `System` and counts. It, and the throwaway `redis-server` below, are copies of
-// the test harness's (`ratelimit_tests::CountingAllocator`, `ratelimit_tests::RedisServer`): the
-// harness crate depends on this one, so this bench cannot depend on it without a cycle.
-#![allow(unsafe_code)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::hint::black_box;
-use std::net::TcpListener;
 use std::num::NonZeroU32;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use ratelimit_core::{Algorithm, CacheConfig, Config, RateLimiter, RedisConfig, Source};
+use ratelimit_tests::{CountingAllocator, RedisServer, allocations_during};
 use tokio::runtime::Runtime;
 
-/// Forwards to the system allocator, counting allocations made on threads that asked for it.
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn count() {
-    // `try_with`: the flag may already be gone while a thread shuts down.
-    if COUNTING.try_with(Cell::get).unwrap_or(false) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so `System`'s
-// guarantees hold; counting touches only an atomic and a const-initialized thread-local `Cell`,
-// neither of which allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which `System` shares.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: `ptr` was allocated by this allocator, that is by `System`, with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by this allocator, that is by `System`, with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// Runs `decide` `n` times on `runtime` to warm up, then prints the heap allocations per call
 /// made on this thread over `n` more (in one `block_on`, so only the decisions count).
@@ -88,54 +36,18 @@ fn print_allocations<F: Future<Output = ()>>(
     name: &str,
     mut decide: impl FnMut() -> F,
 ) {
-    let total = runtime.block_on(async {
+    runtime.block_on(async {
         for _ in 0..n {
             decide().await;
         }
-        ALLOCATIONS.store(0, Ordering::Relaxed);
-        COUNTING.with(|c| c.set(true));
+    });
+    let total = allocations_during(runtime, || async move {
         for _ in 0..n {
             decide().await;
         }
-        COUNTING.with(|c| c.set(false));
-        ALLOCATIONS.load(Ordering::Relaxed)
     });
     let per_decision = total as f64 / n as f64;
     println!("allocations per decision, {name}: {per_decision:.2} ({total} in {n})");
-}
-
-/// A `redis-server` child process, killed when dropped (also when a bench panics).
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (scripts/test.sh installs it)");
-        Self { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn current_thread() -> Runtime {
@@ -158,7 +70,7 @@ fn time_allows(runtime: &Runtime, limiter: &RateLimiter, key: &str, iters: u64) 
 }
 
 /// `allow` on a key Redis denied: the exact cache answers until `retry_after` (a minute here).
-fn cache_hit(c: &mut Criterion, server: &Server, counted: u64) {
+fn cache_hit(c: &mut Criterion, server: &RedisServer, counted: u64) {
     let runtime = current_thread();
     let limiter = runtime.block_on(async {
         let config = Config::new(1, Duration::from_secs(60))
@@ -166,18 +78,10 @@ fn cache_hit(c: &mut Criterion, server: &Server, counted: u64) {
                 RedisConfig::new([server.url()]).with_timeout(Duration::from_secs(2)),
             )
             .with_cache(CacheConfig::new(Duration::from_millis(200), 1 << 20));
-        // The server may still be starting.
-        let mut attempts = 0;
-        let limiter = loop {
-            match RateLimiter::new(config.clone()).await {
-                Ok(limiter) => break limiter,
-                Err(_) if attempts < 50 => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("redis-server did not come up: {e}"),
-            }
-        };
+        // `RedisServer::start` returned once the server answered `PING`.
+        let limiter = RateLimiter::new(config)
+            .await
+            .unwrap_or_else(|e| panic!("the throwaway redis-server answers: {e}"));
         for _ in 0..2 {
             limiter.allow("abuser").await.expect("Redis answers");
         }
@@ -263,7 +167,7 @@ fn main() {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
-    let server = Server::start();
+    let server = RedisServer::start();
     cache_hit(&mut criterion, &server, counted);
     drop(server);
     memory(&mut criterion, counted);

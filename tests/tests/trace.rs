@@ -2,9 +2,8 @@
 //! only as a digest.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use ratelimit_core::{Config, Identity, RateLimiter};
+use ratelimit_core::Identity;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -49,31 +48,12 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<
 fn a_decision_is_a_span_without_the_raw_key() {
     let capture = Capture::default();
     let subscriber = tracing_subscriber::registry().with(capture.clone());
-    tracing::subscriber::with_default(subscriber, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
-            let limiter = RateLimiter::new(Config::new(1, Duration::from_secs(60)))
-                .await
-                .expect("limiter");
-            assert!(
-                limiter
-                    .allow("secret-api-key-123")
-                    .await
-                    .expect("allow")
-                    .allowed()
-            );
-            assert!(
-                !limiter
-                    .allow("secret-api-key-123")
-                    .await
-                    .expect("allow")
-                    .allowed()
-            );
-        });
-    });
+    let allowed = ratelimit_tests::two_decisions_traced(subscriber, "secret-api-key-123");
+    assert_eq!(
+        allowed,
+        [true, false],
+        "a limit of one: allowed, then denied"
+    );
     let fields = capture.0.lock().expect("fields").clone();
     let values = |name: &str| -> Vec<String> {
         fields
