@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use ratelimit_core::config::{ConfigError, Overrides, parse_duration, parse_size};
 use ratelimit_core::{Algorithm, Config, Error, FallbackMode, RateLimiter, RedisConfig, Window};
+use ratelimit_core::{ConfigError, Overrides, parse_duration, parse_size};
 
 /// The `rate_limiter` block of the design document, unchanged.
 const DESIGN: &str = "\
@@ -865,7 +865,7 @@ fn durations_take_human_units() {
             parse_duration(bad)
         );
     }
-    let message = parse_duration("60").expect_err("no unit");
+    let message = parse_duration("60").expect_err("no unit").to_string();
     assert!(message.contains("no unit"), "{message}");
 }
 
@@ -892,7 +892,9 @@ fn sizes_take_human_units() {
             parse_size(bad)
         );
     }
-    let message = parse_size("20000000000GB").expect_err("overflow");
+    let message = parse_size("20000000000GB")
+        .expect_err("overflow")
+        .to_string();
     assert!(message.contains("too large"), "{message}");
 }
 
