@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use ratelimit_core::config::{ClientIpHeader, IpBlock};
+use ratelimit_core::{ClientIpHeader, IpBlock};
 use ratelimit_tower::proxy::TrustedProxies;
 
 const NAMES: [&str; 4] = ["forwarded", "x-forwarded-for", "x-real-ip", "cf-connecting-ip"];
@@ -45,8 +45,8 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let trusted = [
-        IpBlock::parse("10.0.0.0/8").expect("valid block"),
-        IpBlock::parse("127.0.0.1").expect("valid block"),
+        "10.0.0.0/8".parse::<IpBlock>().expect("valid block"),
+        "127.0.0.1".parse::<IpBlock>().expect("valid block"),
     ];
     // The header believed: tag bits 1-2.
     let believed = NAMES[usize::from(tag >> 1) % NAMES.len()];

@@ -3,7 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use ratelimit_core::Config;
-use ratelimit_core::config::Overrides;
+use ratelimit_core::Overrides;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

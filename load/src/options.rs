@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use ratelimit_core::config::parse_duration;
+use ratelimit_core::parse_duration;
 
 use crate::error::LoadError;
 use crate::redis_setup::RedisChoice;

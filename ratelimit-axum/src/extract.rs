@@ -182,7 +182,7 @@ mod tests {
     use http::Request;
     use http::header::CONTENT_TYPE;
     use http_body_util::BodyExt;
-    use ratelimit_core::config::Overrides;
+    use ratelimit_core::Overrides;
     use ratelimit_core::{Config, RateLimiter};
     use ratelimit_tower::PeerAddr;
     use tower::ServiceExt;

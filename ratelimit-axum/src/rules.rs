@@ -25,7 +25,7 @@
 //! ```
 //! use ratelimit_axum::rules::axum_rules;
 //! use ratelimit_core::Config;
-//! use ratelimit_core::config::Overrides;
+//! use ratelimit_core::Overrides;
 //!
 //! let config = Config::from_yaml_str_with(
 //!     r#"

@@ -58,7 +58,8 @@ pub struct BreakerStats {
 ///
 /// ```
 /// use std::time::Duration;
-/// use ratelimit_core::breaker::{Admission, CircuitBreaker, BreakerState};
+/// use ratelimit_core::BreakerState;
+/// use ratelimit_core::test_util::{Admission, CircuitBreaker};
 /// let breaker = CircuitBreaker::new(2, Duration::from_secs(1));
 /// breaker.on_failure(0);
 /// breaker.on_failure(0);

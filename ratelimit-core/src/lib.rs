@@ -24,53 +24,90 @@
 //!
 //! # Layout
 //!
-//! - [`policy`]: [`Window`], [`Algorithm`], [`Policy`]: what is limited and how.
-//! - [`decision`]: [`Decision`] and its [`Source`].
-//! - [`config`]: [`Config`], the YAML format, and errors that name file, line and field.
-//! - [`key`]: the Redis key format and the hashing of hostile identities.
-//! - [`algorithm`]: the algorithms as pure functions over small states (the in-memory twins of
-//!   the Lua scripts).
-//! - [`backend`]: where state lives: Redis standalone, Redis Cluster, memory.
-//! - [`clock`]: real and fake time for the in-memory backend.
-//! - [`breaker`]: the circuit breaker in front of Redis.
-//! - `cache` and `fallback` (private): decisions answered locally, and what answers while Redis
-//!   cannot.
-//! - `guard` (private): the pipeline around each Redis call: cache, turn, breaker, fallback.
-//! - [`hot_keys`]: which keys take a disproportionate share of decisions.
-//! - [`limiter`]: [`RateLimiter`], which ties them together; `policy_state` (private) keeps
-//!   what it derives from each policy (sub-policies, metric counters).
-//! - [`metrics`]: the Prometheus families.
-//! - [`scripts`]: the Lua scripts, embedded.
+//! Every module is private; what a user needs is re-exported here, so each item has one path
+//! (`ratelimit_core::Config`, never `ratelimit_core::Config`).
+//!
+//! - What is limited: [`Policy`], [`Window`], [`Algorithm`] (`policy.rs`).
+//! - The answer: [`Decision`], [`Source`], [`FallbackMode`] (`decision.rs`).
+//! - The entry point: [`RateLimiter`] and its [`LimiterStats`] (`limiter.rs`), which ties
+//!   together the backends (`backend/`: Redis standalone and Cluster, memory), the Lua scripts
+//!   (`scripts.rs`, `lua/`), the decision cache (`cache.rs`), the guard around each Redis call
+//!   (`guard.rs`: turn, [`BreakerState`] of the circuit breaker in `breaker.rs`, fallback in
+//!   `fallback.rs`) and what it derives from each policy (`policy_state.rs`).
+//! - Configuration: [`Config`] and its sections, the YAML format, and [`ConfigError`]s that name
+//!   file, line and field (`config/`).
+//! - Keys: [`KeyBuilder`] and [`Identity`], the Redis key format and the hashing of hostile
+//!   identities (`key.rs`).
+//! - Time: [`Clock`], [`SystemClock`], [`FakeClock`] (`clock.rs`).
+//! - Operations: [`Metrics`] (Prometheus, `metrics.rs`), [`HotKey`]s (`hot_keys.rs`),
+//!   [`Invariants`] (`invariants.rs`), [`Error`] and its [`ErrorKind`] (`error.rs`).
+//! - The algorithms as pure functions over small states, the in-memory twins of the Lua
+//!   scripts, live in `algorithm/`.
+//!
+//! # Features
+//!
+//! - `test-util`: exposes a `test_util` module: the internals this workspace's own
+//!   test harness and measuring programs drive directly (the in-memory backend, the scripts,
+//!   the algorithms, the circuit breaker). It is not part of the stable API.
 
-pub mod algorithm;
-pub mod backend;
-pub mod breaker;
+#![warn(missing_debug_implementations)]
+
+mod algorithm;
+mod backend;
+mod breaker;
 mod cache;
-pub mod clock;
-pub mod config;
-pub mod decision;
+mod clock;
+mod config;
+mod decision;
 mod error;
 mod fallback;
 mod guard;
-pub mod hot_keys;
-pub mod invariants;
-pub mod key;
-pub mod limiter;
-pub mod metrics;
-pub mod policy;
+mod hot_keys;
+mod invariants;
+mod key;
+mod limiter;
+mod metrics;
+mod policy;
 mod policy_state;
-pub mod scripts;
+mod scripts;
 
+pub use breaker::BreakerState;
+pub use breaker::BreakerStats;
 pub use cache::CacheStats;
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use config::{
-    CacheConfig, Config, ConfigError, FallbackConfig, HotKeyConfig, RedisConfig, RedisMode,
+    AllowList, CacheConfig, CacheMode, ClientIpHeader, Config, ConfigError, Credentials,
+    FallbackConfig, HeaderFamilies, HotKeyConfig, HttpConfig, HttpParseError, IpBlock, KeySource,
+    LegacyReset, Location, MemoryConfig, MissingKey, Overrides, PathPattern, PatternError,
+    PatternSegment, PatternTail, RedisConfig, RedisMode, Rule, RuleMatch, Secret, UnitError,
+    parse_duration, parse_size,
 };
 pub use decision::{Decision, FallbackMode, Source};
 pub use error::{Error, ErrorKind};
 pub use hot_keys::HotKey;
 pub use invariants::{Invariant, Invariants};
-pub use key::{Identity, KeyBuilder};
+pub use key::{Digest, Identity, KeyBuilder, MAX_PLAIN_IDENTITY};
 pub use limiter::{LimiterStats, RateLimiter};
 pub use metrics::Metrics;
-pub use policy::{Algorithm, Policy, PolicyError, Window};
+pub use policy::{Algorithm, MAX_SLIDING_LOG_LIMIT, MAX_SPREAD, Policy, PolicyError, Window};
+
+/// Internals for this workspace's test harness, benches and measuring programs: the in-memory
+/// backend on its own, the Lua scripts, the algorithms as pure functions, the circuit breaker.
+///
+/// Behind the `test-util` feature and outside the stable API: names and signatures here may
+/// change in any release.
+#[cfg(feature = "test-util")]
+pub mod test_util {
+    pub use crate::backend::{MemoryBackend, NodeEviction, RedisBackend};
+    pub use crate::breaker::{Admission, CircuitBreaker};
+
+    /// The Lua scripts, embedded, and ways to run them (see `scripts.rs`).
+    pub mod scripts {
+        pub use crate::scripts::*;
+    }
+
+    /// The algorithms as pure functions over small states (see `algorithm/`).
+    pub mod algorithm {
+        pub use crate::algorithm::*;
+    }
+}

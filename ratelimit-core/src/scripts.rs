@@ -7,6 +7,7 @@
 //! transparently after NOSCRIPT (a restart, a failover, a new cluster node).
 
 use std::sync::LazyLock;
+#[cfg(any(test, feature = "test-util"))]
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::decision::Outcome;
@@ -58,7 +59,8 @@ static SLIDING_COUNTER_SCRIPT: LazyLock<redis::Script> =
 /// The script that evaluates `policy`.
 ///
 /// ```
-/// use ratelimit_core::{scripts, Policy, Window};
+/// use ratelimit_core::test_util::scripts;
+/// use ratelimit_core::{Policy, Window};
 /// let single = Policy::new("a", [Window::per_minute(10)]);
 /// let multi = Policy::new("b", [Window::per_minute(10), Window::per_hour(100)]);
 /// assert_ne!(scripts::for_policy(&single).get_hash(), scripts::for_policy(&multi).get_hash());
@@ -84,6 +86,7 @@ pub fn all() -> [&'static redis::Script; 5] {
     ]
 }
 
+#[cfg(any(test, feature = "test-util"))]
 /// The script for `policy` with its clock taken from an extra last argument (µs) instead of
 /// Redis's `TIME`: the same body, another prelude. For tests that hold a script to its Rust
 /// twin at any instant, across window edges; see [`evaluate_at`].
@@ -100,9 +103,11 @@ pub fn with_clock_argument(policy: &Policy) -> redis::Script {
     redis::Script::new(source)
 }
 
+#[cfg(any(test, feature = "test-util"))]
 /// Nonces of [`evaluate_at`] calls: unique in this process, so log members never collide.
 static TEST_NONCE: AtomicU64 = AtomicU64::new(0);
 
+#[cfg(any(test, feature = "test-util"))]
 /// Runs `policy`'s script with its clock set to `now_us` (see [`with_clock_argument`]) on
 /// `identity`'s keys under `keys` with `nonce` (a fresh one when `None`; the same one twice is
 /// a retried call), and returns what it decided, as the in-memory backend's
@@ -114,7 +119,8 @@ static TEST_NONCE: AtomicU64 = AtomicU64::new(0);
 ///
 /// ```no_run
 /// # async fn demo(connection: &mut redis::aio::MultiplexedConnection) -> Result<(), ratelimit_core::Error> {
-/// use ratelimit_core::{scripts, Identity, KeyBuilder, Policy, Window};
+/// use ratelimit_core::test_util::scripts;
+/// use ratelimit_core::{Identity, KeyBuilder, Policy, Window};
 /// let policy = Policy::new("p", [Window::per_second(1)]);
 /// let at = 1_700_000_000_000_000;
 /// let keys = KeyBuilder::new("test:");

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use ratelimit_core::Config;
-use ratelimit_core::config::{ClientIpHeader, HttpConfig, KeySource, LegacyReset, Overrides};
+use ratelimit_core::{ClientIpHeader, HttpConfig, KeySource, LegacyReset, Overrides};
 
 fn read(yaml: &str) -> Result<Config, ratelimit_core::ConfigError> {
     Config::from_yaml_str_with(yaml, Some(Path::new("limits.yaml")), &Overrides::default())

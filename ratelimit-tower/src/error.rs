@@ -24,8 +24,8 @@ pub enum Error {
     UnnamedPolicy,
 }
 
-impl From<ratelimit_core::config::ConfigError> for Error {
-    fn from(error: ratelimit_core::config::ConfigError) -> Self {
+impl From<ratelimit_core::ConfigError> for Error {
+    fn from(error: ratelimit_core::ConfigError) -> Self {
         Self::Limiter(error.into())
     }
 }

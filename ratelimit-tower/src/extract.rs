@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use http::header::COOKIE;
 use http::{Extensions, HeaderMap, HeaderName, Method, Request, Uri};
-use ratelimit_core::config::{ClientIpHeader, HttpConfig, IpBlock, KeySource};
+use ratelimit_core::{ClientIpHeader, HttpConfig, IpBlock, KeySource};
 
 use crate::error::Error;
 use crate::proxy::{ProxyError, TrustedProxies, canonical};
@@ -59,7 +59,7 @@ impl<'a> RequestInfo<'a> {
 /// Finds the identity a request is limited by.
 ///
 /// Returning `None` means the key cannot be found; what happens then is configurable (see
-/// [`MissingKey`](ratelimit_core::config::MissingKey)). Any bytes make a key: long or unusual
+/// [`MissingKey`](ratelimit_core::MissingKey)). Any bytes make a key: long or unusual
 /// ones are hashed before they reach a backend.
 ///
 /// A closure is an extractor:
@@ -163,11 +163,11 @@ impl KeyExtractor for PeerIp {
 /// through its addresses has one quota.
 ///
 /// ```
-/// use ratelimit_core::config::{ClientIpHeader, IpBlock};
+/// use ratelimit_core::{ClientIpHeader, IpBlock};
 /// use ratelimit_tower::ClientIp;
 ///
-/// let behind_cloudflare = ClientIp::new([IpBlock::parse("173.245.48.0/20")?])
-///     .header(ClientIpHeader::parse("cf-connecting-ip")?)
+/// let behind_cloudflare = ClientIp::new(["173.245.48.0/20".parse::<IpBlock>()?])
+///     .header("cf-connecting-ip".parse::<ClientIpHeader>()?)
 ///     .ipv6_prefix(56);
 /// # drop(behind_cloudflare);
 /// # Ok::<(), String>(())

@@ -37,8 +37,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use ratelimit_core::config::{HeaderFamilies, LegacyReset};
 use ratelimit_core::{Decision, Policy, Window};
+use ratelimit_core::{HeaderFamilies, LegacyReset};
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");

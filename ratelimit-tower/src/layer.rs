@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::Response;
-use ratelimit_core::config::{HeaderFamilies, LegacyReset, MissingKey};
 use ratelimit_core::{Algorithm, Config, Policy, RateLimiter, Window};
+use ratelimit_core::{HeaderFamilies, LegacyReset, MissingKey};
 use tower_layer::Layer;
 
 use crate::error::Error;
@@ -105,12 +105,12 @@ impl RateLimitLayer {
     /// A layer assembled in code: windows, key, hooks, a shared limiter.
     ///
     /// ```
-    /// use ratelimit_core::config::IpBlock;
+    /// use ratelimit_core::IpBlock;
     /// use ratelimit_tower::{ClientIp, RateLimitLayer};
     ///
     /// let layer = RateLimitLayer::builder()
     ///     .per_minute(100)
-    ///     .key(ClientIp::new([IpBlock::parse("10.0.0.0/8")?]))
+    ///     .key(ClientIp::new(["10.0.0.0/8".parse::<IpBlock>()?]))
     ///     .build()?;
     /// # drop(layer);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -298,7 +298,7 @@ enum Source {
 /// ```
 /// use std::time::Duration;
 /// use ratelimit_core::RateLimiter;
-/// use ratelimit_core::config::IpBlock;
+/// use ratelimit_core::IpBlock;
 /// use ratelimit_tower::{ClientIp, RateLimitLayer};
 ///
 /// // A limiter for the whole app, and a stricter layer for one route that shares it.
@@ -308,7 +308,7 @@ enum Source {
 ///     .limiter(limiter)
 ///     .policy_name("login")
 ///     .per_minute(5)
-///     .key(ClientIp::new([IpBlock::parse("10.0.0.0/8")?]))
+///     .key(ClientIp::new(["10.0.0.0/8".parse::<IpBlock>()?]))
 ///     .build()?;
 /// # drop((global, login));
 /// # Ok::<(), Box<dyn std::error::Error>>(())

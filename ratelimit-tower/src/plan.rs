@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use ratelimit_core::Policy;
-use ratelimit_core::config::{AllowList, MissingKey};
+use ratelimit_core::{AllowList, MissingKey};
 
 use crate::extract::{ClientIp, KeyExtractor, RequestInfo};
 use crate::headers::PolicyFields;

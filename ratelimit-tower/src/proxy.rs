@@ -18,7 +18,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use ratelimit_core::config::{ClientIpHeader, HttpConfig, IpBlock};
+use ratelimit_core::{ClientIpHeader, HttpConfig, IpBlock};
 
 /// Entries examined at most, from the right. A chain of more trusted proxies than this ends at
 /// the last one examined.
@@ -39,10 +39,10 @@ pub enum ProxyError {
 /// proxy, the one header the proxies write.
 ///
 /// ```
-/// use ratelimit_core::config::{ClientIpHeader, IpBlock};
+/// use ratelimit_core::{ClientIpHeader, IpBlock};
 /// use ratelimit_tower::proxy::TrustedProxies;
 ///
-/// let proxies = TrustedProxies::new([IpBlock::parse("10.0.0.0/8")?]);
+/// let proxies = TrustedProxies::new(["10.0.0.0/8".parse::<IpBlock>()?]);
 /// let mut headers = http::HeaderMap::new();
 /// headers.insert("x-forwarded-for", "not-an-ip, 203.0.113.9, 10.0.0.2".parse().unwrap());
 /// headers.insert("forwarded", "for=198.51.100.66".parse().unwrap());
@@ -271,7 +271,7 @@ mod tests {
         TrustedProxies::new(
             ["10.0.0.0/8", "::1"]
                 .iter()
-                .filter_map(|b| IpBlock::parse(b).ok()),
+                .filter_map(|b| b.parse::<IpBlock>().ok()),
         )
         .with_header(header)
     }

@@ -78,7 +78,7 @@ use std::sync::Arc;
 
 use http::{Extensions, HeaderName, Method};
 use ratelimit_core::Config;
-use ratelimit_core::config::{
+use ratelimit_core::{
     AllowList, KeySource, MissingKey, PathPattern, PatternSegment, PatternTail, Rule, RuleMatch,
 };
 
@@ -107,7 +107,7 @@ pub type PathLookup = for<'a> fn(&'a Extensions) -> Option<&'a str>;
 ///
 /// ```
 /// use ratelimit_core::Config;
-/// use ratelimit_core::config::Overrides;
+/// use ratelimit_core::Overrides;
 /// use ratelimit_tower::{PeerAddr, Plan, Planner, RequestInfo, RuleSet};
 ///
 /// let config = Config::from_yaml_str_with(
@@ -334,7 +334,7 @@ impl CompiledRule {
                 ),
             },
         };
-        let parsed_path = path.as_deref().map(PathPattern::parse);
+        let parsed_path = path.as_deref().map(str::parse::<PathPattern>);
         let parsed_methods: Box<[Method]> = methods
             .iter()
             .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
@@ -619,7 +619,7 @@ fn hex(digit: u8) -> Option<u8> {
 
 #[cfg(test)]
 mod tests {
-    use ratelimit_core::config::Overrides;
+    use ratelimit_core::Overrides;
 
     use super::*;
     use crate::test_support::TestRequest;
@@ -629,7 +629,7 @@ mod tests {
     }
 
     fn compile(pattern: &str) -> CompiledPath {
-        CompiledPath::new(PathPattern::parse(pattern).expect("valid pattern"))
+        CompiledPath::new(pattern.parse::<PathPattern>().expect("valid pattern"))
     }
 
     /// `method uri` from 192.0.2.1.

@@ -4,8 +4,8 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
+use ratelimit_core::MissingKey;
 use ratelimit_core::RateLimiter;
-use ratelimit_core::config::MissingKey;
 use tower_service::Service;
 
 use crate::body::ResponseBody;

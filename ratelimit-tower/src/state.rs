@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::Request;
-use ratelimit_core::config::{HeaderFamilies, LegacyReset};
 use ratelimit_core::{Config, RateLimiter};
+use ratelimit_core::{HeaderFamilies, LegacyReset};
 
 use crate::extract::RequestInfo;
 use crate::headers::HeaderSettings;

@@ -6,7 +6,7 @@ mod common;
 
 use common::{config, hello_behind, request, send, statuses, statuses_of};
 use http::Request;
-use ratelimit_core::config::ClientIpHeader;
+use ratelimit_core::ClientIpHeader;
 use ratelimit_tower::{PeerIp, RateLimitLayer};
 
 /// The proxy that talks to us.
@@ -260,10 +260,10 @@ async fn client_ip_in_code_takes_a_header_and_a_prefix() {
     let layer = RateLimitLayer::builder()
         .per_minute(1)
         .key(
-            ratelimit_tower::ClientIp::new([
-                ratelimit_core::config::IpBlock::parse("10.0.0.0/8").expect("block")
-            ])
-            .header(ClientIpHeader::parse("fly-client-ip").expect("name"))
+            ratelimit_tower::ClientIp::new(["10.0.0.0/8"
+                .parse::<ratelimit_core::IpBlock>()
+                .expect("block")])
+            .header("fly-client-ip".parse::<ClientIpHeader>().expect("name"))
             .ipv6_prefix(48),
         )
         .build()

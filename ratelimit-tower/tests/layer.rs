@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use common::{Capture, config, hello, hello_behind, request, send, statuses};
 use http::StatusCode;
-use ratelimit_core::config::{HeaderFamilies, LegacyReset, MissingKey};
 use ratelimit_core::{Algorithm, Config, FakeClock, Policy, RateLimiter, Window};
+use ratelimit_core::{HeaderFamilies, LegacyReset, MissingKey};
 use ratelimit_tower::{
     CookieKey, ExtensionKey, HeaderKey, PathParam, ProxyError, RateLimit, RateLimitLayer,
     RequestInfo,

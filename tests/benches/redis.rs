@@ -34,8 +34,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput};
+use ratelimit_core::test_util::scripts;
 use ratelimit_core::{
-    Algorithm, CacheConfig, Config, FakeClock, RateLimiter, RedisConfig, Source, Window, scripts,
+    Algorithm, CacheConfig, Config, FakeClock, RateLimiter, RedisConfig, Source, Window,
 };
 use ratelimit_tests::{CountingAllocator, RedisServer};
 use tokio::runtime::Runtime;

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ratelimit_core::config::Overrides;
+use ratelimit_core::Overrides;
 use ratelimit_core::{Config, HotKeyConfig, RateLimiter};
 use ratelimit_tests::{RedisServer, command_calls};
 

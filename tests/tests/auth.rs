@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ratelimit_core::config::Overrides;
+use ratelimit_core::Overrides;
 use ratelimit_core::{Config, RateLimiter, Source};
 use ratelimit_tests::RedisServer;
 

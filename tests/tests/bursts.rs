@@ -206,8 +206,7 @@ async fn an_instance_never_passes_the_limit_when_redis_returns() {
     while std::time::Instant::now() < deadline && !redis_answered {
         let d = limiter.allow("client").await.expect("allow");
         after += u64::from(d.allowed());
-        redis_answered =
-            limiter.stats().breaker == Some(ratelimit_core::breaker::BreakerState::Closed);
+        redis_answered = limiter.stats().breaker == Some(ratelimit_core::BreakerState::Closed);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(

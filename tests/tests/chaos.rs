@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ratelimit_core::breaker::BreakerState;
+use ratelimit_core::BreakerState;
 use ratelimit_core::{
     CacheConfig, Config, Decision, Error, FallbackConfig, FallbackMode, RateLimiter, RedisConfig,
     Source,

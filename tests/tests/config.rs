@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use ratelimit_core::config::{ConfigError, Overrides, parse_duration, parse_size};
 use ratelimit_core::{Algorithm, Config, Error, FallbackMode, RateLimiter, RedisConfig, Window};
+use ratelimit_core::{ConfigError, Overrides, UnitError, parse_duration, parse_size};
 
 /// The `rate_limiter` block of the design document, unchanged.
 const DESIGN: &str = "\
@@ -854,7 +854,7 @@ fn environment_variable_overrides_the_file() {
 /// A human-unit parser against its cases: what each accepted text reads as, the texts it
 /// refuses, and one refusal whose message must say why (`(text, part of the message)`).
 fn check_units<T: PartialEq + std::fmt::Debug>(
-    parse: fn(&str) -> Result<T, String>,
+    parse: fn(&str) -> Result<T, UnitError>,
     accepted: &[(&str, T)],
     refused: &[&str],
     (refusal, reason): (&str, &str),
@@ -865,7 +865,7 @@ fn check_units<T: PartialEq + std::fmt::Debug>(
     for bad in refused {
         assert!(parse(bad).is_err(), "{bad:?} accepted as {:?}", parse(bad));
     }
-    let message = parse(refusal).expect_err(reason);
+    let message = parse(refusal).expect_err(reason).to_string();
     assert!(message.contains(reason), "{refusal:?}: {message}");
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use ratelimit_axum::{RateLimited, RouterExt};
-use ratelimit_core::config::Overrides;
+use ratelimit_core::Overrides;
 use ratelimit_core::{Config, Policy, RateLimiter, Window};
 use ratelimit_tests::RedisServer;
 use ratelimit_tower::{Plan, Planner, RateLimitLayer, RequestInfo, Target};

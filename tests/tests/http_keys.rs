@@ -14,7 +14,7 @@ use axum::http::{Request, StatusCode};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use ratelimit_axum::MatchedPathParam;
-use ratelimit_core::config::Overrides;
+use ratelimit_core::Overrides;
 use ratelimit_core::{Config, RateLimiter};
 use ratelimit_tests::Backend;
 use ratelimit_tower::RateLimitLayer;

@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use ratelimit_core::Config;
-use ratelimit_core::config::{ConfigError, Overrides};
+use ratelimit_core::{ConfigError, Overrides};
 
 /// A file whose second rule's `path` is on line 11.
 fn file_with(path: &str) -> String {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ratelimit_core::config::Overrides;
+use ratelimit_core::Overrides;
 use ratelimit_core::{Config, RateLimiter, RedisConfig};
 use ratelimit_tests::RedisServer;
 

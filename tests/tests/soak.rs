@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ratelimit_core::backend::MemoryBackend;
-use ratelimit_core::config::MemoryConfig;
+use ratelimit_core::MemoryConfig;
+use ratelimit_core::test_util::MemoryBackend;
 use ratelimit_core::{
     CacheConfig, Config, FakeClock, HotKeyConfig, Identity, Policy, RateLimiter, RedisConfig,
     Source, Window,

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ratelimit_core::config::Overrides;
+use ratelimit_core::Overrides;
 use ratelimit_core::{Config, RateLimiter, Source};
 use ratelimit_tests::RedisServer;
 use ratelimit_tests::ports::{release_port, reserve_port};

@@ -15,9 +15,10 @@ use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use ratelimit_core::algorithm::Verdict;
-use ratelimit_core::backend::MemoryBackend;
-use ratelimit_core::{Algorithm, FakeClock, Identity, KeyBuilder, Policy, Window, scripts};
+use ratelimit_core::test_util::MemoryBackend;
+use ratelimit_core::test_util::algorithm::Verdict;
+use ratelimit_core::test_util::scripts;
+use ratelimit_core::{Algorithm, FakeClock, Identity, KeyBuilder, Policy, Window};
 use ratelimit_tests::{Backend, shared_cluster, shared_standalone};
 
 const SEQUENCES: usize = 8;

@@ -3,7 +3,7 @@
 //! parser, so a deploy never starts with a config the server would refuse.
 
 use ratelimit_core::Config;
-use ratelimit_core::config::Overrides;
+use ratelimit_core::Overrides;
 
 fn embedded(path: &str, pointer: &[&str]) -> String {
     let text = std::fs::read_to_string(format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR")))

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use ratelimit_core::config::parse_duration;
+use ratelimit_core::parse_duration;
 use ratelimit_core::{CacheConfig, Config, RateLimiter, RedisConfig, Source};
 use ratelimit_load::{CommandCounts, MeasuredRedis};
 

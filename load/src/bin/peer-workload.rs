@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use ratelimit_core::config::parse_duration;
+use ratelimit_core::parse_duration;
 use ratelimit_core::{Algorithm, Config, Policy, RateLimiter, Source, Window};
 use ratelimit_load::MeasuredRedis;
 

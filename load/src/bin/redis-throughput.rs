@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use ratelimit_core::{Config, RateLimiter, RedisConfig, Window, scripts};
+use ratelimit_core::test_util::scripts;
+use ratelimit_core::{Config, RateLimiter, RedisConfig, Window};
 use ratelimit_load::MeasuredRedis;
 use redis::AsyncCommands;
 

@@ -57,11 +57,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use ratelimit_core::backend::MemoryBackend;
-use ratelimit_core::config::{MemoryConfig, parse_duration, parse_size};
+use ratelimit_core::test_util::MemoryBackend;
 use ratelimit_core::{
     CacheConfig, Config, Identity, Policy, RateLimiter, RedisConfig, Source, SystemClock,
 };
+use ratelimit_core::{MemoryConfig, parse_duration, parse_size};
 use ratelimit_load::{MeasuredRedis, Resident};
 use ratelimit_tests::reaper;
 

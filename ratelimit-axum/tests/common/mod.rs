@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
 use http::{HeaderMap, Request};
 use http_body_util::BodyExt;
-use ratelimit_core::config::Overrides;
+use ratelimit_core::Overrides;
 use ratelimit_core::{Config, RateLimiter};
 use tower::ServiceExt;
 

@@ -17,7 +17,7 @@ pub struct FixedCounter {
 /// one window's length across a boundary: the price of one counter a key.
 ///
 /// ```
-/// use ratelimit_core::algorithm::{fixed_window, FixedCounter, Request};
+/// use ratelimit_core::test_util::algorithm::{fixed_window, FixedCounter, Request};
 /// use ratelimit_core::Window;
 /// let windows = [Window::per_second(1)];
 /// let mut counters = [FixedCounter::default()];

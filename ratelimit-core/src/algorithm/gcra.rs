@@ -33,7 +33,7 @@ impl Tat {
 /// `max_requests / duration`.
 ///
 /// ```
-/// use ratelimit_core::algorithm::{gcra, Request, Tat};
+/// use ratelimit_core::test_util::algorithm::{gcra, Request, Tat};
 /// use ratelimit_core::Window;
 /// let windows = [Window::per_second(3)];
 /// let mut tats = [Tat::default()];

@@ -46,7 +46,7 @@ impl CounterPair {
 /// script's.
 ///
 /// ```
-/// use ratelimit_core::algorithm::{sliding_counter, CounterPair, Request};
+/// use ratelimit_core::test_util::algorithm::{sliding_counter, CounterPair, Request};
 /// use ratelimit_core::Window;
 /// let windows = [Window::per_second(10)];
 /// let mut pairs = [CounterPair::default()];

@@ -13,7 +13,7 @@ use crate::policy::Window;
 ///
 /// ```
 /// use std::collections::VecDeque;
-/// use ratelimit_core::algorithm::{sliding_log, Request};
+/// use ratelimit_core::test_util::algorithm::{sliding_log, Request};
 /// use ratelimit_core::Window;
 /// let windows = [Window::per_second(2)];
 /// let mut log = VecDeque::new();

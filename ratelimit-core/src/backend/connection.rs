@@ -310,6 +310,7 @@ impl Connector {
         }
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     /// Whether this connects to a cluster.
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster { .. })

@@ -61,7 +61,7 @@ struct Shard {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use ratelimit_core::backend::MemoryBackend;
+/// use ratelimit_core::test_util::MemoryBackend;
 /// use ratelimit_core::{FakeClock, Identity, Policy, Window};
 /// let clock = FakeClock::new(0);
 /// let memory = MemoryBackend::new(Arc::new(clock.clone()), 1000);
@@ -92,6 +92,7 @@ impl MemoryBackend {
         }
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     /// The backend's clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
@@ -280,11 +281,13 @@ impl MemoryBackend {
             .sum()
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     /// Whether no key is tracked.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     /// Drops every expired entry now.
     pub fn sweep(&self) {
         let now = self.clock.now_micros();

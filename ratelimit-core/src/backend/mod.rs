@@ -11,6 +11,7 @@ mod eviction;
 mod memory;
 mod redis;
 
+#[cfg(any(test, feature = "test-util"))]
 pub use self::eviction::NodeEviction;
 pub use self::memory::MemoryBackend;
 pub use self::redis::RedisBackend;

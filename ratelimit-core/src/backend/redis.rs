@@ -17,7 +17,7 @@ use crate::key::{Identity, KeyBuilder};
 use crate::policy::Policy;
 use crate::scripts;
 
-/// Evaluates policies with the Lua scripts of [`crate::scripts`] in Redis.
+/// Evaluates policies with the Lua scripts (`scripts.rs`, `lua/`) in Redis.
 ///
 /// Every call is bounded by the configured timeout, including opening a connection. At most
 /// `IN_FLIGHT_PER_CONNECTION` (16) calls a connection are sent at once; the others wait for a
@@ -60,11 +60,13 @@ impl RedisBackend {
         })
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     /// Whether this backend talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         self.connector.is_cluster()
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     /// The key builder.
     pub fn keys(&self) -> &KeyBuilder {
         &self.keys

@@ -269,7 +269,7 @@ impl Config {
     ///     "rate_limiter:\n  windows:\n    - max_requests: 100\n      duration: 1m\n",
     /// )?;
     /// assert_eq!(config.policy().windows()[0].max_requests(), 100);
-    /// # Ok::<(), ratelimit_core::config::ConfigError>(())
+    /// # Ok::<(), ratelimit_core::ConfigError>(())
     /// ```
     pub fn from_yaml_str(text: &str) -> Result<Self, ConfigError> {
         Self::from_yaml_str_with(text, None, &Overrides::from_env())

@@ -58,7 +58,7 @@ impl From<HttpParseError> for String {
 /// Parses `ip`, `peer`, `header:<name>`, `cookie:<name>`, or several joined with `+`.
 ///
 /// ```
-/// use ratelimit_core::config::KeySource;
+/// use ratelimit_core::KeySource;
 /// assert_eq!("header:X-Api-Key".parse(), Ok(KeySource::Header("x-api-key".into())));
 /// assert!(matches!("ip+header:x-api-key".parse(), Ok(KeySource::All(_))));
 /// // Cookie names are case-sensitive: kept as written.
@@ -163,14 +163,14 @@ impl Default for HeaderFamilies {
 /// ignored, so a client cannot pick its own key by sending one the proxies do not overwrite.
 ///
 /// ```
-/// use ratelimit_core::config::ClientIpHeader;
+/// use ratelimit_core::ClientIpHeader;
 /// assert_eq!(ClientIpHeader::default(), ClientIpHeader::XForwardedFor);
 /// assert_eq!("Forwarded".parse(), Ok(ClientIpHeader::Forwarded));
 /// let cf: ClientIpHeader = "CF-Connecting-IP".parse()?;
 /// assert_eq!(cf, ClientIpHeader::Other("cf-connecting-ip".into()));
 /// assert_eq!(cf.name(), "cf-connecting-ip");
 /// assert!("not a header".parse::<ClientIpHeader>().is_err());
-/// # Ok::<(), ratelimit_core::config::HttpParseError>(())
+/// # Ok::<(), ratelimit_core::HttpParseError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum ClientIpHeader {
@@ -204,11 +204,6 @@ impl FromStr for ClientIpHeader {
 }
 
 impl ClientIpHeader {
-    /// Parses a header name (case-insensitive), as [`str::parse`] does.
-    pub fn parse(text: &str) -> Result<Self, HttpParseError> {
-        text.parse()
-    }
-
     /// The header's name, lower case.
     pub fn name(&self) -> &str {
         match self {
@@ -253,11 +248,11 @@ pub struct IpBlock(IpNet);
 /// Parses `10.0.0.0/8`, `::1`, `192.168.1.7`.
 ///
 /// ```
-/// use ratelimit_core::config::IpBlock;
+/// use ratelimit_core::IpBlock;
 /// let block: IpBlock = "10.0.0.0/8".parse()?;
 /// assert!(block.contains("10.1.2.3".parse().unwrap()));
 /// assert!(!block.contains("11.0.0.1".parse().unwrap()));
-/// # Ok::<(), ratelimit_core::config::HttpParseError>(())
+/// # Ok::<(), ratelimit_core::HttpParseError>(())
 /// ```
 impl FromStr for IpBlock {
     type Err = HttpParseError;
@@ -280,11 +275,6 @@ impl FromStr for IpBlock {
 }
 
 impl IpBlock {
-    /// Parses `10.0.0.0/8`, `::1`, `192.168.1.7`, as [`str::parse`] does.
-    pub fn parse(text: &str) -> Result<Self, HttpParseError> {
-        text.parse()
-    }
-
     /// Whether `ip` is in the block (an IPv4-mapped IPv6 address counts as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {

@@ -26,5 +26,5 @@ pub use model::{
     RedisConfig, RedisMode, Secret,
 };
 pub use pattern::{PathPattern, PatternError, PatternSegment, PatternTail};
-pub use units::{UnitError, UnitErrorKind, parse_duration, parse_size};
+pub use units::{UnitError, parse_duration, parse_size};
 pub(crate) use units::{human_duration, human_size};

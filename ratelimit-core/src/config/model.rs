@@ -234,7 +234,7 @@ pub enum CacheMode {
 
 impl CacheMode {
     /// Permits a lease reserves when the file names the `lease` mode without a `lease_size`.
-    pub(crate) const DEFAULT_LEASE_SIZE: u64 = 20;
+    pub const DEFAULT_LEASE_SIZE: u64 = 20;
 }
 
 /// Read from the mode's name, `exact` or `lease`; a lease's size is a field of its own

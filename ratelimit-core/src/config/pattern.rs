@@ -45,7 +45,7 @@ pub enum PatternTail {
 /// A parsed, checked path pattern.
 ///
 /// ```
-/// use ratelimit_core::config::{PathPattern, PatternSegment, PatternTail};
+/// use ratelimit_core::{PathPattern, PatternSegment, PatternTail};
 ///
 /// let pattern: PathPattern = "/api/users/{id}".parse()?;
 /// assert_eq!(
@@ -60,7 +60,7 @@ pub enum PatternTail {
 /// assert_eq!("/files/{*rest}".parse::<PathPattern>()?.tail(), PatternTail::CatchAll);
 /// assert!("/api/users/:id".parse::<PathPattern>().is_err());
 /// assert!("/api/hello/".parse::<PathPattern>().is_err());
-/// # Ok::<(), ratelimit_core::config::PatternError>(())
+/// # Ok::<(), ratelimit_core::PatternError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathPattern {
@@ -166,11 +166,6 @@ impl FromStr for PathPattern {
 }
 
 impl PathPattern {
-    /// Parses and checks `text`, as [`str::parse`] does.
-    pub fn parse(text: &str) -> Result<Self, PatternError> {
-        text.parse()
-    }
-
     /// The segments before the tail.
     pub fn segments(&self) -> &[PatternSegment] {
         &self.segments

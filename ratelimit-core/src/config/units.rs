@@ -2,62 +2,42 @@
 
 use std::time::Duration;
 
-/// Why a duration or a size is refused.
-///
-/// It derefs to its message, as the `String` these parsers once returned did, so code that
-/// searches the message keeps working; [`UnitError::kind`] says what went wrong.
+/// Why a duration or a size is refused; each variant holds the text as written.
 ///
 /// ```
-/// use ratelimit_core::config::{UnitErrorKind, parse_duration};
+/// use ratelimit_core::{UnitError, parse_duration};
 /// let err = parse_duration("60").unwrap_err();
-/// assert_eq!(err.kind(), UnitErrorKind::NoUnit);
-/// assert!(err.contains("no unit"));
+/// assert_eq!(err, UnitError::NoUnit("60".into()));
+/// assert!(err.to_string().contains("no unit"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct UnitError {
-    kind: UnitErrorKind,
-    message: String,
-}
-
-/// What is wrong with a duration or a size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum UnitErrorKind {
+pub enum UnitError {
     /// A bare number where a duration needs its unit.
-    NoUnit,
+    #[error("`{0}` has no unit: write it like `100ms`, `30s`, `1m` or `1h`")]
+    NoUnit(String),
     /// Not a duration at all.
-    Duration,
+    #[error("`{text}` is not a duration ({reason}): write it like `100ms`, `30s`, `1m` or `1h`")]
+    Duration {
+        /// The text as written.
+        text: String,
+        /// What the duration parser found wrong.
+        reason: String,
+    },
     /// Not a size at all.
-    Size,
+    #[error("`{0}` is not a size: write it like `100MB` or `64MiB`")]
+    Size(String),
     /// A size with a unit that is not one of `B`, `KB`, `MB`, `GB`, `KiB`, `MiB`, `GiB`.
-    SizeUnit,
+    #[error("`{0}` is not a size unit: use B, KB, MB, GB, KiB, MiB or GiB")]
+    SizeUnit(String),
     /// A size beyond `u64` bytes.
-    TooLarge,
-}
-
-impl UnitError {
-    fn new(kind: UnitErrorKind, message: String) -> Self {
-        Self { kind, message }
-    }
-
-    /// What is wrong.
-    pub fn kind(&self) -> UnitErrorKind {
-        self.kind
-    }
-}
-
-impl std::ops::Deref for UnitError {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        &self.message
-    }
+    #[error("`{0}` is too large")]
+    TooLarge(String),
 }
 
 impl From<UnitError> for String {
     fn from(error: UnitError) -> Self {
-        error.message
+        error.to_string()
     }
 }
 
@@ -66,7 +46,7 @@ impl From<UnitError> for String {
 ///
 /// ```
 /// use std::time::Duration;
-/// use ratelimit_core::config::parse_duration;
+/// use ratelimit_core::parse_duration;
 /// assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
 /// assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
 /// assert!(parse_duration("60").is_err());
@@ -74,16 +54,11 @@ impl From<UnitError> for String {
 pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let text = text.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(UnitError::new(
-            UnitErrorKind::NoUnit,
-            format!("`{text}` has no unit: write it like `100ms`, `30s`, `1m` or `1h`"),
-        ));
+        return Err(UnitError::NoUnit(text.to_owned()));
     }
-    humantime::parse_duration(text).map_err(|e| {
-        UnitError::new(
-            UnitErrorKind::Duration,
-            format!("`{text}` is not a duration ({e}): write it like `100ms`, `30s`, `1m` or `1h`"),
-        )
+    humantime::parse_duration(text).map_err(|e| UnitError::Duration {
+        text: text.to_owned(),
+        reason: e.to_string(),
     })
 }
 
@@ -91,7 +66,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
 /// `KiB`/`MiB`/`GiB` (powers of 1024), case-insensitive.
 ///
 /// ```
-/// use ratelimit_core::config::parse_size;
+/// use ratelimit_core::parse_size;
 /// assert_eq!(parse_size("100MB"), Ok(100_000_000));
 /// assert_eq!(parse_size("1KiB"), Ok(1024));
 /// assert_eq!(parse_size("512"), Ok(512));
@@ -102,12 +77,9 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| {
-        UnitError::new(
-            UnitErrorKind::Size,
-            format!("`{text}` is not a size: write it like `100MB` or `64MiB`"),
-        )
-    })?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| UnitError::Size(text.to_owned()))?;
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" | "k" => 1_000,
@@ -117,15 +89,12 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
         "mib" => 1 << 20,
         "gib" => 1 << 30,
         other => {
-            return Err(UnitError::new(
-                UnitErrorKind::SizeUnit,
-                format!("`{other}` is not a size unit: use B, KB, MB, GB, KiB, MiB or GiB"),
-            ));
+            return Err(UnitError::SizeUnit(other.to_owned()));
         }
     };
     number
         .checked_mul(factor)
-        .ok_or_else(|| UnitError::new(UnitErrorKind::TooLarge, format!("`{text}` is too large")))
+        .ok_or_else(|| UnitError::TooLarge(text.to_owned()))
 }
 
 /// `#[serde(with = "..")]` for a duration written like `100ms`, read by [`parse_duration`].

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use ratelimit_core::Config;
-use ratelimit_core::config::Overrides;
+use ratelimit_core::Overrides;
 use ratelimit_tower::{PeerAddr, RateLimitLayer, ResponseBody};
 use tower::{Layer, Service, ServiceExt};
 
