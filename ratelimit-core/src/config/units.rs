@@ -88,8 +88,8 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
         "kib" => 1 << 10,
         "mib" => 1 << 20,
         "gib" => 1 << 30,
-        other => {
-            return Err(UnitError::SizeUnit(other.to_owned()));
+        _ => {
+            return Err(UnitError::SizeUnit(unit.trim().to_owned()));
         }
     };
     number
