@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use ratelimit_core::{ClientIpHeader, IpBlock};
-use ratelimit_tower::proxy::TrustedProxies;
+use ratelimit_tower::TrustedProxies;
 
 const NAMES: [&str; 4] = ["forwarded", "x-forwarded-for", "x-real-ip", "cf-connecting-ip"];
 

@@ -1,7 +1,7 @@
 //! Keys from what axum knows of a request: a parameter of the route that matched.
 
 use axum::extract::{MatchedPath, OriginalUri};
-use ratelimit_tower::extract::path_param;
+use ratelimit_tower::path_param;
 use ratelimit_tower::{KeyExtractor, RequestInfo};
 
 /// A path parameter of the route that matched, such as `id` in `/users/{id}`, percent-decoded

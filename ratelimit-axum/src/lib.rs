@@ -32,25 +32,25 @@
 //!
 //! # Layout
 //!
-//! - [`rules`]: [`axum_rules`], `ratelimit-tower`'s [`RuleSet`] reading axum's original path and
+//! - `rules.rs`: [`axum_rules`], `ratelimit-tower`'s [`RuleSet`] reading axum's original path and
 //!   matched route.
-//! - [`extract`]: [`RateLimited`], the decision as an extractor, and its rejection.
-//! - [`keys`]: [`MatchedPathParam`], a key from the route's path parameters.
-//! - [`router`]: [`layer`], [`layer_from_config`], [`connect_info_peer`], and
+//! - `extract.rs`: [`RateLimited`], the decision as an extractor, and its rejection.
+//! - `keys.rs`: [`MatchedPathParam`], a key from the route's path parameters.
+//! - `router.rs`: [`layer`], [`layer_from_config`], [`connect_info_peer`], and
 //!   [`RouterExt::rate_limit`] / [`RouterExt::rate_limit_routes`], the one-liners.
 //!
 //! The layer itself, its responses and headers, are `ratelimit-tower`'s [`RateLimitLayer`].
 
-pub mod extract;
-pub mod keys;
-pub mod router;
-pub mod rules;
+mod extract;
+mod keys;
+mod router;
+mod rules;
 
 pub use extract::{RateLimited, RateLimitedRejection};
 pub use keys::MatchedPathParam;
 pub use ratelimit_tower::RateLimitLayer;
 pub use router::{RouterExt, connect_info_peer, layer, layer_from_config, rules_planner};
-pub use rules::{RuleSet, axum_rules};
+pub use rules::{RuleSet, axum_rules, matched_route, original_path};
 
 /// The examples of `docs/API.md`, compiled and run as doctests so the page stays true.
 #[cfg(doctest)]

@@ -20,7 +20,7 @@ use crate::rules::axum_rules;
 
 /// The socket peer of a request: a [`PeerAddr`](ratelimit_tower::PeerAddr) left by another server, else axum's
 /// `ConnectInfo<SocketAddr>`, else a `MockConnectInfo<SocketAddr>` added by a test (the
-/// layer's default lookup, [`peer_from_extension`](ratelimit_tower::peer::peer_from_extension)).
+/// layer's default lookup, [`peer_from_extension`](ratelimit_tower::peer_from_extension)).
 ///
 /// ```
 /// use std::net::SocketAddr;
@@ -35,7 +35,7 @@ use crate::rules::axum_rules;
 /// # Ok::<(), std::net::AddrParseError>(())
 /// ```
 pub fn connect_info_peer(extensions: &Extensions) -> Option<SocketAddr> {
-    ratelimit_tower::peer::peer_from_extension(extensions)
+    ratelimit_tower::peer_from_extension(extensions)
 }
 
 /// The layer for `limiter`'s configuration: its rules (see [`axum_rules`]), header families and
@@ -90,7 +90,7 @@ pub fn layer_from_config(config: Config) -> Result<RateLimitLayer, ratelimit_cor
 /// request, including those no route matches (404s, limited under the default policy).
 /// [`rate_limit_routes`](Self::rate_limit_routes) installs it with [`Router::route_layer`]:
 /// only on requests a route matched. Either way axum wraps each route, so rules also match the
-/// route the router chose (axum's `MatchedPath`; see [`crate::rules`]). Either applies to the
+/// route the router chose (axum's `MatchedPath`; see [`axum_rules`](crate::axum_rules)). Either applies to the
 /// routes added before it: call it last. Rules match the full path even behind
 /// [`Router::nest`].
 ///

@@ -23,7 +23,7 @@
 //!   matches (404s, under the default policy); `route_layer` leaves them unlimited.
 //!
 //! ```
-//! use ratelimit_axum::rules::axum_rules;
+//! use ratelimit_axum::axum_rules;
 //! use ratelimit_core::Config;
 //! use ratelimit_core::Overrides;
 //!
@@ -64,7 +64,7 @@ pub fn axum_rules(config: &Config) -> RuleSet {
 ///
 /// ```
 /// use axum::extract::OriginalUri;
-/// use ratelimit_axum::rules::original_path;
+/// use ratelimit_axum::original_path;
 ///
 /// let mut extensions = http::Extensions::new();
 /// assert_eq!(original_path(&extensions), None);

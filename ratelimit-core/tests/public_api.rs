@@ -27,7 +27,10 @@ fn window_labels_use_the_largest_unit_that_divides() {
 fn every_policy_refusal_names_its_window() {
     let minute = Window::per_minute(10);
     let cases: [(Policy, PolicyError); 7] = [
-        (Policy::new("bad name!", [minute]), PolicyError::Name("bad name!".into())),
+        (
+            Policy::new("bad name!", [minute]),
+            PolicyError::Name("bad name!".into()),
+        ),
         (Policy::new("p", []), PolicyError::NoWindow),
         (
             Policy::new("p", [minute, Window::per_hour(0)]),
@@ -104,11 +107,14 @@ fn errors_say_their_kind_and_whether_a_fallback_stands_in() {
         std::io::ErrorKind::ConnectionReset,
         "reset",
     )));
-    let config_error: ConfigError =
-        Config::from_yaml_str("rate_limiter: [").expect_err("not YAML");
+    let config_error: ConfigError = Config::from_yaml_str("rate_limiter: [").expect_err("not YAML");
     let cases = [
         (Error::Config(config_error), ErrorKind::Config, false),
-        (Error::Policy(PolicyError::NoWindow), ErrorKind::Config, false),
+        (
+            Error::Policy(PolicyError::NoWindow),
+            ErrorKind::Config,
+            false,
+        ),
         (
             Error::CostAboveLimit { cost: 5, limit: 2 },
             ErrorKind::Cost,
@@ -120,12 +126,12 @@ fn errors_say_their_kind_and_whether_a_fallback_stands_in() {
             true,
         ),
         (io, ErrorKind::Connection, true),
-        (redis(redis::ErrorKind::UnexpectedReturnType), ErrorKind::Server, true),
         (
-            Error::UnexpectedReply("nil".into()),
-            ErrorKind::Other,
+            redis(redis::ErrorKind::UnexpectedReturnType),
+            ErrorKind::Server,
             true,
         ),
+        (Error::UnexpectedReply("nil".into()), ErrorKind::Other, true),
     ];
     for (error, kind, backend) in cases {
         assert_eq!(error.kind(), kind, "{error}");
@@ -136,7 +142,10 @@ fn errors_say_their_kind_and_whether_a_fallback_stands_in() {
 #[test]
 fn unit_errors_say_what_is_wrong() {
     assert_eq!(parse_duration("60"), Err(UnitError::NoUnit("60".into())));
-    assert!(matches!(parse_duration("1 fortnight"), Err(UnitError::Duration { .. })));
+    assert!(matches!(
+        parse_duration("1 fortnight"),
+        Err(UnitError::Duration { .. })
+    ));
     assert_eq!(parse_size("MB"), Err(UnitError::Size("MB".into())));
     assert_eq!(parse_size("10XB"), Err(UnitError::SizeUnit("XB".into())));
     assert_eq!(

@@ -97,7 +97,7 @@ where
 /// first `ipv6_prefix` bits, written as the network (`2001:db8:1:2::/64`).
 ///
 /// ```
-/// use ratelimit_tower::extract::ip_key;
+/// use ratelimit_tower::ip_key;
 /// assert_eq!(ip_key("2001:db8:1:2:aaaa::1".parse().unwrap(), 64), b"2001:db8:1:2::/64");
 /// assert_eq!(ip_key("2001:db8:1:2:bbbb::9".parse().unwrap(), 64), b"2001:db8:1:2::/64");
 /// assert_eq!(ip_key("2001:db8::1".parse().unwrap(), 128), b"2001:db8::1");
@@ -159,7 +159,7 @@ impl KeyExtractor for PeerIp {
 }
 
 /// The client IP: the peer, or, when the peer is a trusted proxy, what the one header it writes
-/// says (see [`crate::proxy`]). IPv6 clients are keyed by their `/64`, so a client rotating
+/// says (see [`TrustedProxies`](crate::TrustedProxies)). IPv6 clients are keyed by their `/64`, so a client rotating
 /// through its addresses has one quota.
 ///
 /// ```
@@ -429,7 +429,7 @@ impl KeyExtractor for PathParam {
 /// percent-decoded; `None` when it does not match, or the value is empty.
 ///
 /// ```
-/// use ratelimit_tower::extract::path_param;
+/// use ratelimit_tower::path_param;
 /// assert_eq!(path_param("/t/{tenant}/x", "/t/acme/x", "tenant"), Some(b"acme".to_vec()));
 /// assert_eq!(path_param("/files/{*path}", "/files/a/b%20c", "path"), Some(b"a/b c".to_vec()));
 /// assert_eq!(path_param("/t/{tenant}/x", "/t/acme/y", "tenant"), None);

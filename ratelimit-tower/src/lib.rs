@@ -30,38 +30,41 @@
 //!
 //! # Layout
 //!
-//! - [`layer`]: [`RateLimitLayer`], which builds the service, and its builder.
-//! - [`service`]: [`RateLimit`], the `Service`.
-//! - [`future`]: its response future.
-//! - `state`: what a layer shares with its services, replaced whole on a reload.
-//! - [`info`]: [`RateLimitInfo`], the decision left in the extensions for handlers.
-//! - [`body`]: [`ResponseBody`], the inner body or one of ours, without boxing.
-//! - [`plan`]: [`Planner`], [`Plan`], [`Target`]: what to do with a request.
-//! - [`rules`]: [`RuleSet`], the planner of a configuration's routing rules.
-//! - [`extract`]: [`KeyExtractor`] and the built-in extractors.
-//! - [`peer`]: [`PeerAddr`], the socket peer, and where the layer finds it.
-//! - [`proxy`]: the client IP behind trusted proxies.
+//! Modules are private and their items re-exported here, one path each, except two toolkits
+//! kept as namespaces, as tower keeps `future`: [`headers`] (the header families, for code
+//! that writes them itself) and [`response`] (the problem documents), and [`future`] itself.
+//!
+//! - `layer.rs`: [`RateLimitLayer`], which builds the service, and its builder.
+//! - `service.rs`: [`RateLimit`], the `Service`; [`future`]: its response future.
+//! - `state.rs`: what a layer shares with its services, replaced whole on a reload.
+//! - `info.rs`: [`RateLimitInfo`], the decision left in the extensions for handlers.
+//! - `body.rs`: [`ResponseBody`], the inner body or one of ours, without boxing.
+//! - `plan.rs`: [`Planner`], [`Plan`], [`Target`]: what to do with a request.
+//! - `rules.rs`: [`RuleSet`], the planner of a configuration's routing rules.
+//! - `extract.rs`: [`KeyExtractor`] and the built-in extractors.
+//! - `peer.rs`: [`PeerAddr`], the socket peer, and where the layer finds it.
+//! - `proxy.rs`: [`TrustedProxies`], the client IP behind trusted proxies.
 //! - [`headers`]: the rate-limit header families.
-//! - [`hooks`]: [`Denial`], what the denial hooks see.
+//! - `hooks.rs`: [`Denial`], what the denial hooks see.
 //! - [`response`]: the 429, 400 and 500 responses.
-//! - [`error`]: [`Error`], why a layer could not be built.
+//! - `error.rs`: [`Error`], why a layer could not be built.
 
 #![deny(missing_debug_implementations)]
 
-pub mod body;
-pub mod error;
-pub mod extract;
+mod body;
+mod error;
+mod extract;
 pub mod future;
 pub mod headers;
-pub mod hooks;
-pub mod info;
-pub mod layer;
-pub mod peer;
-pub mod plan;
-pub mod proxy;
+mod hooks;
+mod info;
+mod layer;
+mod peer;
+mod plan;
+mod proxy;
 pub mod response;
-pub mod rules;
-pub mod service;
+mod rules;
+mod service;
 mod state;
 #[cfg(test)]
 mod test_support;
@@ -70,13 +73,13 @@ pub use body::ResponseBody;
 pub use error::Error;
 pub use extract::{
     AllOf, ClientIp, CookieKey, ExtensionKey, FirstOf, HeaderKey, KeyExtractor, PathParam, PeerIp,
-    RequestInfo,
+    RequestInfo, from_source, ip_key, path_param,
 };
 pub use hooks::Denial;
 pub use info::RateLimitInfo;
-pub use layer::{RateLimitLayer, RateLimitLayerBuilder, ReloadHandle};
-pub use peer::{PeerAddr, PeerLookup};
-pub use plan::{Plan, Planner, SinglePolicy, Target};
-pub use proxy::{ProxyError, TrustedProxies};
+pub use layer::{RateLimitLayer, RateLimitLayerBuilder, ReloadHandle, default_planner};
+pub use peer::{PeerAddr, PeerLookup, peer_from_extension};
+pub use plan::{Exemptions, Plan, Planner, SinglePolicy, Target};
+pub use proxy::{MAX_HOPS, ProxyError, TrustedProxies};
 pub use rules::{PathLookup, RuleSet};
 pub use service::RateLimit;

@@ -25,7 +25,7 @@ pub type PeerLookup = fn(&Extensions) -> Option<SocketAddr>;
 ///
 /// ```
 /// use ratelimit_tower::PeerAddr;
-/// use ratelimit_tower::peer::peer_from_extension;
+/// use ratelimit_tower::peer_from_extension;
 ///
 /// let mut extensions = http::Extensions::new();
 /// assert_eq!(peer_from_extension(&extensions), None);

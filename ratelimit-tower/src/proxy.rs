@@ -40,7 +40,7 @@ pub enum ProxyError {
 ///
 /// ```
 /// use ratelimit_core::{ClientIpHeader, IpBlock};
-/// use ratelimit_tower::proxy::TrustedProxies;
+/// use ratelimit_tower::TrustedProxies;
 ///
 /// let proxies = TrustedProxies::new(["10.0.0.0/8".parse::<IpBlock>()?]);
 /// let mut headers = http::HeaderMap::new();
