@@ -189,5 +189,40 @@ mod tests {
         );
         assert_eq!(info_field(&info, "evicted_keys"), Some(1646));
         assert_eq!(info_field(&info, "missing"), None);
+        // RESP3 servers answer INFO as a verbatim or simple string.
+        let verbatim = redis::Value::VerbatimString {
+            format: redis::VerbatimFormat::Text,
+            text: "evicted_keys:7\r\n".to_owned(),
+        };
+        assert_eq!(info_field(&verbatim, "evicted_keys"), Some(7));
+        let simple = redis::Value::SimpleString("evicted_keys:8".to_owned());
+        assert_eq!(info_field(&simple, "evicted_keys"), Some(8));
+        assert_eq!(info_field(&redis::Value::Nil, "evicted_keys"), None);
+    }
+
+    #[test]
+    fn config_pairs_are_read_from_arrays_and_maps() {
+        let bulk = |s: &str| redis::Value::BulkString(s.as_bytes().to_vec());
+        let expected = HashMap::from([
+            ("maxmemory".to_owned(), "0".to_owned()),
+            ("maxmemory-policy".to_owned(), "noeviction".to_owned()),
+        ]);
+        // RESP2: a flat array of names and values; an odd trailing name is dropped.
+        let array = redis::Value::Array(vec![
+            bulk("maxmemory"),
+            bulk("0"),
+            bulk("maxmemory-policy"),
+            redis::Value::SimpleString("noeviction".to_owned()),
+            bulk("dangling"),
+        ]);
+        assert_eq!(config_pairs(&array), expected);
+        // RESP3: a map.
+        let map = redis::Value::Map(vec![
+            (bulk("maxmemory"), bulk("0")),
+            (bulk("maxmemory-policy"), bulk("noeviction")),
+            (bulk("ignored"), redis::Value::Int(1)),
+        ]);
+        assert_eq!(config_pairs(&map), expected);
+        assert!(config_pairs(&redis::Value::Nil).is_empty());
     }
 }
