@@ -198,3 +198,50 @@ async fn invariants_print_one_line_each() {
     }
     assert!(invariants.all_ok(), "{text}");
 }
+
+/// Each policy refusal in a file names the field at fault, in the top-level policy and in a rule.
+#[test]
+fn policy_refusals_in_a_file_name_the_field() {
+    let top = |windows: &str, extra: &str| format!("rate_limiter:\n{extra}  windows:\n{windows}");
+    let window = |max: &str, duration: &str| {
+        format!("    - max_requests: {max}\n      duration: {duration}\n")
+    };
+    let cases = [
+        (
+            top(&window("0", "1m"), ""),
+            "rate_limiter.windows[0].max_requests",
+        ),
+        (
+            top(&window("1", "500us"), ""),
+            "rate_limiter.windows[0].duration",
+        ),
+        (
+            top(&(window("1", "1m") + &window("2", "1m")), ""),
+            "rate_limiter.windows[1].duration",
+        ),
+        (
+            top(&window("10", "1m"), "  cost: 11\n"),
+            "rate_limiter.cost",
+        ),
+        (
+            top(
+                &window("10", "1m"),
+                "  algorithm: token_bucket\n  spread: 0\n",
+            ),
+            "rate_limiter.spread",
+        ),
+        (
+            top(&window("10", "1m"), "  fallback:\n    cool_down: 0s\n"),
+            "rate_limiter.fallback.cool_down",
+        ),
+        (
+            top(&window("10", "1m"), "")
+                + "  rules:\n    - name: bad name\n      match:\n        path: /a\n",
+            "rate_limiter.rules[0].name",
+        ),
+    ];
+    for (yaml, field) in cases {
+        let error = Config::from_yaml_str(&yaml).expect_err(field);
+        assert_eq!(error.field(), Some(field), "{yaml}\n{error}");
+    }
+}
