@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Requests a second of one axum route with no limiter, with this limiter in memory and on
-# Redis, and behind tower_governor, measured in one run with wrk on loopback.
+# Redis, and behind tower_governor, measured with wrk on loopback. The modes run interleaved
+# (none, memory, governor, redis, then again), `rounds` times, and the summary gives each
+# mode's median requests/s and the median of its per-round ratio to `none`: a machine that
+# slows down mid-run slows every mode of that round alike.
 #
-#   load/http-compare.sh [seconds] [connections]
+#   load/http-compare.sh [seconds] [connections] [rounds]
 #
 # Needs wrk (apt-get install wrk) and redis-server. Runs itself again under `with-redis`
 # (load/src/bin/with-redis.rs), which starts a throwaway redis-server (the test harness's),
@@ -12,6 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 seconds=${1:-10}
 connections=${2:-50}
+rounds=${3:-3}
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 
 if [ -z "${THROWAWAY_REDIS_URL:-}" ]; then
@@ -28,19 +32,39 @@ cleanup() {
 trap cleanup EXIT
 
 cargo build --release -q -p example-bench-server
-echo "# $(nproc) cores; wrk -t2 -c$connections -d${seconds}s GET /api/hello; every request allowed"
-printf '%-10s %14s %12s %12s\n' mode "requests/s" "p50" "p99"
-for mode in none memory redis governor; do
-  port=$(free_port)
-  ./target/release/bench-server "$mode" --listen "127.0.0.1:$port" --redis "$THROWAWAY_REDIS_URL" >/dev/null &
-  server_pid=$!
-  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/api/hello" >/dev/null 2>&1 && break; sleep 0.1; done
-  wrk -t2 -c"$connections" -d2s "http://127.0.0.1:$port/api/hello" >/dev/null   # warm-up
-  out=$(wrk -t2 -c"$connections" -d"${seconds}s" --latency "http://127.0.0.1:$port/api/hello")
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
-  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-  non2xx=$(echo "$out" | awk '/Non-2xx/ {print $4}')
-  printf '%-10s %14s %12s %12s %s\n' "$mode" "$rps" "$p50" "$p99" "${non2xx:+($non2xx non-2xx)}"
-  kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
+echo "# $(nproc) cores; wrk -t2 -c$connections -d${seconds}s GET /api/hello; every request allowed; $rounds interleaved rounds"
+printf '%-6s %-10s %14s %12s %12s\n' round mode "requests/s" "p50" "p99"
+results=$(mktemp)
+trap 'cleanup; rm -f "$results"' EXIT
+for round in $(seq "$rounds"); do
+  for mode in none memory governor redis; do
+    port=$(free_port)
+    ./target/release/bench-server "$mode" --listen "127.0.0.1:$port" --redis "$THROWAWAY_REDIS_URL" >/dev/null &
+    server_pid=$!
+    for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/api/hello" >/dev/null 2>&1 && break; sleep 0.1; done
+    wrk -t2 -c"$connections" -d2s "http://127.0.0.1:$port/api/hello" >/dev/null   # warm-up
+    out=$(wrk -t2 -c"$connections" -d"${seconds}s" --latency "http://127.0.0.1:$port/api/hello")
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+    p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+    non2xx=$(echo "$out" | awk '/Non-2xx/ {print $4}')
+    printf '%-6s %-10s %14s %12s %12s %s\n' "$round" "$mode" "$rps" "$p50" "$p99" "${non2xx:+($non2xx non-2xx)}"
+    echo "$round $mode $rps" >>"$results"
+    kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
+  done
 done
+python3 - "$results" <<'PY'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    r, mode, rps = line.split()
+    runs.setdefault(mode, {})[r] = float(rps)
+print("\n# median of the rounds")
+print(f"{'mode':<10} {'requests/s':>12} {'vs none':>9}")
+for mode in ["none", "memory", "governor", "redis"]:
+    rates = runs.get(mode, {})
+    ratios = [rates[r] / runs["none"][r] for r in rates if runs["none"].get(r)]
+    print(f"{mode:<10} {statistics.median(rates.values()):>12.0f} {statistics.median(ratios):>8.2f}x")
+ours = [runs["memory"][r] / runs["governor"][r] for r in runs["memory"] if runs["governor"].get(r)]
+print(f"memory vs governor, median of the rounds: {statistics.median(ours):.2f}x")
+PY
