@@ -2,7 +2,7 @@
 # Line coverage of ratelimit-core, from its own tests and the integration suites in
 # ratelimit-tests (tests/), which start their own throwaway redis-server processes.
 #
-#   scripts/coverage.sh [threshold]      # threshold in percent, default 90
+#   scripts/coverage.sh [threshold]      # threshold in percent, default 95
 #
 # Installs cargo-tarpaulin on first use (about four minutes), builds into its own
 # target/tarpaulin (so it does not invalidate target/debug) and counts only lines under
@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-threshold=${1:-90}
+threshold=${1:-95}
 engine=${COVERAGE_ENGINE:-llvm}
 out=target/tarpaulin/report
 
