@@ -17,26 +17,15 @@ KUBERNETES_VALIDATE_VERSION=1.37.0
 PYYAML_VERSION=6.0.3
 GOCODE=/usr/share/gocode/src
 
+source scripts/lib/packages.sh
+
 # Debian's packages: Go, and the Go libraries Helm renders with (sprig, sigs.k8s.io/yaml).
 missing=()
 command -v go >/dev/null || missing+=(golang-go)
 [ -d "$GOCODE/github.com/Masterminds/sprig" ] || missing+=(golang-github-masterminds-sprig-dev)
 [ -d "$GOCODE/sigs.k8s.io/yaml" ] || missing+=(golang-k8s-sigs-yaml-dev)
 python3 -c "import ensurepip" 2>/dev/null || missing+=(python3-venv)
-if [ "${#missing[@]}" -gt 0 ]; then
-    if [ "$(id -u)" -eq 0 ]; then
-        SUDO=""
-    elif command -v sudo >/dev/null; then
-        SUDO="sudo"
-    else
-        echo "validate-deploy: ${missing[*]} missing and we are neither root nor have sudo;" >&2
-        echo "install these Debian packages, then rerun." >&2
-        exit 1
-    fi
-    echo "validate-deploy: installing ${missing[*]}" >&2
-    $SUDO apt-get update -q >&2
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2
-fi
+install_packages validate-deploy "${missing[@]}"
 
 # The renderer, built in GOPATH mode against Debian's libraries (offline, no module download).
 # Its go.mod only lets the GOPATH build resolve sprig's /v3 import path; the package is copied

@@ -80,15 +80,21 @@ async function decide(limiter, key) {
   }
 }
 
-async function throughput(client, { durationMs, callers, keys }) {
+// A limiter of `points` a window under `keyPrefix`, connected and its script loaded (one
+// decision on a key of its own) before anything is measured.
+async function readyLimiter(client, keyPrefix, points) {
   const limiter = new RateLimiterRedis({
     storeClient: client,
-    keyPrefix: 'peer',
-    points: THROUGHPUT_POINTS,
+    keyPrefix,
+    points,
     duration: WINDOW_SECONDS,
   });
-  // Connects and loads the script.
   await decide(limiter, 'warm-up');
+  return limiter;
+}
+
+async function throughput(client, { durationMs, callers, keys }) {
+  const limiter = await readyLimiter(client, 'peer', THROUGHPUT_POINTS);
   let next = 0;
   let decisions = 0;
   const started = performance.now();
@@ -107,13 +113,7 @@ async function throughput(client, { durationMs, callers, keys }) {
 }
 
 async function exactness(client) {
-  const limiter = new RateLimiterRedis({
-    storeClient: client,
-    keyPrefix: 'peer-exact',
-    points: EXACT_POINTS,
-    duration: WINDOW_SECONDS,
-  });
-  await decide(limiter, 'warm-up');
+  const limiter = await readyLimiter(client, 'peer-exact', EXACT_POINTS);
   const key = `exact-${process.hrtime.bigint()}`;
   const passed = await Promise.all(
     Array.from({ length: EXACT_CALLS }, () => decide(limiter, key)),

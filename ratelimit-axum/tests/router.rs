@@ -7,7 +7,7 @@ mod common;
 
 use axum::Router;
 use axum::routing::get;
-use common::{call, fetch, from_peer, limiter, serve};
+use common::{Reply, call, fetch, from_peer, limiter, serve};
 use ratelimit_axum::{RateLimited, RouterExt};
 
 const CONFIG: &str = r#"
@@ -51,18 +51,25 @@ fn in_process(yaml: &str) -> Router {
     from_peer(app(yaml))
 }
 
+/// `GET path`, allowed: the handler saw the decision the headers describe (its body is `rule
+/// remaining`), and `RateLimit-Policy` is `policy`. The reply, for more checks.
+async fn allowed(app: &Router, path: &str, rule: &str, remaining: u64, policy: &str) -> Reply {
+    let response = call(app, "GET", path).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.body, format!("{rule} {remaining}"), "{response:?}");
+    assert_eq!(
+        response.header("ratelimit-policy"),
+        Some(policy),
+        "{response:?}"
+    );
+    response
+}
+
 #[tokio::test]
 async fn three_allowed_then_429_with_headers() {
     let app = in_process(CONFIG);
     for remaining in [2u64, 1, 0] {
-        let response = call(&app, "GET", "/api/hello").await;
-        assert_eq!(response.status, 200, "{response:?}");
-        // The extractor sees the decision the headers describe.
-        assert_eq!(response.body, format!("api {remaining}"));
-        assert_eq!(
-            response.header("ratelimit-policy"),
-            Some("\"api-1m\";q=3;w=60")
-        );
+        let response = allowed(&app, "/api/hello", "api", remaining, "\"api-1m\";q=3;w=60").await;
         let ratelimit = response.header("ratelimit").expect("RateLimit header");
         let prefix = format!("\"api-1m\";r={remaining};t=");
         let reset: u64 = ratelimit
@@ -125,13 +132,8 @@ async fn exempt_rule_is_never_limited() {
 async fn unmatched_path_gets_the_default_policy() {
     let app = in_process(CONFIG);
     for remaining in (0..5u64).rev() {
-        let response = call(&app, "GET", "/other").await;
-        assert_eq!(response.status, 200, "{response:?}");
-        assert_eq!(response.body, format!("default {remaining}"));
-        assert_eq!(
-            response.header("ratelimit-policy"),
-            Some("\"default-1m\";q=5;w=60")
-        );
+        let policy = "\"default-1m\";q=5;w=60";
+        let response = allowed(&app, "/other", "default", remaining, policy).await;
         assert_eq!(response.number("x-ratelimit-remaining"), remaining);
     }
     let denied = call(&app, "GET", "/other").await;

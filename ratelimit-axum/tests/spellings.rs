@@ -20,7 +20,8 @@ use ratelimit_axum::{RateLimited, RouterExt};
 use ratelimit_core::RateLimiter;
 use tower::Layer;
 
-/// Generous limits: these tests look at which rule applied, not at denials.
+/// Generous limits, which each rule takes from the top level (a rule without windows of its
+/// own applies them under its own name): these tests look at which rule applied, not at denials.
 const RULES: &str = r#"
 rate_limiter:
   windows: [{ max_requests: 100000, duration: 1m }]
@@ -30,22 +31,16 @@ rate_limiter:
       exempt: true
     - name: hello
       match: { path: /api/hello, methods: [GET] }
-      windows: [{ max_requests: 100000, duration: 1m }]
     - name: me
       match: { path: /api/users/me, methods: [GET] }
-      windows: [{ max_requests: 100000, duration: 1m }]
     - name: users
       match: { path: "/api/users/{id}", methods: [GET] }
-      windows: [{ max_requests: 100000, duration: 1m }]
     - name: files
       match: { path: "/files/{*rest}", methods: [GET] }
-      windows: [{ max_requests: 100000, duration: 1m }]
     - name: orders
       match: { path: /api/orders, methods: [POST] }
-      windows: [{ max_requests: 100000, duration: 1m }]
     - name: nested
       match: { path: /v2/hello, methods: [GET] }
-      windows: [{ max_requests: 100000, duration: 1m }]
 "#;
 
 /// How the layer is installed.
@@ -383,19 +378,25 @@ rate_limiter:
       windows: [{ max_requests: 2, duration: 1m }]
 "#;
 
+/// Sends `method` to each of `paths` in turn and expects `status` for every one.
+async fn expect_each(app: &Router, install: Install, method: &str, paths: &[&str], status: u16) {
+    for path in paths {
+        let reply = send(app, method, path).await;
+        assert_eq!(
+            reply.status, status,
+            "{install:?} {method} {path}: {reply:?}"
+        );
+    }
+}
+
 /// `curl -I` used to escape the `hello` rule: 3 GET and 5 HEAD on a 3-a-minute rule all
 /// passed. HEAD is served by the GET handler and spends the same quota.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_spends_the_get_rules_quota() {
     for install in INSTALLS {
         let app = app(install, &limiter(TIGHT));
-        for _ in 0..3 {
-            assert_eq!(send(&app, "GET", "/api/hello").await.status, 200);
-        }
-        for _ in 0..5 {
-            let reply = send(&app, "HEAD", "/api/hello").await;
-            assert_eq!(reply.status, 429, "{install:?}: {reply:?}");
-        }
+        expect_each(&app, install, "GET", &["/api/hello"; 3], 200).await;
+        expect_each(&app, install, "HEAD", &["/api/hello"; 5], 429).await;
     }
 }
 
@@ -405,14 +406,12 @@ async fn head_spends_the_get_rules_quota() {
 async fn a_percent_encoded_literal_spends_the_literal_rules_quota() {
     for install in INSTALLS {
         let app = app(install, &limiter(TIGHT));
-        assert_eq!(send(&app, "GET", "/api/users/me").await.status, 200);
-        assert_eq!(send(&app, "GET", "/api/users/%6De").await.status, 200);
-        for path in ["/api/users/%6de", "/api/users/m%65", "/api/users/%6D%65"] {
-            let reply = send(&app, "GET", path).await;
-            assert_eq!(reply.status, 429, "{install:?} {path}: {reply:?}");
-        }
+        let spent = ["/api/users/me", "/api/users/%6De"];
+        expect_each(&app, install, "GET", &spent, 200).await;
+        let denied = ["/api/users/%6de", "/api/users/m%65", "/api/users/%6D%65"];
+        expect_each(&app, install, "GET", &denied, 429).await;
         // Another user is another quota (the default policy's).
-        assert_eq!(send(&app, "GET", "/api/users/7").await.status, 200);
+        expect_each(&app, install, "GET", &["/api/users/7"], 200).await;
     }
 }
 
@@ -422,11 +421,8 @@ async fn a_percent_encoded_literal_spends_the_literal_rules_quota() {
 async fn a_catch_all_rule_governs_the_whole_tree() {
     for install in INSTALLS {
         let app = app(install, &limiter(TIGHT));
-        assert_eq!(send(&app, "GET", "/files/a").await.status, 200);
-        assert_eq!(send(&app, "GET", "/files/a/b/c").await.status, 200);
-        for path in ["/files/x/y", "/files//", "/files/%2e%2e/x"] {
-            let reply = send(&app, "GET", path).await;
-            assert_eq!(reply.status, 429, "{install:?} {path}: {reply:?}");
-        }
+        expect_each(&app, install, "GET", &["/files/a", "/files/a/b/c"], 200).await;
+        let denied = ["/files/x/y", "/files//", "/files/%2e%2e/x"];
+        expect_each(&app, install, "GET", &denied, 429).await;
     }
 }

@@ -172,10 +172,9 @@ impl Decision {
         self
     }
 
-    /// The same decision with another count of permits left.
-    pub(crate) fn with_remaining(mut self, remaining: u64) -> Self {
-        self.remaining = remaining;
-        self
+    setters! {
+        /// The same decision with another count of permits left.
+        pub(crate) fn with_remaining(remaining: u64);
     }
 
     /// A fallback's decision without state: `allowed` or not, retry after `retry_after`.
@@ -212,10 +211,9 @@ impl Decision {
         Self::stateless(true, policy.windows(), Source::Fallback(FallbackMode::Open))
     }
 
-    /// The same decision, attributed to another source.
-    pub fn with_source(mut self, source: Source) -> Self {
-        self.source = source;
-        self
+    setters! {
+        /// The same decision, attributed to another source.
+        pub fn with_source(source: Source);
     }
 
     /// Whether the request may proceed.

@@ -52,6 +52,10 @@
 
 #![warn(missing_debug_implementations)]
 
+// First: the macro is visible to the modules declared after it.
+#[macro_use]
+mod setters;
+
 mod algorithm;
 mod backend;
 mod breaker;

@@ -189,38 +189,31 @@ impl Policy {
         }
     }
 
-    /// The same policy under another algorithm.
-    pub fn with_algorithm(mut self, algorithm: Algorithm) -> Self {
-        self.algorithm = algorithm;
-        self
-    }
+    setters! {
+        /// The same policy under another algorithm.
+        pub fn with_algorithm(algorithm: Algorithm);
 
-    /// The same policy with another default cost (what `allow` spends).
-    pub fn with_cost(mut self, cost: u64) -> Self {
-        self.cost = cost;
-        self
-    }
+        /// The same policy with another default cost (what `allow` spends).
+        pub fn with_cost(cost: u64);
 
-    /// Spreads each key's counter over `n` sub-counters (token bucket and fixed window only),
-    /// each holding its share of every window's limit, so one hot key's load lands on up to
-    /// `n` Redis Cluster slots instead of one. Requests go to the sub-counters in turn; a
-    /// request its sub-counter denies tries the next one before it is denied.
-    ///
-    /// The cost is accuracy, in one direction only: the total admitted never exceeds the
-    /// limit, but a request can be denied while other sub-counters still have permits (see
-    /// `docs/Performance.md` for measured rates). `n = 1` (the default) is a single counter.
-    ///
-    /// ```
-    /// use ratelimit_core::{Algorithm, Policy, Window};
-    /// let policy = Policy::new("search", [Window::per_second(1000)])
-    ///     .with_algorithm(Algorithm::TokenBucket)
-    ///     .with_spread(4);
-    /// assert!(policy.validate().is_ok());
-    /// assert_eq!(policy.spread(), 4);
-    /// ```
-    pub fn with_spread(mut self, n: u32) -> Self {
-        self.spread = n;
-        self
+        /// Spreads each key's counter over `n` sub-counters (token bucket and fixed window only),
+        /// each holding its share of every window's limit, so one hot key's load lands on up to
+        /// `n` Redis Cluster slots instead of one. Requests go to the sub-counters in turn; a
+        /// request its sub-counter denies tries the next one before it is denied.
+        ///
+        /// The cost is accuracy, in one direction only: the total admitted never exceeds the
+        /// limit, but a request can be denied while other sub-counters still have permits (see
+        /// `docs/Performance.md` for measured rates). `n = 1` (the default) is a single counter.
+        ///
+        /// ```
+        /// use ratelimit_core::{Algorithm, Policy, Window};
+        /// let policy = Policy::new("search", [Window::per_second(1000)])
+        ///     .with_algorithm(Algorithm::TokenBucket)
+        ///     .with_spread(4);
+        /// assert!(policy.validate().is_ok());
+        /// assert_eq!(policy.spread(), 4);
+        /// ```
+        pub fn with_spread(n: u32) sets spread = n;
     }
 
     /// Over how many sub-counters a key's counter is spread (1: not spread).
@@ -254,10 +247,9 @@ impl Policy {
             .collect()
     }
 
-    /// The same policy under another name.
-    pub fn with_name(mut self, name: impl Into<Arc<str>>) -> Self {
-        self.name = name.into();
-        self
+    setters! {
+        /// The same policy under another name.
+        pub fn with_name(name: impl Into<Arc<str>>) sets name = name.into();
     }
 
     /// The policy's name; part of every key, so two policies never share state.

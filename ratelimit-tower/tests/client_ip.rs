@@ -17,6 +17,11 @@ fn from_peer(peer: &str) -> Request<String> {
     request("/", Some(peer), &[])
 }
 
+/// `GET /` from [`PROXY`], with `headers`.
+fn from_proxy(headers: &[(&str, &[u8])]) -> Request<String> {
+    request("/", Some(PROXY), headers)
+}
+
 /// Two requests a minute per client IP, behind proxies in 10.0.0.0/8 writing `HEADER`.
 fn two_per_ip(extra: &str) -> String {
     format!(
@@ -37,14 +42,10 @@ async fn forwarded_is_ignored_behind_an_x_forwarded_for_proxy() {
     // Forwarded through: a new `for=` on every request used to be a new key.
     let spoofing = (0..4).map(|i| {
         let spoof = format!("for=198.51.100.{i}");
-        request(
-            "/",
-            Some(PROXY),
-            &[
-                ("forwarded", spoof.as_bytes()),
-                ("x-forwarded-for", b"203.0.113.7"),
-            ],
-        )
+        from_proxy(&[
+            ("forwarded", spoof.as_bytes()),
+            ("x-forwarded-for", b"203.0.113.7"),
+        ])
     });
     assert_eq!(statuses_of(&service, spoofing).await, [200, 200, 429, 429]);
 }
@@ -54,19 +55,15 @@ async fn forwarded_cannot_make_a_client_exempt() {
     let yaml = two_per_ip("  allow_list: { ips: [192.0.2.0/24] }\n");
     let service = hello_behind(RateLimitLayer::new(config(&yaml)));
     let spoofing = || {
-        request(
-            "/",
-            Some(PROXY),
-            &[
-                ("forwarded", b"for=192.0.2.1"),
-                ("x-real-ip", b"192.0.2.2"),
-                ("x-forwarded-for", b"203.0.113.8"),
-            ],
-        )
+        from_proxy(&[
+            ("forwarded", b"for=192.0.2.1"),
+            ("x-real-ip", b"192.0.2.2"),
+            ("x-forwarded-for", b"203.0.113.8"),
+        ])
     };
     assert_eq!(statuses(&service, 3, spoofing).await, [200, 200, 429]);
     // The allow-listed client, as the proxy reports it, is exempt.
-    let listed = || request("/", Some(PROXY), &[("x-forwarded-for", b"192.0.2.9")]);
+    let listed = || from_proxy(&[("x-forwarded-for", b"192.0.2.9")]);
     assert_eq!(statuses(&service, 3, listed).await, [200, 200, 200]);
 }
 
@@ -88,11 +85,7 @@ async fn client_ip_header_names_the_one_header_believed() {
         // X-Forwarded-For changes on every request, and is not believed.
         let requests = (0..3).map(|i| {
             let xff = format!("198.51.100.{i}");
-            request(
-                "/",
-                Some(PROXY),
-                &[(name, value), ("x-forwarded-for", xff.as_bytes())],
-            )
+            from_proxy(&[(name, value), ("x-forwarded-for", xff.as_bytes())])
         });
         assert_eq!(
             statuses_of(&service, requests).await,
@@ -105,7 +98,7 @@ async fn client_ip_header_names_the_one_header_believed() {
         } else {
             b"2001:db8::1"
         };
-        let reply = send(&service, request("/", Some(PROXY), &[(name, other)])).await;
+        let reply = send(&service, from_proxy(&[(name, other)])).await;
         assert_eq!(reply.status, 200, "{header}");
     }
 }
@@ -117,14 +110,10 @@ async fn a_forwarded_element_without_for_is_no_error_behind_an_x_forwarded_for_p
         let service = hello_behind(RateLimitLayer::new(config(&yaml)));
         // Was 400 on every request (reject) or a free pass (allow).
         let proto_only = || {
-            request(
-                "/",
-                Some(PROXY),
-                &[
-                    ("forwarded", b"proto=https"),
-                    ("x-forwarded-for", b"203.0.113.10"),
-                ],
-            )
+            from_proxy(&[
+                ("forwarded", b"proto=https"),
+                ("x-forwarded-for", b"203.0.113.10"),
+            ])
         };
         assert_eq!(
             statuses(&service, 3, proto_only).await,
@@ -150,21 +139,17 @@ async fn nothing_a_client_writes_left_of_its_own_entry_is_parsed() {
     // Each of these is keyed as 203.0.113.99: two pass, the rest are denied, none is a 400.
     let requests = lefts.map(|left| {
         let xff = [left, b", 203.0.113.99"].concat();
-        request("/", Some(PROXY), &[("x-forwarded-for", &xff)])
+        from_proxy(&[("x-forwarded-for", &xff)])
     });
     assert_eq!(
         statuses_of(&service, requests).await,
         [200, 200, 429, 429, 429, 429, 429]
     );
     // Repeated lines are one list: the client is on the first line, a trusted hop on the next.
-    let split = request(
-        "/",
-        Some(PROXY),
-        &[
-            ("x-forwarded-for", b"junk, 203.0.113.99"),
-            ("x-forwarded-for", b"10.1.1.1"),
-        ],
-    );
+    let split = from_proxy(&[
+        ("x-forwarded-for", b"junk, 203.0.113.99"),
+        ("x-forwarded-for", b"10.1.1.1"),
+    ]);
     assert_eq!(send(&service, split).await.status, 429);
     // Behind a Forwarded proxy, the client's garbage elements are not parsed either.
     let yaml = two_per_ip("  client_ip_header: forwarded\n");
@@ -172,7 +157,7 @@ async fn nothing_a_client_writes_left_of_its_own_entry_is_parsed() {
     let lefts: [&[u8]; 4] = [b"proto=https", b"for", b"for=\"1.2.3.4", b"secret"];
     let requests = lefts.map(|left| {
         let value = [left, b", for=203.0.113.98"].concat();
-        request("/", Some(PROXY), &[("forwarded", &value)])
+        from_proxy(&[("forwarded", &value)])
     });
     assert_eq!(statuses_of(&service, requests).await, [200, 200, 429, 429]);
 }
@@ -182,7 +167,7 @@ async fn the_entry_the_proxy_wrote_must_be_an_address() {
     let service = hello_behind(RateLimitLayer::new(config(&two_per_ip(""))));
     let reply = send(
         &service,
-        request("/", Some(PROXY), &[("x-forwarded-for", b"1.2.3.4, zq9x")]),
+        from_proxy(&[("x-forwarded-for", b"1.2.3.4, zq9x")]),
     )
     .await;
     assert_eq!(reply.status, 400, "{reply:?}");
@@ -203,7 +188,7 @@ async fn ipv6_clients_rotating_through_a_64_share_one_quota() {
     // Behind a proxy.
     let proxied = (1..=3).map(|i| {
         let xff = format!("2001:db8:9:9:{i}::1");
-        request("/", Some(PROXY), &[("x-forwarded-for", xff.as_bytes())])
+        from_proxy(&[("x-forwarded-for", xff.as_bytes())])
     });
     assert_eq!(statuses_of(&service, proxied).await, [200, 200, 429]);
     // The prefix is configurable: /128 keys every address apart.
@@ -269,8 +254,7 @@ async fn client_ip_in_code_takes_a_header_and_a_prefix() {
         .build()
         .expect("layer");
     let service = hello_behind(layer);
-    let from =
-        |ip: &'static str| move || request("/", Some(PROXY), &[("fly-client-ip", ip.as_bytes())]);
+    let from = |ip: &'static str| move || from_proxy(&[("fly-client-ip", ip.as_bytes())]);
     assert_eq!(statuses(&service, 1, from("2001:db8:5:1::1")).await, [200]);
     assert_eq!(
         statuses(&service, 1, from("2001:db8:5:2::1")).await,

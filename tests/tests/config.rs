@@ -33,13 +33,47 @@ rate_limiter:
     circuit_breaker_threshold: 10
 ";
 
-/// The smallest valid block: one window, no Redis.
-const MINIMAL: &str = "\
+/// `rate_limiter:` and one window, then `$rest`: a case about a section beside the windows.
+macro_rules! minimal_then {
+    ($rest:literal) => {
+        concat!(
+            "\
 rate_limiter:
   windows:
     - max_requests: 10
       duration: 1m
-";
+",
+            $rest
+        )
+    };
+}
+
+/// `rate_limiter:` and a Redis section of one address, then `$rest` (more of that section),
+/// then one window: a case about the Redis section.
+macro_rules! redis_then {
+    ($rest:literal) => {
+        concat!(
+            "\
+rate_limiter:
+  redis:
+    addrs:
+      - redis-1:6379
+",
+            $rest,
+            "  windows:
+    - max_requests: 10
+      duration: 1m
+"
+        )
+    };
+}
+
+/// Lines written by [`minimal_then!`] and [`redis_then!`] before `$rest`: its first line is
+/// line `HEAD + 1`.
+const HEAD: usize = 4;
+
+/// The smallest valid block: one window, no Redis.
+const MINIMAL: &str = minimal_then!("");
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::from_yaml_str_with(text, None, &Overrides::default())
@@ -144,7 +178,8 @@ rate_limiter:
 }
 
 /// A refused configuration: the field the error must name (`None` for a YAML syntax error,
-/// whose field is not asserted) and the 1-based line of that field in `yaml`.
+/// whose field is not asserted) and the 1-based line of that field in `yaml` (`HEAD + n`: the
+/// `n`th line after the head a macro wrote).
 struct Case {
     name: &'static str,
     yaml: &'static str,
@@ -155,97 +190,73 @@ struct Case {
 const CASES: &[Case] = &[
     Case {
         name: "unknown field at the top",
-        yaml: "\
-rate_limiter:
-  windows:
-    - max_requests: 10
-      duration: 1m
-  bogus: 1
-",
+        yaml: minimal_then!(
+            "  bogus: 1
+"
+        ),
         field: Some("rate_limiter.bogus"),
-        line: 5,
+        line: HEAD + 1,
     },
     Case {
         name: "unknown field outside rate_limiter",
-        yaml: "\
-rate_limiter:
-  windows:
-    - max_requests: 10
-      duration: 1m
-ratelimiter:
+        yaml: minimal_then!(
+            "ratelimiter:
   prefix: app
-",
+"
+        ),
         field: Some("ratelimiter"),
-        line: 5,
+        line: HEAD + 1,
     },
     Case {
         name: "unknown field in redis",
-        yaml: "\
-rate_limiter:
-  redis:
-    addrs:
-      - redis-1:6379
-    pool_sise: 4
-  windows:
-    - max_requests: 10
-      duration: 1m
-",
+        yaml: redis_then!(
+            "    pool_sise: 4
+"
+        ),
         field: Some("rate_limiter.redis.pool_sise"),
-        line: 5,
+        line: HEAD + 1,
     },
     Case {
         name: "unknown field in windows[1]",
-        yaml: "\
-rate_limiter:
-  windows:
-    - max_requests: 10
-      duration: 1m
-    - max_requests: 100
+        yaml: minimal_then!(
+            "    - max_requests: 100
       duraton: 1h
-",
+"
+        ),
         field: Some("rate_limiter.windows[1].duraton"),
-        line: 6,
+        line: HEAD + 2,
     },
     Case {
         name: "unknown field in cache",
-        yaml: "\
-rate_limiter:
-  windows:
-    - max_requests: 10
-      duration: 1m
-  cache:
+        yaml: minimal_then!(
+            "  cache:
     ttl: 100ms
     max_bytes: 1MB
-",
+"
+        ),
         field: Some("rate_limiter.cache.max_bytes"),
-        line: 7,
+        line: HEAD + 3,
     },
     Case {
         name: "unknown field in fallback",
-        yaml: "\
-rate_limiter:
-  windows:
-    - max_requests: 10
-      duration: 1m
-  fallback:
+        yaml: minimal_then!(
+            "  fallback:
     mode: local
     threshold: 5
-",
+"
+        ),
         field: Some("rate_limiter.fallback.threshold"),
-        line: 7,
+        line: HEAD + 3,
     },
     Case {
         name: "zero max_requests",
-        yaml: "\
-rate_limiter:
-  windows:
-    - max_requests: 10
-      duration: 1m
-    - max_requests: 0
+        yaml: minimal_then!(
+            "    - max_requests: 0
       duration: 1h
-",
+"
+        ),
         field: Some("rate_limiter.windows[1].max_requests"),
-        line: 5,
+        line: HEAD + 1,
     },
     Case {
         name: "negative max_requests",
@@ -260,16 +271,13 @@ rate_limiter:
     },
     Case {
         name: "duration without a unit",
-        yaml: "\
-rate_limiter:
-  windows:
-    - max_requests: 10
-      duration: 1m
-    - max_requests: 100
+        yaml: minimal_then!(
+            "    - max_requests: 100
       duration: 60
-",
+"
+        ),
         field: Some("rate_limiter.windows[1].duration"),
-        line: 6,
+        line: HEAD + 2,
     },
     Case {
         name: "garbage duration",
@@ -284,29 +292,23 @@ rate_limiter:
     },
     Case {
         name: "zero duration",
-        yaml: "\
-rate_limiter:
-  windows:
-    - max_requests: 10
-      duration: 1m
-    - max_requests: 100
+        yaml: minimal_then!(
+            "    - max_requests: 100
       duration: 0s
-",
+"
+        ),
         field: Some("rate_limiter.windows[1].duration"),
-        line: 6,
+        line: HEAD + 2,
     },
     Case {
         name: "duplicate window durations (1m and 60s)",
-        yaml: "\
-rate_limiter:
-  windows:
-    - max_requests: 10
-      duration: 1m
-    - max_requests: 100
+        yaml: minimal_then!(
+            "    - max_requests: 100
       duration: 60s
-",
+"
+        ),
         field: Some("rate_limiter.windows[1].duration"),
-        line: 6,
+        line: HEAD + 2,
     },
     Case {
         name: "empty windows",
@@ -342,49 +344,31 @@ rate_limiter:
     },
     Case {
         name: "bad address",
-        yaml: "\
-rate_limiter:
-  redis:
-    addrs:
-      - redis-1:6379
-      - \"redis://:notaport\"
-  windows:
-    - max_requests: 10
-      duration: 1m
-",
+        yaml: redis_then!(
+            "      - \"redis://:notaport\"
+"
+        ),
         field: Some("rate_limiter.redis.addrs[1]"),
-        line: 5,
+        line: HEAD + 1,
     },
     Case {
         name: "zero pool_size",
-        yaml: "\
-rate_limiter:
-  redis:
-    addrs:
-      - redis-1:6379
-    pool_size: 0
-  windows:
-    - max_requests: 10
-      duration: 1m
-",
+        yaml: redis_then!(
+            "    pool_size: 0
+"
+        ),
         field: Some("rate_limiter.redis.pool_size"),
-        line: 5,
+        line: HEAD + 1,
     },
     Case {
         name: "zero timeout",
-        yaml: "\
-rate_limiter:
-  redis:
-    addrs:
-      - redis-1:6379
-    pool_size: 8
+        yaml: redis_then!(
+            "    pool_size: 8
     timeout: 0ms
-  windows:
-    - max_requests: 10
-      duration: 1m
-",
+"
+        ),
         field: Some("rate_limiter.redis.timeout"),
-        line: 6,
+        line: HEAD + 2,
     },
     Case {
         name: "timeout above 60s",
@@ -419,17 +403,14 @@ rate_limiter:
     },
     Case {
         name: "cache max_size with a bad unit",
-        yaml: "\
-rate_limiter:
-  windows:
-    - max_requests: 10
-      duration: 1m
-  cache:
+        yaml: minimal_then!(
+            "  cache:
     ttl: 100ms
     max_size: 10XB
-",
+"
+        ),
         field: Some("rate_limiter.cache.max_size"),
-        line: 7,
+        line: HEAD + 3,
     },
     Case {
         name: "unknown algorithm",
@@ -446,56 +427,44 @@ rate_limiter:
     },
     Case {
         name: "unknown fallback mode",
-        yaml: "\
-rate_limiter:
-  windows:
-    - max_requests: 10
-      duration: 1m
-  fallback:
+        yaml: minimal_then!(
+            "  fallback:
     circuit_breaker_threshold: 5
     mode: panic
-",
+"
+        ),
         field: Some("rate_limiter.fallback.mode"),
-        line: 7,
+        line: HEAD + 3,
     },
     Case {
         name: "zero circuit_breaker_threshold",
-        yaml: "\
-rate_limiter:
-  windows:
-    - max_requests: 10
-      duration: 1m
-  fallback:
+        yaml: minimal_then!(
+            "  fallback:
     mode: open
     circuit_breaker_threshold: 0
-",
+"
+        ),
         field: Some("rate_limiter.fallback.circuit_breaker_threshold"),
-        line: 7,
+        line: HEAD + 3,
     },
     Case {
         name: "prefix with a brace",
-        yaml: "\
-rate_limiter:
-  windows:
-    - max_requests: 10
-      duration: 1m
-  prefix: \"app{1}:\"
-",
+        yaml: minimal_then!(
+            "  prefix: \"app{1}:\"
+"
+        ),
         field: Some("rate_limiter.prefix"),
-        line: 5,
+        line: HEAD + 1,
     },
     Case {
         name: "zero memory max_keys",
-        yaml: "\
-rate_limiter:
-  windows:
-    - max_requests: 10
-      duration: 1m
-  memory:
+        yaml: minimal_then!(
+            "  memory:
     max_keys: 0
-",
+"
+        ),
         field: Some("rate_limiter.memory.max_keys"),
-        line: 6,
+        line: HEAD + 2,
     },
     Case {
         name: "YAML syntax error",
@@ -534,47 +503,35 @@ rate_limiter:
     },
     Case {
         name: "unknown redis mode",
-        yaml: "\
-rate_limiter:
-  redis:
-    addrs:
-      - redis-1:6379
-    mode: sentinel
-  windows:
-    - max_requests: 10
-      duration: 1m
-",
+        yaml: redis_then!(
+            "    mode: sentinel
+"
+        ),
         field: Some("rate_limiter.redis.mode"),
-        line: 5,
+        line: HEAD + 1,
     },
     Case {
         name: "zero fallback cool_down",
-        yaml: "\
-rate_limiter:
-  windows:
-    - max_requests: 10
-      duration: 1m
-  fallback:
+        yaml: minimal_then!(
+            "  fallback:
     cool_down: 0s
-",
+"
+        ),
         field: Some("rate_limiter.fallback.cool_down"),
-        line: 6,
+        line: HEAD + 2,
     },
     Case {
         name: "standalone mode with two addresses",
-        yaml: "\
-rate_limiter:
-  windows:
-    - max_requests: 10
-      duration: 1m
-  redis:
+        yaml: minimal_then!(
+            "  redis:
     mode: standalone
     addrs:
       - redis-1:6379
       - redis-2:6379
-",
+"
+        ),
         field: Some("rate_limiter.redis.mode"),
-        line: 6,
+        line: HEAD + 2,
     },
 ];
 

@@ -55,14 +55,17 @@ rate_limiter:
     Config::from_yaml_str_with(&yaml, None, &Overrides::default()).expect("valid config")
 }
 
-async fn get_text(client: &reqwest::Client, addr: SocketAddr, path: &str) -> (u16, String) {
+/// The body of `GET path`, which must be answered 200.
+async fn get_ok(client: &reqwest::Client, addr: SocketAddr, path: &str) -> String {
     let response = client
         .get(format!("http://{addr}{path}"))
         .send()
         .await
         .expect("request");
     let status = response.status().as_u16();
-    (status, response.text().await.expect("body"))
+    let body = response.text().await.expect("body");
+    assert_eq!(status, 200, "GET {path}: {body}");
+    body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,28 +81,22 @@ async fn a_killed_redis_with_fallback_open_gives_handlers_a_fallback_decision() 
     let addr = ratelimit_tests::serve(app).await;
     let client = reqwest::Client::new();
 
-    assert_eq!(
-        get_text(&client, addr, "/api/strict").await,
-        (200, "api redis true".to_owned())
-    );
+    assert_eq!(get_ok(&client, addr, "/api/strict").await, "api redis true");
     redis.kill();
     // Before the breaker opens (each call fails on the socket) and after (no call at all).
     for i in 0..6 {
         assert_eq!(
-            get_text(&client, addr, "/api/strict").await,
-            (200, "api fallback_open true".to_owned()),
+            get_ok(&client, addr, "/api/strict").await,
+            "api fallback_open true",
             "request {i} after Redis was killed"
         );
         assert_eq!(
-            get_text(&client, addr, "/api/optional").await,
-            (200, "fallback_open".to_owned())
+            get_ok(&client, addr, "/api/optional").await,
+            "fallback_open"
         );
     }
     // Exempt: nothing was limited, so the optional extractor says so.
-    assert_eq!(
-        get_text(&client, addr, "/health").await,
-        (200, "none".to_owned())
-    );
+    assert_eq!(get_ok(&client, addr, "/health").await, "none");
 }
 
 /// A planner whose policy the limiter refuses at decision time (a cost above the limit, which a
@@ -131,11 +128,8 @@ async fn a_request_let_through_without_an_answer_says_it_was_let_through_open() 
     let addr = ratelimit_tests::serve(app).await;
     let client = reqwest::Client::new();
     assert_eq!(
-        get_text(&client, addr, "/strict").await,
-        (200, "broken fallback_open true".to_owned())
+        get_ok(&client, addr, "/strict").await,
+        "broken fallback_open true"
     );
-    assert_eq!(
-        get_text(&client, addr, "/optional").await,
-        (200, "fallback_open".to_owned())
-    );
+    assert_eq!(get_ok(&client, addr, "/optional").await, "fallback_open");
 }

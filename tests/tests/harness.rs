@@ -114,14 +114,20 @@ fn restart_keeps_the_port_and_empties_the_data() {
     assert!(all_keys(&[server.url()]).is_empty());
 }
 
-#[test]
-fn kill_makes_the_server_unreachable_and_restart_revives_it() {
+/// A server started and then ended by `end`: not running, its process gone.
+fn ended_by(end: impl FnOnce(&RedisServer)) -> RedisServer {
     let server = RedisServer::start();
     let pid = server.pid().expect("running server has a pid");
-    server.kill();
+    end(&server);
     assert!(!server.is_running());
-    assert_eq!(server.pid(), None);
     assert!(process_is_dead(pid));
+    server
+}
+
+#[test]
+fn kill_makes_the_server_unreachable_and_restart_revives_it() {
+    let server = ended_by(RedisServer::kill);
+    assert_eq!(server.pid(), None);
     assert!(
         server
             .client()
@@ -136,11 +142,7 @@ fn kill_makes_the_server_unreachable_and_restart_revives_it() {
 
 #[test]
 fn stop_shuts_down_gracefully() {
-    let server = RedisServer::start();
-    let pid = server.pid().expect("running server has a pid");
-    server.stop();
-    assert!(!server.is_running());
-    assert!(process_is_dead(pid));
+    let server = ended_by(RedisServer::stop);
     assert!(std::net::TcpStream::connect(server.addr()).is_err());
 }
 

@@ -53,34 +53,21 @@ impl HotKeyConfig {
         }
     }
 
-    /// Tracks at most `capacity` keys (default 32).
-    pub fn with_capacity(mut self, capacity: usize) -> Self {
-        self.capacity = capacity;
-        self
-    }
+    setters! {
+        /// Tracks at most `capacity` keys (default 32).
+        pub fn with_capacity(capacity: usize);
 
-    /// A key is hot from this share of decisions on (default 0.05, 5%).
-    pub fn with_min_share(mut self, share: f64) -> Self {
-        self.min_share_ppm = share_to_ppm(share);
-        self
-    }
+        /// A key is hot from this share of decisions on (default 0.05, 5%).
+        pub fn with_min_share(share: f64) sets min_share_ppm = share_to_ppm(share);
 
-    /// Follows one decision in `n` (default 16); 1 follows every decision.
-    pub fn with_sample_every(mut self, n: u32) -> Self {
-        self.sample_every = n;
-        self
-    }
+        /// Follows one decision in `n` (default 16); 1 follows every decision.
+        pub fn with_sample_every(n: u32) sets sample_every = n;
 
-    /// Counts halve every `window` (default 10 s).
-    pub fn with_window(mut self, window: Duration) -> Self {
-        self.window = window;
-        self
-    }
+        /// Counts halve every `window` (default 10 s).
+        pub fn with_window(window: Duration);
 
-    /// Whether hot keys' denials are answered locally when the cache is off (default true).
-    pub fn with_shield(mut self, shield: bool) -> Self {
-        self.shield = shield;
-        self
+        /// Whether hot keys' denials are answered locally when the cache is off (default true).
+        pub fn with_shield(shield: bool);
     }
 
     /// Whether detection runs.

@@ -157,35 +157,38 @@ rate_limiter:
     ttl: 500ms
 ";
 
+    /// A sequence whose items are written flush with its key.
+    const FLUSH: &str = "rate_limiter:\n  windows:\n  - max_requests: 10\n    duration: 1m\n  - max_requests: 0\n    duration: 1h\n  cache:\n    ttl: 1s\n";
+
+    /// Items indented under their key ([`YAML`]) or flush with it ([`FLUSH`]).
     #[test]
     fn finds_nested_keys_and_sequence_items() {
-        assert_eq!(find(YAML, "rate_limiter.redis.timeout"), Some((4, 5)));
-        assert_eq!(find(YAML, "rate_limiter.windows[0].duration"), Some((7, 7)));
-        assert_eq!(
-            find(YAML, "rate_limiter.windows[1].max_requests"),
-            Some((8, 9))
-        );
-        assert_eq!(find(YAML, "rate_limiter.windows[1]"), Some((8, 5)));
-        assert_eq!(find(YAML, "rate_limiter.cache.ttl"), Some((12, 5)));
-    }
-
-    #[test]
-    fn finds_sequence_items_flush_with_their_key() {
-        let yaml = "rate_limiter:\n  windows:\n  - max_requests: 10\n    duration: 1m\n  - max_requests: 0\n    duration: 1h\n  cache:\n    ttl: 1s\n";
-        assert_eq!(
-            find(yaml, "rate_limiter.windows[1].max_requests"),
-            Some((5, 5))
-        );
-        assert_eq!(find(yaml, "rate_limiter.windows[0].duration"), Some((4, 5)));
-        assert_eq!(find(yaml, "rate_limiter.cache.ttl"), Some((8, 5)));
+        let table = [
+            (YAML, "rate_limiter.redis.timeout", (4, 5)),
+            (YAML, "rate_limiter.windows[0].duration", (7, 7)),
+            (YAML, "rate_limiter.windows[1].max_requests", (8, 9)),
+            (YAML, "rate_limiter.windows[1]", (8, 5)),
+            (YAML, "rate_limiter.cache.ttl", (12, 5)),
+            (FLUSH, "rate_limiter.windows[1].max_requests", (5, 5)),
+            (FLUSH, "rate_limiter.windows[0].duration", (4, 5)),
+            (FLUSH, "rate_limiter.cache.ttl", (8, 5)),
+        ];
+        for (yaml, field, place) in table {
+            assert_eq!(find(yaml, field), Some(place), "{field} in {yaml:?}");
+        }
     }
 
     #[test]
     fn falls_back_to_the_enclosing_field() {
-        assert_eq!(find(YAML, "rate_limiter.redis.addrs[1]"), Some((3, 5)));
-        assert_eq!(find(YAML, "rate_limiter.fallback.mode"), Some((1, 1)));
+        // An item of a flow sequence, and a section not written: no place of their own.
+        for (field, enclosing) in [
+            ("rate_limiter.redis.addrs[1]", (3, 5)),
+            ("rate_limiter.fallback.mode", (1, 1)),
+        ] {
+            assert_eq!(find(YAML, field), Some(enclosing), "{field}");
+            assert_eq!(find_exact(YAML, field), None, "{field}");
+        }
         assert_eq!(find("", "rate_limiter"), None);
-        assert_eq!(find_exact(YAML, "rate_limiter.redis.addrs[1]"), None);
         assert_eq!(find_exact(YAML, "rate_limiter.cache.ttl"), Some((12, 5)));
     }
 }

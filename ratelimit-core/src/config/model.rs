@@ -102,37 +102,24 @@ impl RedisConfig {
         }
     }
 
-    /// Trusts the certificate authorities in `pem` (PEM certificates) for `rediss://`
-    /// addresses, instead of the system's roots. Plain `redis://` addresses are unaffected.
-    pub fn with_tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.tls_ca = Some(TlsCa(pem.into()));
-        self
-    }
+    setters! {
+        /// Trusts the certificate authorities in `pem` (PEM certificates) for `rediss://`
+        /// addresses, instead of the system's roots. Plain `redis://` addresses are unaffected.
+        pub fn with_tls_ca_pem(pem: impl Into<Vec<u8>>) sets tls_ca = Some(TlsCa(pem.into()));
 
-    /// Authenticates every connection with `credentials` (they override any in the URLs).
-    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
-        self.credentials = Some(credentials);
-        self
-    }
+        /// Authenticates every connection with `credentials` (they override any in the URLs).
+        pub fn with_credentials(credentials: Credentials) sets credentials = Some(credentials);
 
-    /// Standalone or cluster.
-    pub fn with_mode(mut self, mode: RedisMode) -> Self {
-        self.mode = mode;
-        self
-    }
+        /// Standalone or cluster.
+        pub fn with_mode(mode: RedisMode);
 
-    /// The number of multiplexed connections to a standalone server. Each pipelines any number
-    /// of concurrent calls, so a few suffice; more spread the load over more server threads
-    /// only with io-threads. Ignored for a cluster (one multiplexed connection a node).
-    pub fn with_pool_size(mut self, pool_size: usize) -> Self {
-        self.pool_size = pool_size;
-        self
-    }
+        /// The number of multiplexed connections to a standalone server. Each pipelines any number
+        /// of concurrent calls, so a few suffice; more spread the load over more server threads
+        /// only with io-threads. Ignored for a cluster (one multiplexed connection a node).
+        pub fn with_pool_size(pool_size: usize);
 
-    /// The bound on every Redis call.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
+        /// The bound on every Redis call.
+        pub fn with_timeout(timeout: Duration);
     }
 
     /// The addresses as given.
@@ -273,10 +260,9 @@ impl CacheConfig {
         }
     }
 
-    /// Lets the cache answer allowed decisions too, from leases of up to `size` permits.
-    pub fn with_leases(mut self, size: u64) -> Self {
-        self.mode = CacheMode::Lease { size };
-        self
+    setters! {
+        /// Lets the cache answer allowed decisions too, from leases of up to `size` permits.
+        pub fn with_leases(size: u64) sets mode = CacheMode::Lease { size };
     }
 
     /// Which decisions the cache may answer.
@@ -331,10 +317,9 @@ impl FallbackConfig {
         }
     }
 
-    /// How long the breaker stays open before a probe.
-    pub fn with_cool_down(mut self, cool_down: Duration) -> Self {
-        self.cool_down = cool_down;
-        self
+    setters! {
+        /// How long the breaker stays open before a probe.
+        pub fn with_cool_down(cool_down: Duration);
     }
 
     /// The fallback mode.
@@ -512,52 +497,30 @@ impl Config {
         self.with_redis_config(RedisConfig::new(addrs).with_mode(RedisMode::Cluster))
     }
 
-    /// Uses Redis as described.
-    pub fn with_redis_config(mut self, redis: RedisConfig) -> Self {
-        self.redis = Some(redis);
-        self
-    }
+    setters! {
+        /// Uses Redis as described.
+        pub fn with_redis_config(redis: RedisConfig) sets redis = Some(redis);
 
-    /// The prefix of every Redis key (default `ratelimit:`).
-    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
+        /// The prefix of every Redis key (default `ratelimit:`).
+        pub fn with_prefix(prefix: impl Into<String>) sets prefix = prefix.into();
 
-    /// Enables the local cache.
-    pub fn with_cache(mut self, cache: CacheConfig) -> Self {
-        self.cache = cache;
-        self
-    }
+        /// Enables the local cache.
+        pub fn with_cache(cache: CacheConfig);
 
-    /// Sets the fallback.
-    pub fn with_fallback(mut self, fallback: FallbackConfig) -> Self {
-        self.fallback = fallback;
-        self
-    }
+        /// Sets the fallback.
+        pub fn with_fallback(fallback: FallbackConfig);
 
-    /// Bounds the in-memory backend.
-    pub fn with_memory(mut self, memory: MemoryConfig) -> Self {
-        self.memory = memory;
-        self
-    }
+        /// Bounds the in-memory backend.
+        pub fn with_memory(memory: MemoryConfig);
 
-    /// Sets hot-key detection (on by default).
-    pub fn with_hot_keys(mut self, hot_keys: HotKeyConfig) -> Self {
-        self.hot_keys = hot_keys;
-        self
-    }
+        /// Sets hot-key detection (on by default).
+        pub fn with_hot_keys(hot_keys: HotKeyConfig);
 
-    /// Sets the HTTP settings (key source, proxies, headers, rules).
-    pub fn with_http(mut self, http: HttpConfig) -> Self {
-        self.http = http;
-        self
-    }
+        /// Sets the HTTP settings (key source, proxies, headers, rules).
+        pub fn with_http(http: HttpConfig);
 
-    /// The clock of the in-memory backend and cache (Redis decisions use Redis's clock).
-    pub fn with_clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Some(Arc::new(clock));
-        self
+        /// The clock of the in-memory backend and cache (Redis decisions use Redis's clock).
+        pub fn with_clock(clock: impl Clock) sets clock = Some(Arc::new(clock));
     }
 
     /// Applies environment overrides, such as [`Overrides::from_env`].
