@@ -16,8 +16,6 @@
 local op = ARGV[1]
 local cost = tonumber(ARGV[2])
 
-local now = clock_now()
-
 local nonce = ARGV[3]
 local n = #KEYS
 local limits, counts, numbers, ends = {}, {}, {}, {}

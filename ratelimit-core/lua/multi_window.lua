@@ -25,8 +25,6 @@ for i = 4, #ARGV, 2 do
   if windows[#windows] > longest then longest = windows[#windows] end
 end
 
-local now = clock_now()
-
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - longest)
 
 local counts = {}

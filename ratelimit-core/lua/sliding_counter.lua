@@ -18,8 +18,6 @@
 local op = ARGV[1]
 local cost = tonumber(ARGV[2])
 
-local now = clock_now()
-
 -- floor(a / b) for integers below 2^53, corrected where the division in doubles rounds up.
 local function idiv(a, b)
   local q = math.floor(a / b)

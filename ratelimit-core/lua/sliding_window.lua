@@ -18,8 +18,6 @@ local nonce = ARGV[3]
 local limit = tonumber(ARGV[4])
 local window = tonumber(ARGV[5])
 
-local now = clock_now()
-
 -- An entry admitted at s counts while now < s + window.
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
 local count = redis.call('ZCARD', key)
