@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Redis CPU per decision: each of our scripts against a minimal script of the same algorithm.
 #
-#   scripts/script-cost.sh [--repeat N] [--requests N] [--before GIT-REV]
+#   scripts/script-cost.sh [--repeat N] [--requests N] [--before GIT-REV] [--only ALGORITHM]
 #
 # For every row: FLUSHALL, CONFIG RESETSTAT, then
 #   redis-benchmark -n REQUESTS -c 50 -P 16 -r 10000 EVALSHA <sha> <numkeys> key:__rand_int__ ... args
@@ -13,7 +13,9 @@
 #
 # The minimal scripts keep none of our rules beyond the algorithm itself (see each below): they
 # are the floor one can reach with the same Redis commands. `--before REV` adds a row for our
-# script as it was at REV (e.g. `--before main`), in the same interleaved runs.
+# script as it was at REV (e.g. `--before main`), in the same interleaved runs. `--only` keeps the
+# rows of one algorithm (fixed_window, token_bucket, sliding_counter, sliding_window,
+# multi_window).
 #
 # Runs itself again under `with-redis` (load/src/bin/with-redis.rs): a throwaway redis-server on
 # a free port, stopped at the end.
@@ -23,19 +25,21 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repeat=3
 requests=200000
 before=""
+only=""
 while [ $# -gt 0 ]; do
   case $1 in
     --repeat) repeat=$2; shift 2 ;;
     --requests) requests=$2; shift 2 ;;
     --before) before=$2; shift 2 ;;
-    *) echo "usage: $0 [--repeat N] [--requests N] [--before GIT-REV]" >&2; exit 2 ;;
+    --only) only=$2; shift 2 ;;
+    *) echo "usage: $0 [--repeat N] [--requests N] [--before GIT-REV] [--only ALGORITHM]" >&2; exit 2 ;;
   esac
 done
 
 if [ -z "${THROWAWAY_REDIS_PORT:-}" ]; then
   target=${CARGO_TARGET_DIR:-target}
   cargo build -q -p ratelimit-load --bin with-redis
-  exec "$target/debug/with-redis" "$0" --repeat "$repeat" --requests "$requests" ${before:+--before "$before"}
+  exec "$target/debug/with-redis" "$0" --repeat "$repeat" --requests "$requests" ${before:+--before "$before"} ${only:+--only "$only"}
 fi
 port=$THROWAWAY_REDIS_PORT
 cli() { redis-cli -p "$port" "$@"; }
@@ -116,12 +120,14 @@ declare -A sha args
 
 add_ours() { # NAME DIR BODY ARGS...
   local name=$1 dir=$2 body=$3; shift 3
+  if [ -n "$only" ] && [ "${name%%/*}" != "$only" ]; then return; fi
   rows+=("$name")
   sha[$name]=$(cli script load "$(assemble "$dir" "$body")")
   args[$name]="$*"
 }
 add_minimal() { # NAME SOURCE ARGS...
   local name=$1 source=$2; shift 2
+  if [ -n "$only" ] && [ "${name%%/*}" != "$only" ]; then return; fi
   rows+=("$name")
   sha[$name]=$(cli script load "$source")
   args[$name]="$*"
