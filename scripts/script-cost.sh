@@ -2,6 +2,7 @@
 # Redis CPU per decision: each of our scripts against a minimal script of the same algorithm.
 #
 #   scripts/script-cost.sh [--repeat N] [--requests N] [--before GIT-REV] [--only ALGORITHM]
+#   scripts/script-cost.sh --instructions [--requests N] [--before GIT-REV] [--only ALGORITHM]
 #
 # For every row: FLUSHALL, CONFIG RESETSTAT, then
 #   redis-benchmark -n REQUESTS -c 50 -P 16 -r 10000 EVALSHA <sha> <numkeys> key:__rand_int__ ... args
@@ -17,6 +18,13 @@
 # rows of one algorithm (fixed_window, token_bucket, sliding_counter, sliding_window,
 # multi_window).
 #
+# `--instructions` counts instead of timing, for a machine too busy to time on: each row runs on
+# its own redis-server under `valgrind --tool=callgrind --toggle-collect=evalShaCommand`
+# (REQUESTS default 20000, same redis-benchmark command), and the table shows the CPU
+# instructions Redis executed a call inside EVALSHA (script and the commands it calls; not the
+# network and protocol work around it, which is the same for every row). Deterministic to about
+# 1%, where usec_per_call on a loaded machine moves by 50% from one run to the next.
+#
 # Runs itself again under `with-redis` (load/src/bin/with-redis.rs): a throwaway redis-server on
 # a free port, stopped at the end.
 set -euo pipefail
@@ -26,22 +34,26 @@ repeat=3
 requests=200000
 before=""
 only=""
+instructions=""
 while [ $# -gt 0 ]; do
   case $1 in
     --repeat) repeat=$2; shift 2 ;;
     --requests) requests=$2; shift 2 ;;
     --before) before=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
-    *) echo "usage: $0 [--repeat N] [--requests N] [--before GIT-REV] [--only ALGORITHM]" >&2; exit 2 ;;
+    --instructions) instructions=1; shift ;;
+    *) echo "usage: $0 [--instructions] [--repeat N] [--requests N] [--before GIT-REV] [--only ALGORITHM]" >&2; exit 2 ;;
   esac
 done
 
-if [ -z "${THROWAWAY_REDIS_PORT:-}" ]; then
+if [ -n "$instructions" ]; then
+  [ "$requests" = 200000 ] && requests=20000
+elif [ -z "${THROWAWAY_REDIS_PORT:-}" ]; then
   target=${CARGO_TARGET_DIR:-target}
   cargo build -q -p ratelimit-load --bin with-redis
   exec "$target/debug/with-redis" "$0" --repeat "$repeat" --requests "$requests" ${before:+--before "$before"} ${only:+--only "$only"}
 fi
-port=$THROWAWAY_REDIS_PORT
+port=${THROWAWAY_REDIS_PORT:-}
 cli() { redis-cli -p "$port" "$@"; }
 
 scratch=$(mktemp -d)
@@ -116,20 +128,20 @@ hour=3600000000
 nonce=__rand_int____rand_int__
 
 rows=()
-declare -A sha args
+declare -A source sha args
 
 add_ours() { # NAME DIR BODY ARGS...
   local name=$1 dir=$2 body=$3; shift 3
   if [ -n "$only" ] && [ "${name%%/*}" != "$only" ]; then return; fi
   rows+=("$name")
-  sha[$name]=$(cli script load "$(assemble "$dir" "$body")")
+  source[$name]=$(assemble "$dir" "$body")
   args[$name]="$*"
 }
 add_minimal() { # NAME SOURCE ARGS...
-  local name=$1 source=$2; shift 2
+  local name=$1 lua=$2; shift 2
   if [ -n "$only" ] && [ "${name%%/*}" != "$only" ]; then return; fi
   rows+=("$name")
-  sha[$name]=$(cli script load "$source")
+  source[$name]=$lua
   args[$name]="$*"
 }
 
@@ -159,30 +171,77 @@ add_minimal sliding_window/minimal "$minimal_sliding_window" 1 'min:sw:__rand_in
 for i in "${!dirs[@]}"; do add_ours "multi_window/${labels[$i]}" "${dirs[$i]}" multi_window.lua $mw; done
 add_minimal multi_window/minimal "$minimal_multi_window" 1 'min:mw:__rand_int__' $limit $minute $limit $hour $nonce
 
-# Every row answers "allowed" (our scripts: the first field of the reply) before it is measured.
-for row in "${rows[@]}"; do
+# Loads a row's script on the server at $port and checks that it answers "allowed" (our
+# scripts: the first field of the reply) before it is measured.
+load_row() { # ROW
+  local row=$1 first
+  sha[$row]=$(cli script load "${source[$row]}")
   # shellcheck disable=SC2086
   first=$(cli evalsha "${sha[$row]}" ${args[$row]//__rand_int__/7} | head -1)
+  cli del "$(echo "${args[$row]//__rand_int__/7}" | cut -d' ' -f2)" >/dev/null
   if [ "$first" != 1 ]; then
     echo "$row does not take the allowed path (first field of its reply: $first)" >&2
     exit 1
   fi
-done
+}
+
+benchmark() { # ROW
+  # shellcheck disable=SC2086
+  out=$(redis-benchmark -p "$port" -n "$requests" -c 50 -P 16 -r 10000 -q \
+    EVALSHA "${sha[$1]}" ${args[$1]} | tr '\r' '\n')
+  if echo "$out" | grep -qi error; then
+    echo "$1: $out" >&2
+    exit 1
+  fi
+}
+
+evalsha_stat() { # FIELD
+  cli info commandstats | tr -d '\r' | grep '^cmdstat_evalsha:' | grep -Eo "[:,]$1=[0-9.]+" | cut -d= -f2
+}
+
+header() {
+  echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, redis $(redis-server --version | cut -d' ' -f3 | cut -d= -f2), load average:$(uptime | sed 's/.*load average://')"
+}
+
+if [ -n "$instructions" ]; then
+  declare -A ir
+  for row in "${rows[@]}"; do
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    valgrind --tool=callgrind --toggle-collect=evalShaCommand --callgrind-out-file="$scratch/callgrind.out" \
+      redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$scratch" \
+      >"$scratch/valgrind.log" 2>&1 &
+    server=$!
+    for _ in $(seq 100); do cli ping >/dev/null 2>&1 && break; sleep 0.2; done
+    load_row "$row"
+    cli config resetstat >/dev/null
+    benchmark "$row"
+    calls=$(evalsha_stat calls)
+    cli shutdown nosave >/dev/null 2>&1 || true
+    wait "$server" || true
+    total=$(grep -E '^(summary|totals):' "$scratch/callgrind.out" | head -1 | awk '{ print $2 }')
+    ir[$row]=$((total / calls))
+    echo "# $row: $((total / calls)) instructions a call ($calls calls)" >&2
+  done
+  header
+  echo "# valgrind --tool=callgrind --toggle-collect=evalShaCommand redis-server; redis-benchmark -n $requests -c 50 -P 16 -r 10000, allowed path"
+  printf '| %-24s | %20s | %9s |\n' script 'instructions a call' 'x minimal'
+  printf '|%s|%s|%s|\n' --------------------------: ----------------------: -----------:
+  for row in "${rows[@]}"; do
+    printf '| %-24s | %20d | %9.2f |\n' "$row" "${ir[$row]}" "$(echo "${ir[$row]} / ${ir[${row%%/*}/minimal]}" | bc -l)"
+  done
+  exit 0
+fi
+
+for row in "${rows[@]}"; do load_row "$row"; done
 
 declare -A usec rps
 for run in $(seq 1 "$repeat"); do
   for row in "${rows[@]}"; do
     cli flushall >/dev/null
     cli config resetstat >/dev/null
-    # shellcheck disable=SC2086
-    out=$(redis-benchmark -p "$port" -n "$requests" -c 50 -P 16 -r 10000 -q \
-      EVALSHA "${sha[$row]}" ${args[$row]} | tr '\r' '\n')
-    if echo "$out" | grep -qi error; then
-      echo "$row: $out" >&2
-      exit 1
-    fi
+    benchmark "$row"
     r=$(echo "$out" | grep -Eo '[0-9.]+ requests per second' | tail -1 | cut -d' ' -f1)
-    u=$(cli info commandstats | tr -d '\r' | grep '^cmdstat_evalsha:' | grep -Eo 'usec_per_call=[0-9.]+' | cut -d= -f2)
+    u=$(evalsha_stat usec_per_call)
     usec[$row]+="$u "
     rps[$row]+="$r "
     echo "# run $run/$repeat $row: $u usec/call, $r calls/s" >&2
@@ -191,7 +250,7 @@ done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, redis $(redis-server --version | cut -d' ' -f3 | cut -d= -f2), load average:$(uptime | sed 's/.*load average://')"
+header
 echo "# redis-benchmark -n $requests -c 50 -P 16 -r 10000, allowed path, median of $repeat interleaved runs"
 printf '| %-24s | %13s | %9s | %13s | %16s |\n' script 'usec_per_call' 'x minimal' 'calls/s (-P16)' 'decisions/s/core'
 printf '|%s|%s|%s|%s|%s|\n' --------------------------: ---------------: -----------: ---------------: ------------------:
