@@ -25,8 +25,6 @@ for i = 4, #ARGV, 2 do
   if windows[#windows] > longest then longest = windows[#windows] end
 end
 
-local now = clock_now()
-
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - longest)
 
 local counts = {}
@@ -38,22 +36,41 @@ for i = 1, #windows do
   if counts[i] + cost > limits[i] then allowed = false end
 end
 
--- A retry of a call that was applied (its reply lost, the cluster client retried) finds its own
--- members: its permits are taken already.
-local replay = op == 'allow' and cost > 0 and redis.call('ZSCORE', key, nonce .. ':1') ~= false
-if replay then allowed = true end
-
-if allowed and op == 'allow' and cost > 0 and not replay then
-  local batch = {}
-  for i = 1, cost do
-    batch[#batch + 1] = now
-    batch[#batch + 1] = nonce .. ':' .. i
-    if #batch >= 1000 or i == cost then
-      redis.call('ZADD', key, unpack(batch))
-      batch = {}
+local consuming = op == 'allow' and cost > 0
+local replay = false
+if allowed and consuming then
+  -- The common path. NX: a retry of a call that was applied (its reply lost, the cluster client
+  -- retried) finds its own members and adds nothing; its permits are taken already. A call's
+  -- members share one score, so they stay or leave the log together: all are added or none.
+  local added
+  if cost == 1 then
+    added = redis.call('ZADD', key, 'NX', now, nonce .. ':1')
+  else
+    added = 0
+    local batch = {'NX'}
+    for i = 1, cost do
+      batch[#batch + 1] = now
+      batch[#batch + 1] = nonce .. ':' .. i
+      if #batch >= 1001 or i == cost then
+        added = added + redis.call('ZADD', key, unpack(batch))
+        batch = {'NX'}
+      end
     end
   end
-  for i = 1, #windows do counts[i] = counts[i] + cost end
+  if added > 0 then
+    -- The newest entry is the one just added (as in the twin's log): in every window it
+    -- leaves in exactly that window's length. The log lives as long as the longest.
+    redis.call('PEXPIRE', key, math.ceil(longest / 1000))
+    for i = 1, #windows do
+      consider(true, i, limits[i] - counts[i] - cost, windows[i], 0)
+    end
+    return answer(true, limits)
+  end
+  replay = true
+elseif consuming then
+  -- Denied by the counts: unless this is a retry of a call that was applied.
+  replay = redis.call('ZSCORE', key, nonce .. ':1') ~= false
+  allowed = replay
 end
 
 local newest = nil
@@ -74,13 +91,11 @@ for i = 1, #windows do
   consider(allowed, i, remaining, reset_after, retry_after)
 end
 
--- The log lives until its newest entry leaves the longest window. Set last: Redis may judge a
--- TTL against its real clock, and one shorter than the script's own run would end the key
--- before the reads above. When nothing was added the TTL is only ever extended: after a reload
--- to longer windows, a denied client's log must not expire with the old ones.
-if allowed and op == 'allow' and cost > 0 and not replay then
-  redis.call('PEXPIRE', key, math.ceil(longest / 1000))
-elseif newest then
+-- Nothing was added: the TTL is only ever extended, to when the newest entry leaves the longest
+-- window (after a reload to longer windows, a denied client's log must not expire with the old
+-- ones). Set last: Redis may judge a TTL against its real clock, and one shorter than the
+-- script's own run would end the key before the reads above.
+if newest then
   local needed = math.ceil((newest + longest - now) / 1000)
   local ttl = redis.call('PTTL', key)
   if ttl >= 0 and ttl < needed then redis.call('PEXPIRE', key, needed) end

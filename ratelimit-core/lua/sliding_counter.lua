@@ -18,8 +18,6 @@
 local op = ARGV[1]
 local cost = tonumber(ARGV[2])
 
-local now = clock_now()
-
 -- floor(a / b) for integers below 2^53, corrected where the division in doubles rounds up.
 local function idiv(a, b)
   local q = math.floor(a / b)
@@ -31,14 +29,72 @@ local function idiv(a, b)
   return q
 end
 
+local nonce = ARGV[3]
+local n = #KEYS
+
+-- One window, the common case: the same steps as the loops below, without their tables.
+if n == 1 then
+  local key, limit, window = KEYS[1], tonumber(ARGV[4]), tonumber(ARGV[5])
+  local number = idiv(now, window)
+  local current, previous, replay = 0, 0, false
+  local stored = redis.call('GET', key)
+  if stored then
+    local stored_number, stored_current, stored_previous, stored_nonce =
+      string.match(stored, '^(%d+):(%d+):(%d+):?(.*)$')
+    stored_number = tonumber(stored_number)
+    replay = stored_nonce == nonce
+    if stored_number == number then
+      current, previous = tonumber(stored_current), tonumber(stored_previous)
+    elseif stored_number + 1 == number then
+      previous = tonumber(stored_current)
+    end
+  end
+  local start = number * window
+  local e = now - start
+  local fits = current + cost <= limit
+    and previous * (window - e) <= (limit - current - cost) * window
+  -- A retry of a call that was applied: its permits are taken already.
+  local allowed = replay or fits
+  if allowed and op == 'allow' and cost > 0 and not replay then
+    current = current + cost
+    redis.call('SET', key, string.format('%d:%d:%d:', number, current, previous) .. nonce,
+      'PX', math.ceil((start + 2 * window - now) / 1000))
+  end
+  -- ceil(previous * (window - e) / window), on integers
+  local product = previous * (window - e)
+  local weighted = idiv(product, window)
+  if weighted * window < product then weighted = weighted + 1 end
+  local remaining = limit - current - weighted
+  if remaining < 0 then remaining = 0 end
+  local reset_after = 0
+  if current > 0 then
+    reset_after = start + 2 * window - now
+  elseif previous > 0 then
+    reset_after = start + window - now
+  end
+  if allowed then return {1, 1, limit, remaining, reset_after, 0} end
+  local retry_after
+  if current + cost > limit then
+    local keep = idiv((limit - cost) * window, current)
+    if keep > window then keep = window end
+    retry_after = start + window + (window - keep) - now
+  else
+    local divisor = previous
+    if divisor < 1 then divisor = 1 end
+    local keep = idiv((limit - current - cost) * window, divisor)
+    if keep > window then keep = window end
+    retry_after = window - keep - e
+    if retry_after < 0 then retry_after = 0 end
+  end
+  return {0, 1, limit, remaining, reset_after, retry_after}
+end
+
 -- Whether a request of `cost` fits window i's counts.
 local function fits(limit, window, elapsed, current, previous)
   return current + cost <= limit
     and previous * (window - elapsed) <= (limit - current - cost) * window
 end
 
-local nonce = ARGV[3]
-local n = #KEYS
 local limits, windows, numbers, elapsed, currents, previouses = {}, {}, {}, {}, {}, {}
 local allowed = true
 local replay = false
@@ -49,13 +105,11 @@ for i = 1, n do
   local current, previous = 0, 0
   local stored = redis.call('GET', KEYS[i])
   if stored then
-    local a = string.find(stored, ':', 1, true)
-    local b = string.find(stored, ':', a + 1, true)
-    local c = string.find(stored, ':', b + 1, true)
-    local stored_number = tonumber(string.sub(stored, 1, a - 1))
-    local stored_current = tonumber(string.sub(stored, a + 1, b - 1))
-    local stored_previous = tonumber(string.sub(stored, b + 1, (c or 0) - 1))
-    if i == 1 and c and string.sub(stored, c + 1) == nonce then replay = true end
+    local stored_number, stored_current, stored_previous, stored_nonce =
+      string.match(stored, '^(%d+):(%d+):(%d+):?(.*)$')
+    stored_number = tonumber(stored_number)
+    stored_current, stored_previous = tonumber(stored_current), tonumber(stored_previous)
+    if i == 1 and stored_nonce == nonce then replay = true end
     if stored_number == number then
       current, previous = stored_current, stored_previous
     elseif stored_number + 1 == number then

@@ -18,28 +18,44 @@ local nonce = ARGV[3]
 local limit = tonumber(ARGV[4])
 local window = tonumber(ARGV[5])
 
-local now = clock_now()
-
 -- An entry admitted at s counts while now < s + window.
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
 local count = redis.call('ZCARD', key)
+local consuming = op == 'allow' and cost > 0
 local allowed = count + cost <= limit
--- A retry of a call that was applied (its reply lost, the cluster client retried) finds its own
--- members: its permits are taken already.
-local replay = op == 'allow' and cost > 0 and redis.call('ZSCORE', key, nonce .. ':1') ~= false
-if replay then allowed = true end
+local replay = false
 
-if allowed and op == 'allow' and cost > 0 and not replay then
-  local batch = {}
-  for i = 1, cost do
-    batch[#batch + 1] = now
-    batch[#batch + 1] = nonce .. ':' .. i
-    if #batch >= 1000 or i == cost then
-      redis.call('ZADD', key, unpack(batch))
-      batch = {}
+if allowed and consuming then
+  -- The common path. NX: a retry of a call that was applied (its reply lost, the cluster client
+  -- retried) finds its own members and adds nothing; its permits are taken already. A call's
+  -- members share one score, so they stay or leave the log together: all are added or none.
+  local added
+  if cost == 1 then
+    added = redis.call('ZADD', key, 'NX', now, nonce .. ':1')
+  else
+    added = 0
+    local batch = {'NX'}
+    for i = 1, cost do
+      batch[#batch + 1] = now
+      batch[#batch + 1] = nonce .. ':' .. i
+      if #batch >= 1001 or i == cost then
+        added = added + redis.call('ZADD', key, unpack(batch))
+        batch = {'NX'}
+      end
     end
   end
-  count = count + cost
+  if added > 0 then
+    -- The newest entry is the one just added (as in the twin's log): it leaves the window in
+    -- exactly one window's length. The log lives as long.
+    redis.call('PEXPIRE', key, math.ceil(window / 1000))
+    count = count + cost
+    return {1, 1, limit, limit - count, window, 0}
+  end
+  replay = true
+elseif consuming then
+  -- Denied by the count: unless this is a retry of a call that was applied.
+  replay = redis.call('ZSCORE', key, nonce .. ':1') ~= false
+  allowed = replay
 end
 
 local remaining = limit - count
@@ -58,13 +74,11 @@ if not allowed then
   retry_after = tonumber(nth[2]) + window - now
 end
 
--- The log lives until its newest entry leaves the window. Set last: Redis may judge a TTL
--- against its real clock, and one shorter than the script's own run would end the key before
--- the reads above. When nothing was added the TTL is only ever extended: after a reload to a
--- longer window, a denied client's log must not expire with the old one.
-if allowed and op == 'allow' and cost > 0 and not replay then
-  redis.call('PEXPIRE', key, math.ceil(window / 1000))
-elseif count > 0 then
+-- Nothing was added: the TTL is only ever extended, to when the newest entry leaves the window
+-- (after a reload to a longer window, a denied client's log must not expire with the old one).
+-- Set last: Redis may judge a TTL against its real clock, and one shorter than the script's own
+-- run would end the key before the reads above.
+if count > 0 then
   local needed = math.ceil(reset_after / 1000)
   local ttl = redis.call('PTTL', key)
   if ttl >= 0 and ttl < needed then redis.call('PEXPIRE', key, needed) end

@@ -3,8 +3,5 @@
 -- be compared at any instant. The script's body is the same; the argument is removed before the
 -- body reads ARGV, and the body runs as a function so that the postlude can report the TTL it
 -- left on each key.
-local injected_now = tonumber(table.remove(ARGV))
-local function clock_now()
-  return injected_now
-end
+local now = tonumber(table.remove(ARGV))
 local function decide()
