@@ -171,12 +171,11 @@ async fn serve_allowed<S, B>(
     }
 }
 
+/// What the handler answers, at once.
+type Answer = std::future::Ready<Result<axum::http::Response<()>, std::convert::Infallible>>;
+
 /// The handler: an empty `200`, as bare as a response gets.
-fn handler() -> tower::util::ServiceFn<
-    fn(
-        axum::http::Request<()>,
-    ) -> std::future::Ready<Result<axum::http::Response<()>, std::convert::Infallible>>,
-> {
+fn handler() -> tower::util::ServiceFn<fn(axum::http::Request<()>) -> Answer> {
     tower::service_fn(|_| std::future::ready(Ok(axum::http::Response::new(()))))
 }
 
