@@ -8,6 +8,7 @@
 //! closure `Fn(&RequestInfo<'_>) -> Option<K>` is an extractor too.
 
 use std::fmt;
+use std::io::Write as _;
 use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -105,18 +106,27 @@ where
 /// assert_eq!(ip_key("192.0.2.7".parse().unwrap(), 64), b"192.0.2.7");
 /// ```
 pub fn ip_key(ip: IpAddr, ipv6_prefix: u8) -> Vec<u8> {
-    match canonical(ip) {
-        IpAddr::V4(v4) => v4.to_string().into_bytes(),
-        IpAddr::V6(v6) if ipv6_prefix >= 128 => v6.to_string().into_bytes(),
+    // Written on the stack, then copied once into a key of the exact length.
+    let mut buffer = [0u8; IP_KEY_MAX];
+    let mut out = &mut buffer[..];
+    // The longest key (`ffff:…:ffff/128`, 43 bytes) fits, so writing cannot fail.
+    let _ = match canonical(ip) {
+        IpAddr::V4(v4) => write!(out, "{v4}"),
+        IpAddr::V6(v6) if ipv6_prefix >= 128 => write!(out, "{v6}"),
         IpAddr::V6(v6) => {
             let mask = u128::MAX
                 .checked_shl(128 - u32::from(ipv6_prefix))
                 .unwrap_or(0);
             let network = Ipv6Addr::from(u128::from(v6) & mask);
-            format!("{network}/{ipv6_prefix}").into_bytes()
+            write!(out, "{network}/{ipv6_prefix}")
         }
-    }
+    };
+    let written = IP_KEY_MAX - out.len();
+    buffer[..written].to_vec()
 }
+
+/// Bytes an [`ip_key`] takes at most: a whole IPv6 address (39) and a prefix length (`/128`).
+const IP_KEY_MAX: usize = 48;
 
 /// The socket peer's IP, ignoring every header; IPv6 peers by their `/64` (see
 /// [`ipv6_prefix`](Self::ipv6_prefix)).

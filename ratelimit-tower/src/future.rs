@@ -3,8 +3,9 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
@@ -89,7 +90,24 @@ impl<S, F, ReqBody, ResBody> ResponseFuture<S, F, ReqBody, ResBody> {
         key: Vec<u8>,
         request: Request<ReqBody>,
         inner: S,
-    ) -> Self {
+    ) -> Self
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>, Future = F>,
+    {
+        if !shared.limiter.uses_redis() {
+            // The in-memory backend decides within its first poll: asked here, on the stack,
+            // the decision needs no boxed future. Its future has no await point before the
+            // decision is made, so a `Pending` (which it never returns) would mean nothing was
+            // counted yet, and the boxed check below starts afresh.
+            let outcome = {
+                let policy = target.policy();
+                let check = pin!(shared.limiter.allow_with(policy, &key, policy.cost()));
+                check.poll(&mut Context::from_waker(Waker::noop()))
+            };
+            if let Poll::Ready(outcome) = outcome {
+                return Self::with(decided(shared, target, outcome, &key, request, inner));
+            }
+        }
         let limiter = shared.limiter.clone();
         let policy_target = target.clone();
         let check: Check = Box::pin(async move {
@@ -133,84 +151,19 @@ where
                     inner,
                 } => {
                     let (outcome, key) = ready!(check.as_mut().poll(cx));
-                    let (Some(mut request), Some(mut inner)) = (request.take(), inner.take())
-                    else {
+                    let (Some(request), Some(inner)) = (request.take(), inner.take()) else {
                         // Polled again after completion: nothing left to do.
                         return Poll::Pending;
                     };
-                    let (shared, target) = (shared.clone(), target.clone());
-                    let shadow = shared.shadow || target.shadow();
-                    let stamp = match outcome {
-                        Ok(decision) if decision.allowed() => Some(decision),
-                        Ok(decision) if shadow => {
-                            tracing::info!(
-                                policy = target.policy().name(),
-                                rule = target.rule(),
-                                "shadow mode: request over the limit let through"
-                            );
-                            if let Some(on_denied) = &shared.code.hooks.on_denied {
-                                on_denied(&denial(
-                                    &shared, &request, &target, &decision, &key, true,
-                                ));
-                            }
-                            request.extensions_mut().insert(RateLimitInfo {
-                                decision,
-                                target: target.clone(),
-                            });
-                            None
-                        }
-                        Ok(decision) => {
-                            // One number for `Retry-After`, `t` and `X-RateLimit-Reset`.
-                            let retry = headers::reset_secs(&decision);
-                            let mut response = response::too_many_requests(
-                                &target,
-                                &decision,
-                                shared.headers,
-                                retry,
-                            );
-                            let hooks = &shared.code.hooks;
-                            if hooks.any() {
-                                let denial =
-                                    denial(&shared, &request, &target, &decision, &key, false);
-                                if let Some(on_denied) = &hooks.on_denied {
-                                    on_denied(&denial);
-                                }
-                                if let Some(shape) = &hooks.denied_response {
-                                    response = shape(&denial, response);
-                                }
-                            }
-                            this.state.set(State::Ready {
-                                response: Some(response.map(ResponseBody::own)),
-                            });
-                            continue;
-                        }
-                        Err(error) => {
-                            tracing::warn!(
-                                %error,
-                                policy = target.policy().name(),
-                                "rate limiter unavailable: request let through"
-                            );
-                            // Handlers still learn what happened: let through, open. No
-                            // headers: they would describe a quota nobody counted.
-                            request.extensions_mut().insert(RateLimitInfo {
-                                decision: Decision::fallback_open(target.policy()),
-                                target: target.clone(),
-                            });
-                            None
-                        }
-                    };
-                    if let Some(decision) = &stamp {
-                        request.extensions_mut().insert(RateLimitInfo {
-                            decision: *decision,
-                            target: target.clone(),
-                        });
-                    }
-                    // Shadow decisions stay invisible to clients: no headers.
-                    let stamp = stamp
-                        .filter(|_| !shadow)
-                        .map(|decision| (shared, target, decision));
-                    let future = inner.call(request);
-                    this.state.set(State::Calling { future, stamp });
+                    let next = decided(
+                        shared.clone(),
+                        target.clone(),
+                        outcome,
+                        &key,
+                        request,
+                        inner,
+                    );
+                    this.state.set(next);
                 }
                 StateProjection::Calling { future, stamp } => {
                     let mut response = ready!(future.poll(cx))?;
@@ -237,6 +190,87 @@ where
                 }
             }
         }
+    }
+}
+
+/// What follows the limiter's answer `outcome` for `request` (keyed `key`): the inner service
+/// called, the decision in the request's extensions and the headers to come, or a `429`.
+fn decided<S, F, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    target: Arc<Target>,
+    outcome: Result<Decision, Error>,
+    key: &[u8],
+    mut request: Request<ReqBody>,
+    mut inner: S,
+) -> State<S, F, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>, Future = F>,
+{
+    let shadow = shared.shadow || target.shadow();
+    let stamp = match outcome {
+        Ok(decision) if decision.allowed() => Some(decision),
+        Ok(decision) if shadow => {
+            tracing::info!(
+                policy = target.policy().name(),
+                rule = target.rule(),
+                "shadow mode: request over the limit let through"
+            );
+            if let Some(on_denied) = &shared.code.hooks.on_denied {
+                on_denied(&denial(&shared, &request, &target, &decision, key, true));
+            }
+            request.extensions_mut().insert(RateLimitInfo {
+                decision,
+                target: target.clone(),
+            });
+            None
+        }
+        Ok(decision) => {
+            // One number for `Retry-After`, `t` and `X-RateLimit-Reset`.
+            let retry = headers::reset_secs(&decision);
+            let mut response =
+                response::too_many_requests(&target, &decision, shared.headers, retry);
+            let hooks = &shared.code.hooks;
+            if hooks.any() {
+                let denial = denial(&shared, &request, &target, &decision, key, false);
+                if let Some(on_denied) = &hooks.on_denied {
+                    on_denied(&denial);
+                }
+                if let Some(shape) = &hooks.denied_response {
+                    response = shape(&denial, response);
+                }
+            }
+            return State::Ready {
+                response: Some(response.map(ResponseBody::own)),
+            };
+        }
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                policy = target.policy().name(),
+                "rate limiter unavailable: request let through"
+            );
+            // Handlers still learn what happened: let through, open. No
+            // headers: they would describe a quota nobody counted.
+            request.extensions_mut().insert(RateLimitInfo {
+                decision: Decision::fallback_open(target.policy()),
+                target: target.clone(),
+            });
+            None
+        }
+    };
+    if let Some(decision) = &stamp {
+        request.extensions_mut().insert(RateLimitInfo {
+            decision: *decision,
+            target: target.clone(),
+        });
+    }
+    // Shadow decisions stay invisible to clients: no headers.
+    let stamp = stamp
+        .filter(|_| !shadow)
+        .map(|decision| (shared, target, decision));
+    State::Calling {
+        future: inner.call(request),
+        stamp,
     }
 }
 

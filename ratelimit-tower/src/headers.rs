@@ -33,8 +33,10 @@
 //! [draft-ietf-httpapi-ratelimit-headers-10]: https://datatracker.ietf.org/doc/draft-ietf-httpapi-ratelimit-headers/10/
 
 use std::fmt::Write as _;
+use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ratelimit_core::{Decision, Policy, Window};
@@ -243,20 +245,18 @@ pub fn write(
     reset: u64,
 ) {
     let remaining = fields.in_requests(decision.remaining());
-    if settings.families.ietf {
-        if let Some(value) = &fields.policy_header {
-            headers.append(RATELIMIT_POLICY.clone(), value.clone());
-        }
-        if let Some(id) = fields.item(decision.window_index()) {
-            let item = format!("{id};r={remaining};t={reset}");
-            if let Ok(value) = HeaderValue::from_str(&item) {
-                headers.append(RATELIMIT.clone(), value);
-            }
-        }
+    // Every value but `RateLimit-Policy` (written once per policy) is written into one
+    // buffer, which the values then share: one allocation for them all.
+    let mut values = Values::new();
+    let mut item = None;
+    if settings.families.ietf
+        && let Some(id) = fields.item(decision.window_index())
+    {
+        item = values.push_item(id, remaining, reset);
     }
-    if settings.families.legacy {
-        // One policy fits: an inner layer's, unless this one leaves fewer requests.
-        let fewer = match headers.entry(X_RATELIMIT_REMAINING.clone()) {
+    // One policy fits the legacy family: an inner layer's, unless this one leaves fewer.
+    let legacy = settings.families.legacy
+        && match headers.entry(X_RATELIMIT_REMAINING.clone()) {
             Entry::Vacant(_) => true,
             Entry::Occupied(existing) => existing
                 .get()
@@ -265,14 +265,146 @@ pub fn write(
                 .and_then(|v| v.parse::<u64>().ok())
                 .is_none_or(|existing| remaining < existing),
         };
-        if fewer {
-            let limit = fields.in_requests(decision.limit());
-            headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(limit));
-            headers.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining));
-            headers.insert(
-                X_RATELIMIT_RESET.clone(),
-                HeaderValue::from(legacy_reset(reset, settings.legacy_reset)),
-            );
+    let mut numbers = None;
+    if legacy {
+        let limit = fields.in_requests(decision.limit());
+        let reset = legacy_reset(reset, settings.legacy_reset);
+        numbers = Some([limit, remaining, reset].map(|n| values.push_number(n)));
+    }
+    let values = Bytes::from_owner(values);
+    let value = |range: Range<usize>| HeaderValue::from_maybe_shared(values.slice(range)).ok();
+    let item = item.and_then(|item| match item {
+        Ok(range) => value(range),
+        Err(long) => Some(long),
+    });
+    if settings.families.ietf {
+        if let Some(policy) = &fields.policy_header {
+            headers.append(RATELIMIT_POLICY.clone(), policy.clone());
+        }
+        if let Some(item) = item {
+            headers.append(RATELIMIT.clone(), item);
+        }
+    }
+    if let Some([limit, remaining, reset]) = numbers {
+        for (name, range) in [
+            (&X_RATELIMIT_LIMIT, limit),
+            (&X_RATELIMIT_REMAINING, remaining),
+            (&X_RATELIMIT_RESET, reset),
+        ] {
+            if let Some(number) = value(range) {
+                headers.insert(name.clone(), number);
+            }
+        }
+    }
+}
+
+/// Bytes [`Values`] holds: a `RateLimit` item with a policy identifier of up to 90 bytes (its
+/// numbers take 46 at most), and room left for the three legacy numbers.
+const VALUES_CAPACITY: usize = 192;
+
+/// Bytes the three legacy numbers take at most (20 digits each).
+const NUMBERS_ROOM: usize = 60;
+
+/// The header values of one response, side by side; the values are slices of it.
+struct Values {
+    bytes: [u8; VALUES_CAPACITY],
+    len: usize,
+}
+
+impl AsRef<[u8]> for Values {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl Values {
+    fn new() -> Self {
+        Self {
+            bytes: [0; VALUES_CAPACITY],
+            len: 0,
+        }
+    }
+
+    /// Appends `parts`, one after the other, and returns where they are; `None`, and nothing
+    /// appended, when they do not fit.
+    fn push(&mut self, parts: &[&[u8]]) -> Option<Range<usize>> {
+        let start = self.len;
+        let end = start + parts.iter().map(|part| part.len()).sum::<usize>();
+        let mut room = self.bytes.get_mut(start..end)?;
+        for part in parts {
+            let (this, rest) = room.split_at_mut(part.len());
+            this.copy_from_slice(part);
+            room = rest;
+        }
+        self.len = end;
+        Some(start..end)
+    }
+
+    /// `n`. Three numbers always fit: an item leaves them [`NUMBERS_ROOM`].
+    fn push_number(&mut self, n: u64) -> Range<usize> {
+        let start = self.len;
+        self.push(&[itoa::Buffer::new().format(n).as_bytes()])
+            .unwrap_or(start..start)
+    }
+
+    /// The `RateLimit` item of the window `id`: `"hello-1m";r=0;t=17`; written on its own when
+    /// `id` is too long to share the buffer.
+    fn push_item(
+        &mut self,
+        id: &str,
+        remaining: u64,
+        reset: u64,
+    ) -> Option<Result<Range<usize>, HeaderValue>> {
+        let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let parts: [&[u8]; 5] = [
+            id.as_bytes(),
+            b";r=",
+            r.format(remaining).as_bytes(),
+            b";t=",
+            t.format(reset).as_bytes(),
+        ];
+        let len: usize = parts.iter().map(|part| part.len()).sum();
+        let inline = (self.len + len + NUMBERS_ROOM <= VALUES_CAPACITY)
+            .then(|| self.push(&parts))
+            .flatten();
+        match inline {
+            Some(range) => Some(Ok(range)),
+            None => HeaderValue::from_maybe_shared(Bytes::from(parts.concat()))
+                .ok()
+                .map(Err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(name: &str) -> HeaderMap {
+        let policy = Policy::new(name, [Window::per_minute(10)]);
+        let fields = PolicyFields::new(&policy);
+        let decision = Decision::fallback_open(&policy);
+        let settings = HeaderSettings {
+            families: HeaderFamilies {
+                ietf: true,
+                legacy: true,
+            },
+            legacy_reset: LegacyReset::DeltaSeconds,
+        };
+        let mut headers = HeaderMap::new();
+        write(&mut headers, settings, &fields, &decision, 17);
+        headers
+    }
+
+    #[test]
+    fn a_short_and_a_long_policy_name_write_the_same_values() {
+        for name in ["hello", &"long".repeat(60)] {
+            let headers = written(name);
+            let item = format!("\"{name}-1m\";r=10;t=17");
+            assert_eq!(headers[&RATELIMIT], item.as_str(), "{name}");
+            assert_eq!(headers[&X_RATELIMIT_LIMIT], "10");
+            assert_eq!(headers[&X_RATELIMIT_REMAINING], "10");
+            assert_eq!(headers[&X_RATELIMIT_RESET], "17");
         }
     }
 }

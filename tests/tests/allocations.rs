@@ -133,3 +133,75 @@ fn a_cache_hit_does_not_allocate() {
     assert_eq!(allow, 0, "allocations over {DECISIONS} cached `allow`s");
     assert_eq!(peek, 0, "allocations over {DECISIONS} cached `peek`s");
 }
+
+/// Requests sent through the layer in one measurement, after warming up.
+const REQUESTS: u64 = 1000;
+
+/// `n` requests for one route from one IPv4 client, as a server hands them over.
+fn requests_from_one_client(n: u64) -> Vec<axum::http::Request<()>> {
+    let peer: std::net::SocketAddr = "192.0.2.7:40000".parse().expect("an address");
+    (0..n)
+        .map(|_| {
+            let mut request = axum::http::Request::new(());
+            *request.uri_mut() = axum::http::Uri::from_static("/api/hello");
+            request
+                .extensions_mut()
+                .insert(ratelimit_tower::PeerAddr(peer));
+            request
+        })
+        .collect()
+}
+
+/// Sends `requests` through `service` one at a time, each allowed; the clock moves 1 ms a
+/// request, so the key's state stays the size steady traffic keeps it.
+async fn serve_allowed<S, B>(
+    mut service: S,
+    clock: FakeClock,
+    requests: Vec<axum::http::Request<()>>,
+) where
+    S: tower::Service<axum::http::Request<()>, Response = axum::http::Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    use tower::ServiceExt as _;
+    for request in requests {
+        clock.advance(Duration::from_millis(1));
+        let ready = service.ready().await.expect("the service is ready");
+        let response = ready.call(request).await.expect("a response");
+        assert_eq!(response.status(), axum::http::StatusCode::OK);
+    }
+}
+
+/// What the handler answers, at once.
+type Answer = std::future::Ready<Result<axum::http::Response<()>, std::convert::Infallible>>;
+
+/// The handler: an empty `200`, as bare as a response gets.
+fn handler() -> tower::util::ServiceFn<fn(axum::http::Request<()>) -> Answer> {
+    tower::service_fn(|_| std::future::ready(Ok(axum::http::Response::new(()))))
+}
+
+/// What the layer adds to an allowed request, in-memory backend, keyed by client IP, both
+/// header families: allocations counted through the layer minus those of the bare handler.
+#[test]
+fn an_allowed_request_through_the_layer_allocates_a_fixed_few() {
+    let (limiter, clock) = memory_limiter();
+    let layer = ratelimit_tower::RateLimitLayer::from_limiter(limiter);
+    let runtime = current_thread();
+    let bare = allocations_during(&runtime, || {
+        serve_allowed(handler(), clock.clone(), requests_from_one_client(REQUESTS))
+    });
+    let limited = || {
+        serve_allowed(
+            tower::Layer::layer(&layer, handler()),
+            clock.clone(),
+            requests_from_one_client(REQUESTS),
+        )
+    };
+    allocations_during(&runtime, limited);
+    allocations_during(&runtime, limited);
+    let through_layer = allocations_during(&runtime, limited);
+    let per_request = (through_layer - bare) as f64 / REQUESTS as f64;
+    assert_eq!(
+        per_request, 8.0,
+        "allocations a request adds ({through_layer} through the layer, {bare} bare, over {REQUESTS} requests)"
+    );
+}
