@@ -13,9 +13,6 @@
 -- the binding window: when denied, the denying window that waits longest; when allowed, the window
 -- with the fewest permits left (the longer wait on a tie).
 local key = KEYS[1]
-local op = ARGV[1]
-local cost = tonumber(ARGV[2])
-local nonce = ARGV[3]
 
 local limits, windows = {}, {}
 local longest = 0

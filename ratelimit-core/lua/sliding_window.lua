@@ -12,9 +12,6 @@
 -- reset_after_us is the time until every permit in the log has returned;
 -- retry_after_us is the time until a request of this cost can succeed (0 when it can now).
 local key = KEYS[1]
-local op = ARGV[1]
-local cost = tonumber(ARGV[2])
-local nonce = ARGV[3]
 local limit = tonumber(ARGV[4])
 local window = tonumber(ARGV[5])
 

@@ -12,10 +12,6 @@
 -- ARGV[4], ARGV[5], ...  limit and window length (µs) of each window, in pairs
 --
 -- Returns {allowed, binding window (1-based), limit, remaining, reset_after_us, retry_after_us}.
-local op = ARGV[1]
-local cost = tonumber(ARGV[2])
-local nonce = ARGV[3]
-local n = #KEYS
 
 -- One window, the common case: the same steps as the loops below, without their tables.
 if n == 1 then

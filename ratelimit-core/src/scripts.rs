@@ -14,13 +14,14 @@ use crate::decision::Outcome;
 use crate::error::Error;
 use crate::policy::{Algorithm, Policy};
 
-/// A script as Redis runs it: the shared prelude (`lua/prelude/`: the clock and the choice of
-/// the binding window), then the algorithm's body from `lua/`.
+/// A script as Redis runs it: the shared prelude (`lua/prelude/`: the clock, the choice of the
+/// binding window, the arguments every script takes), then the algorithm's body from `lua/`.
 macro_rules! assemble {
     ("clock.lua", $body:literal) => {
         concat!(
             include_str!("../lua/prelude/clock.lua"),
             include_str!("../lua/prelude/binding.lua"),
+            include_str!("../lua/prelude/arguments.lua"),
             include_str!(concat!("../lua/", $body)),
         )
     };
@@ -28,6 +29,7 @@ macro_rules! assemble {
         concat!(
             include_str!("../lua/prelude/clock_argument.lua"),
             include_str!("../lua/prelude/binding.lua"),
+            include_str!("../lua/prelude/arguments.lua"),
             include_str!(concat!("../lua/", $body)),
             include_str!("../lua/prelude/clock_argument_end.lua"),
         )
