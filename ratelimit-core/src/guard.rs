@@ -341,6 +341,23 @@ impl Guarded {
         }
     }
 
+    /// The cache's answer now, counted, when it has one: what [`Self::evaluate`] answers
+    /// first, without building its future. Allocation-free.
+    pub(crate) fn cached_now(
+        &self,
+        policy: &Policy,
+        identity: Identity<'_>,
+        cost: u64,
+        consume: bool,
+    ) -> Option<Decision> {
+        let cache = self.cache.as_ref()?;
+        let mut buffer = [0u8; MAX_KEY];
+        let key = store_key(&mut buffer, policy, identity);
+        let decision = cache.lookup(key, cost, consume, self.clock.now_micros())?;
+        self.metrics.cache_hit();
+        Some(decision)
+    }
+
     /// The cache's answer for `key` at `now_us`, counted, when it has one.
     fn cached(&self, key: &[u8], cost: u64, consume: bool, now_us: u64) -> Option<Decision> {
         let decision = self.cache.as_ref()?.lookup(key, cost, consume, now_us)?;

@@ -38,21 +38,25 @@ pub struct Identity<'a> {
 
 #[derive(Debug, Clone, Copy)]
 enum Repr<'a> {
-    Plain(&'a str),
+    /// Printable ASCII only (so also UTF-8).
+    Plain(&'a [u8]),
     Hashed([u8; HASHED_LEN]),
+}
+
+/// Whether `raw` may stand as itself in a key: printable ASCII other than `{`, `}` and `#`.
+/// Written without early exits, so that it compiles to a few wide operations.
+fn is_plain(raw: &[u8]) -> bool {
+    raw.iter().fold(true, |plain, &b| {
+        plain & (b.wrapping_sub(b'!') < b'~' - b'!' + 1) & (b != b'{') & (b != b'}') & (b != b'#')
+    })
 }
 
 impl<'a> Identity<'a> {
     /// Normalizes raw identity bytes (a header value, an IP, a user id).
     pub fn new(raw: &'a [u8]) -> Self {
-        if raw.len() <= MAX_PLAIN_IDENTITY
-            && raw
-                .iter()
-                .all(|&b| b.is_ascii_graphic() && !matches!(b, b'{' | b'}' | b'#'))
-            && let Ok(plain) = std::str::from_utf8(raw)
-        {
+        if raw.len() <= MAX_PLAIN_IDENTITY && is_plain(raw) {
             return Self {
-                repr: Repr::Plain(plain),
+                repr: Repr::Plain(raw),
             };
         }
         let digest = Sha256::digest(raw);
@@ -72,7 +76,7 @@ impl<'a> Identity<'a> {
     /// its `#` marks it as one no client can name.
     pub(crate) fn internal(text: &'a str) -> Self {
         Self {
-            repr: Repr::Plain(text),
+            repr: Repr::Plain(text.as_bytes()),
         }
     }
 
@@ -86,7 +90,7 @@ impl<'a> Identity<'a> {
     /// assert!(digest.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
     /// ```
     pub fn digest(&self) -> Digest {
-        let hash = Sha256::digest(self.as_str().as_bytes());
+        let hash = Sha256::digest(self.as_bytes());
         let mut out = [0u8; 16];
         const HEX: &[u8; 16] = b"0123456789abcdef";
         for (i, byte) in hash.iter().take(8).enumerate() {
@@ -98,10 +102,15 @@ impl<'a> Identity<'a> {
 
     /// The identity as it appears in keys.
     pub fn as_str(&self) -> &str {
+        // Only printable ASCII is kept plain, and only ASCII hex and '#' are written hashed.
+        std::str::from_utf8(self.as_bytes()).unwrap_or("#")
+    }
+
+    /// The identity's bytes as they appear in keys (those of [`Self::as_str`]).
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         match &self.repr {
-            Repr::Plain(s) => s,
-            // Only ASCII hex and '#' were written.
-            Repr::Hashed(bytes) => std::str::from_utf8(bytes).unwrap_or("#"),
+            Repr::Plain(bytes) => bytes,
+            Repr::Hashed(bytes) => bytes,
         }
     }
 }
@@ -203,7 +212,7 @@ pub(crate) fn store_key<'b>(
         b"\0",
         policy.algorithm().key_tag().as_bytes(),
         b"\0",
-        identity.as_str().as_bytes(),
+        identity.as_bytes(),
     ];
     let mut len = 0;
     for part in parts {

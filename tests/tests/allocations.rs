@@ -78,6 +78,41 @@ fn memory_peek_does_not_allocate() {
     assert_eq!(measured, 0, "allocations over {DECISIONS} in-memory peeks");
 }
 
+/// Every algorithm's in-memory `allow` on keys it tracks (a thousand of them, each an entry
+/// whose key and state are inline): no allocation.
+#[test]
+fn memory_allow_of_every_algorithm_does_not_allocate() {
+    use ratelimit_core::Algorithm;
+    let runtime = current_thread();
+    let keys: Vec<String> = (0..DECISIONS)
+        .map(|i| format!("10.0.{}.{}", i / 256, i % 256))
+        .collect();
+    for algorithm in [
+        Algorithm::SlidingWindow,
+        Algorithm::TokenBucket,
+        Algorithm::FixedWindow,
+        Algorithm::SlidingCounter,
+    ] {
+        let limiter = RateLimiter::new_lazy(
+            Config::new(1_000, Duration::from_secs(60)).with_algorithm(algorithm),
+        )
+        .expect("a valid in-memory configuration");
+        let decide = || async {
+            for key in &keys {
+                let decision = limiter.allow(key).await;
+                assert!(decision.expect("the in-memory backend answers").allowed());
+            }
+        };
+        let first = allocations_during(&runtime, decide);
+        assert!(first > 0, "{algorithm}: new keys fill the tables");
+        let tracked = allocations_during(&runtime, decide);
+        assert_eq!(
+            tracked, 0,
+            "{algorithm}: allocations over {DECISIONS} allows of tracked keys"
+        );
+    }
+}
+
 /// A Redis-backed limiter with the exact cache whose key `abuser` has been denied: from then on
 /// the cache answers it, without a round trip, for the next 10 s.
 fn denied_on_redis(server: &RedisServer, runtime: &tokio::runtime::Runtime) -> RateLimiter {

@@ -17,9 +17,16 @@ pub struct Tat {
 impl Tat {
     /// This TAT advanced by `cost` emission intervals of `window / limit`.
     fn advance(self, cost: u64, window: u64, limit: u64) -> Self {
-        let inc = u128::from(cost) * u128::from(window);
-        let whole = (inc / u128::from(limit)) as u64;
-        let rem = (inc % u128::from(limit)) as u64;
+        // 64-bit division when the product fits, as it does for any cost and window in
+        // practice (a 128-bit one is a library call).
+        let (whole, rem) = match cost.checked_mul(window) {
+            Some(inc) => (inc / limit, inc % limit),
+            None => {
+                let inc = u128::from(cost) * u128::from(window);
+                let limit = u128::from(limit);
+                ((inc / limit) as u64, (inc % limit) as u64)
+            }
+        };
         let (mut micros, mut frac) = (self.micros + whole, self.frac + rem);
         if frac >= limit {
             micros += 1;
@@ -60,17 +67,27 @@ pub fn gcra(tats: &mut [Tat], windows: &[Window], now: u64, request: Request) ->
         let ahead = tat.micros.saturating_sub(now);
         !(ahead > window || (ahead == window && tat.frac > 0))
     };
-    let allowed = windows.iter().zip(tats.iter()).all(|(w, tat)| {
-        let next = current(tat).advance(request.cost, w.micros(), w.max_requests());
-        fits(next, w.micros())
-    });
+    let next_of =
+        |w: &Window, tat: &Tat| current(tat).advance(request.cost, w.micros(), w.max_requests());
+    // One window (the usual case): its next TAT is computed once.
+    let single = match (windows, &*tats) {
+        ([w], [tat]) => Some(next_of(w, tat)),
+        _ => None,
+    };
+    let allowed = match single {
+        Some(next) => fits(next, windows[0].micros()),
+        None => windows
+            .iter()
+            .zip(tats.iter())
+            .all(|(w, tat)| fits(next_of(w, tat), w.micros())),
+    };
     let consume = allowed && request.consume && request.cost > 0;
     let mut binding = Binding::default();
     let mut expires_at_us = now;
     for (index, (w, stored)) in windows.iter().zip(tats.iter_mut()).enumerate() {
         let (window, limit) = (w.micros(), w.max_requests());
         let before = current(stored);
-        let next = before.advance(request.cost, window, limit);
+        let next = single.unwrap_or_else(|| next_of(w, stored));
         let tat = if consume {
             *stored = next;
             next
@@ -79,9 +96,16 @@ pub fn gcra(tats: &mut [Tat], windows: &[Window], now: u64, request: Request) ->
         };
         expires_at_us = expires_at_us.max(stored.micros + 1);
         // A TAT beyond now + window only arises when a reload shortened the window.
-        let headroom = (u128::from((now + window).saturating_sub(tat.micros)) * u128::from(limit))
-            .saturating_sub(u128::from(tat.frac));
-        let remaining = ((headroom / u128::from(window)) as u64).min(limit);
+        let ahead = (now + window).saturating_sub(tat.micros);
+        let remaining = match ahead.checked_mul(limit) {
+            Some(headroom) => headroom.saturating_sub(tat.frac) / window,
+            None => {
+                let headroom =
+                    (u128::from(ahead) * u128::from(limit)).saturating_sub(u128::from(tat.frac));
+                (headroom / u128::from(window)) as u64
+            }
+        }
+        .min(limit);
         let reset_after_us = tat.micros - now + u64::from(tat.frac > 0);
         let mut retry_after_us = 0;
         if !allowed && !fits(next, window) {

@@ -14,7 +14,7 @@ mod sliding_log;
 pub use fixed_window::{FixedCounter, fixed_window};
 pub use gcra::{Tat, gcra};
 pub use sliding_counter::{CounterPair, sliding_counter};
-pub use sliding_log::sliding_log;
+pub use sliding_log::{TimeLog, sliding_log};
 
 /// What an algorithm decided, for the binding window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,6 +6,61 @@ use super::binding::{Binding, Candidate};
 use super::{Request, Verdict};
 use crate::policy::Window;
 
+/// Where a sliding log keeps its admission times: a `VecDeque`, or a store that keeps a short
+/// log inline and moves it to the heap only when it grows (the in-memory backend's).
+pub trait TimeLog {
+    /// Entries held.
+    fn len(&self) -> usize;
+    /// Whether no entry is held.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The `index`-th oldest entry.
+    fn get(&self, index: usize) -> Option<u64>;
+    /// Drops the oldest entry.
+    fn pop_front(&mut self);
+    /// Appends `times` copies of `at` (not older than any entry held).
+    fn push_back(&mut self, at: u64, times: u64);
+    /// The first index whose entry is not `pred` (entries for which `pred` holds form a
+    /// prefix): a binary search.
+    fn partition_point(&self, pred: impl Fn(u64) -> bool) -> usize {
+        let (mut low, mut high) = (0, self.len());
+        while low < high {
+            let mid = low + (high - low) / 2;
+            if self.get(mid).is_some_and(&pred) {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        low
+    }
+}
+
+impl TimeLog for VecDeque<u64> {
+    fn len(&self) -> usize {
+        VecDeque::len(self)
+    }
+
+    fn get(&self, index: usize) -> Option<u64> {
+        VecDeque::get(self, index).copied()
+    }
+
+    fn pop_front(&mut self) {
+        VecDeque::pop_front(self);
+    }
+
+    fn push_back(&mut self, at: u64, times: u64) {
+        for _ in 0..times {
+            VecDeque::push_back(self, at);
+        }
+    }
+
+    fn partition_point(&self, pred: impl Fn(u64) -> bool) -> usize {
+        VecDeque::partition_point(self, |&s| pred(s))
+    }
+}
+
 /// Evaluates a sliding log: `log` holds admission times (µs, ascending), one entry a permit.
 ///
 /// An entry admitted at `s` counts while `now < s + window`. One log serves every window, so it
@@ -26,36 +81,35 @@ use crate::policy::Window;
 /// assert!(sliding_log(&mut log, &windows, 1_000_000, allow).allowed);
 /// ```
 pub fn sliding_log(
-    log: &mut VecDeque<u64>,
+    log: &mut impl TimeLog,
     windows: &[Window],
     now: u64,
     request: Request,
 ) -> Verdict {
     let longest = windows.iter().map(Window::micros).max().unwrap_or(0);
-    while log
-        .front()
-        .is_some_and(|&s| s.saturating_add(longest) <= now)
-    {
+    while log.get(0).is_some_and(|s| s.saturating_add(longest) <= now) {
         log.pop_front();
     }
     // Entries inside a window form a suffix of the log.
-    let count_in = |log: &VecDeque<u64>, w: u64| -> u64 {
-        let first_inside = log.partition_point(|&s| s.saturating_add(w) <= now);
+    fn count_in(log: &impl TimeLog, w: u64, now: u64) -> u64 {
+        let first_inside = log.partition_point(|s| s.saturating_add(w) <= now);
         (log.len() - first_inside) as u64
-    };
+    }
     let allowed = windows
         .iter()
-        .all(|w| count_in(log, w.micros()) + request.cost <= w.max_requests());
-    if allowed && request.consume {
-        for _ in 0..request.cost {
-            log.push_back(now);
-        }
+        .all(|w| count_in(log, w.micros(), now) + request.cost <= w.max_requests());
+    if allowed && request.consume && request.cost > 0 {
+        log.push_back(now, request.cost);
     }
-    let newest = log.back().copied();
+    let newest = if log.is_empty() {
+        None
+    } else {
+        log.get(log.len() - 1)
+    };
     let mut binding = Binding::default();
     for (index, w) in windows.iter().enumerate() {
         let window = w.micros();
-        let count = count_in(log, window);
+        let count = count_in(log, window, now);
         let reset_after_us = match newest {
             Some(s) if count > 0 => s + window - now,
             _ => 0,
@@ -64,7 +118,7 @@ pub fn sliding_log(
         if !allowed && count + request.cost > w.max_requests() {
             let first_inside = log.len() - count as usize;
             let nth = first_inside + (count + request.cost - w.max_requests() - 1) as usize;
-            if let Some(&s) = log.get(nth) {
+            if let Some(s) = log.get(nth) {
                 retry_after_us = s + window - now;
             }
         }

@@ -6,15 +6,24 @@
 //! full. When a shard is still full after that, the eighth of it that expires soonest is
 //! forgotten (those keys start afresh): the bound on memory wins over exactness for the evicted
 //! keys.
+//!
+//! **Layout, for a small footprint and one hash a decision.** A policy (its name and
+//! algorithm) gets a small number the first time the backend sees it, so a key is that number
+//! and the identity's bytes, kept inline in the entry when they are short (20 bytes: an IPv4
+//! address, most user ids). The state of a one-window policy, and a sliding log of up to three
+//! entries, are inline too: a typical key costs one 72-byte entry and no allocation of its
+//! own. Entries sit densely in a slab a shard (a vector that only grows as far as the shard's
+//! bound); the shard's hash table holds 4-byte slab indices, so its doublings cost little. The
+//! key's hash, computed once, picks the shard and the table's bucket.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use hashbrown::HashTable;
 
 use crate::algorithm::{
-    CounterPair, FixedCounter, Request, Tat, Verdict, fixed_window, gcra, sliding_counter,
+    CounterPair, FixedCounter, Request, Tat, TimeLog, Verdict, fixed_window, gcra, sliding_counter,
     sliding_log,
 };
 use crate::clock::Clock;
@@ -24,36 +33,275 @@ use crate::policy::{Algorithm, Policy};
 const SHARDS: usize = 64;
 const SWEEP_EVERY: u32 = 4096;
 
+/// Policies (name and algorithm) a backend numbers. Keys of any further policy carry the
+/// policy's name and algorithm in their bytes instead, under [`UNNUMBERED`].
+const NAMESPACES: usize = 256;
+const UNNUMBERED: u16 = u16::MAX;
+
+/// Key bytes kept inside the entry; longer keys go to the heap.
+const INLINE_KEY: usize = 20;
+/// Sliding-log entries kept inside the entry; a longer log goes to the heap.
+const INLINE_LOG: usize = 3;
+/// Windows a policy can have without the evaluation touching the heap.
+const INLINE_WINDOWS: usize = 8;
+
+/// The numbers given to policies, in order of first use; never renumbered, so a reloaded
+/// policy of the same name and algorithm finds its keys' state.
+#[derive(Debug)]
+struct Namespaces {
+    slots: Box<[OnceLock<Namespace>]>,
+}
+
+/// A policy as far as its keys' state goes: its name and algorithm.
+type Namespace = (Arc<str>, Algorithm);
+
+impl Namespaces {
+    fn new() -> Self {
+        Self {
+            slots: (0..NAMESPACES).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// `policy`'s number, or [`UNNUMBERED`] when every number is taken. A clone of a policy
+    /// seen before is found by the address of its name: one comparison.
+    fn of(&self, policy: &Policy) -> u16 {
+        let name = policy.shared_name();
+        let algorithm = policy.algorithm();
+        for (number, slot) in self.slots.iter().enumerate() {
+            let (known, known_algorithm) = slot.get_or_init(|| (name.clone(), algorithm));
+            if *known_algorithm == algorithm && (Arc::ptr_eq(known, name) || **known == **name) {
+                return u16::try_from(number).unwrap_or(UNNUMBERED);
+            }
+        }
+        UNNUMBERED
+    }
+}
+
+/// A key looked up: its namespace, its bytes (the identity's, or for [`UNNUMBERED`] the
+/// whole `policy \0 tag \0 identity`), and its hash.
+#[derive(Debug, Clone, Copy)]
+struct Key<'a> {
+    namespace: u16,
+    bytes: &'a [u8],
+    hash: u64,
+}
+
+/// A key as an entry keeps it.
+#[derive(Debug)]
+enum StoredKey {
+    Inline {
+        namespace: u16,
+        len: u8,
+        bytes: [u8; INLINE_KEY],
+    },
+    Heap {
+        namespace: u16,
+        bytes: Box<[u8]>,
+    },
+}
+
+impl StoredKey {
+    fn new(key: Key<'_>) -> Self {
+        match u8::try_from(key.bytes.len()) {
+            Ok(len) if key.bytes.len() <= INLINE_KEY => {
+                let mut bytes = [0; INLINE_KEY];
+                bytes[..key.bytes.len()].copy_from_slice(key.bytes);
+                Self::Inline {
+                    namespace: key.namespace,
+                    len,
+                    bytes,
+                }
+            }
+            _ => Self::Heap {
+                namespace: key.namespace,
+                bytes: key.bytes.into(),
+            },
+        }
+    }
+
+    fn namespace(&self) -> u16 {
+        match self {
+            Self::Inline { namespace, .. } | Self::Heap { namespace, .. } => *namespace,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes, .. } => &bytes[..usize::from(*len)],
+            Self::Heap { bytes, .. } => bytes,
+        }
+    }
+
+    fn is(&self, key: Key<'_>) -> bool {
+        self.namespace() == key.namespace && self.bytes() == key.bytes
+    }
+}
+
 /// Per-window state is kept by window length, as Redis keys it (`:tb:<µs>`, `:fw:<µs>`), so
-/// a policy whose windows change keeps the state of the windows it still has.
+/// a policy whose windows change keeps the state of the windows it still has. A one-window
+/// policy's state is inline (`Bucket`, `Counter`, `Pair`); several windows', or a window
+/// that changed, in a vector.
 #[derive(Debug)]
 enum State {
-    Log(VecDeque<u64>),
+    /// A sliding log of at most [`INLINE_LOG`] entries.
+    ShortLog {
+        len: u8,
+        times: [u64; INLINE_LOG],
+    },
+    // Boxed, so that every state fits 32 bytes (a `VecDeque` alone takes 32).
+    #[allow(clippy::box_collection)]
+    Log(Box<VecDeque<u64>>),
+    Bucket(u64, Tat),
+    Counter(u64, FixedCounter),
+    /// A counter pair whose counts fit 32 bits each: `current << 32 | previous`.
+    Pair {
+        window: u64,
+        number: u64,
+        counts: u64,
+    },
     Buckets(Vec<(u64, Tat)>),
     Counters(Vec<(u64, FixedCounter)>),
     Pairs(Vec<(u64, CounterPair)>),
 }
 
-/// Windows a policy can have without the evaluation touching the heap.
-const INLINE_WINDOWS: usize = 8;
+/// Permits asked of Redis and not answered yet, when this backend is a fallback: its own
+/// decisions count them as taken (see [`MemoryBackend::evaluate_counting_pending`]). The top
+/// bit says whether this backend, as a fallback, admitted a request for this key itself:
+/// permits Redis never heard of, which Redis must then not hand out again.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pending(u64);
+
+const ADMITTED_LOCALLY: u64 = 1 << 63;
+
+impl Pending {
+    fn count(self) -> u64 {
+        self.0 & !ADMITTED_LOCALLY
+    }
+
+    fn set_count(&mut self, count: u64) {
+        self.0 = (self.0 & ADMITTED_LOCALLY) | count.min(!ADMITTED_LOCALLY);
+    }
+
+    fn admitted_locally(self) -> bool {
+        self.0 & ADMITTED_LOCALLY != 0
+    }
+}
 
 #[derive(Debug)]
 struct Entry {
-    key: Box<[u8]>,
+    key: StoredKey,
     state: State,
     expires_at_us: u64,
-    /// Permits asked of Redis and not answered yet, when this backend is a fallback: its own
-    /// decisions count them as taken (see [`MemoryBackend::evaluate_counting_pending`]).
-    pending: u64,
-    /// Whether this backend, as a fallback, admitted a request for this key itself: permits
-    /// Redis never heard of, which Redis must then not hand out again.
-    admitted_locally: bool,
+    pending: Pending,
 }
 
+// What a key costs, besides its share of the hash table and what a long key or log allocates.
+const _: () = assert!(std::mem::size_of::<Option<Entry>>() == 72);
+
+/// One shard: a slab of entries, and a hash table of their indices.
 #[derive(Debug, Default)]
 struct Shard {
-    map: HashTable<Entry>,
+    table: HashTable<u32>,
+    slots: Vec<Option<Entry>>,
+    /// Vacant slots, reused before the slab grows.
+    free: Vec<u32>,
     ops: u32,
+}
+
+impl Shard {
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn find_mut(&mut self, key: Key<'_>) -> Option<&mut Entry> {
+        let Self { table, slots, .. } = self;
+        let index = *table.find(key.hash, |&i| {
+            slots
+                .get(i as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|e| e.key.is(key))
+        })?;
+        slots.get_mut(index as usize).and_then(Option::as_mut)
+    }
+
+    /// Inserts `entry` (whose key is not in the shard) under `hash`; `rehash` gives the hash
+    /// of an entry when the table grows. The slab grows by doubling, never past `bound`.
+    fn insert(
+        &mut self,
+        hash: u64,
+        entry: Entry,
+        bound: usize,
+        rehash: impl Fn(&Entry) -> u64,
+    ) -> Option<&mut Entry> {
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.slots[index as usize] = Some(entry);
+                index
+            }
+            None => {
+                let index = u32::try_from(self.slots.len()).ok()?;
+                if self.slots.len() == self.slots.capacity() {
+                    let wanted = (self.slots.len() * 2).clamp(4, bound.max(4));
+                    self.slots
+                        .reserve_exact(wanted.saturating_sub(self.slots.len()).max(1));
+                }
+                self.slots.push(Some(entry));
+                index
+            }
+        };
+        let Self { table, slots, .. } = self;
+        table.insert_unique(hash, index, |&i| {
+            slots
+                .get(i as usize)
+                .and_then(Option::as_ref)
+                .map_or(0, &rehash)
+        });
+        slots.get_mut(index as usize).and_then(Option::as_mut)
+    }
+
+    /// Keeps the entries for which `keep` holds, in table order.
+    fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
+        let Self {
+            table, slots, free, ..
+        } = self;
+        table.retain(|index| {
+            let slot = &mut slots[*index as usize];
+            let kept = slot.as_ref().is_some_and(&mut keep);
+            if !kept {
+                *slot = None;
+                free.push(*index);
+            }
+            kept
+        });
+        if table.is_empty() {
+            // Nothing tracked: give the slab back.
+            *slots = Vec::new();
+            *free = Vec::new();
+        }
+    }
+
+    fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.table
+            .iter()
+            .filter_map(|&i| self.slots.get(i as usize).and_then(Option::as_ref))
+    }
+
+    fn remove(&mut self, key: Key<'_>) {
+        let Self {
+            table, slots, free, ..
+        } = self;
+        let found = table.find_entry(key.hash, |&i| {
+            slots
+                .get(i as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|e| e.key.is(key))
+        });
+        if let Ok(found) = found {
+            let (index, _) = found.remove();
+            slots[index as usize] = None;
+            free.push(index);
+        }
+    }
 }
 
 /// The in-memory backend. Cheap to share behind an `Arc`; every method is synchronous and
@@ -78,6 +326,7 @@ pub struct MemoryBackend {
     /// One hash a key picks its shard and its bucket: seeded per backend, so clients cannot
     /// aim keys at one bucket.
     hasher: foldhash::quality::RandomState,
+    namespaces: Namespaces,
     shard_capacity: usize,
 }
 
@@ -88,7 +337,8 @@ impl MemoryBackend {
             clock,
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: Default::default(),
-            shard_capacity: max_keys.div_ceil(SHARDS).max(1),
+            namespaces: Namespaces::new(),
+            shard_capacity: max_keys.div_ceil(SHARDS).clamp(1, u32::MAX as usize - 1),
         }
     }
 
@@ -106,39 +356,47 @@ impl MemoryBackend {
         cost: u64,
         consume: bool,
     ) -> Verdict {
-        let mut buffer = [0u8; MAX_KEY];
-        let key = store_key(&mut buffer, policy, identity);
-        let now = self.clock.now_micros();
+        self.evaluate_at(policy, identity, cost, consume, self.clock.now_micros())
+    }
+
+    /// [`Self::evaluate`] at `now` (microseconds of this backend's clock), for a caller that
+    /// has read the clock already.
+    pub(crate) fn evaluate_at(
+        &self,
+        policy: &Policy,
+        identity: Identity<'_>,
+        cost: u64,
+        consume: bool,
+        now: u64,
+    ) -> Verdict {
         let request = Request { cost, consume };
-        let hash = self.hasher.hash_one(key);
-        let mut shard = self.shard(hash);
-        shard.ops = shard.ops.wrapping_add(1);
-        if shard.ops.is_multiple_of(SWEEP_EVERY) {
-            shard.map.retain(|e| e.expires_at_us > now);
-        }
-        if let Some(entry) = shard.map.find_mut(hash, |e| *e.key == *key) {
-            let verdict = apply(&mut entry.state, policy, now, request);
-            entry.expires_at_us = verdict.expires_at_us;
-            return verdict;
-        }
-        let mut state = fresh(policy);
-        let verdict = apply(&mut state, policy, now, request);
-        if verdict.expires_at_us > now {
-            if shard.map.len() >= self.shard_capacity {
-                make_room(&mut shard.map, now, self.shard_capacity);
+        self.with_key(policy, identity, |key| {
+            let mut shard = self.shard(key.hash);
+            shard.ops = shard.ops.wrapping_add(1);
+            if shard.ops.is_multiple_of(SWEEP_EVERY) {
+                shard.retain(|e| e.expires_at_us > now);
             }
-            let entry = Entry {
-                key: key.into(),
-                state,
-                expires_at_us: verdict.expires_at_us,
-                pending: 0,
-                admitted_locally: false,
-            };
-            shard
-                .map
-                .insert_unique(hash, entry, |e| self.hasher.hash_one(&e.key));
-        }
-        verdict
+            if let Some(entry) = shard.find_mut(key) {
+                let verdict = apply(&mut entry.state, policy, now, request);
+                entry.expires_at_us = verdict.expires_at_us;
+                return verdict;
+            }
+            let mut state = fresh(policy);
+            let verdict = apply(&mut state, policy, now, request);
+            if verdict.expires_at_us > now {
+                if shard.len() >= self.shard_capacity {
+                    make_room(&mut shard, now, self.shard_capacity);
+                }
+                let entry = Entry {
+                    key: StoredKey::new(key),
+                    state,
+                    expires_at_us: verdict.expires_at_us,
+                    pending: Pending::default(),
+                };
+                shard.insert(key.hash, entry, self.shard_capacity, |e| self.rehash(e));
+            }
+            verdict
+        })
     }
 
     /// Marks `cost` permits of `identity` as asked of Redis, answer pending. For the `local`
@@ -148,7 +406,9 @@ impl MemoryBackend {
         let now = self.clock.now_micros();
         let keep_until = now.saturating_add(policy.longest_window_micros());
         self.with_entry(policy, identity, now, |entry| {
-            entry.pending = entry.pending.saturating_add(cost);
+            entry
+                .pending
+                .set_count(entry.pending.count().saturating_add(cost));
             entry.expires_at_us = entry.expires_at_us.max(keep_until);
         });
     }
@@ -169,7 +429,9 @@ impl MemoryBackend {
     ) -> bool {
         let now = self.clock.now_micros();
         self.with_entry(policy, identity, now, |entry| {
-            entry.pending = entry.pending.saturating_sub(cost);
+            entry
+                .pending
+                .set_count(entry.pending.count().saturating_sub(cost));
             if granted == 0 {
                 return true;
             }
@@ -179,7 +441,7 @@ impl MemoryBackend {
             };
             let verdict = apply(&mut entry.state, policy, now, request);
             entry.expires_at_us = entry.expires_at_us.max(verdict.expires_at_us);
-            verdict.allowed || !entry.admitted_locally
+            verdict.allowed || !entry.pending.admitted_locally()
         })
     }
 
@@ -194,9 +456,10 @@ impl MemoryBackend {
     ) -> Verdict {
         let now = self.clock.now_micros();
         self.with_entry(policy, identity, now, |entry| {
-            if entry.pending > 0 {
+            let pending = entry.pending.count();
+            if pending > 0 {
                 let with_pending = Request {
-                    cost: cost.saturating_add(entry.pending),
+                    cost: cost.saturating_add(pending),
                     consume: false,
                 };
                 let check = apply(&mut entry.state, policy, now, with_pending);
@@ -206,7 +469,9 @@ impl MemoryBackend {
             }
             let decided = apply(&mut entry.state, policy, now, Request { cost, consume });
             entry.expires_at_us = entry.expires_at_us.max(decided.expires_at_us);
-            entry.admitted_locally |= decided.allowed && consume && cost > 0;
+            if decided.allowed && consume && cost > 0 {
+                entry.pending.0 |= ADMITTED_LOCALLY;
+            }
             decided
         })
     }
@@ -220,64 +485,62 @@ impl MemoryBackend {
         now: u64,
         f: impl FnOnce(&mut Entry) -> R,
     ) -> R {
-        let mut buffer = [0u8; MAX_KEY];
-        let key = store_key(&mut buffer, policy, identity);
-        let hash = self.hasher.hash_one(key);
-        let mut shard = self.shard(hash);
-        shard.ops = shard.ops.wrapping_add(1);
-        if shard.ops.is_multiple_of(SWEEP_EVERY) {
-            shard.map.retain(|e| e.expires_at_us > now || e.pending > 0);
-        }
-        if let Some(entry) = shard.map.find_mut(hash, |e| *e.key == *key) {
-            return f(entry);
-        }
-        if shard.map.len() >= self.shard_capacity {
-            make_room(&mut shard.map, now, self.shard_capacity);
-        }
-        let mut entry = Entry {
-            key: key.into(),
-            state: fresh(policy),
-            expires_at_us: now,
-            pending: 0,
-            admitted_locally: false,
-        };
-        let result = f(&mut entry);
-        if entry.expires_at_us > now || entry.pending > 0 {
-            shard
-                .map
-                .insert_unique(hash, entry, |e| self.hasher.hash_one(&e.key));
-        }
-        result
+        self.with_key(policy, identity, |key| {
+            let mut shard = self.shard(key.hash);
+            shard.ops = shard.ops.wrapping_add(1);
+            if shard.ops.is_multiple_of(SWEEP_EVERY) {
+                shard.retain(|e| e.expires_at_us > now || e.pending.count() > 0);
+            }
+            if let Some(entry) = shard.find_mut(key) {
+                return f(entry);
+            }
+            if shard.len() >= self.shard_capacity {
+                make_room(&mut shard, now, self.shard_capacity);
+            }
+            let mut entry = Entry {
+                key: StoredKey::new(key),
+                state: fresh(policy),
+                expires_at_us: now,
+                pending: Pending::default(),
+            };
+            let result = f(&mut entry);
+            if entry.expires_at_us > now || entry.pending.count() > 0 {
+                shard.insert(key.hash, entry, self.shard_capacity, |e| self.rehash(e));
+            }
+            result
+        })
     }
 
     /// Forgets the state of `identity` under `policy`.
     pub fn reset(&self, policy: &Policy, identity: Identity<'_>) {
-        let mut buffer = [0u8; MAX_KEY];
-        let key = store_key(&mut buffer, policy, identity);
-        let hash = self.hasher.hash_one(key);
-        let mut shard = self.shard(hash);
-        let Ok(entry) = shard.map.find_entry(hash, |e| *e.key == *key) else {
-            return;
-        };
-        // As in Redis, only the policy's own windows are forgotten (one log serves them all).
-        let lengths: Vec<u64> = policy.windows().iter().map(|w| w.micros()).collect();
-        let mut entry = entry;
-        let emptied = match &mut entry.get_mut().state {
-            State::Log(_) => true,
-            State::Buckets(stored) => forget(stored, &lengths),
-            State::Counters(stored) => forget(stored, &lengths),
-            State::Pairs(stored) => forget(stored, &lengths),
-        };
-        if emptied {
-            entry.remove();
-        }
+        self.with_key(policy, identity, |key| {
+            let mut shard = self.shard(key.hash);
+            let Some(entry) = shard.find_mut(key) else {
+                return;
+            };
+            // As in Redis, only the policy's own windows are forgotten (one log serves them all).
+            let windows = policy.windows();
+            let forgotten = |len: &u64| windows.iter().any(|w| w.micros() == *len);
+            let emptied = match &mut entry.state {
+                State::ShortLog { .. } | State::Log(_) => true,
+                State::Bucket(len, _)
+                | State::Counter(len, _)
+                | State::Pair { window: len, .. } => forgotten(len),
+                State::Buckets(stored) => forget(stored, forgotten),
+                State::Counters(stored) => forget(stored, forgotten),
+                State::Pairs(stored) => forget(stored, forgotten),
+            };
+            if emptied {
+                shard.remove(key);
+            }
+        });
     }
 
     /// The number of keys tracked now (expired ones included until swept).
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).map.len())
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
             .sum()
     }
 
@@ -293,8 +556,43 @@ impl MemoryBackend {
         let now = self.clock.now_micros();
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            shard.map.retain(|e| e.expires_at_us > now);
+            shard.retain(|e| e.expires_at_us > now);
         }
+    }
+
+    /// Runs `f` on the key of `identity` under `policy`, hashed once.
+    fn with_key<R>(
+        &self,
+        policy: &Policy,
+        identity: Identity<'_>,
+        f: impl FnOnce(Key<'_>) -> R,
+    ) -> R {
+        let namespace = self.namespaces.of(policy);
+        if namespace != UNNUMBERED {
+            let bytes = identity.as_bytes();
+            return f(Key {
+                namespace,
+                bytes,
+                hash: self.hash(namespace, bytes),
+            });
+        }
+        let mut buffer = [0u8; MAX_KEY];
+        let bytes = store_key(&mut buffer, policy, identity);
+        f(Key {
+            namespace,
+            bytes,
+            hash: self.hash(namespace, bytes),
+        })
+    }
+
+    fn hash(&self, namespace: u16, bytes: &[u8]) -> u64 {
+        // The seeded hash of the bytes, told apart by namespace (an odd multiplier spreads
+        // the number over every bit).
+        self.hasher.hash_one(bytes) ^ u64::from(namespace).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    fn rehash(&self, entry: &Entry) -> u64 {
+        self.hash(entry.key.namespace(), entry.key.bytes())
     }
 
     fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
@@ -309,19 +607,75 @@ impl MemoryBackend {
     }
 }
 
+/// The state of a key not seen yet: inline for one window.
 fn fresh(policy: &Policy) -> State {
-    match policy.algorithm() {
-        Algorithm::SlidingWindow => State::Log(VecDeque::new()),
-        Algorithm::TokenBucket => State::Buckets(Vec::new()),
-        Algorithm::FixedWindow => State::Counters(Vec::new()),
-        Algorithm::SlidingCounter => State::Pairs(Vec::new()),
+    let one = match policy.windows() {
+        [only] => Some(only.micros()),
+        _ => None,
+    };
+    match (policy.algorithm(), one) {
+        (Algorithm::SlidingWindow, _) => State::ShortLog {
+            len: 0,
+            times: [0; INLINE_LOG],
+        },
+        (Algorithm::TokenBucket, Some(len)) => State::Bucket(len, Tat::default()),
+        (Algorithm::FixedWindow, Some(len)) => State::Counter(len, FixedCounter::default()),
+        (Algorithm::SlidingCounter, Some(len)) => State::Pair {
+            window: len,
+            number: 0,
+            counts: 0,
+        },
+        (Algorithm::TokenBucket, None) => State::Buckets(Vec::new()),
+        (Algorithm::FixedWindow, None) => State::Counters(Vec::new()),
+        (Algorithm::SlidingCounter, None) => State::Pairs(Vec::new()),
     }
 }
 
 fn apply(state: &mut State, policy: &Policy, now: u64, request: Request) -> Verdict {
     let windows = policy.windows();
+    // The inline states of a one-window policy whose window has not changed.
+    if let [only] = windows {
+        let len = only.micros();
+        match state {
+            State::Bucket(window, tat) if *window == len => {
+                return gcra(std::slice::from_mut(tat), windows, now, request);
+            }
+            State::Counter(window, counter) if *window == len => {
+                return fixed_window(std::slice::from_mut(counter), windows, now, request);
+            }
+            State::Pair {
+                window,
+                number,
+                counts,
+            } if *window == len => {
+                let mut pair = [CounterPair {
+                    number: *number,
+                    current: *counts >> 32,
+                    previous: *counts & u64::from(u32::MAX),
+                }];
+                let verdict = sliding_counter(&mut pair, windows, now, request);
+                let [pair] = pair;
+                match (u32::try_from(pair.current), u32::try_from(pair.previous)) {
+                    (Ok(current), Ok(previous)) => {
+                        *number = pair.number;
+                        *counts = u64::from(current) << 32 | u64::from(previous);
+                    }
+                    _ => *state = State::Pairs(vec![(len, pair)]),
+                }
+                return verdict;
+            }
+            _ => {}
+        }
+    }
     match state {
-        State::Log(log) => sliding_log(log, windows, now, request),
+        State::ShortLog { .. } | State::Log(_) => {
+            sliding_log(&mut LogState(state), windows, now, request)
+        }
+        State::Bucket(..) | State::Counter(..) | State::Pair { .. } => {
+            // The policy's windows changed: the kept window's state goes into a vector.
+            widen(state);
+            apply(state, policy, now, request)
+        }
         State::Buckets(stored) => {
             per_window(stored, policy, |tats| gcra(tats, windows, now, request))
         }
@@ -331,6 +685,95 @@ fn apply(state: &mut State, policy: &Policy, now: u64, request: Request) -> Verd
         State::Pairs(stored) => per_window(stored, policy, |pairs| {
             sliding_counter(pairs, windows, now, request)
         }),
+    }
+}
+
+/// A one-window state as the vector of several windows' states.
+fn widen(state: &mut State) {
+    let wide = match *state {
+        State::Bucket(len, tat) => State::Buckets(vec![(len, tat)]),
+        State::Counter(len, counter) => State::Counters(vec![(len, counter)]),
+        State::Pair {
+            window,
+            number,
+            counts,
+        } => State::Pairs(vec![(
+            window,
+            CounterPair {
+                number,
+                current: counts >> 32,
+                previous: counts & u64::from(u32::MAX),
+            },
+        )]),
+        _ => return,
+    };
+    *state = wide;
+}
+
+/// A sliding log kept in an entry: inline while short, on the heap once longer.
+struct LogState<'a>(&'a mut State);
+
+impl TimeLog for LogState<'_> {
+    fn len(&self) -> usize {
+        match &*self.0 {
+            State::ShortLog { len, .. } => usize::from(*len),
+            State::Log(log) => log.len(),
+            _ => 0,
+        }
+    }
+
+    fn get(&self, index: usize) -> Option<u64> {
+        match &*self.0 {
+            State::ShortLog { len, times } => times[..usize::from(*len)].get(index).copied(),
+            State::Log(log) => log.get(index).copied(),
+            _ => None,
+        }
+    }
+
+    fn partition_point(&self, pred: impl Fn(u64) -> bool) -> usize {
+        match &*self.0 {
+            State::ShortLog { len, times } => {
+                times[..usize::from(*len)].partition_point(|&s| pred(s))
+            }
+            State::Log(log) => log.partition_point(|&s| pred(s)),
+            _ => 0,
+        }
+    }
+
+    fn pop_front(&mut self) {
+        match self.0 {
+            State::ShortLog { len, times } if *len > 0 => {
+                times.copy_within(1..usize::from(*len), 0);
+                *len -= 1;
+            }
+            State::Log(log) => {
+                log.pop_front();
+            }
+            _ => {}
+        }
+    }
+
+    fn push_back(&mut self, at: u64, times: u64) {
+        match self.0 {
+            State::ShortLog { len, times: inline }
+                if usize::from(*len) as u64 + times <= INLINE_LOG as u64 =>
+            {
+                for _ in 0..times {
+                    inline[usize::from(*len)] = at;
+                    *len += 1;
+                }
+            }
+            State::ShortLog { len, times: inline } => {
+                let held = &inline[..usize::from(*len)];
+                let wanted = usize::try_from(times).unwrap_or(usize::MAX);
+                let mut log = VecDeque::with_capacity(held.len().saturating_add(wanted));
+                log.extend(held);
+                TimeLog::push_back(&mut log, at, times);
+                *self.0 = State::Log(Box::new(log));
+            }
+            State::Log(log) => TimeLog::push_back(&mut **log, at, times),
+            _ => {}
+        }
     }
 }
 
@@ -365,9 +808,9 @@ fn per_window<T: Copy + Default>(
     verdict
 }
 
-/// Drops the states of windows of the given lengths; whether none is left.
-fn forget<T>(stored: &mut Vec<(u64, T)>, lengths: &[u64]) -> bool {
-    stored.retain(|(len, _)| !lengths.contains(len));
+/// Drops the states of the windows `forgotten` names; whether none is left.
+fn forget<T>(stored: &mut Vec<(u64, T)>, forgotten: impl Fn(&u64) -> bool) -> bool {
+    stored.retain(|(len, _)| !forgotten(len));
     stored.is_empty()
 }
 
@@ -375,16 +818,16 @@ fn forget<T>(stored: &mut Vec<(u64, T)>, lengths: &[u64]) -> bool {
 /// whose state matters least, usually the least recently used). Not the first eighth in table
 /// order: keys sitting early in the table would be evicted again and again while the others
 /// stayed forever.
-fn make_room(map: &mut HashTable<Entry>, now: u64, capacity: usize) {
-    map.retain(|e| e.expires_at_us > now);
-    if map.len() >= capacity {
-        let evict = (capacity / 8).max(1).min(map.len());
+fn make_room(shard: &mut Shard, now: u64, capacity: usize) {
+    shard.retain(|e| e.expires_at_us > now);
+    if shard.len() >= capacity {
+        let evict = (capacity / 8).max(1).min(shard.len());
         // Once a shard's worth of inserts: the only allocation of a full backend.
-        let mut expiries: Vec<u64> = map.iter().map(|e| e.expires_at_us).collect();
+        let mut expiries: Vec<u64> = shard.entries().map(|e| e.expires_at_us).collect();
         let (_, threshold, _) = expiries.select_nth_unstable(evict - 1);
         let threshold = *threshold;
         let mut at_threshold = evict - expiries.iter().filter(|&&e| e < threshold).count();
-        map.retain(|e| {
+        shard.retain(|e| {
             if e.expires_at_us < threshold {
                 false
             } else if e.expires_at_us == threshold && at_threshold > 0 {
@@ -445,6 +888,62 @@ mod tests {
             );
             memory.reset(&policy, id);
         }
+    }
+
+    /// The compact layouts answer like the plain ones: a key too long to be inline, a policy
+    /// beyond the numbered ones, a one-window state whose window changes (the kept window's
+    /// state survives, as in Redis), a sliding log that outgrows its inline room, and counts
+    /// too large to pack.
+    #[test]
+    fn compact_entries_keep_every_answer() {
+        let clock = FakeClock::new(3_600_000_000 * 1000 + 1_000_000);
+        let memory = MemoryBackend::new(Arc::new(clock.clone()), 100_000);
+        let long = [b'x'; 64];
+        for algorithm in [
+            crate::Algorithm::SlidingWindow,
+            crate::Algorithm::TokenBucket,
+            crate::Algorithm::FixedWindow,
+            crate::Algorithm::SlidingCounter,
+        ] {
+            let policy = Policy::new("p", [Window::per_hour(5)]).with_algorithm(algorithm);
+            for id in [&b"short"[..], &long[..]] {
+                let admitted = (0..8)
+                    .filter(|_| memory.evaluate(&policy, Identity::new(id), 1, true).allowed)
+                    .count();
+                assert_eq!(admitted, 5, "{algorithm}, {} bytes", id.len());
+            }
+            // The same name with a second window: the hour's count is kept.
+            let wider = Policy::new("p", [Window::per_hour(5), Window::per_minute(100)])
+                .with_algorithm(algorithm);
+            assert!(
+                !memory
+                    .evaluate(&wider, Identity::new(b"short"), 1, false)
+                    .allowed,
+                "{algorithm}: the hour's state survives a change of windows"
+            );
+            // More policies than numbers: the rest still keep their keys apart.
+            for n in 0..NAMESPACES + 8 {
+                let other = Policy::new(format!("other-{n}"), [Window::per_hour(1)])
+                    .with_algorithm(algorithm);
+                assert!(
+                    memory
+                        .evaluate(&other, Identity::new(b"k"), 1, true)
+                        .allowed
+                );
+                assert!(
+                    !memory
+                        .evaluate(&other, Identity::new(b"k"), 1, true)
+                        .allowed
+                );
+            }
+        }
+        let huge = Policy::new("huge", [Window::per_hour(u64::from(u32::MAX) * 4)])
+            .with_algorithm(crate::Algorithm::SlidingCounter);
+        let id = Identity::new(b"k");
+        let big = u64::from(u32::MAX) * 3;
+        assert!(memory.evaluate(&huge, id, big, true).allowed);
+        let left = memory.evaluate(&huge, id, 1, false);
+        assert_eq!(left.remaining, u64::from(u32::MAX));
     }
 
     /// A full backend forgets the keys that expire soonest, not those that happen to sit early
