@@ -14,24 +14,20 @@ use crate::decision::Outcome;
 use crate::error::Error;
 use crate::policy::{Algorithm, Policy};
 
-/// A script as Redis runs it: the shared prelude (`lua/prelude/`: the clock, the choice of the
+/// A script as Redis runs it: a clock prelude (`lua/prelude/clock.lua`, Redis's `TIME`; or,
+/// for tests, `clock_argument.lua` with its postlude), the shared preludes (the choice of the
 /// binding window, the arguments every script takes), then the algorithm's body from `lua/`.
 macro_rules! assemble {
-    ("clock.lua", $body:literal) => {
-        concat!(
-            include_str!("../lua/prelude/clock.lua"),
-            include_str!("../lua/prelude/binding.lua"),
-            include_str!("../lua/prelude/arguments.lua"),
-            include_str!(concat!("../lua/", $body)),
-        )
+    (clock_argument, $body:literal) => {
+        assemble!("clock_argument.lua", $body, "clock_argument_end.lua")
     };
-    ("clock_argument.lua", $body:literal) => {
+    ($clock:literal, $body:literal $(, $end:literal)?) => {
         concat!(
-            include_str!("../lua/prelude/clock_argument.lua"),
+            include_str!(concat!("../lua/prelude/", $clock)),
             include_str!("../lua/prelude/binding.lua"),
             include_str!("../lua/prelude/arguments.lua"),
             include_str!(concat!("../lua/", $body)),
-            include_str!("../lua/prelude/clock_argument_end.lua"),
+            $(include_str!(concat!("../lua/prelude/", $end)),)?
         )
     };
 }
@@ -95,12 +91,12 @@ pub fn all() -> [&'static redis::Script; 5] {
 pub fn with_clock_argument(policy: &Policy) -> redis::Script {
     let source = match policy.algorithm() {
         Algorithm::SlidingWindow if policy.windows().len() == 1 => {
-            assemble!("clock_argument.lua", "sliding_window.lua")
+            assemble!(clock_argument, "sliding_window.lua")
         }
-        Algorithm::SlidingWindow => assemble!("clock_argument.lua", "multi_window.lua"),
-        Algorithm::TokenBucket => assemble!("clock_argument.lua", "token_bucket.lua"),
-        Algorithm::FixedWindow => assemble!("clock_argument.lua", "fixed_window.lua"),
-        Algorithm::SlidingCounter => assemble!("clock_argument.lua", "sliding_counter.lua"),
+        Algorithm::SlidingWindow => assemble!(clock_argument, "multi_window.lua"),
+        Algorithm::TokenBucket => assemble!(clock_argument, "token_bucket.lua"),
+        Algorithm::FixedWindow => assemble!(clock_argument, "fixed_window.lua"),
+        Algorithm::SlidingCounter => assemble!(clock_argument, "sliding_counter.lua"),
     };
     redis::Script::new(source)
 }

@@ -61,6 +61,18 @@ fn assert_header(response: &reqwest::Response, name: &str, expected: Option<&str
     assert_eq!(header(response, name).as_deref(), expected, "header {name}");
 }
 
+/// The response's status, then each `(header, expected value)`.
+fn assert_status_and_headers(
+    response: &reqwest::Response,
+    status: StatusCode,
+    expected: &[(&str, Option<&str>)],
+) {
+    assert_eq!(response.status(), status);
+    for (name, value) in expected {
+        assert_header(response, name, *value);
+    }
+}
+
 fn value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).expect("header value")
 }
@@ -69,11 +81,16 @@ fn value(text: &str) -> HeaderValue {
 async fn allowed_and_denied_responses_carry_exact_headers() {
     let app = App::start(&ratelimit_tests::hello_rule_config(100, 3), Backend::Memory).await;
     let first = app.get("/api/hello", &[]).await;
-    assert_eq!(first.status(), StatusCode::OK);
-    assert_header(&first, "ratelimit-policy", Some("\"hello-1m\";q=3;w=60"));
-    assert_header(&first, "ratelimit", Some("\"hello-1m\";r=2;t=60"));
-    assert_header(&first, "x-ratelimit-limit", Some("3"));
-    assert_header(&first, "x-ratelimit-remaining", Some("2"));
+    assert_status_and_headers(
+        &first,
+        StatusCode::OK,
+        &[
+            ("ratelimit-policy", Some("\"hello-1m\";q=3;w=60")),
+            ("ratelimit", Some("\"hello-1m\";r=2;t=60")),
+            ("x-ratelimit-limit", Some("3")),
+            ("x-ratelimit-remaining", Some("2")),
+        ],
+    );
     // Epoch seconds (the default `legacy_reset`): a minute from now, rounded up.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -94,11 +111,16 @@ async fn allowed_and_denied_responses_carry_exact_headers() {
     assert_header(&third, "x-ratelimit-remaining", Some("0"));
 
     let denied = app.get("/api/hello", &[]).await;
-    assert_eq!(denied.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_header(&denied, "content-type", Some("application/problem+json"));
-    assert_header(&denied, "retry-after", Some("60"));
-    assert_header(&denied, "ratelimit", Some("\"hello-1m\";r=0;t=60"));
-    assert_header(&denied, "x-ratelimit-remaining", Some("0"));
+    assert_status_and_headers(
+        &denied,
+        StatusCode::TOO_MANY_REQUESTS,
+        &[
+            ("content-type", Some("application/problem+json")),
+            ("retry-after", Some("60")),
+            ("ratelimit", Some("\"hello-1m\";r=0;t=60")),
+            ("x-ratelimit-remaining", Some("0")),
+        ],
+    );
     let problem: serde_json::Value = denied.json().await.expect("problem json");
     assert_eq!(problem["status"], 429);
     assert_eq!(

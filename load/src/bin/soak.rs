@@ -530,11 +530,14 @@ fn run_child(options: &Options, phase: Phase) -> Result<bool, AnyError> {
         let baseline = resident();
         let counts = Arc::new(Counts::default());
         let started = Instant::now();
+        let progress = Progress {
+            target,
+            counts: Arc::clone(&counts),
+            started,
+        };
         let samples = match options.mode {
-            Mode::Keys { .. } => keys(options, phase, &target, &counts, started).await?,
-            Mode::Steady(steady) => {
-                run_steady(options, &steady, phase, &target, &counts, started).await?
-            }
+            Mode::Keys { .. } => keys(options, phase, &progress).await?,
+            Mode::Steady(steady) => run_steady(options, &steady, phase, &progress).await?,
         };
         Ok(report(options, phase, baseline, &samples, &counts, started))
     })
@@ -550,14 +553,21 @@ fn tasks_for(options: &Options, phase: Phase) -> usize {
     }
 }
 
+/// What a phase's driver works with: the limiter under test, the counts of its decisions, and
+/// when the phase started.
+struct Progress {
+    target: Arc<Target>,
+    counts: Arc<Counts>,
+    started: Instant,
+}
+
 /// `keys`: every key once, sampled every N/20 keys by whichever task completes that key.
 async fn keys(
     options: &Options,
     phase: Phase,
-    target: &Arc<Target>,
-    counts: &Arc<Counts>,
-    started: Instant,
+    progress: &Progress,
 ) -> Result<Vec<Sample>, AnyError> {
+    let (target, counts, started) = (&progress.target, &progress.counts, progress.started);
     let n = options.keys_for(phase);
     let step = (n / 20).max(1);
     let (_, requests) = phase.limit_and_requests();
@@ -618,10 +628,9 @@ async fn run_steady(
     options: &Options,
     steady: &Steady,
     phase: Phase,
-    target: &Arc<Target>,
-    counts: &Arc<Counts>,
-    started: Instant,
+    progress: &Progress,
 ) -> Result<Vec<Sample>, AnyError> {
+    let (target, counts, started) = (&progress.target, &progress.counts, progress.started);
     let (_, requests) = phase.limit_and_requests();
     let visits_per_second = steady.rate as f64 / f64::from(requests);
     // In-memory visits are paced in batches (a timer a visit would be most of their cost).
