@@ -249,11 +249,23 @@ impl Guarded {
         cost: u64,
         consume: bool,
     ) -> Result<Decision, Error> {
-        let mut buffer = [0u8; MAX_KEY];
-        let key = store_key(&mut buffer, policy, identity);
-        if let Some(decision) = self.cached(key, cost, consume, self.clock.now_micros()) {
+        if let Some(decision) = self.cached_now(policy, identity, cost, consume) {
             return Ok(decision);
         }
+        self.evaluate_missed(policy, identity, cost, consume).await
+    }
+
+    /// [`Self::evaluate`] once the cache had no answer ([`Self::cached_now`] returned `None`):
+    /// a turn, the cache again (the calls ahead may have left a denial), the breaker, Redis.
+    pub(crate) async fn evaluate_missed(
+        &self,
+        policy: &Policy,
+        identity: Identity<'_>,
+        cost: u64,
+        consume: bool,
+    ) -> Result<Decision, Error> {
+        let mut buffer = [0u8; MAX_KEY];
+        let key = store_key(&mut buffer, policy, identity);
         // Wait behind this process's own burst first: that queue is not Redis failing, so it
         // neither counts against the timeout nor reaches the breaker. The breaker is asked
         // once the call can really be sent, so a breaker that opened meanwhile still spares
@@ -350,12 +362,10 @@ impl Guarded {
         cost: u64,
         consume: bool,
     ) -> Option<Decision> {
-        let cache = self.cache.as_ref()?;
+        self.cache.as_ref()?;
         let mut buffer = [0u8; MAX_KEY];
         let key = store_key(&mut buffer, policy, identity);
-        let decision = cache.lookup(key, cost, consume, self.clock.now_micros())?;
-        self.metrics.cache_hit();
-        Some(decision)
+        self.cached(key, cost, consume, self.clock.now_micros())
     }
 
     /// The cache's answer for `key` at `now_us`, counted, when it has one.

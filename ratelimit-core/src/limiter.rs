@@ -491,7 +491,10 @@ impl RateLimiter {
                     }));
             };
             if policy.spread() <= 1 {
-                return guarded.evaluate(policy, identity, cost, consume).await;
+                // `decide_locally` asked the cache already.
+                return guarded
+                    .evaluate_missed(policy, identity, cost, consume)
+                    .await;
             }
             let parts = state.parts();
             let mut denied: Option<Decision> = None;
