@@ -7,6 +7,8 @@
 //! pick the slot its keys land in, nor make a large key. A plain identity never holds `#`, so
 //! none can equal a hashed one (`#<hex>`) or a sub-counter of a spread key (`<identity>#<i>`).
 
+use std::io::Write as _;
+
 use sha2::{Digest as _, Sha256};
 
 use crate::policy::Policy;
@@ -179,15 +181,42 @@ impl KeyBuilder {
     /// value a window, suffixed by the window's length in microseconds, the unit the scripts
     /// and the in-memory backend count in (so `1ms` and `1500us` windows never share a key).
     pub fn keys(&self, policy: &Policy, identity: Identity<'_>) -> Vec<String> {
-        let base = self.base(policy, identity);
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        self.write_keys(policy, identity, &mut keys);
+        keys.into_iter()
+            .map(|key| String::from_utf8_lossy(&key).into_owned())
+            .collect()
+    }
+
+    /// Writes the keys of [`Self::keys`] into `out` (a command being built), one argument
+    /// each, without a string of their own; returns how many it wrote.
+    pub(crate) fn write_keys(
+        &self,
+        policy: &Policy,
+        identity: Identity<'_>,
+        out: &mut impl redis::RedisWrite,
+    ) -> usize {
+        let (prefix, name, id) = (&self.prefix, policy.name(), identity.as_str());
         let tag = policy.algorithm().key_tag();
+        // Writing into a `Vec<u8>` (behind either kind of `RedisWrite`) cannot fail.
+        let mut write = |window: Option<u64>| {
+            let mut key = out.writer_for_next_arg();
+            let _ = match window {
+                None => write!(key, "{prefix}{{{name}:{id}}}:{tag}"),
+                Some(us) => write!(key, "{prefix}{{{name}:{id}}}:{tag}:{us}"),
+            };
+        };
         match policy.algorithm() {
-            crate::policy::Algorithm::SlidingWindow => vec![format!("{base}:{tag}")],
-            _ => policy
-                .windows()
-                .iter()
-                .map(|w| format!("{base}:{tag}:{}", w.micros()))
-                .collect(),
+            crate::policy::Algorithm::SlidingWindow => {
+                write(None);
+                1
+            }
+            _ => {
+                for window in policy.windows() {
+                    write(Some(window.micros()));
+                }
+                policy.windows().len()
+            }
         }
     }
 }

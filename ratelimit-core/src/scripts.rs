@@ -10,8 +10,11 @@ use std::sync::LazyLock;
 #[cfg(any(test, feature = "test-util"))]
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use redis::RedisWrite as _;
+
 use crate::decision::Outcome;
 use crate::error::Error;
+use crate::key::{Identity, KeyBuilder};
 use crate::policy::{Algorithm, Policy};
 
 /// A script as Redis runs it: a clock prelude (`lua/prelude/clock.lua`, Redis's `TIME`; or,
@@ -130,9 +133,9 @@ static TEST_NONCE: AtomicU64 = AtomicU64::new(0);
 #[allow(clippy::too_many_arguments)]
 pub async fn evaluate_at<C: redis::aio::ConnectionLike>(
     connection: &mut C,
-    keys: &crate::key::KeyBuilder,
+    keys: &KeyBuilder,
     policy: &Policy,
-    identity: crate::key::Identity<'_>,
+    identity: Identity<'_>,
     cost: u64,
     consume: bool,
     now_us: u64,
@@ -168,25 +171,60 @@ pub async fn evaluate_at<C: redis::aio::ConnectionLike>(
     })
 }
 
-/// Fills in the arguments of one call.
-pub(crate) fn invocation<'a>(
+/// One decision's script call as Redis receives it: `EVALSHA <sha> <number of keys> <keys…>
+/// <op> <cost> <nonce> <limit1> <window1_us> …`. Written into one command sized up front, so
+/// that building it allocates twice (its bytes, and where each argument ends) whatever the
+/// policy; keys and numbers are written in place, never as strings of their own.
+pub(crate) fn command(
     policy: &Policy,
-    keys: &[String],
+    keys: &KeyBuilder,
+    identity: Identity<'_>,
     consume: bool,
     cost: u64,
-    nonce: &str,
-) -> redis::ScriptInvocation<'a> {
-    let mut call = for_policy(policy).prepare_invoke();
-    for key in keys {
-        call.key(key);
+    nonce: impl std::fmt::Display,
+) -> redis::Cmd {
+    let windows = policy.windows();
+    let key_count = match policy.algorithm() {
+        Algorithm::SlidingWindow => 1,
+        _ => windows.len(),
+    };
+    // A key: prefix, `{`, name, `:`, identity, `}:`, tag, `:`, up to 20 digits.
+    let key_bytes = keys.prefix().len() + policy.name().len() + identity.as_str().len() + 27;
+    // EVALSHA, its hash, the key count, op, cost and nonce: 7 + 40 + 20 + 5 + 20 + 33 bytes;
+    // a window's limit and length in µs, 20 digits each.
+    let mut cmd = redis::Cmd::with_capacity(
+        6 + key_count + 2 * windows.len(),
+        125 + key_count * key_bytes + 40 * windows.len(),
+    );
+    cmd.arg("EVALSHA")
+        .arg(for_policy(policy).get_hash())
+        .arg(key_count);
+    keys.write_keys(policy, identity, &mut cmd);
+    cmd.arg(if consume { "allow" } else { "peek" }).arg(cost);
+    cmd.write_arg_fmt(nonce);
+    for w in windows {
+        cmd.arg(w.max_requests()).arg(w.micros());
     }
-    call.arg(if consume { "allow" } else { "peek" })
-        .arg(cost)
-        .arg(nonce);
-    for w in policy.windows() {
-        call.arg(w.max_requests()).arg(w.micros());
+    cmd
+}
+
+/// Reads a script's reply as the connection hands it over, without copying it first.
+pub(crate) fn outcome_of(reply: &redis::Value) -> Result<Outcome, Error> {
+    let unexpected = || Error::UnexpectedReply(format!("{reply:?}"));
+    let redis::Value::Array(items) = reply else {
+        return Err(unexpected());
+    };
+    let mut numbers = [0_i64; 6];
+    if items.len() != numbers.len() {
+        return Err(unexpected());
     }
-    call
+    for (number, item) in numbers.iter_mut().zip(items) {
+        let redis::Value::Int(value) = item else {
+            return Err(unexpected());
+        };
+        *number = *value;
+    }
+    outcome(&numbers)
 }
 
 /// Reads a script's reply.

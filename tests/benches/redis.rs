@@ -464,21 +464,24 @@ fn print_allocations(server: &RedisServer, decisions: u64) {
     let mut rows: Vec<(String, u64)> = Vec::new();
     for path in redis_paths() {
         let limiter = limiter_on(&runtime, server, path.config);
-        let total = allocations_during(
-            &runtime,
-            || async {
-                // Opens every pooled connection.
-                for _ in 0..100 {
-                    allow_on_redis(&limiter, "alloc").await;
+        let allows = |n: u64| {
+            let limiter = &limiter;
+            async move {
+                for _ in 0..n {
+                    allow_on_redis(limiter, "alloc").await;
                 }
-            },
-            || async {
-                for _ in 0..decisions {
-                    allow_on_redis(&limiter, "alloc").await;
-                }
-            },
-        );
+            }
+        };
+        // The warm-up opens every pooled connection.
+        let total = allocations_during(&runtime, || allows(100), || allows(decisions));
         rows.push((format!("{}, allow (round trip)", path.name), total));
+        // The same, counting the Redis I/O thread too (it reads the replies).
+        let everywhere =
+            ratelimit_tests::allocations_everywhere_during(&runtime, || allows(decisions));
+        rows.push((
+            format!("{}, allow (round trip, every thread)", path.name),
+            everywhere,
+        ));
     }
 
     let cached = runtime.block_on(async {

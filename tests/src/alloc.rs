@@ -18,7 +18,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 /// Forwards to the system allocator, counting allocations made on threads that asked for it.
@@ -26,6 +26,9 @@ use std::sync::{Mutex, PoisonError};
 pub struct CountingAllocator;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts on every thread (see [`allocations_everywhere_during`]).
+static EVERYWHERE: AtomicBool = AtomicBool::new(false);
 
 /// Serializes measurements: they share [`ALLOCATIONS`].
 static MEASURING: Mutex<()> = Mutex::new(());
@@ -36,7 +39,7 @@ thread_local! {
 
 fn count() {
     // `try_with`: the flag may already be gone while a thread shuts down.
-    if COUNTING.try_with(Cell::get).unwrap_or(false) {
+    if EVERYWHERE.load(Ordering::Relaxed) || COUNTING.try_with(Cell::get).unwrap_or(false) {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -83,6 +86,25 @@ pub fn allocations_during<F: Future<Output = ()>>(
         COUNTING.with(|c| c.set(true));
         measured.await;
         COUNTING.with(|c| c.set(false));
+    });
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+/// Heap allocations made on every thread of the process while `runtime` runs the future
+/// `decisions` builds: what [`allocations_during`] counts plus the work other threads do for
+/// it, such as the Redis connections' reader on their I/O thread. Only meaningful in a process
+/// where nothing else runs meanwhile (a bench's `main`, not a test binary's parallel tests).
+pub fn allocations_everywhere_during<F: Future<Output = ()>>(
+    runtime: &tokio::runtime::Runtime,
+    decisions: impl FnOnce() -> F,
+) -> u64 {
+    let _serial = MEASURING.lock().unwrap_or_else(PoisonError::into_inner);
+    let measured = decisions();
+    runtime.block_on(async {
+        ALLOCATIONS.store(0, Ordering::Relaxed);
+        EVERYWHERE.store(true, Ordering::Relaxed);
+        measured.await;
+        EVERYWHERE.store(false, Ordering::Relaxed);
     });
     ALLOCATIONS.load(Ordering::Relaxed)
 }

@@ -49,7 +49,7 @@ mod shared;
 mod tools;
 mod traced;
 
-pub use alloc::{CountingAllocator, allocations_during};
+pub use alloc::{CountingAllocator, allocations_during, allocations_everywhere_during};
 pub use app::serve;
 pub use backends::Backend;
 pub use busy::BusyLoops;

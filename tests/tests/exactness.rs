@@ -655,3 +655,49 @@ async fn every_key_carries_a_ttl() {
         }
     }
 }
+
+/// A server that forgot the scripts (`SCRIPT FLUSH`, as after a restart or a failover to a
+/// replica that never loaded them) answers `NOSCRIPT`: the next decision loads its script and
+/// is still Redis's, counted against the state already there, for every algorithm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_forgot_the_scripts_still_decides() {
+    let server = ratelimit_tests::RedisServer::start();
+    let mut admin = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the test's redis-server answers");
+    for algorithm in ALGORITHMS {
+        for windows in [1, 2] {
+            let hour = Duration::from_secs(3600);
+            let policy = Policy::new(
+                "flushed",
+                (0..windows).map(|i| window_starting_now(3 + i, hour * (i as u32 + 1))),
+            )
+            .with_algorithm(algorithm);
+            let limiter = RateLimiter::new(Config::with_policy(policy).with_redis(server.url()))
+                .await
+                .expect("a limiter on the test's redis-server");
+            let key = format!("{algorithm:?}-{windows}");
+            for round in 0..3 {
+                let _: () = redis::cmd("SCRIPT")
+                    .arg("FLUSH")
+                    .query_async(&mut admin)
+                    .await
+                    .expect("SCRIPT FLUSH");
+                let decision = limiter.allow(&key).await.expect("Redis answers");
+                assert_eq!(
+                    (decision.allowed(), decision.remaining(), decision.source()),
+                    (true, 2 - round, ratelimit_core::Source::Redis),
+                    "{algorithm:?}, {windows} window(s), call {round} after SCRIPT FLUSH"
+                );
+            }
+            let denied = limiter.allow(&key).await.expect("Redis answers");
+            assert_eq!(
+                (denied.allowed(), denied.source()),
+                (false, ratelimit_core::Source::Redis),
+                "{algorithm:?}, {windows} window(s): the limit of 3 counted across the flushes"
+            );
+        }
+    }
+}

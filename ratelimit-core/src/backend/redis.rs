@@ -112,21 +112,27 @@ impl RedisBackend {
         cost: u64,
         consume: bool,
     ) -> Result<Outcome, Error> {
-        let keys = self.keys.keys(policy, identity);
-        let nonce = self.nonce.next();
-        let call = scripts::invocation(policy, &keys, consume, cost, &nonce);
+        let call = scripts::command(
+            policy,
+            &self.keys,
+            identity,
+            consume,
+            cost,
+            self.nonce.next(),
+        );
+        let script = scripts::for_policy(policy);
         let slot = std::sync::OnceLock::new();
-        let reply: Vec<i64> = self
+        let reply = self
             .bounded(async {
                 let (used, mut connection) = self.connector.get_slot().await?;
                 let _ = slot.set(used);
-                match call.invoke_async(&mut connection).await {
+                match run(&call, script, &mut connection).await {
                     // One retry, inside the same deadline, and only when the connection broke:
                     // the connection manager has begun reconnecting. If the script ran before
                     // the connection broke, the retry finds the call's nonce in the state and
                     // takes nothing twice (as when the cluster client retries on its own).
                     Err(e) if is_broken_connection(&e) => {
-                        Ok(call.invoke_async(&mut connection).await?)
+                        Ok(run(&call, script, &mut connection).await?)
                     }
                     // A script loaded, then the call redirected to a node that has not seen it
                     // (a slot just moved to a new node): loading it there is one more try, and
@@ -135,7 +141,7 @@ impl RedisBackend {
                         if e.kind()
                             == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                     {
-                        Ok(call.invoke_async(&mut connection).await?)
+                        Ok(run(&call, script, &mut connection).await?)
                     }
                     other => Ok(other?),
                 }
@@ -153,7 +159,7 @@ impl RedisBackend {
                     self.connector.discard(*used);
                 }
             })?;
-        scripts::outcome(&reply)
+        scripts::outcome_of(&reply)
     }
 
     /// Deletes every key of `policy` for `identity`.
@@ -291,6 +297,22 @@ impl RedisBackend {
     }
 }
 
+/// Sends `call` (an `EVALSHA` of `script`), loading the script first where the server lacks
+/// it (a restart, a failover, `SCRIPT FLUSH`), as [`redis::Script`] does.
+async fn run(
+    call: &redis::Cmd,
+    script: &redis::Script,
+    connection: &mut Connection,
+) -> redis::RedisResult<redis::Value> {
+    match call.query_async(connection).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.prepare_invoke().load_async(connection).await?;
+            call.query_async(connection).await
+        }
+        other => other,
+    }
+}
+
 /// A connection that broke under the call (as opposed to a slow or refusing server).
 fn is_broken_connection(error: &redis::RedisError) -> bool {
     error.is_connection_dropped() || (error.is_io_error() && !error.is_timeout())
@@ -312,8 +334,23 @@ impl Nonce {
         }
     }
 
-    fn next(&self) -> String {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:x}.{n:x}", self.prefix)
+    /// The next member, written where it is used.
+    fn next(&self) -> Member {
+        Member {
+            prefix: self.prefix,
+            n: self.counter.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+/// One sliding-log member: `<prefix>.<counter>` in hex.
+struct Member {
+    prefix: u64,
+    n: u64,
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:x}.{:x}", self.prefix, self.n)
     }
 }
