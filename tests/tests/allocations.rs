@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use ratelimit_core::{CacheConfig, Config, FakeClock, RateLimiter, RedisConfig};
+use ratelimit_core::{
+    Algorithm, CacheConfig, Config, FakeClock, Policy, RateLimiter, RedisConfig, Source, Window,
+};
 use ratelimit_tests::{CountingAllocator, RedisServer, allocations_during};
 
 #[global_allocator]
@@ -16,6 +18,13 @@ static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// Decisions measured, after warming up.
 const DECISIONS: u64 = 1000;
+
+const ALGORITHMS: [Algorithm; 4] = [
+    Algorithm::SlidingWindow,
+    Algorithm::TokenBucket,
+    Algorithm::FixedWindow,
+    Algorithm::SlidingCounter,
+];
 
 fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -82,17 +91,11 @@ fn memory_peek_does_not_allocate() {
 /// whose key and state are inline): no allocation.
 #[test]
 fn memory_allow_of_every_algorithm_does_not_allocate() {
-    use ratelimit_core::Algorithm;
     let runtime = current_thread();
     let keys: Vec<String> = (0..DECISIONS)
         .map(|i| format!("10.0.{}.{}", i / 256, i % 256))
         .collect();
-    for algorithm in [
-        Algorithm::SlidingWindow,
-        Algorithm::TokenBucket,
-        Algorithm::FixedWindow,
-        Algorithm::SlidingCounter,
-    ] {
+    for algorithm in ALGORITHMS {
         let limiter = RateLimiter::new_lazy(
             Config::new(1_000, Duration::from_secs(60)).with_algorithm(algorithm),
         )
@@ -167,6 +170,52 @@ fn a_cache_hit_does_not_allocate() {
     );
     assert_eq!(allow, 0, "allocations over {DECISIONS} cached `allow`s");
     assert_eq!(peek, 0, "allocations over {DECISIONS} cached `peek`s");
+}
+
+/// A decision that goes to Redis builds its command in one buffer sized up front and reads the
+/// reply where the connection leaves it: what it allocates on the caller's thread is the
+/// command (2: its bytes and the ends of its arguments) and what the redis crate allocates for
+/// any call (4). The reply is read on the Redis I/O thread, which this counter does not see;
+/// the bench `tests/benches/redis.rs` counts every thread: 8 a decision, 23-25 before.
+#[test]
+fn a_redis_decision_allocates_a_fixed_few() {
+    let server = RedisServer::start();
+    let runtime = current_thread();
+    for algorithm in ALGORITHMS {
+        for windows in [1_u32, 2] {
+            let policy = Policy::new(
+                "alloc",
+                (1..=windows)
+                    .map(|i| Window::new(1_000_000, Duration::from_secs(60 * u64::from(i)))),
+            )
+            .with_algorithm(algorithm);
+            let limiter = runtime.block_on(async {
+                RateLimiter::new(Config::with_policy(policy).with_redis_config(
+                    RedisConfig::new([server.url()]).with_timeout(Duration::from_secs(2)),
+                ))
+                .await
+                .expect("a limiter on the test's Redis")
+            });
+            let allows = |n: u64| {
+                let limiter = &limiter;
+                async move {
+                    for _ in 0..n {
+                        let decision = limiter.allow("client").await.expect("Redis answers");
+                        assert!(decision.allowed() && decision.source() == Source::Redis);
+                    }
+                }
+            };
+            // Warms up: every pooled connection opened, the key created.
+            runtime.block_on(allows(100));
+            let total = allocations_during(&runtime, || allows(DECISIONS));
+            // 6 a decision, and a few once for the whole run (a timer wheel's slots, say).
+            assert!(
+                total <= 6 * DECISIONS + 20,
+                "{algorithm} with {windows} window(s): {total} allocations over {DECISIONS} \
+                 Redis decisions, more than 6 each"
+            );
+        }
+    }
 }
 
 /// Requests sent through the layer in one measurement, after warming up.
