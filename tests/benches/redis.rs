@@ -22,8 +22,9 @@
 //! `EVALSHA` calls per timed operation and Redis's own time per call, which should match.
 //!
 //! Before the groups, the bench prints heap allocations per decision, counted by a global
-//! allocator on the deciding thread (a current-thread runtime, so the connection's own task is
-//! counted too): the Redis paths, the cache path (a cached denial) and the memory path.
+//! allocator on the deciding thread (a current-thread runtime): the Redis paths, the cache path
+//! (a cached denial) and the memory path; the Redis paths also on every thread, which adds the
+//! Redis I/O thread that reads the replies.
 //!
 //! Needs `redis-server` and `redis-benchmark` on `PATH` (the `redis-server` and `redis-tools`
 //! packages; `scripts/test.sh` installs them). Under `cargo test --all-targets` criterion runs
