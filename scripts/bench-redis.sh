@@ -14,14 +14,22 @@ requests=${1:-100000}
 concurrency=${2:-50}
 if [ -z "${THROWAWAY_REDIS_PORT:-}" ]; then
   cargo build --release -q -p ratelimit-load --bin with-redis --bin redis-throughput
-  exec ./target/release/with-redis scripts/bench-redis.sh "$@"
+  exec "${CARGO_TARGET_DIR:-target}/release/with-redis" scripts/bench-redis.sh "$@"
 fi
 port=$THROWAWAY_REDIS_PORT
-# The script as the limiter sends it: the prelude, then the body (`assemble!` in
+# The script as the limiter sends it: the preludes, then the body (`assemble!` in
 # ratelimit-core/src/scripts.rs).
-sha=$(redis-cli -p "$port" script load "$(cat lua/prelude/clock.lua lua/prelude/binding.lua lua/sliding_window.lua)")
+sha=$(redis-cli -p "$port" script load "$(cat lua/prelude/clock.lua lua/prelude/binding.lua \
+  lua/prelude/arguments.lua lua/sliding_window.lua)")
 window_us=1000000
 limit=1000000
+# The script must take the allowed path (first field 1) before it is measured: a script that
+# fails would be timed as fast as its error.
+first=$(redis-cli -p "$port" evalsha "$sha" 1 'bench:{check}:sw' allow 1 check "$limit" "$window_us" | head -1)
+if [ "$first" != 1 ]; then
+  echo "sliding_window.lua as assembled here does not allow a first call: $first" >&2
+  exit 1
+fi
 
 echo "# machine: $(nproc) cores, $(redis-server --version | cut -d' ' -f3)"
 echo "# redis-benchmark, EVALSHA sliding_window.lua (same key, limit $limit per 1s, random nonces)"
@@ -32,4 +40,4 @@ for c in 1 "$concurrency"; do
   printf '%-50s %s\n' "redis-benchmark -c $c" "$rps"
 done
 redis-cli -p "$port" del 'bench:{k}:sw' >/dev/null
-./target/release/redis-throughput --redis-url "$THROWAWAY_REDIS_URL" --concurrency "$concurrency" --requests "$requests"
+"${CARGO_TARGET_DIR:-target}/release/redis-throughput" --redis-url "$THROWAWAY_REDIS_URL" --concurrency "$concurrency" --requests "$requests"

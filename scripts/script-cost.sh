@@ -60,11 +60,14 @@ scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 
 # A script as the limiter sends it (`assemble!` in ratelimit-core/src/scripts.rs): the clock
-# prelude, the binding prelude when the tree has one, then the body.
+# prelude, the binding and arguments preludes when the tree has them (older trees, for
+# `--before`, may not), then the body.
 assemble() { # DIR BODY
-  local dir=$1 body=$2
+  local dir=$1 body=$2 prelude
   cat "$dir/prelude/clock.lua"
-  if [ -f "$dir/prelude/binding.lua" ]; then cat "$dir/prelude/binding.lua"; fi
+  for prelude in binding arguments; do
+    if [ -f "$dir/prelude/$prelude.lua" ]; then cat "$dir/prelude/$prelude.lua"; fi
+  done
   cat "$dir/$body"
 }
 

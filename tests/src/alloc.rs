@@ -79,15 +79,7 @@ pub fn allocations_during<F: Future<Output = ()>>(
     runtime: &tokio::runtime::Runtime,
     decisions: impl FnOnce() -> F,
 ) -> u64 {
-    let _serial = MEASURING.lock().unwrap_or_else(PoisonError::into_inner);
-    let measured = decisions();
-    runtime.block_on(async {
-        ALLOCATIONS.store(0, Ordering::Relaxed);
-        COUNTING.with(|c| c.set(true));
-        measured.await;
-        COUNTING.with(|c| c.set(false));
-    });
-    ALLOCATIONS.load(Ordering::Relaxed)
+    measure(runtime, decisions, |on| COUNTING.with(|c| c.set(on)))
 }
 
 /// Heap allocations made on every thread of the process while `runtime` runs the future
@@ -98,13 +90,24 @@ pub fn allocations_everywhere_during<F: Future<Output = ()>>(
     runtime: &tokio::runtime::Runtime,
     decisions: impl FnOnce() -> F,
 ) -> u64 {
+    measure(runtime, decisions, |on| {
+        EVERYWHERE.store(on, Ordering::Relaxed)
+    })
+}
+
+/// Counts while `counting(true)` .. `counting(false)` hold, around the future `decisions` builds.
+fn measure<F: Future<Output = ()>>(
+    runtime: &tokio::runtime::Runtime,
+    decisions: impl FnOnce() -> F,
+    counting: impl Fn(bool),
+) -> u64 {
     let _serial = MEASURING.lock().unwrap_or_else(PoisonError::into_inner);
     let measured = decisions();
     runtime.block_on(async {
         ALLOCATIONS.store(0, Ordering::Relaxed);
-        EVERYWHERE.store(true, Ordering::Relaxed);
+        counting(true);
         measured.await;
-        EVERYWHERE.store(false, Ordering::Relaxed);
+        counting(false);
     });
     ALLOCATIONS.load(Ordering::Relaxed)
 }
