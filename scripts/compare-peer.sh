@@ -3,7 +3,14 @@
 # Redis in one run: the same workload on both sides (load/src/bin/peer-workload.rs and
 # load/peer/rate-limiter-flexible.js), interleaved, Redis flushed between runs.
 #
-#   scripts/compare-peer.sh [rounds, default 3]
+#   scripts/compare-peer.sh [--before-bin DIR] [rounds, default 3]
+#
+# `--before-bin DIR` adds a third side to every round: the `peer-workload` in DIR, a release
+# build of another revision, so that a change is measured against what it replaced in the same
+# interleaved rounds; for example
+#   git worktree add --detach /tmp/before REV
+#   (cd /tmp/before && CARGO_TARGET_DIR=/tmp/before-target cargo build --release -p ratelimit-load --bin peer-workload)
+#   scripts/compare-peer.sh --before-bin /tmp/before-target/release 5
 #
 # Workload: 50 concurrent callers, keys k0..k9999 taken in turn from one shared counter, a fixed
 # window of 1,000,000 per 60 s (every call allowed), 5 s; decisions/s is completed calls over
@@ -17,7 +24,18 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-rounds=${1:-3}
+args=("$@")
+before_bin=""
+rounds=3
+while [ $# -gt 0 ]; do
+  case $1 in
+    --before-bin) before_bin=$2; shift 2 ;;
+    *) rounds=$1; shift ;;
+  esac
+done
+if [ -n "$before_bin" ] && [ ! -x "$before_bin/peer-workload" ]; then
+  echo "compare-peer: no peer-workload in $before_bin" >&2; exit 2
+fi
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "rounds must be a positive integer, not '$rounds'" >&2; exit 2; }
 peer_version=11.4.0
 ioredis_version=6.0.0
@@ -40,15 +58,15 @@ if [ -z "${THROWAWAY_REDIS_PORT:-}" ] || [ -z "${PEER_NODE_PATH:-}" ]; then
   fi
   cargo build --release -q -p ratelimit-load --bin with-redis --bin peer-workload
   status=0
-  PEER_NODE_PATH="$tmpdir/node_modules" "$bin/with-redis" scripts/compare-peer.sh "$@" || status=$?
+  PEER_NODE_PATH="$tmpdir/node_modules" "$bin/with-redis" scripts/compare-peer.sh "${args[@]}" || status=$?
   exit "$status"
 fi
 
 port=$THROWAWAY_REDIS_PORT
 url=$THROWAWAY_REDIS_URL
 
-rust_run() {
-  "$bin/peer-workload" --redis-url "$url" --duration "$duration" --callers "$callers" --keys "$keys"
+rust_run() { # [DIR of the build, default this one's]
+  "${1:-$bin}/peer-workload" --redis-url "$url" --duration "$duration" --callers "$callers" --keys "$keys"
 }
 node_run() {
   NODE_PATH="$PEER_NODE_PATH" node load/peer/rate-limiter-flexible.js \
@@ -63,6 +81,7 @@ echo "# $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), Redis $(r
 echo "# $callers callers, keys k0..k$((keys - 1)) in turn, fixed window 1000000/60s, $duration a run; exactness: 200 calls, one key, 100/60s"
 printf '%-6s %-22s %14s %12s\n' round side "decisions/s" "exact pass"
 ratios=()
+before_ratios=()
 status=0
 for round in $(seq "$rounds"); do
   redis-cli -p "$port" flushall >/dev/null
@@ -73,6 +92,13 @@ for round in $(seq "$rounds"); do
   if ! node_line=$(node_run); then
     echo "compare-peer: rate-limiter-flexible's run failed: no figure without the peer" >&2; exit 1
   fi
+  if [ -n "$before_bin" ]; then
+    redis-cli -p "$port" flushall >/dev/null
+    if ! before_line=$(rust_run "$before_bin"); then
+      echo "compare-peer: the run of $before_bin/peer-workload failed" >&2; exit 1
+    fi
+    before_rate=$(field "$before_line" decisions_per_sec)
+  fi
   rust_rate=$(field "$rust_line" decisions_per_sec)
   rust_exact=$(field "$rust_line" exact_pass)
   node_rate=$(field "$node_line" decisions_per_sec)
@@ -82,11 +108,22 @@ for round in $(seq "$rounds"); do
   printf '%-6s %-22s %14.0f %12s\n' "$round" "ratelimit" "$rust_rate" "$rust_exact"
   printf '%-6s %-22s %14.0f %12s\n' "$round" "rate-limiter-flexible" "$node_rate" "$node_exact"
   printf '%-6s %-22s %14s\n' "$round" "ratio ratelimit/peer" "${ratio}x"
+  if [ -n "$before_bin" ]; then
+    before_ratio=$(awk -v r="$rust_rate" -v b="$before_rate" 'BEGIN { printf "%.2f", r / b }')
+    before_ratios+=("$before_ratio")
+    printf '%-6s %-22s %14.0f %12s\n' "$round" "before" "$before_rate" "$(field "$before_line" exact_pass)"
+    printf '%-6s %-22s %14s\n' "$round" "ratio ratelimit/before" "${before_ratio}x"
+  fi
   if [ "$rust_exact" != 100 ]; then
     echo "compare-peer: the limiter let $rust_exact of 200 calls pass, not 100" >&2
     status=1
   fi
 done
-median=$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
-echo "median ratio ratelimit/rate-limiter-flexible over $rounds rounds: ${median}x"
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+echo "median ratio ratelimit/rate-limiter-flexible over $rounds rounds: $(median "${ratios[@]}")x"
+if [ -n "$before_bin" ]; then
+  echo "median ratio ratelimit/before over $rounds rounds: $(median "${before_ratios[@]}")x"
+fi
 exit "$status"

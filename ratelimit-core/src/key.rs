@@ -162,22 +162,10 @@ impl KeyBuilder {
         &self.prefix
     }
 
-    /// The hash-tagged part shared by every key of one decision: `<prefix>{<policy>:<identity>}`.
-    pub fn base(&self, policy: &Policy, identity: Identity<'_>) -> String {
-        let id = identity.as_str();
-        let mut key = String::with_capacity(self.prefix.len() + policy.name().len() + id.len() + 3);
-        key.push_str(&self.prefix);
-        key.push('{');
-        key.push_str(policy.name());
-        key.push(':');
-        key.push_str(id);
-        key.push('}');
-        key
-    }
-
     /// Every key a decision of `policy` for `identity` touches.
     ///
-    /// A sliding log keeps all windows in one sorted set (`:sw`); the other algorithms keep one
+    /// They share the hash-tagged part `<prefix>{<policy>:<identity>}`, so that they are all in
+    /// one hash slot of a cluster. A sliding log keeps all windows in one sorted set (`:sw`); the other algorithms keep one
     /// value a window, suffixed by the window's length in microseconds, the unit the scripts
     /// and the in-memory backend count in (so `1ms` and `1500us` windows never share a key).
     pub fn keys(&self, policy: &Policy, identity: Identity<'_>) -> Vec<String> {

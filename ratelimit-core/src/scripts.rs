@@ -241,3 +241,103 @@ pub(crate) fn outcome(reply: &[i64]) -> Result<Outcome, Error> {
         retry_after_us: non_negative(*retry_after),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use redis::Value;
+
+    use super::*;
+    use crate::policy::Window;
+
+    fn reply(fields: &[i64]) -> Value {
+        Value::Array(fields.iter().map(|&v| Value::Int(v)).collect())
+    }
+
+    #[test]
+    fn a_reply_is_read_field_by_field() {
+        let outcome = outcome_of(&reply(&[0, 2, 10, 3, 1_500, 250])).expect("a well-formed reply");
+        assert_eq!(
+            (
+                outcome.allowed,
+                outcome.window_index,
+                outcome.remaining,
+                outcome.reset_after_us,
+                outcome.retry_after_us
+            ),
+            (false, 1, 3, 1_500, 250)
+        );
+        let negative = outcome_of(&reply(&[1, 1, 10, -1, -5, -7])).expect("a well-formed reply");
+        assert!(negative.allowed);
+        assert_eq!(
+            (
+                negative.remaining,
+                negative.reset_after_us,
+                negative.retry_after_us
+            ),
+            (0, 0, 0),
+            "negative figures read as 0"
+        );
+    }
+
+    #[test]
+    fn a_reply_of_another_shape_is_an_unexpected_reply() {
+        let wrong = [
+            Value::Nil,
+            Value::Int(1),
+            reply(&[1, 1, 10, 9, 0]),
+            reply(&[1, 1, 10, 9, 0, 0, 0]),
+            Value::Array(vec![
+                Value::Int(1),
+                Value::Int(1),
+                Value::Int(10),
+                Value::BulkString(b"9".to_vec()),
+                Value::Int(0),
+                Value::Int(0),
+            ]),
+        ];
+        for value in wrong {
+            let error = outcome_of(&value).expect_err("not a decision");
+            assert!(
+                matches!(error, Error::UnexpectedReply(_)),
+                "{value:?}: {error:?}"
+            );
+        }
+        assert!(matches!(outcome(&[1, 2]), Err(Error::UnexpectedReply(_))));
+    }
+
+    /// The command is the one `redis::Script` would send: EVALSHA, the hash, the keys and the
+    /// arguments in the order the scripts read them.
+    #[test]
+    fn a_command_carries_the_keys_and_arguments_in_order() {
+        let keys = KeyBuilder::new("rl:");
+        let policy = Policy::new("api", [Window::per_minute(10), Window::per_hour(100)]);
+        for (algorithm, expected_keys) in [
+            (Algorithm::SlidingWindow, vec!["rl:{api:u1}:sw"]),
+            (
+                Algorithm::TokenBucket,
+                vec!["rl:{api:u1}:tb:60000000", "rl:{api:u1}:tb:3600000000"],
+            ),
+        ] {
+            let policy = policy.clone().with_algorithm(algorithm);
+            let cmd = command(&policy, &keys, Identity::new(b"u1"), false, 3, "ab.c");
+            let args: Vec<String> = cmd
+                .args_iter()
+                .map(|arg| match arg {
+                    redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                    _ => "<cursor>".into(),
+                })
+                .collect();
+            let mut expected = vec![
+                "EVALSHA".to_owned(),
+                for_policy(&policy).get_hash().to_owned(),
+                expected_keys.len().to_string(),
+            ];
+            expected.extend(expected_keys.iter().map(|k| (*k).to_owned()));
+            expected.extend(
+                ["peek", "3", "ab.c", "10", "60000000", "100", "3600000000"].map(str::to_owned),
+            );
+            assert_eq!(args, expected, "{algorithm:?}");
+            assert_eq!(keys.keys(&policy, Identity::new(b"u1")), expected_keys);
+        }
+    }
+}
