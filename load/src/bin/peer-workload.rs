@@ -13,8 +13,9 @@
 //! {"decisions_per_sec":41234.5,"exact_pass":100}
 //! ```
 //! Without `--redis-url` it runs on a throwaway `redis-server` (the test harness's), stopped at
-//! the end. Decisions not made by Redis (by the fallback, on an overloaded machine) are counted on
-//! standard error: the figure is then not Redis's alone.
+//! the end. Decisions not made by Redis are counted on standard error: by the fallback (on an
+//! overloaded machine; the figure is then not Redis's alone), or by the hot-key shield (the
+//! exactness burst's denials, once its key is hot).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -59,8 +60,31 @@ struct Args {
 /// What the throughput run counted.
 struct Throughput {
     decisions: u64,
-    not_by_redis: u64,
+    not_by_redis: NotByRedis,
     elapsed: Duration,
+}
+
+/// Decisions Redis did not make: by the local cache (the hot-key shield answers a hot key's
+/// denials, even with the cache off), or by the fallback (Redis did not answer in time).
+#[derive(Debug, Default, Clone, Copy)]
+struct NotByRedis {
+    cache: u64,
+    fallback: u64,
+}
+
+impl NotByRedis {
+    fn count(&mut self, source: Source) {
+        match source {
+            Source::Redis | Source::Memory => {}
+            Source::Cache => self.cache += 1,
+            Source::Fallback(_) => self.fallback += 1,
+        }
+    }
+
+    fn add(&mut self, other: Self) {
+        self.cache += other.cache;
+        self.fallback += other.fallback;
+    }
 }
 
 #[tokio::main]
@@ -73,9 +97,19 @@ async fn main() -> Result<(), AnyError> {
     let run = throughput(&limiter, args.callers, args.keys, args.duration).await?;
     let (exact_pass, exact_not_by_redis) = exactness(url).await?;
 
-    let not_by_redis = run.not_by_redis + exact_not_by_redis;
-    if not_by_redis > 0 {
-        eprintln!("peer-workload: {not_by_redis} decisions were not made by Redis");
+    let mut not_by_redis = run.not_by_redis;
+    not_by_redis.add(exact_not_by_redis);
+    if not_by_redis.fallback > 0 {
+        eprintln!(
+            "peer-workload: {} decisions were made by the fallback, not Redis",
+            not_by_redis.fallback
+        );
+    }
+    if not_by_redis.cache > 0 {
+        eprintln!(
+            "peer-workload: {} denials were answered by the hot-key shield",
+            not_by_redis.cache
+        );
     }
     let line = serde_json::json!({
         "decisions_per_sec": run.decisions as f64 / run.elapsed.as_secs_f64(),
@@ -107,16 +141,14 @@ async fn throughput(
         .map(|_| {
             let (limiter, next) = (limiter.clone(), next.clone());
             tokio::spawn(async move {
-                let (mut decisions, mut not_by_redis) = (0u64, 0u64);
+                let (mut decisions, mut not_by_redis) = (0u64, NotByRedis::default());
                 let mut key = String::new();
                 while Instant::now() < deadline {
                     key.clear();
                     let _ = write!(key, "k{}", next.fetch_add(1, Ordering::Relaxed) % keys);
                     let decision = limiter.allow(&key).await?;
                     decisions += 1;
-                    if decision.source() != Source::Redis {
-                        not_by_redis += 1;
-                    }
+                    not_by_redis.count(decision.source());
                 }
                 Ok::<_, ratelimit_core::Error>((decisions, not_by_redis))
             })
@@ -124,13 +156,13 @@ async fn throughput(
         .collect();
     let mut run = Throughput {
         decisions: 0,
-        not_by_redis: 0,
+        not_by_redis: NotByRedis::default(),
         elapsed: Duration::ZERO,
     };
     for task in tasks {
         let (decisions, not_by_redis) = task.await??;
         run.decisions += decisions;
-        run.not_by_redis += not_by_redis;
+        run.not_by_redis.add(not_by_redis);
     }
     run.elapsed = started.elapsed();
     Ok(run)
@@ -138,7 +170,7 @@ async fn throughput(
 
 /// [`EXACT_CALLS`] concurrent calls on one fresh key: how many were allowed, and how many
 /// decisions Redis did not make.
-async fn exactness(url: &str) -> Result<(u64, u64), AnyError> {
+async fn exactness(url: &str) -> Result<(u64, NotByRedis), AnyError> {
     let limiter = RateLimiter::new(fixed_window(EXACT_WINDOW, url)).await?;
     limiter.allow("warm-up").await?;
     wait_clear_of_window_end(EXACT_WINDOW.duration()).await;
@@ -150,11 +182,11 @@ async fn exactness(url: &str) -> Result<(u64, u64), AnyError> {
             tokio::spawn(async move { limiter.allow(&*key).await })
         })
         .collect();
-    let (mut allowed, mut not_by_redis) = (0u64, 0u64);
+    let (mut allowed, mut not_by_redis) = (0u64, NotByRedis::default());
     for task in tasks {
         let decision = task.await??;
         allowed += u64::from(decision.allowed());
-        not_by_redis += u64::from(decision.source() != Source::Redis);
+        not_by_redis.count(decision.source());
     }
     Ok((allowed, not_by_redis))
 }
