@@ -127,6 +127,11 @@ impl Guarded {
         self.cache.as_ref().map_or(0, DecisionCache::weight)
     }
 
+    /// Pipelines of several calls sent so far, and the calls they carried.
+    pub(crate) fn pipelines(&self) -> (u64, u64) {
+        self.redis.pipelines()
+    }
+
     /// Keys the `local` fallback tracks.
     pub(crate) fn local_keys(&self) -> usize {
         self.fallback.local_keys()

@@ -83,6 +83,11 @@ pub struct LimiterStats {
     /// `memory.max_keys`, rounded up to a multiple of 64. Counting visits every shard: for
     /// operators and tests, not for every request.
     pub memory_keys: usize,
+    /// Pipelines of two or more script calls sent together on one standalone connection
+    /// (calls that arrived while the connection's previous pipeline was in flight).
+    pub pipelines: u64,
+    /// Script calls those pipelines carried: `pipelined_calls / pipelines` is their average size.
+    pub pipelined_calls: u64,
 }
 
 impl RateLimiter {
@@ -270,6 +275,8 @@ impl RateLimiter {
                 cache: guarded.cache_stats(),
                 cache_bytes: guarded.cache_bytes(),
                 memory_keys: guarded.local_keys(),
+                pipelines: guarded.pipelines().0,
+                pipelined_calls: guarded.pipelines().1,
             },
         }
     }

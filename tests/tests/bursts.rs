@@ -259,3 +259,129 @@ async fn n_instances_pass_at_most_n_times_the_limit_while_redis_is_away() {
     assert_eq!(total, 3 * LIMIT);
     eprintln!("3 instances, Redis away: {total} admitted for a limit of {LIMIT}");
 }
+
+/// `total_reads_processed` of `INFO stats`: the reads Redis made from client sockets.
+fn reads_processed(server: &ratelimit_tests::RedisServer) -> u64 {
+    let mut connection = server
+        .client()
+        .get_connection()
+        .expect("the test's redis-server answers");
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query(&mut connection)
+        .expect("INFO stats");
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_reads_processed:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("INFO stats reports total_reads_processed")
+}
+
+/// Concurrent calls on one connection go out together, as pipelines: Redis reads them in far
+/// fewer reads than there are calls, and still runs each call exactly once, with its own
+/// answer: exactly the limit of each key passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_calls_go_out_together_and_each_runs_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let server = ratelimit_tests::RedisServer::start();
+    let limiter = limiter_on(&server, "pipelines:").await;
+    const CALLERS: usize = 1000;
+    const KEYS: usize = 5;
+    let (calls_before, reads_before) = (
+        ratelimit_tests::evalsha_calls(&server.url()),
+        reads_processed(&server),
+    );
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|i| {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { (i % KEYS, limiter.allow(&format!("k{}", i % KEYS)).await) })
+        })
+        .collect();
+    let (mut allowed, mut by_redis) = ([0_u64; KEYS], 0);
+    for task in tasks {
+        let (key, decision) = task.await.expect("the caller's task");
+        let decision = decision.expect("a decision");
+        // The hot-key shield answers denials of these hot keys; Redis everything else.
+        match decision.source() {
+            Source::Redis => by_redis += 1,
+            Source::Cache => assert!(!decision.allowed(), "the shield only denies"),
+            other => panic!("a decision by {other:?}"),
+        }
+        allowed[key] += u64::from(decision.allowed());
+    }
+    assert_eq!(
+        allowed, [LIMIT; KEYS],
+        "exactly the limit of each key passed"
+    );
+    let calls = ratelimit_tests::evalsha_calls(&server.url()) - calls_before;
+    let reads = reads_processed(&server) - reads_before;
+    assert_eq!(
+        calls, by_redis,
+        "every call Redis decided ran once, none twice"
+    );
+    let stats = limiter.stats();
+    assert!(
+        stats.pipelines > 0 && stats.pipelined_calls >= 2 * stats.pipelines,
+        "calls went out together: {} pipelines carried {} of {by_redis} calls",
+        stats.pipelines,
+        stats.pipelined_calls
+    );
+    assert!(
+        reads * 4 <= calls,
+        "{calls} script calls arrived in {reads} reads: not sent together"
+    );
+}
+
+/// A caller that gives up while its pipeline is in flight (Redis stopped answering, the call
+/// timed out) hands its connection's queue on: once Redis answers again, Redis decides again,
+/// and nothing waits for a pipeline that nobody leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callers_that_give_up_leave_no_connection_waiting() {
+    use ratelimit_core::{FallbackConfig, FallbackMode};
+    let _one = ONE_AT_A_TIME.lock().await;
+    let server = ratelimit_tests::RedisServer::start();
+    // A breaker that never opens: every call after the pause goes to Redis.
+    let config = Config::new(1_000_000, Duration::from_secs(60))
+        .with_prefix("abandoned:")
+        .with_redis(server.url())
+        .with_fallback(FallbackConfig::new(FallbackMode::Local, u32::MAX));
+    let limiter = RateLimiter::new(config)
+        .await
+        .unwrap_or_else(|e| panic!("building a limiter on {}: {e}", server.url()));
+    assert_eq!(
+        limiter.allow("k").await.expect("a decision").source(),
+        Source::Redis
+    );
+    let concurrent = |n: usize| {
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let limiter = limiter.clone();
+                tokio::spawn(async move { limiter.allow(&format!("k{}", i % 7)).await })
+            })
+            .collect();
+        async move {
+            let mut sources = HashMap::new();
+            for task in tasks {
+                let decision = task.await.expect("the caller's task").expect("a decision");
+                *sources.entry(decision.source()).or_insert(0) += 1;
+            }
+            sources
+        }
+    };
+    server.pause();
+    let while_paused = concurrent(300).await;
+    server.resume();
+    assert_eq!(
+        while_paused.get(&Source::Redis),
+        None,
+        "Redis was stopped: the fallback decided ({while_paused:?})"
+    );
+    // The stopped server's connections were given up and are opened anew.
+    for round in 0..3 {
+        let after = concurrent(300).await;
+        assert_eq!(
+            after.get(&Source::Redis),
+            Some(&300),
+            "round {round} after Redis answers again: {after:?}"
+        );
+    }
+}

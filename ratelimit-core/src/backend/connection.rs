@@ -124,6 +124,13 @@ pub(crate) struct Used {
     generation: usize,
 }
 
+impl Used {
+    /// The connection's place in the pool (0 for a cluster's one connection).
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+}
+
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

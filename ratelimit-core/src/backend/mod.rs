@@ -6,6 +6,7 @@
 //! Both answer the same question, "does this request of this cost fit this policy for this
 //! identity, and if so record it", atomically and with the same semantics.
 
+mod batch;
 mod connection;
 mod eviction;
 mod memory;

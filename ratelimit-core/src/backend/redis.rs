@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 
-use super::connection::Connection;
-
-use super::connection::Connector;
+use super::batch::Lane;
+use super::connection::{Connection, Connector, Used};
 use crate::config::RedisConfig;
 use crate::decision::Outcome;
 use crate::error::Error;
@@ -25,6 +24,9 @@ use crate::scripts;
 #[derive(Debug)]
 pub struct RedisBackend {
     connector: Connector,
+    /// One a pooled standalone connection, whose concurrent calls go out as one pipeline; none
+    /// for a cluster (a pipeline goes to one node, and concurrent calls' keys are anywhere).
+    lanes: Box<[Lane]>,
     turns: tokio::sync::Semaphore,
     keys: KeyBuilder,
     timeout: Duration,
@@ -50,8 +52,13 @@ pub const IN_FLIGHT_PER_CONNECTION: usize = 16;
 impl RedisBackend {
     /// A backend for `config`, keys under `keys`; opens no connection yet.
     pub fn new(config: &RedisConfig, keys: KeyBuilder) -> Result<Self, Error> {
+        let lanes = match config.is_cluster() {
+            true => Box::default(),
+            false => (0..config.pool_size()).map(|_| Lane::default()).collect(),
+        };
         Ok(Self {
             connector: Connector::new(config)?,
+            lanes,
             turns: tokio::sync::Semaphore::new(IN_FLIGHT_PER_CONNECTION * config.pool_size()),
             keys,
             timeout: config.timeout(),
@@ -112,27 +119,22 @@ impl RedisBackend {
         cost: u64,
         consume: bool,
     ) -> Result<Outcome, Error> {
-        let call = scripts::command(
-            policy,
-            &self.keys,
-            identity,
-            consume,
-            cost,
-            self.nonce.next(),
-        );
+        let nonce = self.nonce.next();
+        // Built again for a retry, with the same nonce: the script recognizes a call it applied.
+        let call = || scripts::command(policy, &self.keys, identity, consume, cost, nonce);
         let script = scripts::for_policy(policy);
         let slot = std::sync::OnceLock::new();
         let reply = self
             .bounded(async {
                 let (used, mut connection) = self.connector.get_slot().await?;
                 let _ = slot.set(used);
-                match run(&call, script, &mut connection).await {
+                match self.run(used, &call, script, &mut connection).await {
                     // One retry, inside the same deadline, and only when the connection broke:
                     // the connection manager has begun reconnecting. If the script ran before
                     // the connection broke, the retry finds the call's nonce in the state and
                     // takes nothing twice (as when the cluster client retries on its own).
                     Err(e) if is_broken_connection(&e) => {
-                        Ok(run(&call, script, &mut connection).await?)
+                        Ok(self.run(used, &call, script, &mut connection).await?)
                     }
                     // A script loaded, then the call redirected to a node that has not seen it
                     // (a slot just moved to a new node): loading it there is one more try, and
@@ -141,7 +143,7 @@ impl RedisBackend {
                         if e.kind()
                             == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                     {
-                        Ok(run(&call, script, &mut connection).await?)
+                        Ok(self.run(used, &call, script, &mut connection).await?)
                     }
                     other => Ok(other?),
                 }
@@ -281,6 +283,14 @@ impl RedisBackend {
         .await
     }
 
+    /// Pipelines of several calls sent so far on every lane, and the calls they carried.
+    pub(crate) fn pipelines(&self) -> (u64, u64) {
+        self.lanes
+            .iter()
+            .map(Lane::pipelines)
+            .fold((0, 0), |(p, c), (lp, lc)| (p + lp, c + lc))
+    }
+
     /// The connections.
     pub(super) fn connector(&self) -> &Connector {
         &self.connector
@@ -297,19 +307,37 @@ impl RedisBackend {
     }
 }
 
-/// Sends `call` (an `EVALSHA` of `script`), loading the script first where the server lacks
-/// it (a restart, a failover, `SCRIPT FLUSH`), as [`redis::Script`] does.
-async fn run(
-    call: &redis::Cmd,
-    script: &redis::Script,
-    connection: &mut Connection,
-) -> redis::RedisResult<redis::Value> {
-    match call.query_async(connection).await {
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            script.prepare_invoke().load_async(connection).await?;
-            call.query_async(connection).await
+impl RedisBackend {
+    /// Sends the command `call` builds (an `EVALSHA` of `script`) on `connection`, through its
+    /// lane when it has one; loads the script and sends the call again where the server lacks it
+    /// (a restart, a failover, `SCRIPT FLUSH`), as [`redis::Script`] does.
+    async fn run(
+        &self,
+        used: Used,
+        call: &impl Fn() -> redis::Cmd,
+        script: &redis::Script,
+        connection: &mut Connection,
+    ) -> redis::RedisResult<redis::Value> {
+        match self.send(used, call(), connection).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                script.prepare_invoke().load_async(connection).await?;
+                self.send(used, call(), connection).await
+            }
+            other => other,
         }
-        other => other,
+    }
+
+    /// Sends `call` on `connection`: with the other calls of its lane, or alone.
+    async fn send(
+        &self,
+        used: Used,
+        call: redis::Cmd,
+        connection: &mut Connection,
+    ) -> redis::RedisResult<redis::Value> {
+        match self.lanes.get(used.index()) {
+            Some(lane) => lane.send(connection, call).await,
+            None => call.query_async(connection).await,
+        }
     }
 }
 
@@ -344,6 +372,7 @@ impl Nonce {
 }
 
 /// One sliding-log member: `<prefix>.<counter>` in hex.
+#[derive(Clone, Copy)]
 struct Member {
     prefix: u64,
     n: u64,

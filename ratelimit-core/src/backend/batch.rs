@@ -1,0 +1,221 @@
+//! Concurrent script calls on one connection sent together, as one pipeline.
+//!
+//! Every decision is one `EVALSHA`. Sent one by one over a multiplexed connection, each call is a
+//! message to the connection's task on the Redis I/O thread and a reply sent back, two wake-ups
+//! across threads a decision; on two shared cores those cost more than Redis's own work. A
+//! [`Lane`] (one a pooled connection) keeps at most one pipeline in flight: a call that finds
+//! the lane idle is sent at once, alone; calls that arrive while a pipeline is in flight queue,
+//! and when its replies are in, the caller that led it hands the whole queue to the first
+//! queued caller, which sends it as the next pipeline. Each call still runs on its own (a
+//! pipeline is not a transaction), in arrival order, and gets its own reply or error; the
+//! scripts, their atomicity and Redis's clock are unchanged.
+//!
+//! Cancellation: a caller that gives up (its timeout) while leading drops its pipeline's
+//! waiters, who see the call fail as a timed-out call would, and the lane passes to the next
+//! queued caller; a queued caller that gave up is skipped.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use redis::aio::ConnectionLike;
+use tokio::sync::oneshot;
+
+use super::connection::Connection;
+
+/// One connection's queue of calls and whether a pipeline is in flight on it.
+#[derive(Debug, Default)]
+pub(crate) struct Lane {
+    state: Mutex<State>,
+    /// Pipelines of two or more calls sent, and the calls they carried.
+    pipelines: AtomicU64,
+    pipelined_calls: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Calls waiting for the next pipeline, in arrival order.
+    queue: Vec<Waiting>,
+    /// A caller is sending a pipeline, or is about to: new calls queue.
+    leading: bool,
+}
+
+/// A queued call: its command and where its answer goes (`None` for the leader's own).
+#[derive(Debug)]
+struct Waiting {
+    call: redis::Cmd,
+    answer: Option<oneshot::Sender<Answer>>,
+}
+
+/// What a queued caller receives: its reply, or the next pipeline to send (its own call first).
+#[derive(Debug)]
+enum Answer {
+    Reply(redis::RedisResult<redis::Value>),
+    Lead(Vec<Waiting>),
+}
+
+impl Lane {
+    /// Sends `call` on `connection`, with whatever calls queue on this lane meanwhile.
+    pub(crate) async fn send(
+        &self,
+        connection: &mut Connection,
+        call: redis::Cmd,
+    ) -> redis::RedisResult<redis::Value> {
+        let queued = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if state.leading {
+                let (answer, receive) = oneshot::channel();
+                state.queue.push(Waiting {
+                    call,
+                    answer: Some(answer),
+                });
+                Err(receive)
+            } else {
+                state.leading = true;
+                Ok(vec![Waiting { call, answer: None }])
+            }
+        };
+        let pipeline = match queued {
+            Ok(alone) => alone,
+            Err(receive) => match receive.await {
+                Ok(Answer::Reply(reply)) => return reply,
+                Ok(Answer::Lead(pipeline)) => pipeline,
+                // The caller that led this call's pipeline gave up before the replies came.
+                Err(_) => return Err(abandoned()),
+            },
+        };
+        let _hand_off = HandOff(self);
+        if pipeline.len() > 1 {
+            self.pipelines.fetch_add(1, Ordering::Relaxed);
+            self.pipelined_calls
+                .fetch_add(pipeline.len() as u64, Ordering::Relaxed);
+        }
+        lead(connection, pipeline).await
+    }
+
+    /// Pipelines of two or more calls sent so far, and the calls they carried.
+    pub(crate) fn pipelines(&self) -> (u64, u64) {
+        (
+            self.pipelines.load(Ordering::Relaxed),
+            self.pipelined_calls.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Passes the lane to the first queued caller that is still there, with every queued call;
+    /// frees it when none is.
+    fn hand_off(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if state.queue.is_empty() {
+                state.leading = false;
+                return;
+            }
+            let mut next = std::mem::take(&mut state.queue);
+            let Some(first) = next.first_mut().and_then(|w| w.answer.take()) else {
+                // Only a leader's own call has no answer, and it is never queued.
+                next.remove(0);
+                state.queue = next;
+                continue;
+            };
+            match first.send(Answer::Lead(next)) {
+                Ok(()) => return,
+                // That caller gave up: its call is not sent, the others are offered on.
+                Err(Answer::Lead(mut rest)) => {
+                    rest.remove(0);
+                    state.queue = rest;
+                }
+                Err(Answer::Reply(_)) => return,
+            }
+        }
+    }
+}
+
+/// Hands the lane on when the leader is done, or dropped while waiting for its replies.
+struct HandOff<'a>(&'a Lane);
+
+impl Drop for HandOff<'_> {
+    fn drop(&mut self) {
+        self.0.hand_off();
+    }
+}
+
+/// Sends `pipeline` (the leader's own call first) and answers every other caller in it.
+async fn lead(
+    connection: &mut Connection,
+    pipeline: Vec<Waiting>,
+) -> redis::RedisResult<redis::Value> {
+    if let [alone] = pipeline.as_slice() {
+        return connection
+            .req_packed_command(&alone.call)
+            .await
+            .and_then(redis::Value::extract_error);
+    }
+    let mut calls = redis::pipe();
+    let mut answers = Vec::with_capacity(pipeline.len());
+    for waiting in pipeline {
+        calls.add_command(waiting.call);
+        answers.push(waiting.answer);
+    }
+    let count = answers.len();
+    match connection.req_packed_commands(&calls, 0, count).await {
+        Ok(replies) if replies.len() == count => {
+            let mut own = Err(abandoned());
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let reply = reply.extract_error();
+                match answer {
+                    Some(answer) => {
+                        let _ = answer.send(Answer::Reply(reply));
+                    }
+                    None => own = reply,
+                }
+            }
+            own
+        }
+        Ok(replies) => {
+            let error = redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "a pipeline of script calls",
+                format!("{} replies to {count} calls", replies.len()),
+            ));
+            answer_all(answers, &error);
+            Err(error)
+        }
+        Err(error) => {
+            answer_all(answers, &error);
+            Err(error)
+        }
+    }
+}
+
+/// Gives every other caller of a pipeline that failed as a whole an error of the same kind.
+fn answer_all(answers: Vec<Option<oneshot::Sender<Answer>>>, error: &redis::RedisError) {
+    for answer in answers.into_iter().flatten() {
+        let _ = answer.send(Answer::Reply(Err(same_kind(error))));
+    }
+}
+
+/// An error classified as `error` is (a broken connection, a timeout, a server's refusal), for
+/// callers that each need their own.
+fn same_kind(error: &redis::RedisError) -> redis::RedisError {
+    let io = |kind| std::io::Error::new(kind, error.to_string()).into();
+    if error.is_timeout() {
+        io(std::io::ErrorKind::TimedOut)
+    } else if error.is_connection_dropped() {
+        io(std::io::ErrorKind::ConnectionReset)
+    } else {
+        redis::RedisError::from((
+            error.kind(),
+            "a pipeline of script calls",
+            error.to_string(),
+        ))
+    }
+}
+
+/// The error of a queued call whose pipeline's leader gave up waiting: as a timeout, since that
+/// is what made the leader give up, and the call may or may not have run.
+fn abandoned() -> redis::RedisError {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the call's pipeline was abandoned before its reply",
+    )
+    .into()
+}
