@@ -385,3 +385,43 @@ async fn callers_that_give_up_leave_no_connection_waiting() {
         );
     }
 }
+
+/// A queued caller that gives up just as its connection's queue is handed to it (the hand-off
+/// waiting, unread, when its timeout drops it) passes the queue on as it goes: the next call is
+/// sent, instead of queueing forever behind a pipeline that nobody leads.
+#[tokio::test]
+async fn a_caller_that_gives_up_as_the_queue_reaches_it_passes_it_on() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+
+    let server = ratelimit_tests::RedisServer::start();
+    let connection = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the test's redis-server answers");
+    let lane = ratelimit_core::test_util::Lane::default();
+    let (mut first, mut second, mut third) = (connection.clone(), connection.clone(), connection);
+    let mut context = Context::from_waker(Waker::noop());
+    // The first call is sent at once; the second queues behind it.
+    let mut leader = Box::pin(lane.send(&mut first, redis::cmd("PING")));
+    let mut queued = Box::pin(lane.send(&mut second, redis::cmd("PING")));
+    assert!(
+        leader.as_mut().poll(&mut context).is_pending(),
+        "sent, no reply yet"
+    );
+    assert!(queued.as_mut().poll(&mut context).is_pending(), "queued");
+    // The first call's reply comes: the queue is handed to the second caller, which gives up
+    // before it reads that.
+    leader.await.expect("PONG");
+    drop(queued);
+    let next = tokio::time::timeout(
+        Duration::from_secs(2),
+        lane.send(&mut third, redis::cmd("PING")),
+    )
+    .await;
+    assert!(
+        matches!(next, Ok(Ok(_))),
+        "the next call waited for a pipeline nobody leads: {next:?}"
+    );
+}

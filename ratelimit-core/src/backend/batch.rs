@@ -12,7 +12,8 @@
 //!
 //! Cancellation: a caller that gives up (its timeout) while leading drops its pipeline's
 //! waiters, who see the call fail as a timed-out call would, and the lane passes to the next
-//! queued caller; a queued caller that gave up is skipped.
+//! queued caller; a queued caller that gave up is skipped, and one that gives up with the lane
+//! just handed to it (the message waiting, unread) passes it on as it goes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -20,11 +21,9 @@ use std::sync::{Mutex, PoisonError};
 use redis::aio::ConnectionLike;
 use tokio::sync::oneshot;
 
-use super::connection::Connection;
-
 /// One connection's queue of calls and whether a pipeline is in flight on it.
 #[derive(Debug, Default)]
-pub(crate) struct Lane {
+pub struct Lane {
     state: Mutex<State>,
     /// Pipelines of two or more calls sent, and the calls they carried.
     pipelines: AtomicU64,
@@ -55,9 +54,9 @@ enum Answer {
 
 impl Lane {
     /// Sends `call` on `connection`, with whatever calls queue on this lane meanwhile.
-    pub(crate) async fn send(
+    pub async fn send(
         &self,
-        connection: &mut Connection,
+        connection: &mut impl ConnectionLike,
         call: redis::Cmd,
     ) -> redis::RedisResult<redis::Value> {
         let queued = {
@@ -68,15 +67,22 @@ impl Lane {
                     call,
                     answer: Some(answer),
                 });
-                Err(receive)
+                Err(Queued {
+                    lane: self,
+                    receive,
+                })
             } else {
                 state.leading = true;
-                Ok(vec![Waiting { call, answer: None }])
+                Ok(call)
             }
         };
         let pipeline = match queued {
-            Ok(alone) => alone,
-            Err(receive) => match receive.await {
+            // The lane was idle: sent at once, alone (and without a pipeline to build).
+            Ok(call) => {
+                let _hand_off = HandOff(self);
+                return send_alone(connection, &call).await;
+            }
+            Err(mut queued) => match (&mut queued.receive).await {
                 Ok(Answer::Reply(reply)) => return reply,
                 Ok(Answer::Lead(pipeline)) => pipeline,
                 // The caller that led this call's pipeline gave up before the replies came.
@@ -103,7 +109,15 @@ impl Lane {
     /// Passes the lane to the first queued caller that is still there, with every queued call;
     /// frees it when none is.
     fn hand_off(&self) {
+        self.hand_off_with(Vec::new());
+    }
+
+    /// [`Self::hand_off`], with `first` (calls handed to a caller that gave up) ahead of the queue.
+    fn hand_off_with(&self, first: Vec<Waiting>) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if !first.is_empty() {
+            state.queue.splice(0..0, first);
+        }
         loop {
             if state.queue.is_empty() {
                 state.leading = false;
@@ -129,6 +143,24 @@ impl Lane {
     }
 }
 
+/// A queued caller's wait for its answer. Dropped unanswered (the caller gave up) just after the
+/// lane was handed to it, it hands the lane on: the message is there, unread, and nobody else
+/// would send the pipeline it carries.
+struct Queued<'a> {
+    lane: &'a Lane,
+    receive: oneshot::Receiver<Answer>,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let Ok(Answer::Lead(mut pipeline)) = self.receive.try_recv() {
+            // Its own call, first, goes unsent with it.
+            pipeline.remove(0);
+            self.lane.hand_off_with(pipeline);
+        }
+    }
+}
+
 /// Hands the lane on when the leader is done, or dropped while waiting for its replies.
 struct HandOff<'a>(&'a Lane);
 
@@ -140,14 +172,11 @@ impl Drop for HandOff<'_> {
 
 /// Sends `pipeline` (the leader's own call first) and answers every other caller in it.
 async fn lead(
-    connection: &mut Connection,
+    connection: &mut impl ConnectionLike,
     pipeline: Vec<Waiting>,
 ) -> redis::RedisResult<redis::Value> {
     if let [alone] = pipeline.as_slice() {
-        return connection
-            .req_packed_command(&alone.call)
-            .await
-            .and_then(redis::Value::extract_error);
+        return send_alone(connection, &alone.call).await;
     }
     let mut calls = redis::pipe();
     let mut answers = Vec::with_capacity(pipeline.len());
@@ -184,6 +213,17 @@ async fn lead(
             Err(error)
         }
     }
+}
+
+/// Sends one call by itself.
+async fn send_alone(
+    connection: &mut impl ConnectionLike,
+    call: &redis::Cmd,
+) -> redis::RedisResult<redis::Value> {
+    connection
+        .req_packed_command(call)
+        .await
+        .and_then(redis::Value::extract_error)
 }
 
 /// Gives every other caller of a pipeline that failed as a whole an error of the same kind.

@@ -13,6 +13,8 @@ mod memory;
 mod redis;
 
 #[cfg(any(test, feature = "test-util"))]
+pub use self::batch::Lane;
+#[cfg(any(test, feature = "test-util"))]
 pub use self::eviction::NodeEviction;
 pub use self::memory::MemoryBackend;
 pub use self::redis::RedisBackend;
