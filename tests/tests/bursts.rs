@@ -425,3 +425,57 @@ async fn a_caller_that_gives_up_as_the_queue_reaches_it_passes_it_on() {
         "the next call waited for a pipeline nobody leads: {next:?}"
     );
 }
+
+/// Callers cancelled at any point of their call (a client that hangs up, a handler's own
+/// timeout), round after round, leave every connection's queue usable: each round after, calls
+/// on every pooled connection are decided by Redis at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callers_cancelled_anywhere_leave_every_queue_usable() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use ratelimit_core::{FallbackConfig, FallbackMode, RedisConfig};
+
+    let _one = ONE_AT_A_TIME.lock().await;
+    let seed = ratelimit_tests::seed_from_env("BURSTS_SEED");
+    println!("BURSTS_SEED={seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let server = ratelimit_tests::RedisServer::start();
+    // A breaker that never opens: a queue left waiting shows as a call that times out.
+    let config = Config::new(1_000_000, Duration::from_secs(60))
+        .with_prefix("cancelled:")
+        .with_redis_config(RedisConfig::new([server.url()]).with_timeout(Duration::from_secs(1)))
+        .with_fallback(FallbackConfig::new(FallbackMode::Local, u32::MAX));
+    let pool = RedisConfig::DEFAULT_POOL_SIZE;
+    let limiter = RateLimiter::new(config)
+        .await
+        .unwrap_or_else(|e| panic!("building a limiter on {}: {e}", server.url()));
+    for round in 0..100 {
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let limiter = limiter.clone();
+                let patience = Duration::from_micros(rng.random_range(0..3_000));
+                tokio::spawn(async move {
+                    let _ =
+                        tokio::time::timeout(patience, limiter.allow(&format!("k{}", i % 3))).await;
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("the caller's task");
+        }
+        // One call on each pooled connection in turn (they are handed out round-robin).
+        for probe in 0..2 * pool {
+            let decision = tokio::time::timeout(Duration::from_millis(500), limiter.allow("probe"))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("round {round}, probe {probe}: no answer in 500 ms (seed {seed})")
+                })
+                .expect("a decision");
+            assert_eq!(
+                decision.source(),
+                Source::Redis,
+                "round {round}, probe {probe} (seed {seed})"
+            );
+        }
+    }
+}

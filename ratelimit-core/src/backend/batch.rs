@@ -153,6 +153,9 @@ struct Queued<'a> {
 
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
+        // Closed first, so that a hand-off racing with this drop either arrives before (and is
+        // read here) or fails in `hand_off`, which then offers the queue to the next caller.
+        self.receive.close();
         if let Ok(Answer::Lead(mut pipeline)) = self.receive.try_recv() {
             // Its own call, first, goes unsent with it.
             pipeline.remove(0);
