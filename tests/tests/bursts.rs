@@ -404,8 +404,9 @@ async fn a_caller_that_gives_up_as_the_queue_reaches_it_passes_it_on() {
     let (mut first, mut second, mut third) = (connection.clone(), connection.clone(), connection);
     let mut context = Context::from_waker(Waker::noop());
     // The first call is sent at once; the second queues behind it.
-    let mut leader = Box::pin(lane.send(&mut first, redis::cmd("PING")));
-    let mut queued = Box::pin(lane.send(&mut second, redis::cmd("PING")));
+    let timeout = Duration::from_secs(2);
+    let mut leader = Box::pin(lane.send(&mut first, redis::cmd("PING"), timeout));
+    let mut queued = Box::pin(lane.send(&mut second, redis::cmd("PING"), timeout));
     assert!(
         leader.as_mut().poll(&mut context).is_pending(),
         "sent, no reply yet"
@@ -417,7 +418,7 @@ async fn a_caller_that_gives_up_as_the_queue_reaches_it_passes_it_on() {
     drop(queued);
     let next = tokio::time::timeout(
         Duration::from_secs(2),
-        lane.send(&mut third, redis::cmd("PING")),
+        lane.send(&mut third, redis::cmd("PING"), timeout),
     )
     .await;
     assert!(

@@ -10,6 +10,11 @@
 //! pipeline is not a transaction), in arrival order, and gets its own reply or error; the
 //! scripts, their atomicity and Redis's clock are unchanged.
 //!
+//! Time: the Redis timeout bounds a pipeline from when it is sent to its replies, as it bounds
+//! a call sent alone. The wait in the queue is not part of it: like the wait for a turn
+//! (`RedisBackend::turn`), it is time spent behind this process's own calls, not a Redis
+//! failure, and a pipeline whose leader gives up fails for all of its callers at once.
+//!
 //! Cancellation: a caller that gives up (its timeout) while leading drops its pipeline's
 //! waiters, who see the call fail as a timed-out call would, and the lane passes to the next
 //! queued caller; a queued caller that gave up is skipped, and one that gives up with the lane
@@ -17,6 +22,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 use tokio::sync::oneshot;
@@ -53,11 +59,13 @@ enum Answer {
 }
 
 impl Lane {
-    /// Sends `call` on `connection`, with whatever calls queue on this lane meanwhile.
+    /// Sends `call` on `connection`, with whatever calls queue on this lane meanwhile; the
+    /// pipeline that carries it gets `timeout` from when it is sent to its replies.
     pub async fn send(
         &self,
         connection: &mut impl ConnectionLike,
         call: redis::Cmd,
+        timeout: Duration,
     ) -> redis::RedisResult<redis::Value> {
         let queued = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -80,7 +88,7 @@ impl Lane {
             // The lane was idle: sent at once, alone (and without a pipeline to build).
             Ok(call) => {
                 let _hand_off = HandOff(self);
-                return send_alone(connection, &call).await;
+                return within(timeout, send_alone(connection, &call)).await;
             }
             Err(mut queued) => match (&mut queued.receive).await {
                 Ok(Answer::Reply(reply)) => return reply,
@@ -95,7 +103,7 @@ impl Lane {
             self.pipelined_calls
                 .fetch_add(pipeline.len() as u64, Ordering::Relaxed);
         }
-        lead(connection, pipeline).await
+        within(timeout, lead(connection, pipeline)).await
     }
 
     /// Pipelines of two or more calls sent so far, and the calls they carried.
@@ -216,6 +224,23 @@ async fn lead(
             Err(error)
         }
     }
+}
+
+/// `call`, or a timeout error if it has no answer within `timeout` (dropping it: a pipeline's
+/// other callers then see their calls fail as abandoned).
+pub(crate) async fn within<T>(
+    timeout: Duration,
+    call: impl Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no reply from Redis within {timeout:?}"),
+            )
+            .into())
+        })
 }
 
 /// Sends one call by itself.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 
-use super::batch::Lane;
+use super::batch::{Lane, within};
 use super::connection::{Connection, Connector, Used};
 use crate::config::RedisConfig;
 use crate::decision::Outcome;
@@ -18,9 +18,11 @@ use crate::scripts;
 
 /// Evaluates policies with the Lua scripts (`scripts.rs`, `lua/`) in Redis.
 ///
-/// Every call is bounded by the configured timeout, including opening a connection. At most
-/// `IN_FLIGHT_PER_CONNECTION` (16) calls a connection are sent at once; the others wait for a
-/// [`turn`](Self::turn), and that wait is not part of the timeout (see `turn`).
+/// Every round trip is bounded by the configured timeout, and so is opening a connection. At
+/// most `IN_FLIGHT_PER_CONNECTION` (16) calls a connection are sent at once; the others wait for
+/// a [`turn`](Self::turn). That wait, and the wait for the pipeline in flight on a standalone
+/// connection (`batch.rs`), are time queued behind this process's own calls, not part of the
+/// timeout.
 #[derive(Debug)]
 pub struct RedisBackend {
     connector: Connector,
@@ -124,43 +126,43 @@ impl RedisBackend {
         let call = || scripts::command(policy, &self.keys, identity, consume, cost, nonce);
         let script = scripts::for_policy(policy);
         let slot = std::sync::OnceLock::new();
-        let reply = self
-            .bounded(async {
-                let (used, mut connection) = self.connector.get_slot().await?;
-                let _ = slot.set(used);
-                match self.run(used, &call, script, &mut connection).await {
-                    // One retry, inside the same deadline, and only when the connection broke:
-                    // the connection manager has begun reconnecting. If the script ran before
-                    // the connection broke, the retry finds the call's nonce in the state and
-                    // takes nothing twice (as when the cluster client retries on its own).
-                    Err(e) if is_broken_connection(&e) => {
-                        Ok(self.run(used, &call, script, &mut connection).await?)
-                    }
-                    // A script loaded, then the call redirected to a node that has not seen it
-                    // (a slot just moved to a new node): loading it there is one more try, and
-                    // the script had not run.
-                    Err(e)
-                        if e.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                    {
-                        Ok(self.run(used, &call, script, &mut connection).await?)
-                    }
-                    other => Ok(other?),
+        let reply = async {
+            let (used, mut connection) = self.bounded(self.connector.get_slot()).await?;
+            let _ = slot.set(used);
+            // Each round trip below has the timeout (see `send`): a call that is retried waits
+            // for Redis at most twice that.
+            match self.run(used, &call, script, &mut connection).await {
+                // One retry, and only when the connection broke: the connection manager has
+                // begun reconnecting. If the script ran before the connection broke, the
+                // retry finds the call's nonce in the state and takes nothing twice (as
+                // when the cluster client retries on its own).
+                Err(e) if is_broken_connection(&e) => {
+                    Ok(self.run(used, &call, script, &mut connection).await?)
                 }
-            })
-            .await
-            .inspect_err(|e| {
-                // No reply in time: the connection may be dead without knowing it (a partition,
-                // a vanished peer); the connection manager only reconnects on errors it sees.
-                let timed_out = match e {
-                    Error::Timeout(_) => true,
-                    Error::Redis(e) => e.is_timeout(),
-                    _ => false,
-                };
-                if timed_out && let Some(used) = slot.get() {
-                    self.connector.discard(*used);
+                // A script loaded, then the call redirected to a node that has not seen it
+                // (a slot just moved to a new node): loading it there is one more try, and
+                // the script had not run.
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    Ok(self.run(used, &call, script, &mut connection).await?)
                 }
-            })?;
+                other => Ok(other?),
+            }
+        }
+        .await
+        .inspect_err(|e: &Error| {
+            // No reply in time: the connection may be dead without knowing it (a partition,
+            // a vanished peer); the connection manager only reconnects on errors it sees.
+            let timed_out = match e {
+                Error::Timeout(_) => true,
+                Error::Redis(e) => e.is_timeout(),
+                _ => false,
+            };
+            if timed_out && let Some(used) = slot.get() {
+                self.connector.discard(*used);
+            }
+        })?;
         scripts::outcome_of(&reply)
     }
 
@@ -320,14 +322,15 @@ impl RedisBackend {
     ) -> redis::RedisResult<redis::Value> {
         match self.send(used, call(), connection).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                script.prepare_invoke().load_async(connection).await?;
+                within(self.timeout, script.prepare_invoke().load_async(connection)).await?;
                 self.send(used, call(), connection).await
             }
             other => other,
         }
     }
 
-    /// Sends `call` on `connection`: with the other calls of its lane, or alone.
+    /// Sends `call` on `connection`, with the other calls of its lane or alone, bounded by the
+    /// timeout from when it is sent.
     async fn send(
         &self,
         used: Used,
@@ -335,8 +338,8 @@ impl RedisBackend {
         connection: &mut Connection,
     ) -> redis::RedisResult<redis::Value> {
         match self.lanes.get(used.index()) {
-            Some(lane) => lane.send(connection, call).await,
-            None => call.query_async(connection).await,
+            Some(lane) => lane.send(connection, call, self.timeout).await,
+            None => within(self.timeout, call.query_async(connection)).await,
         }
     }
 }
