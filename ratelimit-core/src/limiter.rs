@@ -268,16 +268,19 @@ impl RateLimiter {
                 memory_keys: memory.len(),
                 ..LimiterStats::default()
             },
-            Backend::Redis(guarded) => LimiterStats {
-                breaker: Some(guarded.breaker_state()),
-                breaker_transitions: guarded.breaker_stats(),
-                fallback_decisions: guarded.fallback_decisions(),
-                cache: guarded.cache_stats(),
-                cache_bytes: guarded.cache_bytes(),
-                memory_keys: guarded.local_keys(),
-                pipelines: guarded.pipelines().0,
-                pipelined_calls: guarded.pipelines().1,
-            },
+            Backend::Redis(guarded) => {
+                let (pipelines, pipelined_calls) = guarded.pipelines();
+                LimiterStats {
+                    breaker: Some(guarded.breaker_state()),
+                    breaker_transitions: guarded.breaker_stats(),
+                    fallback_decisions: guarded.fallback_decisions(),
+                    cache: guarded.cache_stats(),
+                    cache_bytes: guarded.cache_bytes(),
+                    memory_keys: guarded.local_keys(),
+                    pipelines,
+                    pipelined_calls,
+                }
+            }
         }
     }
 

@@ -249,6 +249,35 @@ async fn a_slow_redis_opens_the_breaker_and_never_slows_decisions() {
     assert_eq!(decision.remaining(), LARGE_LIMIT - 1);
 }
 
+/// A burst behind a slow Redis: the calls queued behind a pipeline that timed out fail with it,
+/// at once, instead of going out as the next pipeline and waiting a second timeout. Every
+/// decision comes from the fallback within the deadline, and no pipeline was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_behind_a_slow_redis_waits_for_one_timeout_at_most() {
+    let rig = Rig::start(FallbackMode::Local, LARGE_LIMIT, LONG_WINDOW).await;
+    rig.proxy.set(Fault::Delay(Duration::from_millis(300)));
+    let pipelines_before = rig.limiter.stats().pipelines;
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let limiter = rig.limiter.clone();
+            tokio::spawn(async move {
+                timed("allow(burst)", limiter.allow(&format!("k{}", i % 5))).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let decision = task.await.expect("the caller's task");
+        assert_eq!(decision.source(), Source::Fallback(FallbackMode::Local));
+    }
+    let stats = rig.limiter.stats();
+    assert_eq!(
+        stats.pipelines, pipelines_before,
+        "calls queued behind a timed-out pipeline were sent after it: {stats:?}"
+    );
+    rig.proxy.set(Fault::Pass);
+    rig.until_redis("k").await;
+}
+
 /// Cuts the network between limiter and Redis (every byte dropped, connections left open) and
 /// checks that the local fallback answers within the timeout, until a probe has failed too, so
 /// that every pooled connection has lost bytes. The fallback carries on from the `admitted`

@@ -13,7 +13,9 @@
 //! Time: the Redis timeout bounds a pipeline from when it is sent to its replies, as it bounds
 //! a call sent alone. The wait in the queue is not part of it: like the wait for a turn
 //! (`RedisBackend::turn`), it is time spent behind this process's own calls, not a Redis
-//! failure, and a pipeline whose leader gives up fails for all of its callers at once.
+//! failure. When Redis does not answer in time, the pipeline fails for all of its callers at
+//! once, and so do the calls queued behind it: they waited up to the timeout for a Redis that did
+//! not answer, and sending them then would make them wait a second timeout.
 //!
 //! Cancellation: a caller that gives up (its timeout) while leading drops its pipeline's
 //! waiters, who see the call fail as a timed-out call would, and the lane passes to the next
@@ -87,8 +89,8 @@ impl Lane {
         let pipeline = match queued {
             // The lane was idle: sent at once, alone (and without a pipeline to build).
             Ok(call) => {
-                let _hand_off = HandOff(self);
-                return within(timeout, send_alone(connection, &call)).await;
+                let mut hand_off = HandOff::new(self);
+                return hand_off.watch(within(timeout, send_alone(connection, &call)).await);
             }
             Err(mut queued) => match (&mut queued.receive).await {
                 Ok(Answer::Reply(reply)) => return reply,
@@ -97,13 +99,13 @@ impl Lane {
                 Err(_) => return Err(abandoned()),
             },
         };
-        let _hand_off = HandOff(self);
+        let mut hand_off = HandOff::new(self);
         if pipeline.len() > 1 {
             self.pipelines.fetch_add(1, Ordering::Relaxed);
             self.pipelined_calls
                 .fetch_add(pipeline.len() as u64, Ordering::Relaxed);
         }
-        within(timeout, lead(connection, pipeline)).await
+        hand_off.watch(within(timeout, lead(connection, pipeline)).await)
     }
 
     /// Pipelines of two or more calls sent so far, and the calls they carried.
@@ -118,6 +120,17 @@ impl Lane {
     /// frees it when none is.
     fn hand_off(&self) {
         self.hand_off_with(Vec::new());
+    }
+
+    /// Answers every queued call with `error` (the pipeline ahead of them timed out) and frees
+    /// the lane.
+    fn fail_queue(&self, error: &redis::RedisError) {
+        let queue = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.leading = false;
+            std::mem::take(&mut state.queue)
+        };
+        answer_all(queue.into_iter().map(|w| w.answer).collect(), error);
     }
 
     /// [`Self::hand_off`], with `first` (calls handed to a caller that gave up) ahead of the queue.
@@ -172,12 +185,41 @@ impl Drop for Queued<'_> {
     }
 }
 
-/// Hands the lane on when the leader is done, or dropped while waiting for its replies.
-struct HandOff<'a>(&'a Lane);
+/// Hands the lane on when the leader is done, or dropped while waiting for its replies; fails
+/// the queue instead when Redis did not answer the leader in time.
+struct HandOff<'a> {
+    lane: &'a Lane,
+    timed_out: Option<redis::RedisError>,
+}
+
+impl<'a> HandOff<'a> {
+    fn new(lane: &'a Lane) -> Self {
+        Self {
+            lane,
+            timed_out: None,
+        }
+    }
+
+    /// Notes whether the leader's `reply` is a timeout, and passes it through.
+    fn watch(
+        &mut self,
+        reply: redis::RedisResult<redis::Value>,
+    ) -> redis::RedisResult<redis::Value> {
+        if let Err(error) = &reply
+            && error.is_timeout()
+        {
+            self.timed_out = Some(same_kind(error));
+        }
+        reply
+    }
+}
 
 impl Drop for HandOff<'_> {
     fn drop(&mut self) {
-        self.0.hand_off();
+        match &self.timed_out {
+            Some(error) => self.lane.fail_queue(error),
+            None => self.lane.hand_off(),
+        }
     }
 }
 
