@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use crate::config::Config;
 use crate::metrics::{DecisionCounters, Metrics};
-use crate::policy::Policy;
+use crate::policy::{Policy, PolicyError};
 
 /// Room for the states of policies the configuration does not name. Beyond it, such a
 /// policy's state is built for each decision (correct, only slower).
@@ -126,6 +126,16 @@ impl PolicyTable {
             }
         }
         StateRef::Once(Box::new(PolicyState::new(policy, &self.metrics)))
+    }
+
+    /// [`Self::get`] for a policy a caller passed in: checked first, unless it is one the
+    /// configuration names (checked with the configuration, and found by address at no cost).
+    pub(crate) fn get_valid(&self, policy: &Policy) -> Result<StateRef<'_>, PolicyError> {
+        if let Some(state) = self.named(policy) {
+            return Ok(StateRef::Kept(state));
+        }
+        policy.validate()?;
+        Ok(self.get(policy))
     }
 
     /// The sub-counters' policies of `policy`, without keeping a state for it.

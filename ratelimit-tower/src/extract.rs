@@ -8,7 +8,6 @@
 //! closure `Fn(&RequestInfo<'_>) -> Option<K>` is an extractor too.
 
 use std::fmt;
-use std::io::Write as _;
 use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -18,6 +17,7 @@ use http::{Extensions, HeaderMap, HeaderName, Method, Request, Uri};
 use ratelimit_core::{ClientIpHeader, HttpConfig, IpBlock, KeySource};
 
 use crate::error::Error;
+use crate::ip_text::{IP_TEXT_MAX, TextBuffer};
 use crate::proxy::{ProxyError, TrustedProxies, canonical};
 
 /// What an extractor sees of a request.
@@ -107,26 +107,24 @@ where
 /// ```
 pub fn ip_key(ip: IpAddr, ipv6_prefix: u8) -> Vec<u8> {
     // Written on the stack, then copied once into a key of the exact length.
-    let mut buffer = [0u8; IP_KEY_MAX];
-    let mut out = &mut buffer[..];
-    // The longest key (`ffff:…:ffff/128`, 43 bytes) fits, so writing cannot fail.
-    let _ = match canonical(ip) {
-        IpAddr::V4(v4) => write!(out, "{v4}"),
-        IpAddr::V6(v6) if ipv6_prefix >= 128 => write!(out, "{v6}"),
+    let mut out = TextBuffer::<IP_KEY_MAX>::new();
+    match canonical(ip) {
+        IpAddr::V4(v4) => out.ipv4(v4),
+        IpAddr::V6(v6) if ipv6_prefix >= 128 => out.ipv6(v6),
         IpAddr::V6(v6) => {
             let mask = u128::MAX
                 .checked_shl(128 - u32::from(ipv6_prefix))
                 .unwrap_or(0);
-            let network = Ipv6Addr::from(u128::from(v6) & mask);
-            write!(out, "{network}/{ipv6_prefix}")
+            out.ipv6(Ipv6Addr::from(u128::from(v6) & mask));
+            out.push(b'/');
+            out.decimal(u32::from(ipv6_prefix));
         }
-    };
-    let written = IP_KEY_MAX - out.len();
-    buffer[..written].to_vec()
+    }
+    out.as_bytes().to_vec()
 }
 
-/// Bytes an [`ip_key`] takes at most: a whole IPv6 address (39) and a prefix length (`/128`).
-const IP_KEY_MAX: usize = 48;
+/// Bytes an [`ip_key`] takes at most: a whole IPv6 address and a prefix length (`/128`).
+const IP_KEY_MAX: usize = IP_TEXT_MAX + 4;
 
 /// The socket peer's IP, ignoring every header; IPv6 peers by their `/64` (see
 /// [`ipv6_prefix`](Self::ipv6_prefix)).

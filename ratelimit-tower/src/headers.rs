@@ -245,6 +245,11 @@ pub fn write(
     reset: u64,
 ) {
     let remaining = fields.in_requests(decision.remaining());
+    // Room for these headers and one more (the server's `content-length`, written after this
+    // layer), made at once: a map grown while it is nearly empty moves one entry, not six.
+    let added =
+        if settings.families.ietf { 2 } else { 0 } + if settings.families.legacy { 3 } else { 0 };
+    let _ = headers.try_reserve(added + 1);
     // Every value but `RateLimit-Policy` (written once per policy) is written into one
     // buffer, which the values then share: one allocation for them all.
     let mut values = Values::new();

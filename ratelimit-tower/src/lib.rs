@@ -42,6 +42,7 @@
 //! - `plan.rs`: [`Planner`], [`Plan`], [`Target`]: what to do with a request.
 //! - `rules.rs`: [`RuleSet`], the planner of a configuration's routing rules.
 //! - `extract.rs`: [`KeyExtractor`] and the built-in extractors.
+//! - `ip_text.rs`: IP addresses written as text for keys, without `fmt`.
 //! - `peer.rs`: [`PeerAddr`], the socket peer, and where the layer finds it.
 //! - `proxy.rs`: [`TrustedProxies`], the client IP behind trusted proxies.
 //! - [`headers`]: the rate-limit header families.
@@ -58,6 +59,7 @@ pub mod future;
 pub mod headers;
 mod hooks;
 mod info;
+mod ip_text;
 mod layer;
 mod peer;
 mod plan;

@@ -1,5 +1,5 @@
-//! `bench-server MODE [--listen ADDR] [--redis URL]`: `GET /api/hello` served four ways, for
-//! `load/http-compare.sh`:
+//! `bench-server MODE [--listen ADDR] [--redis URL] [--requests N]`: `GET /api/hello` served four
+//! ways, for `load/http-compare.sh`:
 //!
 //! - `none`: no limiter;
 //! - `memory`: this limiter, in-memory backend;
@@ -8,14 +8,29 @@
 //!
 //! Limits are set so high that every request is allowed: the comparison is the cost of a
 //! decision (and its headers), not of denials. Every mode keys by client IP.
+//!
+//! With `--requests N` nothing is served: the app answers N requests in process (each with the
+//! client address a server would give it, no socket), in `measured_requests`, so that the
+//! instructions a request costs in each mode can be counted, repeatably on a busy machine:
+//!
+//! ```text
+//! valgrind --tool=callgrind --toggle-collect=bench_server::measured_requests \
+//!   target/release/bench-server memory --requests 100000   # the total Ir / 100000
+//! ```
 
+use std::hint::black_box;
 use std::net::SocketAddr;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::routing::get;
 use ratelimit_axum::RouterExt;
 use ratelimit_core::{Config, RateLimiter, RedisConfig};
+use tower::Service;
 use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
 
@@ -59,6 +74,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Err(format!("unknown mode `{other}`: none | memory | redis | governor").into());
         }
     };
+    if let Some(requests) = option("--requests") {
+        return measured_requests(app, requests.parse()?);
+    }
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("bench-server {mode} on {listen}");
     axum::serve(
@@ -66,5 +84,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .await?;
+    Ok(())
+}
+
+/// Answers `n` requests in process, as `axum::serve` would hand them to `app` (with the client's
+/// address in `ConnectInfo`); fails on any answer but 200. Each request is polled once, without
+/// a runtime around it, so that only the app's own work is counted: a mode whose requests wait
+/// (Redis) is refused.
+#[inline(never)]
+fn measured_requests(mut app: Router, n: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let peer = ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40_000)));
+    let mut cx = Context::from_waker(Waker::noop());
+    for _ in 0..n {
+        let mut request = http::Request::get("/api/hello").body(Body::empty())?;
+        request.extensions_mut().insert(peer);
+        if Service::<http::Request<Body>>::poll_ready(&mut app, &mut cx).is_pending() {
+            return Err("the app was not ready".into());
+        }
+        let Poll::Ready(response) = pin!(app.call(request)).poll(&mut cx) else {
+            return Err("a request waited: only modes that never wait can be counted".into());
+        };
+        let response = response?;
+        if response.status() != http::StatusCode::OK {
+            return Err(format!("answered {}", response.status()).into());
+        }
+        black_box(response);
+    }
     Ok(())
 }

@@ -90,14 +90,19 @@ pub fn sliding_log(
     while log.get(0).is_some_and(|s| s.saturating_add(longest) <= now) {
         log.pop_front();
     }
-    // Entries inside a window form a suffix of the log.
-    fn count_in(log: &impl TimeLog, w: u64, now: u64) -> u64 {
+    // Entries inside a window form a suffix of the log. The log now holds exactly the longest
+    // window's entries, so that window's count is its length: a policy of one window (the
+    // common case) never searches its log, which can hold as many entries as its limit.
+    fn count_in(log: &impl TimeLog, w: u64, longest: u64, now: u64) -> u64 {
+        if w == longest {
+            return log.len() as u64;
+        }
         let first_inside = log.partition_point(|s| s.saturating_add(w) <= now);
         (log.len() - first_inside) as u64
     }
     let allowed = windows
         .iter()
-        .all(|w| count_in(log, w.micros(), now) + request.cost <= w.max_requests());
+        .all(|w| count_in(log, w.micros(), longest, now) + request.cost <= w.max_requests());
     if allowed && request.consume && request.cost > 0 {
         log.push_back(now, request.cost);
     }
@@ -109,7 +114,7 @@ pub fn sliding_log(
     let mut binding = Binding::default();
     for (index, w) in windows.iter().enumerate() {
         let window = w.micros();
-        let count = count_in(log, window, now);
+        let count = count_in(log, window, longest, now);
         let reset_after_us = match newest {
             Some(s) if count > 0 => s + window - now,
             _ => 0,
