@@ -26,8 +26,34 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::aio::ConnectionLike;
 use tokio::sync::oneshot;
+
+/// What a [`Lane`] sends its calls on: a connection that takes one call, or a pipeline of them,
+/// and gives their replies in order.
+pub trait Exchange {
+    /// Sends `call` and reads its reply.
+    fn one(
+        &mut self,
+        call: &redis::Cmd,
+    ) -> impl Future<Output = redis::RedisResult<redis::Value>> + Send;
+
+    /// Sends every call of `calls` and reads their replies.
+    fn many(
+        &mut self,
+        calls: &redis::Pipeline,
+    ) -> impl Future<Output = redis::RedisResult<Vec<redis::Value>>> + Send;
+}
+
+/// The redis crate's multiplexed connection, through its own interface.
+impl Exchange for redis::aio::MultiplexedConnection {
+    async fn one(&mut self, call: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        redis::aio::ConnectionLike::req_packed_command(self, call).await
+    }
+
+    async fn many(&mut self, calls: &redis::Pipeline) -> redis::RedisResult<Vec<redis::Value>> {
+        redis::aio::ConnectionLike::req_packed_commands(self, calls, 0, calls.len()).await
+    }
+}
 
 /// One connection's queue of calls and whether a pipeline is in flight on it.
 #[derive(Debug, Default)]
@@ -65,7 +91,7 @@ impl Lane {
     /// pipeline that carries it gets `timeout` from when it is sent to its replies.
     pub async fn send(
         &self,
-        connection: &mut impl ConnectionLike,
+        connection: &mut impl Exchange,
         call: redis::Cmd,
         timeout: Duration,
     ) -> redis::RedisResult<redis::Value> {
@@ -225,7 +251,7 @@ impl Drop for HandOff<'_> {
 
 /// Sends `pipeline` (the leader's own call first) and answers every other caller in it.
 async fn lead(
-    connection: &mut impl ConnectionLike,
+    connection: &mut impl Exchange,
     pipeline: Vec<Waiting>,
 ) -> redis::RedisResult<redis::Value> {
     if let [alone] = pipeline.as_slice() {
@@ -238,7 +264,7 @@ async fn lead(
         answers.push(waiting.answer);
     }
     let count = answers.len();
-    match connection.req_packed_commands(&calls, 0, count).await {
+    match connection.many(&calls).await {
         Ok(replies) if replies.len() == count => {
             let mut own = Err(abandoned());
             for (reply, answer) in replies.into_iter().zip(answers) {
@@ -287,11 +313,11 @@ pub(crate) async fn within<T>(
 
 /// Sends one call by itself.
 async fn send_alone(
-    connection: &mut impl ConnectionLike,
+    connection: &mut impl Exchange,
     call: &redis::Cmd,
 ) -> redis::RedisResult<redis::Value> {
     connection
-        .req_packed_command(call)
+        .one(call)
         .await
         .and_then(redis::Value::extract_error)
 }

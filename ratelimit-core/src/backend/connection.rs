@@ -16,12 +16,17 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use tokio::sync::OnceCell;
 
+use super::batch::Exchange;
+use super::wire::Wire;
 use crate::config::RedisConfig;
 use crate::error::Error;
 
-/// A connection ready for one call; cheap to clone (both kinds share their socket).
+/// A connection ready for one call; cheap to clone (clones share their socket).
 #[derive(Clone)]
 pub(crate) enum Connection {
+    /// A standalone server over plain TCP, RESP2: driven by its callers (`wire.rs`).
+    Direct(Wire),
+    /// A standalone server over TLS, a Unix socket or RESP3: the redis crate's connection.
     Standalone(ConnectionManager),
     Cluster(ClusterConnection),
 }
@@ -32,6 +37,7 @@ impl redis::aio::ConnectionLike for Connection {
         cmd: &'a redis::Cmd,
     ) -> redis::RedisFuture<'a, redis::Value> {
         match self {
+            Self::Direct(c) => c.req_packed_command(cmd),
             Self::Standalone(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
         }
@@ -44,6 +50,7 @@ impl redis::aio::ConnectionLike for Connection {
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         match self {
+            Self::Direct(c) => c.req_packed_commands(cmd, offset, count),
             Self::Standalone(c) => c.req_packed_commands(cmd, offset, count),
             Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
         }
@@ -51,13 +58,33 @@ impl redis::aio::ConnectionLike for Connection {
 
     fn get_db(&self) -> i64 {
         match self {
+            Self::Direct(c) => c.get_db(),
             Self::Standalone(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
         }
     }
 }
 
-/// The runtime whose thread drives every Redis socket of this process.
+/// A [`Wire`] is called directly (no boxed future); the others through the redis crate.
+impl Exchange for Connection {
+    async fn one(&mut self, call: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        match self {
+            Self::Direct(wire) => wire.call(call).await,
+            other => redis::aio::ConnectionLike::req_packed_command(other, call).await,
+        }
+    }
+
+    async fn many(&mut self, calls: &redis::Pipeline) -> redis::RedisResult<Vec<redis::Value>> {
+        match self {
+            Self::Direct(wire) => wire.pipeline(calls).await,
+            other => {
+                redis::aio::ConnectionLike::req_packed_commands(other, calls, 0, calls.len()).await
+            }
+        }
+    }
+}
+
+/// The runtime whose thread drives every Redis socket of this process (other than [`Wire`]s).
 ///
 /// The redis crate spawns each connection's reader on the runtime that opens it. On the
 /// application's runtime, a burst of thousands of requests queues that reader behind every
@@ -104,7 +131,10 @@ pub(crate) enum Connector {
     Standalone {
         client: redis::Client,
         config: ConnectionManagerConfig,
-        pool: Box<[RwLock<Arc<OnceCell<ConnectionManager>>>]>,
+        /// Set when the address is plain TCP and RESP2: the pool's connections are then
+        /// [`Wire`]s.
+        direct: Option<redis::ConnectionInfo>,
+        pool: Box<[RwLock<Arc<OnceCell<Connection>>>]>,
         next: AtomicUsize,
     },
     Cluster {
@@ -220,6 +250,7 @@ impl Connector {
             .into_iter()
             .next()
             .ok_or_else(|| Error::UnexpectedReply("no Redis address".into()))?;
+        let direct = Wire::serves(&info).then(|| info.clone());
         let client = match certs {
             Some(certs) if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) => {
                 redis::Client::build_with_tls(info, certs)?
@@ -235,6 +266,7 @@ impl Connector {
         Ok(Self::Standalone {
             client,
             config: config_mgr,
+            direct,
             pool: (0..config.pool_size())
                 .map(|_| RwLock::new(Arc::new(OnceCell::new())))
                 .collect(),
@@ -267,6 +299,7 @@ impl Connector {
             Self::Standalone {
                 client,
                 config,
+                direct,
                 pool,
                 next,
             } => {
@@ -279,15 +312,21 @@ impl Connector {
                     index,
                     generation: Arc::as_ptr(&slot) as usize,
                 };
-                let manager = slot
-                    .get_or_try_init(|| {
-                        on_io_runtime(ConnectionManager::new_with_config(
-                            client.clone(),
-                            config.clone(),
-                        ))
+                let connection = slot
+                    .get_or_try_init(|| async {
+                        Ok::<_, Error>(match direct {
+                            Some(info) => Connection::Direct(Wire::open(info).await?),
+                            None => Connection::Standalone(
+                                on_io_runtime(ConnectionManager::new_with_config(
+                                    client.clone(),
+                                    config.clone(),
+                                ))
+                                .await?,
+                            ),
+                        })
                     })
                     .await?;
-                Ok((used, Connection::Standalone(manager.clone())))
+                Ok((used, connection.clone()))
             }
             Self::Cluster { client, connection } => {
                 let cell = connection

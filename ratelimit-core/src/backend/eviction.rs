@@ -85,9 +85,6 @@ impl RedisBackend {
     ) -> Result<Vec<(String, Result<redis::Value, redis::RedisError>)>, Error> {
         self.bounded(async {
             Ok(match connection {
-                Connection::Standalone(c) => {
-                    vec![(String::new(), cmd.query_async::<redis::Value>(c).await)]
-                }
                 Connection::Cluster(cluster) => {
                     let routing =
                         RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
@@ -114,6 +111,12 @@ impl RedisBackend {
                         )],
                         Err(e) => vec![(String::new(), Err(e))],
                     }
+                }
+                standalone => {
+                    vec![(
+                        String::new(),
+                        cmd.query_async::<redis::Value>(standalone).await,
+                    )]
                 }
             })
         })

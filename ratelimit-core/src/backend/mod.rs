@@ -11,9 +11,10 @@ mod connection;
 mod eviction;
 mod memory;
 mod redis;
+mod wire;
 
 #[cfg(any(test, feature = "test-util"))]
-pub use self::batch::Lane;
+pub use self::batch::{Exchange, Lane};
 #[cfg(any(test, feature = "test-util"))]
 pub use self::eviction::NodeEviction;
 pub use self::memory::MemoryBackend;

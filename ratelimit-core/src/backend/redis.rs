@@ -198,7 +198,7 @@ impl RedisBackend {
         let mut connection = self.connector.get().await?;
         let pattern = format!("{}*", self.keys.prefix());
         let nodes: Vec<Option<(String, u16)>> = match &mut connection {
-            Connection::Standalone(_) => vec![None],
+            Connection::Direct(_) | Connection::Standalone(_) => vec![None],
             Connection::Cluster(cluster) => {
                 let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
                 let reply = self

@@ -1,0 +1,382 @@
+//! A connection to a standalone Redis over plain TCP that the calling task drives itself.
+//!
+//! The redis crate's multiplexed connection runs a task of its own (on the Redis I/O thread,
+//! `connection.rs`): every call is a message to that task and a reply sent back, two wake-ups
+//! across threads a call, and a handful of allocations. With a [`Lane`](super::batch::Lane) in
+//! front, one caller at a time sends a pipeline and waits for its replies, so that task has
+//! nothing left to multiplex: here the caller writes the pipeline and reads the replies on the
+//! socket itself. A caller that is polled late (a busy runtime) finds its replies waiting in
+//! the socket, and a timeout looks at the socket before the clock.
+//!
+//! RESP2 only, as the scripts answer; `rediss://`, Unix sockets and RESP3 keep the redis crate's
+//! connection. The socket is taken out of the connection for an exchange and put back only when
+//! every reply was read: a caller that gives up, or an I/O error, leaves no half-read socket
+//! behind, and the next call opens a new one (handshake included).
+
+use std::sync::Arc;
+
+use redis::aio::ConnectionLike;
+use redis::{
+    Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, Pipeline, RedisError, RedisResult, Value,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Where to connect and how to introduce ourselves.
+#[derive(Debug)]
+struct Address {
+    host: String,
+    port: u16,
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
+}
+
+/// A connection opened by [`Wire::open`]; clones share the socket.
+#[derive(Clone)]
+pub(crate) struct Wire {
+    address: Arc<Address>,
+    socket: Arc<tokio::sync::Mutex<Option<Socket>>>,
+}
+
+impl std::fmt::Debug for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wire")
+            .field("host", &self.address.host)
+            .field("port", &self.address.port)
+            .finish()
+    }
+}
+
+/// An open socket and its buffers (kept, so that a call allocates none once they have grown).
+struct Socket {
+    stream: TcpStream,
+    read: Vec<u8>,
+    write: Vec<u8>,
+}
+
+impl Wire {
+    /// Whether `info` can be served by a `Wire`: plain TCP, RESP2.
+    pub(crate) fn serves(info: &ConnectionInfo) -> bool {
+        matches!(info.addr(), ConnectionAddr::Tcp(..))
+            && info.redis_settings().protocol() == redis::ProtocolVersion::RESP2
+    }
+
+    /// Connects to the server of `info` (which [`Self::serves`]) and says hello (`AUTH`,
+    /// `SELECT`).
+    pub(crate) async fn open(info: &ConnectionInfo) -> RedisResult<Self> {
+        let ConnectionAddr::Tcp(host, port) = info.addr() else {
+            return Err(RedisError::from((
+                ErrorKind::InvalidClientConfig,
+                "a direct connection needs a plain TCP address",
+            )));
+        };
+        let settings = info.redis_settings();
+        let address = Arc::new(Address {
+            host: host.clone(),
+            port: *port,
+            username: settings.username().map(str::to_owned),
+            password: settings.password().map(str::to_owned),
+            db: settings.db(),
+        });
+        let socket = Socket::open(&address).await?;
+        Ok(Self {
+            address,
+            socket: Arc::new(tokio::sync::Mutex::new(Some(socket))),
+        })
+    }
+
+    /// Sends `cmd` and reads its reply.
+    pub(crate) async fn call(&self, cmd: &Cmd) -> RedisResult<Value> {
+        let mut reply = None;
+        self.exchange(
+            |buffer| cmd.write_packed_command(buffer),
+            1,
+            |value| reply = Some(value),
+        )
+        .await?;
+        reply.ok_or_else(|| RedisError::from((ErrorKind::Parse, "no reply")))
+    }
+
+    /// Sends every command of `pipeline` and reads their replies, in order.
+    pub(crate) async fn pipeline(&self, pipeline: &Pipeline) -> RedisResult<Vec<Value>> {
+        let mut replies = Vec::with_capacity(pipeline.len());
+        self.exchange(
+            |buffer| {
+                for cmd in pipeline.cmd_iter() {
+                    cmd.write_packed_command(buffer);
+                }
+            },
+            pipeline.len(),
+            |value| replies.push(value),
+        )
+        .await?;
+        Ok(replies)
+    }
+
+    /// Writes what `write` puts in the buffer, then reads `count` replies into `reply`.
+    async fn exchange(
+        &self,
+        write: impl FnOnce(&mut Vec<u8>),
+        count: usize,
+        reply: impl FnMut(Value),
+    ) -> RedisResult<()> {
+        let mut slot = self.socket.lock().await;
+        // Out of the slot until every reply is in: dropped with this future otherwise.
+        let mut socket = match slot.take() {
+            Some(socket) => socket,
+            None => Socket::open(&self.address).await?,
+        };
+        socket.write.clear();
+        write(&mut socket.write);
+        socket.stream.write_all(&socket.write).await?;
+        socket.read_replies(count, reply).await?;
+        *slot = Some(socket);
+        Ok(())
+    }
+}
+
+impl Socket {
+    async fn open(address: &Address) -> RedisResult<Self> {
+        let stream = TcpStream::connect((address.host.as_str(), address.port)).await?;
+        // A decision is one small request: Nagle's algorithm would hold it back for the
+        // previous one's ACK. Keep-alive probes notice a peer that vanished without a FIN.
+        stream.set_nodelay(true)?;
+        let keepalive = redis::io::tcp::socket2::TcpKeepalive::new()
+            .with_time(std::time::Duration::from_secs(10))
+            .with_interval(std::time::Duration::from_secs(5));
+        redis::io::tcp::socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+        let mut socket = Self {
+            stream,
+            read: Vec::with_capacity(4096),
+            write: Vec::with_capacity(4096),
+        };
+        let mut hello = Vec::new();
+        if let Some(password) = &address.password {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(username) = &address.username {
+                auth.arg(username);
+            }
+            hello.push(auth.arg(password).clone());
+        }
+        if address.db != 0 {
+            hello.push(redis::cmd("SELECT").arg(address.db).clone());
+        }
+        if !hello.is_empty() {
+            for cmd in &hello {
+                cmd.write_packed_command(&mut socket.write);
+            }
+            socket.stream.write_all(&socket.write).await?;
+            let mut refused = None;
+            socket
+                .read_replies(hello.len(), |reply| {
+                    if let Err(e) = reply.extract_error() {
+                        refused.get_or_insert(e);
+                    }
+                })
+                .await?;
+            if let Some(refused) = refused {
+                return Err(refused);
+            }
+        }
+        Ok(socket)
+    }
+
+    /// Reads `count` replies, in order, handing each to `reply`.
+    async fn read_replies(
+        &mut self,
+        count: usize,
+        mut reply: impl FnMut(Value),
+    ) -> RedisResult<()> {
+        self.read.clear();
+        let mut at = 0;
+        let mut read = 0;
+        while read < count {
+            match parse(&self.read, at)? {
+                Some((value, next)) => {
+                    reply(value);
+                    read += 1;
+                    at = next;
+                }
+                None => {
+                    if self.stream.read_buf(&mut self.read).await? == 0 {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "Redis closed the connection",
+                        )
+                        .into());
+                    }
+                }
+            }
+        }
+        if at != self.read.len() {
+            // More than was asked: the connection is out of step.
+            return Err(RedisError::from((
+                ErrorKind::Parse,
+                "more replies than calls",
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl ConnectionLike for Wire {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> redis::RedisFuture<'a, Value> {
+        Box::pin(self.call(cmd))
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let replies = self.pipeline(pipeline).await?;
+            Ok(replies.into_iter().skip(offset).take(count).collect())
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.address.db
+    }
+}
+
+/// The position just past the line that starts at `at` (its `\r\n` included), and the line.
+fn line(buffer: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let rest = buffer.get(at..)?;
+    let end = rest.windows(2).position(|pair| pair == b"\r\n")?;
+    Some((&rest[..end], at + end + 2))
+}
+
+fn number(text: &[u8]) -> RedisResult<i64> {
+    std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| {
+            RedisError::from((
+                ErrorKind::Parse,
+                "a number in a reply",
+                String::from_utf8_lossy(text).into_owned(),
+            ))
+        })
+}
+
+/// The RESP2 reply that starts at `at`, and where the next one starts; `None` until all of it
+/// has arrived.
+fn parse(buffer: &[u8], at: usize) -> RedisResult<Option<(Value, usize)>> {
+    let Some(&kind) = buffer.get(at) else {
+        return Ok(None);
+    };
+    let Some((text, next)) = line(buffer, at + 1) else {
+        return Ok(None);
+    };
+    let value = match kind {
+        b'+' if text == b"OK" => Value::Okay,
+        b'+' => Value::SimpleString(String::from_utf8_lossy(text).into_owned()),
+        // The redis crate sorts errors into their kinds (NOSCRIPT, BUSY, MOVED...).
+        b'-' => redis::parse_redis_value(&buffer[at..next])?,
+        b':' => Value::Int(number(text)?),
+        b'$' => {
+            let Ok(len) = usize::try_from(number(text)?) else {
+                return Ok(Some((Value::Nil, next)));
+            };
+            let Some(end) = next.checked_add(len) else {
+                return Err(RedisError::from((
+                    ErrorKind::Parse,
+                    "a bulk string too long",
+                )));
+            };
+            if buffer.len() < end.saturating_add(2) {
+                return Ok(None);
+            }
+            return Ok(Some((
+                Value::BulkString(buffer[next..end].to_vec()),
+                end + 2,
+            )));
+        }
+        b'*' => {
+            let Ok(len) = usize::try_from(number(text)?) else {
+                return Ok(Some((Value::Nil, next)));
+            };
+            let mut items = Vec::with_capacity(len.min(1024));
+            let mut at = next;
+            for _ in 0..len {
+                let Some((item, after)) = parse(buffer, at)? else {
+                    return Ok(None);
+                };
+                items.push(item);
+                at = after;
+            }
+            return Ok(Some((Value::Array(items), at)));
+        }
+        other => {
+            return Err(RedisError::from((
+                ErrorKind::Parse,
+                "a reply type outside RESP2",
+                char::from(other).to_string(),
+            )));
+        }
+    };
+    Ok(Some((value, next)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(bytes: &[u8]) -> Value {
+        match parse(bytes, 0) {
+            Ok(Some((value, end))) if end == bytes.len() => value,
+            other => panic!("{other:?} for {:?}", String::from_utf8_lossy(bytes)),
+        }
+    }
+
+    #[test]
+    fn every_reply_a_script_or_a_command_gives() {
+        assert_eq!(whole(b"+OK\r\n"), Value::Okay);
+        assert_eq!(whole(b"+PONG\r\n"), Value::SimpleString("PONG".into()));
+        assert_eq!(whole(b":-42\r\n"), Value::Int(-42));
+        assert_eq!(whole(b"$-1\r\n"), Value::Nil);
+        assert_eq!(whole(b"*-1\r\n"), Value::Nil);
+        assert_eq!(whole(b"$0\r\n\r\n"), Value::BulkString(Vec::new()));
+        assert_eq!(
+            whole(b"$4\r\na\r\nb\r\n"),
+            Value::BulkString(b"a\r\nb".to_vec())
+        );
+        assert_eq!(
+            whole(b"*6\r\n:1\r\n:1\r\n:100\r\n:99\r\n:60000000\r\n:0\r\n"),
+            Value::Array([1, 1, 100, 99, 60_000_000, 0].map(Value::Int).to_vec())
+        );
+        assert_eq!(
+            whole(b"*2\r\n$1\r\n0\r\n*1\r\n$3\r\nkey\r\n"),
+            Value::Array(vec![
+                Value::BulkString(b"0".to_vec()),
+                Value::Array(vec![Value::BulkString(b"key".to_vec())]),
+            ])
+        );
+        let error = whole(b"-NOSCRIPT No matching script.\r\n")
+            .extract_error()
+            .expect_err("an error reply");
+        assert_eq!(
+            error.kind(),
+            ErrorKind::Server(redis::ServerErrorKind::NoScript)
+        );
+    }
+
+    #[test]
+    fn a_reply_cut_anywhere_waits_for_the_rest() {
+        let reply = b"*3\r\n:1\r\n$5\r\nhello\r\n*2\r\n:7\r\n$-1\r\n";
+        for cut in 0..reply.len() {
+            assert!(matches!(parse(&reply[..cut], 0), Ok(None)), "cut at {cut}");
+        }
+        assert!(matches!(parse(reply, 0), Ok(Some((_, end))) if end == reply.len()));
+    }
+
+    #[test]
+    fn a_malformed_reply_is_an_error_not_a_wait() {
+        for bad in [&b":x\r\n"[..], b"*y\r\n", b"$z\r\n", b"%1\r\n", b"_\r\n"] {
+            assert!(parse(bad, 0).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+}
