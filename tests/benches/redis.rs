@@ -23,8 +23,8 @@
 //!
 //! Before the groups, the bench prints heap allocations per decision, counted by a global
 //! allocator on the deciding thread (a current-thread runtime): the Redis paths, the cache path
-//! (a cached denial) and the memory path; the Redis paths also on every thread, which adds the
-//! Redis I/O thread that reads the replies.
+//! (a cached denial) and the memory path; the Redis paths also on every thread, which would add
+//! any thread that works for a call (the redis crate's I/O thread, for connections it drives).
 //!
 //! Needs `redis-server` and `redis-benchmark` on `PATH` (the `redis-server` and `redis-tools`
 //! packages; `scripts/test.sh` installs them). Under `cargo test --all-targets` criterion runs
@@ -476,7 +476,7 @@ fn print_allocations(server: &RedisServer, decisions: u64) {
         // The warm-up opens every pooled connection.
         let total = allocations_during(&runtime, || allows(100), || allows(decisions));
         rows.push((format!("{}, allow (round trip)", path.name), total));
-        // The same, counting the Redis I/O thread too (it reads the replies).
+        // The same, counting every other thread too (none works for a plain-TCP connection).
         let everywhere =
             ratelimit_tests::allocations_everywhere_during(&runtime, || allows(decisions));
         rows.push((

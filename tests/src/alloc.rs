@@ -84,7 +84,7 @@ pub fn allocations_during<F: Future<Output = ()>>(
 
 /// Heap allocations made on every thread of the process while `runtime` runs the future
 /// `decisions` builds: what [`allocations_during`] counts plus the work other threads do for
-/// it, such as the Redis connections' reader on their I/O thread. Only meaningful in a process
+/// it, such as the redis crate's connection readers on their I/O thread. Only meaningful in a process
 /// where nothing else runs meanwhile (a bench's `main`, not a test binary's parallel tests).
 pub fn allocations_everywhere_during<F: Future<Output = ()>>(
     runtime: &tokio::runtime::Runtime,

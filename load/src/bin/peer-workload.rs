@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use ratelimit_core::parse_duration;
-use ratelimit_core::{Algorithm, Config, Policy, RateLimiter, Source, Window};
+use ratelimit_core::{Algorithm, Config, Policy, RateLimiter, RedisConfig, Source, Window};
 use ratelimit_load::MeasuredRedis;
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
@@ -55,6 +55,9 @@ struct Args {
     /// Distinct keys, `k0` to `k{N-1}`, taken in turn
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     keys: u64,
+    /// Pooled Redis connections [default: the limiter's default]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pool_size: Option<u32>,
 }
 
 /// What the throughput run counted.
@@ -93,9 +96,9 @@ async fn main() -> Result<(), AnyError> {
     let redis = MeasuredRedis::start(args.redis_url).await?;
     let url = redis.url();
 
-    let limiter = RateLimiter::new(fixed_window(THROUGHPUT_WINDOW, url)).await?;
+    let limiter = RateLimiter::new(fixed_window(THROUGHPUT_WINDOW, url, args.pool_size)).await?;
     let run = throughput(&limiter, args.callers, args.keys, args.duration).await?;
-    let (exact_pass, exact_not_by_redis) = exactness(url).await?;
+    let (exact_pass, exact_not_by_redis) = exactness(url, args.pool_size).await?;
 
     let mut not_by_redis = run.not_by_redis;
     not_by_redis.add(exact_not_by_redis);
@@ -120,9 +123,13 @@ async fn main() -> Result<(), AnyError> {
 }
 
 /// One fixed window on the Redis at `url`, the default configuration otherwise.
-fn fixed_window(window: Window, url: &str) -> Config {
+fn fixed_window(window: Window, url: &str, pool_size: Option<u32>) -> Config {
+    let mut redis = RedisConfig::new([url]);
+    if let Some(size) = pool_size {
+        redis = redis.with_pool_size(size as usize);
+    }
     Config::with_policy(Policy::new("peer", [window]).with_algorithm(Algorithm::FixedWindow))
-        .with_redis(url)
+        .with_redis_config(redis)
 }
 
 /// `callers` concurrent callers for `duration`, each taking the next of `keys` keys in turn.
@@ -170,8 +177,8 @@ async fn throughput(
 
 /// [`EXACT_CALLS`] concurrent calls on one fresh key: how many were allowed, and how many
 /// decisions Redis did not make.
-async fn exactness(url: &str) -> Result<(u64, NotByRedis), AnyError> {
-    let limiter = RateLimiter::new(fixed_window(EXACT_WINDOW, url)).await?;
+async fn exactness(url: &str, pool_size: Option<u32>) -> Result<(u64, NotByRedis), AnyError> {
+    let limiter = RateLimiter::new(fixed_window(EXACT_WINDOW, url, pool_size)).await?;
     limiter.allow("warm-up").await?;
     wait_clear_of_window_end(EXACT_WINDOW.duration()).await;
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();

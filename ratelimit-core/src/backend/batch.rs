@@ -1,8 +1,10 @@
 //! Concurrent script calls on one connection sent together, as one pipeline.
 //!
-//! Every decision is one `EVALSHA`. Sent one by one over a multiplexed connection, each call is a
-//! message to the connection's task on the Redis I/O thread and a reply sent back, two wake-ups
-//! across threads a decision; on two shared cores those cost more than Redis's own work. A
+//! Every decision is one `EVALSHA`. Sent one by one over the redis crate's multiplexed
+//! connection, each call is a message to the connection's task on the Redis I/O thread and a
+//! reply sent back, two wake-ups across threads a decision; on two shared cores those cost more
+//! than Redis's own work. On a [`Wire`](super::wire) the leader writes and reads the socket
+//! itself. A
 //! [`Lane`] (one a pooled connection) keeps at most one pipeline in flight: a call that finds
 //! the lane idle is sent at once, alone; calls that arrive while a pipeline is in flight queue,
 //! and when its replies are in, the caller that led it hands the whole queue to the first

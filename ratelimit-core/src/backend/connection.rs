@@ -1,11 +1,12 @@
-//! Connections to Redis: a few multiplexed connections to a standalone server, or one cluster
-//! connection that routes by slot.
+//! Connections to Redis: a few connections to a standalone server, or one cluster connection
+//! that routes by slot.
 //!
 //! Both are opened on first use, so a limiter can be built without I/O (for a tower layer built
 //! synchronously) and a Redis that is down at start does not stop the service from starting.
-//! A multiplexed connection pipelines every concurrent call over one socket, which is what lets
-//! a few connections carry any number of callers; `ConnectionManager` adds the reconnection
-//! that a bare multiplexed connection lacks.
+//! A standalone server over plain TCP speaking RESP2 (the usual case) gets [`Wire`]s, driven by
+//! the callers themselves (`wire.rs`); over TLS, a Unix socket or RESP3 it gets the redis crate's
+//! `ConnectionManager`, a multiplexed connection with reconnection, on the Redis I/O thread. The
+//! cluster client is the redis crate's too.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
@@ -84,14 +85,16 @@ impl Exchange for Connection {
     }
 }
 
-/// The runtime whose thread drives every Redis socket of this process (other than [`Wire`]s).
+/// The runtime whose thread drives the redis crate's sockets (a [`Wire`] needs none).
 ///
 /// The redis crate spawns each connection's reader on the runtime that opens it. On the
 /// application's runtime, a burst of thousands of requests queues that reader behind every
 /// request task: replies sit unread in the socket while the callers' timeouts run out, and a
 /// healthy Redis looks dead (seen with 20,000 callers on 2 busy cores, in debug builds). On a
 /// thread of its own, the reader takes each reply off the socket as it arrives; a caller polled
-/// late still finds its reply waiting, since a timeout looks at the call before the clock.
+/// late still finds its reply waiting, since a timeout looks at the call before the clock. (A
+/// [`Wire`] has no separate reader: the caller that waits reads, so a reply is never waiting on
+/// anyone else's turn.)
 /// `None` where the thread cannot be started: connections then run on the caller's runtime.
 fn io_runtime() -> Option<&'static tokio::runtime::Handle> {
     static IO: OnceLock<Option<tokio::runtime::Handle>> = OnceLock::new();
