@@ -262,9 +262,16 @@ fn number(text: &[u8]) -> RedisResult<i64> {
         })
 }
 
+/// Arrays nested deeper than this are refused: Redis's replies to our commands nest two deep.
+const MAX_DEPTH: usize = 8;
+
 /// The RESP2 reply that starts at `at`, and where the next one starts; `None` until all of it
 /// has arrived.
 fn parse(buffer: &[u8], at: usize) -> RedisResult<Option<(Value, usize)>> {
+    parse_nested(buffer, at, 0)
+}
+
+fn parse_nested(buffer: &[u8], at: usize, depth: usize) -> RedisResult<Option<(Value, usize)>> {
     let Some(&kind) = buffer.get(at) else {
         return Ok(None);
     };
@@ -299,10 +306,16 @@ fn parse(buffer: &[u8], at: usize) -> RedisResult<Option<(Value, usize)>> {
             let Ok(len) = usize::try_from(number(text)?) else {
                 return Ok(Some((Value::Nil, next)));
             };
+            if depth >= MAX_DEPTH {
+                return Err(RedisError::from((
+                    ErrorKind::Parse,
+                    "a reply nested too deep",
+                )));
+            }
             let mut items = Vec::with_capacity(len.min(1024));
             let mut at = next;
             for _ in 0..len {
-                let Some((item, after)) = parse(buffer, at)? else {
+                let Some((item, after)) = parse_nested(buffer, at, depth + 1)? else {
                     return Ok(None);
                 };
                 items.push(item);
@@ -378,5 +391,9 @@ mod tests {
         for bad in [&b":x\r\n"[..], b"*y\r\n", b"$z\r\n", b"%1\r\n", b"_\r\n"] {
             assert!(parse(bad, 0).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+        let deep = b"*1\r\n".repeat(MAX_DEPTH + 1);
+        assert!(parse(&deep, 0).is_err(), "nested too deep");
+        let deep_enough = [b"*1\r\n".repeat(MAX_DEPTH), b":1\r\n".to_vec()].concat();
+        assert!(matches!(parse(&deep_enough, 0), Ok(Some(_))));
     }
 }
