@@ -91,6 +91,19 @@ async fn resp3_is_served_as_well() {
         allowed += u32::from(decision.allowed());
     }
     assert_eq!(allowed, 2);
+    // Concurrent calls go out as pipelines on the redis crate's connection too.
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.allow("user:2").await })
+        })
+        .collect();
+    let mut allowed = 0;
+    for call in calls {
+        let decision = call.await.expect("the caller's task").expect("decided");
+        allowed += u32::from(decision.allowed());
+    }
+    assert_eq!(allowed, 2);
     // Other commands than the scripts (`DEL`) go on the same connection.
     limiter.reset("user:1").await.expect("reset");
     assert!(limiter.allow("user:1").await.expect("allow").allowed());
@@ -129,4 +142,33 @@ async fn replies_that_arrive_in_pieces_are_read_whole() {
     }
     assert_eq!(allowed, 100);
     assert!(limiter.stats().pipelines > 0, "the calls went out together");
+}
+
+/// A limiter built on one runtime (its connections opened there) and used on another, while the
+/// first stays alive and idle: nothing drives the first runtime's sockets, so every decision
+/// would wait out its timeout there. Each connection is opened again on the runtime that uses it.
+#[test]
+fn a_limiter_built_on_one_runtime_decides_on_another() {
+    let server = RedisServer::start();
+    let building = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let limiter = building.block_on(limiter(server.url(), 5));
+    let serving = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let allowed = serving.block_on(async {
+        let mut allowed = 0;
+        for i in 0..10 {
+            let decision = limiter.allow("user:1").await.expect("decided");
+            assert_eq!(decision.source(), Source::Redis, "call {i}");
+            allowed += u32::from(decision.allowed());
+        }
+        allowed
+    });
+    assert_eq!(allowed, 5);
+    drop(building);
 }

@@ -18,7 +18,7 @@ use redis::cluster_async::ClusterConnection;
 use tokio::sync::OnceCell;
 
 use super::batch::Exchange;
-use super::wire::Wire;
+use super::wire::{Address, Wire};
 use crate::config::RedisConfig;
 use crate::error::Error;
 
@@ -38,7 +38,7 @@ impl redis::aio::ConnectionLike for Connection {
         cmd: &'a redis::Cmd,
     ) -> redis::RedisFuture<'a, redis::Value> {
         match self {
-            Self::Direct(c) => c.req_packed_command(cmd),
+            Self::Direct(c) => Box::pin(c.call(cmd)),
             Self::Standalone(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
         }
@@ -51,7 +51,11 @@ impl redis::aio::ConnectionLike for Connection {
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         match self {
-            Self::Direct(c) => c.req_packed_commands(cmd, offset, count),
+            // Pipelines go through `Exchange::many`; this is the trait's general form.
+            Self::Direct(c) => Box::pin(async move {
+                let replies = c.pipeline(cmd).await?;
+                Ok(replies.into_iter().skip(offset).take(count).collect())
+            }),
             Self::Standalone(c) => c.req_packed_commands(cmd, offset, count),
             Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
         }
@@ -59,7 +63,7 @@ impl redis::aio::ConnectionLike for Connection {
 
     fn get_db(&self) -> i64 {
         match self {
-            Self::Direct(c) => c.get_db(),
+            Self::Direct(c) => c.db(),
             Self::Standalone(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
         }
@@ -136,7 +140,7 @@ pub(crate) enum Connector {
         config: ConnectionManagerConfig,
         /// Set when the address is plain TCP and RESP2: the pool's connections are then
         /// [`Wire`]s.
-        direct: Option<redis::ConnectionInfo>,
+        direct: Option<Arc<Address>>,
         pool: Box<[RwLock<Arc<OnceCell<Connection>>>]>,
         next: AtomicUsize,
     },
@@ -253,7 +257,7 @@ impl Connector {
             .into_iter()
             .next()
             .ok_or_else(|| Error::UnexpectedReply("no Redis address".into()))?;
-        let direct = Wire::serves(&info).then(|| info.clone());
+        let direct = Address::of(&info);
         let client = match certs {
             Some(certs) if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) => {
                 redis::Client::build_with_tls(info, certs)?
@@ -318,7 +322,7 @@ impl Connector {
                 let connection = slot
                     .get_or_try_init(|| async {
                         Ok::<_, Error>(match direct {
-                            Some(info) => Connection::Direct(Wire::open(info).await?),
+                            Some(address) => Connection::Direct(Wire::open(address).await?),
                             None => Connection::Standalone(
                                 on_io_runtime(ConnectionManager::new_with_config(
                                     client.clone(),

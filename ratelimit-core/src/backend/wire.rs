@@ -15,21 +15,40 @@
 
 use std::sync::Arc;
 
-use redis::aio::ConnectionLike;
 use redis::{
     Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, Pipeline, RedisError, RedisResult, Value,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Where to connect and how to introduce ourselves.
+/// Where a [`Wire`] connects and how it introduces itself: read once from the configured
+/// address ([`Address::of`]), for every connection of the pool.
 #[derive(Debug)]
-struct Address {
+pub(crate) struct Address {
     host: String,
     port: u16,
     username: Option<String>,
     password: Option<String>,
     db: i64,
+}
+
+impl Address {
+    /// The address of `info` if a [`Wire`] can serve it: plain TCP, RESP2.
+    pub(crate) fn of(info: &ConnectionInfo) -> Option<Arc<Self>> {
+        let ConnectionAddr::Tcp(host, port) = info.addr() else {
+            return None;
+        };
+        let settings = info.redis_settings();
+        (settings.protocol() == redis::ProtocolVersion::RESP2).then(|| {
+            Arc::new(Self {
+                host: host.clone(),
+                port: *port,
+                username: settings.username().map(str::to_owned),
+                password: settings.password().map(str::to_owned),
+                db: settings.db(),
+            })
+        })
+    }
 }
 
 /// A connection opened by [`Wire::open`]; clones share the socket.
@@ -39,51 +58,29 @@ pub(crate) struct Wire {
     socket: Arc<tokio::sync::Mutex<Option<Socket>>>,
 }
 
-impl std::fmt::Debug for Wire {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Wire")
-            .field("host", &self.address.host)
-            .field("port", &self.address.port)
-            .finish()
-    }
-}
-
 /// An open socket and its buffers (kept, so that a call allocates none once they have grown).
 struct Socket {
     stream: TcpStream,
+    /// The runtime whose driver tells this socket it can be read: another runtime waiting on it
+    /// would wait for a driver that may not be running.
+    runtime: Option<tokio::runtime::Id>,
     read: Vec<u8>,
     write: Vec<u8>,
 }
 
 impl Wire {
-    /// Whether `info` can be served by a `Wire`: plain TCP, RESP2.
-    pub(crate) fn serves(info: &ConnectionInfo) -> bool {
-        matches!(info.addr(), ConnectionAddr::Tcp(..))
-            && info.redis_settings().protocol() == redis::ProtocolVersion::RESP2
-    }
-
-    /// Connects to the server of `info` (which [`Self::serves`]) and says hello (`AUTH`,
-    /// `SELECT`).
-    pub(crate) async fn open(info: &ConnectionInfo) -> RedisResult<Self> {
-        let ConnectionAddr::Tcp(host, port) = info.addr() else {
-            return Err(RedisError::from((
-                ErrorKind::InvalidClientConfig,
-                "a direct connection needs a plain TCP address",
-            )));
-        };
-        let settings = info.redis_settings();
-        let address = Arc::new(Address {
-            host: host.clone(),
-            port: *port,
-            username: settings.username().map(str::to_owned),
-            password: settings.password().map(str::to_owned),
-            db: settings.db(),
-        });
-        let socket = Socket::open(&address).await?;
+    /// Connects to `address` and says hello (`AUTH`, `SELECT`).
+    pub(crate) async fn open(address: &Arc<Address>) -> RedisResult<Self> {
+        let socket = Socket::open(address).await?;
         Ok(Self {
-            address,
+            address: address.clone(),
             socket: Arc::new(tokio::sync::Mutex::new(Some(socket))),
         })
+    }
+
+    /// The database selected on this connection.
+    pub(crate) fn db(&self) -> i64 {
+        self.address.db
     }
 
     /// Sends `cmd` and reads its reply.
@@ -123,9 +120,12 @@ impl Wire {
     ) -> RedisResult<()> {
         let mut slot = self.socket.lock().await;
         // Out of the slot until every reply is in: dropped with this future otherwise.
+        let here = current_runtime();
         let mut socket = match slot.take() {
-            Some(socket) => socket,
-            None => Socket::open(&self.address).await?,
+            Some(socket) if socket.runtime == here => socket,
+            // None, or opened on another runtime (a limiter built on one runtime and used on
+            // another): a socket of this runtime's own.
+            _ => Socket::open(&self.address).await?,
         };
         socket.write.clear();
         write(&mut socket.write);
@@ -148,6 +148,7 @@ impl Socket {
         redis::io::tcp::socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
         let mut socket = Self {
             stream,
+            runtime: current_runtime(),
             read: Vec::with_capacity(4096),
             write: Vec::with_capacity(4096),
         };
@@ -220,26 +221,11 @@ impl Socket {
     }
 }
 
-impl ConnectionLike for Wire {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> redis::RedisFuture<'a, Value> {
-        Box::pin(self.call(cmd))
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            let replies = self.pipeline(pipeline).await?;
-            Ok(replies.into_iter().skip(offset).take(count).collect())
-        })
-    }
-
-    fn get_db(&self) -> i64 {
-        self.address.db
-    }
+/// The runtime running the caller, if it is a tokio one.
+fn current_runtime() -> Option<tokio::runtime::Id> {
+    tokio::runtime::Handle::try_current()
+        .ok()
+        .map(|handle| handle.id())
 }
 
 /// The position just past the line that starts at `at` (its `\r\n` included), and the line.
