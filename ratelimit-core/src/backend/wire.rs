@@ -323,6 +323,140 @@ fn parse_nested(buffer: &[u8], at: usize, depth: usize) -> RedisResult<Option<(V
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpListener;
+
+    /// A peer on a loopback socket that reads what it is sent and answers each connection with
+    /// `answer`, for what a real server never does (too many replies, a reply in pieces, a
+    /// connection closed mid-reply).
+    async fn scripted_peer<F, Fut>(answer: F) -> (Arc<Address>, tokio::task::JoinHandle<()>)
+    where
+        F: Fn(usize, TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let port = listener.local_addr().expect("its address").port();
+        let peer = tokio::spawn(async move {
+            let mut accepted = 0;
+            while let Ok((stream, _)) = listener.accept().await {
+                answer(accepted, stream).await;
+                accepted += 1;
+            }
+        });
+        let address = Arc::new(Address {
+            host: "127.0.0.1".into(),
+            port,
+            username: None,
+            password: None,
+            db: 0,
+        });
+        (address, peer)
+    }
+
+    /// Reads one request's bytes (whatever has arrived).
+    async fn read_request(stream: &mut TcpStream) {
+        let mut buffer = [0u8; 512];
+        let _ = stream.read(&mut buffer).await;
+    }
+
+    #[tokio::test]
+    async fn a_reply_in_pieces_is_read_whole() {
+        let (address, _peer) = scripted_peer(|_, mut stream| async move {
+            read_request(&mut stream).await;
+            for byte in b"*2\r\n:1\r\n$5\r\nhello\r\n" {
+                let _ = stream.write_all(&[*byte]).await;
+                tokio::task::yield_now().await;
+            }
+            read_request(&mut stream).await;
+        })
+        .await;
+        let wire = Wire::open(&address).await.expect("connected");
+        let reply = wire.call(&redis::cmd("PING")).await.expect("a reply");
+        assert_eq!(
+            reply,
+            Value::Array(vec![Value::Int(1), Value::BulkString(b"hello".to_vec())])
+        );
+    }
+
+    #[tokio::test]
+    async fn more_replies_than_calls_drop_the_connection() {
+        let (address, _peer) = scripted_peer(|accepted, mut stream| async move {
+            read_request(&mut stream).await;
+            let answer: &[u8] = if accepted == 0 {
+                b"+PONG\r\n+PONG\r\n"
+            } else {
+                b"+PONG\r\n"
+            };
+            let _ = stream.write_all(answer).await;
+            read_request(&mut stream).await;
+        })
+        .await;
+        let wire = Wire::open(&address).await.expect("connected");
+        let error = wire
+            .call(&redis::cmd("PING"))
+            .await
+            .expect_err("out of step");
+        assert_eq!(error.kind(), ErrorKind::Parse);
+        // The next call is on a new connection, in step.
+        assert_eq!(
+            wire.call(&redis::cmd("PING")).await.expect("a reply"),
+            Value::SimpleString("PONG".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_mid_reply_is_a_broken_connection() {
+        let (address, _peer) = scripted_peer(|_, mut stream| async move {
+            read_request(&mut stream).await;
+            let _ = stream.write_all(b"*6\r\n:1\r\n:1\r\n").await;
+        })
+        .await;
+        let wire = Wire::open(&address).await.expect("connected");
+        let error = wire
+            .pipeline(redis::pipe().cmd("EVALSHA").cmd("EVALSHA"))
+            .await
+            .expect_err("closed");
+        assert!(
+            error.is_connection_dropped() || error.is_io_error(),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_hello_is_an_error() {
+        let (address, _peer) = scripted_peer(|_, mut stream| async move {
+            read_request(&mut stream).await;
+            let _ = stream
+                .write_all(b"-WRONGPASS invalid username-password pair\r\n")
+                .await;
+        })
+        .await;
+        let address = Arc::new(Address {
+            host: address.host.clone(),
+            port: address.port,
+            username: Some("limiter".into()),
+            password: Some("nope".into()),
+            db: 0,
+        });
+        let Err(error) = Wire::open(&address).await else {
+            panic!("a refused AUTH opened a connection");
+        };
+        assert!(error.to_string().contains("WRONGPASS"), "{error}");
+    }
+
+    #[test]
+    fn only_plain_tcp_and_resp2_are_served() {
+        use redis::IntoConnectionInfo;
+        let info = |url: &str| url.into_connection_info().expect("a valid address");
+        let plain = Address::of(&info("redis://:pw@10.0.0.1:6380/2")).expect("served");
+        assert_eq!(
+            (plain.host.as_str(), plain.port, plain.db),
+            ("10.0.0.1", 6380, 2)
+        );
+        assert_eq!(plain.password.as_deref(), Some("pw"));
+        assert!(Address::of(&info("redis://10.0.0.1:6380?protocol=resp3")).is_none());
+        assert!(Address::of(&info("rediss://10.0.0.1:6380")).is_none());
+        assert!(Address::of(&info("redis+unix:///tmp/redis.sock")).is_none());
+    }
 
     fn whole(bytes: &[u8]) -> Value {
         match parse(bytes, 0) {
