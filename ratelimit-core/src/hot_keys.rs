@@ -92,6 +92,8 @@ struct Tracker {
 #[derive(Debug)]
 pub(crate) struct HotKeys {
     config: HotKeyConfig,
+    /// A draw of the sampler below this is followed: one in `sample_every`.
+    sample_below: u64,
     hasher: foldhash::quality::RandomState,
     clock: Arc<dyn Clock>,
     tracker: Mutex<Tracker>,
@@ -109,9 +111,17 @@ fn seed() -> u64 {
     hasher.finish() | 1
 }
 
-/// Whether this decision is one of the one in `every` followed.
-fn sampled(every: u32) -> bool {
-    if every <= 1 {
+/// The draw below which a decision is followed, for one in `every` (no division a decision).
+fn sample_below(every: u32) -> u64 {
+    match every {
+        0 | 1 => u64::MAX,
+        every => u64::MAX / u64::from(every),
+    }
+}
+
+/// Whether this decision is one of those followed (a draw below `below`).
+fn sampled(below: u64) -> bool {
+    if below == u64::MAX {
         return true;
     }
     SAMPLER.with(|state| {
@@ -120,7 +130,7 @@ fn sampled(every: u32) -> bool {
         x ^= x >> 7;
         x ^= x << 17;
         state.set(x);
-        x % u64::from(every) == 0
+        x < below
     })
 }
 
@@ -133,6 +143,7 @@ impl HotKeys {
                 total: 0,
                 window_started_us: now,
             }),
+            sample_below: sample_below(config.sample_every),
             config,
             hasher: Default::default(),
             clock,
@@ -155,7 +166,7 @@ impl HotKeys {
 
     /// Follows one decision (when sampled). Allocation-free.
     pub(crate) fn record(&self, policy: &Policy, identity: Identity<'_>, allowed: bool) {
-        if !self.config.enabled || !sampled(self.config.sample_every) {
+        if !self.config.enabled || !sampled(self.sample_below) {
             return;
         }
         let identity = identity.as_str();
@@ -341,6 +352,22 @@ mod tests {
         }
         assert!(hot.report().iter().all(|k| !k.hot));
         assert!(!hot.is_hot(&policy, Identity::new(b"user:1")));
+    }
+
+    #[test]
+    fn one_decision_in_sample_every_is_followed() {
+        for every in [2_u32, 16, 100] {
+            let below = sample_below(every);
+            let draws = 100_000 * u64::from(every);
+            let followed = (0..draws).filter(|_| sampled(below)).count() as f64;
+            // 100,000 expected; a binomial's standard deviation is about 316.
+            assert!(
+                (98_000.0..=102_000.0).contains(&followed),
+                "one in {every}: {followed} of {draws}"
+            );
+        }
+        assert!((0..1000).all(|_| sampled(sample_below(1))));
+        assert!((0..1000).all(|_| sampled(sample_below(0))));
     }
 
     #[test]
