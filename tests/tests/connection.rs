@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ratelimit_core::{Config, RateLimiter, RedisConfig, Source};
+use ratelimit_core::{Config, Decision, RateLimiter, RedisConfig, Source};
 use ratelimit_tests::RedisServer;
 
 async fn limiter(url: String, limit: u64) -> RateLimiter {
@@ -13,6 +13,21 @@ async fn limiter(url: String, limit: u64) -> RateLimiter {
     )
     .await
     .expect("a limiter on the test's Redis")
+}
+
+/// `n` concurrent `allow`s on `key`, each a task of its own; their decisions.
+async fn concurrently(limiter: &RateLimiter, n: usize, key: &'static str) -> Vec<Decision> {
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.allow(key).await })
+        })
+        .collect();
+    let mut decisions = Vec::with_capacity(n);
+    for call in calls {
+        decisions.push(call.await.expect("the caller's task").expect("decided"));
+    }
+    decisions
 }
 
 async fn keys_in(server: &RedisServer, db: i64) -> usize {
@@ -92,18 +107,8 @@ async fn resp3_is_served_as_well() {
     }
     assert_eq!(allowed, 2);
     // Concurrent calls go out as pipelines on the redis crate's connection too.
-    let calls: Vec<_> = (0..50)
-        .map(|_| {
-            let limiter = limiter.clone();
-            tokio::spawn(async move { limiter.allow("user:2").await })
-        })
-        .collect();
-    let mut allowed = 0;
-    for call in calls {
-        let decision = call.await.expect("the caller's task").expect("decided");
-        allowed += u32::from(decision.allowed());
-    }
-    assert_eq!(allowed, 2);
+    let decisions = concurrently(&limiter, 50, "user:2").await;
+    assert_eq!(decisions.iter().filter(|d| d.allowed()).count(), 2);
     // Other commands than the scripts (`DEL`) go on the same connection.
     limiter.reset("user:1").await.expect("reset");
     assert!(limiter.allow("user:1").await.expect("allow").allowed());
@@ -123,15 +128,8 @@ async fn replies_that_arrive_in_pieces_are_read_whole() {
     )
     .await
     .expect("a limiter on the test's Redis");
-    let calls: Vec<_> = (0..200)
-        .map(|_| {
-            let limiter = limiter.clone();
-            tokio::spawn(async move { limiter.allow("one-key").await })
-        })
-        .collect();
     let mut allowed = 0;
-    for call in calls {
-        let decision = call.await.expect("the caller's task").expect("decided");
+    for decision in concurrently(&limiter, 200, "one-key").await {
         // Denials past the limit may come from the exact cache; every admission is Redis's.
         if decision.allowed() {
             assert_eq!(decision.source(), Source::Redis);
