@@ -132,10 +132,10 @@ impl RedisBackend {
             // Each round trip below has the timeout (see `send`): a call that is retried waits
             // for Redis at most twice that.
             match self.run(used, &call, script, &mut connection).await {
-                // One retry, and only when the connection broke: the connection manager has
-                // begun reconnecting. If the script ran before the connection broke, the
-                // retry finds the call's nonce in the state and takes nothing twice (as
-                // when the cluster client retries on its own).
+                // One retry, and only when the connection broke: a `Wire` opens a new socket
+                // for it, the connection manager has begun reconnecting. If the script ran
+                // before the connection broke, the retry finds the call's nonce in the state
+                // and takes nothing twice (as when the cluster client retries on its own).
                 Err(e) if is_broken_connection(&e) => {
                     Ok(self.run(used, &call, script, &mut connection).await?)
                 }

@@ -85,7 +85,7 @@ impl std::fmt::Debug for TlsCa {
 }
 
 impl RedisConfig {
-    /// Default number of multiplexed connections a standalone backend spreads calls over.
+    /// Default number of connections a standalone backend spreads calls over.
     pub const DEFAULT_POOL_SIZE: usize = 4;
     /// Default bound on every Redis call.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
@@ -113,9 +113,10 @@ impl RedisConfig {
         /// Standalone or cluster.
         pub fn with_mode(mode: RedisMode);
 
-        /// The number of multiplexed connections to a standalone server. Each pipelines any number
-        /// of concurrent calls, so a few suffice; more spread the load over more server threads
-        /// only with io-threads. Ignored for a cluster (one multiplexed connection a node).
+        /// The number of connections to a standalone server. Each pipelines any number of
+        /// concurrent calls, one pipeline in flight at a time, so a few suffice: one alone
+        /// waits for each pipeline's replies before sending the next. Ignored for a cluster
+        /// (one multiplexed connection a node).
         pub fn with_pool_size(pool_size: usize);
 
         /// The bound on every Redis call.
@@ -150,7 +151,7 @@ impl RedisConfig {
         }
     }
 
-    /// The multiplexed connections of a standalone backend.
+    /// The connections of a standalone backend.
     pub fn pool_size(&self) -> usize {
         self.pool_size
     }
