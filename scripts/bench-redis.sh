@@ -46,3 +46,20 @@ for run in "1" "$concurrency" "$concurrency -P 16"; do
 done
 redis-cli -p "$port" del 'bench:{k}:sw' >/dev/null
 "${CARGO_TARGET_DIR:-target}/release/redis-throughput" --redis-url "$THROWAWAY_REDIS_URL" --concurrency "$concurrency" --requests "$requests"
+
+# The same for the multi-window script: two windows (1,000,000 a minute and an hour), one sorted
+# set; redis-benchmark with 16 calls pipelined on each of 50 connections, then the limiter.
+multi=$(redis-cli -p "$port" script load "$(cat lua/prelude/clock.lua lua/prelude/binding.lua \
+  lua/prelude/arguments.lua lua/multi_window.lua)")
+first=$(redis-cli -p "$port" evalsha "$multi" 1 'bench:{check}:sw' allow 1 check "$limit" 60000000 "$limit" 3600000000 | head -1)
+if [ "$first" != 1 ]; then
+  echo "multi_window.lua as assembled here does not allow a first call: $first" >&2
+  exit 1
+fi
+echo "# redis-benchmark, EVALSHA multi_window.lua (same key, limit $limit per 1m and per 1h, random nonces)"
+redis-cli -p "$port" del 'bench:{k}:sw' >/dev/null
+rps=$(redis-benchmark -p "$port" -n "$requests" -c "$concurrency" -P 16 -r 100000000 -q \
+  EVALSHA "$multi" 1 'bench:{k}:sw' allow 1 __rand_int__ "$limit" 60000000 "$limit" 3600000000 | tr '\r' '\n' | grep -Eo '[0-9.]+ requests per second' | tail -1)
+printf '%-50s %s\n' "redis-benchmark -c $concurrency -P 16" "$rps"
+redis-cli -p "$port" del 'bench:{k}:sw' >/dev/null
+"${CARGO_TARGET_DIR:-target}/release/redis-throughput" --redis-url "$THROWAWAY_REDIS_URL" --concurrency "$concurrency" --requests "$requests" --multi-window

@@ -6,8 +6,10 @@
 //! the same throwaway server.
 //!
 //! ```text
-//! cargo run --release -p ratelimit-load --bin redis-throughput -- --concurrency 50 --requests 20000 [--redis-url URL]
+//! cargo run --release -p ratelimit-load --bin redis-throughput -- --concurrency 50 --requests 20000 [--redis-url URL] [--multi-window]
 //! ```
+//! With `--multi-window` the policy has two windows (`LIMIT` a minute and `LIMIT` an hour,
+//! `multi_window.lua`) and only the limiter is measured.
 //! Without `--redis-url` it runs on a throwaway `redis-server` (the test harness's), stopped at
 //! the end.
 
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ratelimit_core::test_util::scripts;
-use ratelimit_core::{Config, RateLimiter, RedisConfig, Window};
+use ratelimit_core::{Config, Policy, RateLimiter, RedisConfig, Window};
 use ratelimit_load::MeasuredRedis;
 use redis::AsyncCommands;
 
@@ -37,6 +39,10 @@ struct Args {
     /// An existing Redis to measure on [default: a throwaway redis-server]
     #[arg(long, value_name = "URL")]
     redis_url: Option<String>,
+    /// Two windows (a minute and an hour, `multi_window.lua`) instead of one second; the
+    /// limiter only
+    #[arg(long)]
+    multi_window: bool,
 }
 
 #[tokio::main]
@@ -48,10 +54,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let requests = args.requests;
     let pool_sizes = [1usize, 4];
 
-    println!("# allow on {url}: {requests} requests, sliding_window {LIMIT}/1s");
+    let policy = if args.multi_window {
+        println!("# allow on {url}: {requests} requests, multi_window {LIMIT}/1m + {LIMIT}/1h");
+        Policy::new(
+            "default",
+            [
+                Window::new(LIMIT, Duration::from_secs(60)),
+                Window::new(LIMIT, Duration::from_secs(3600)),
+            ],
+        )
+    } else {
+        println!("# allow on {url}: {requests} requests, sliding_window {LIMIT}/1s");
+        Policy::new("default", [Window::per_second(LIMIT)])
+    };
+    let client = redis::Client::open(url.as_str())?;
+    let mut admin = client.get_multiplexed_async_connection().await?;
+    let bench_keys = [
+        "ratelimit:{default:bench:1}:sw",
+        "ratelimit:{default:bench:0}:sw",
+    ];
     for pool in pool_sizes {
+        // Each run starts from an empty log, as redis-benchmark's does (an hour-long window
+        // keeps every entry of the runs before).
+        let _: () = admin.del(&bench_keys).await?;
         let limiter = RateLimiter::new(
-            Config::new(LIMIT, Duration::from_secs(1)).with_redis_config(
+            Config::with_policy(policy.clone()).with_redis_config(
                 RedisConfig::new([url.clone()])
                     .with_pool_size(pool)
                     .with_timeout(Duration::from_secs(2)),
@@ -75,10 +102,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
+    if args.multi_window {
+        let _: () = admin.del(&bench_keys).await?;
+        return Ok(());
+    }
+
     // The same script by hand, to see what the limiter adds.
     let script = Arc::new(redis::Script::new(scripts::SLIDING_WINDOW));
     let window_us = Window::per_second(LIMIT).duration().as_micros().to_string();
-    let client = redis::Client::open(url.as_str())?;
     let multiplexed = client.get_multiplexed_async_connection().await?;
     let raw = run(concurrency, requests, {
         let (script, window_us) = (script.clone(), window_us.clone());
