@@ -114,11 +114,9 @@ impl PolicyTable {
         &self.named[0]
     }
 
-    /// The state of `policy`, built on first use when the configuration does not name it.
-    pub(crate) fn get(&self, policy: &Policy) -> StateRef<'_> {
-        if let Some(state) = self.named(policy) {
-            return StateRef::Kept(state);
-        }
+    /// The state of a policy the configuration does not name: its slot among the unnamed ones,
+    /// taken on first use, or a state for this decision alone when they are all taken.
+    fn unnamed(&self, policy: &Policy) -> StateRef<'_> {
         for slot in self.unnamed.iter() {
             let state = slot.get_or_init(|| PolicyState::new(policy, &self.metrics));
             if state.policy == *policy {
@@ -128,14 +126,15 @@ impl PolicyTable {
         StateRef::Once(Box::new(PolicyState::new(policy, &self.metrics)))
     }
 
-    /// [`Self::get`] for a policy a caller passed in: checked first, unless it is one the
-    /// configuration names (checked with the configuration, and found by address at no cost).
+    /// The state of a policy a caller passed in, built on first use when the configuration does
+    /// not name it: checked first, unless it is one the configuration names (checked with the
+    /// configuration, and found by address at no cost).
     pub(crate) fn get_valid(&self, policy: &Policy) -> Result<StateRef<'_>, PolicyError> {
         if let Some(state) = self.named(policy) {
             return Ok(StateRef::Kept(state));
         }
         policy.validate()?;
-        Ok(self.get(policy))
+        Ok(self.unnamed(policy))
     }
 
     /// The sub-counters' policies of `policy`, without keeping a state for it.
@@ -204,9 +203,9 @@ mod tests {
     fn a_clone_of_a_configured_policy_finds_its_state() {
         let config = Config::with_policy(spread());
         let table = PolicyTable::new(&config, &Metrics::new());
-        let state = table.get(&config.policy().clone());
+        let state = table.get_valid(&config.policy().clone());
         assert!(
-            matches!(state, StateRef::Kept(kept) if std::ptr::eq(kept, table.default_policy()))
+            matches!(state, Ok(StateRef::Kept(kept)) if std::ptr::eq(kept, table.default_policy()))
         );
     }
 
@@ -214,16 +213,37 @@ mod tests {
     fn a_policy_built_in_code_keeps_one_state() {
         let table = PolicyTable::new(&Config::with_policy(spread()), &Metrics::new());
         let other = Policy::new("other", [Window::per_minute(5)]);
-        let first: *const PolicyState = &*table.get(&other);
-        let again: *const PolicyState = &*table.get(&other.clone());
-        let rebuilt: *const PolicyState =
-            &*table.get(&Policy::new("other", [Window::per_minute(5)]));
+        let first: *const PolicyState = &*table.get_valid(&other).expect("a valid policy");
+        let again: *const PolicyState = &*table.get_valid(&other.clone()).expect("a valid policy");
+        let rebuilt: *const PolicyState = &*table
+            .get_valid(&Policy::new("other", [Window::per_minute(5)]))
+            .expect("a valid policy");
         assert_eq!(first, again);
         assert_eq!(first, rebuilt);
         assert!(!std::ptr::eq(first, table.default_policy()));
         // Another cost is another policy, though it shares the windows.
         let costlier = other.clone().with_cost(2);
-        assert_eq!(table.get(&costlier).policy().cost(), 2);
+        assert_eq!(
+            table
+                .get_valid(&costlier)
+                .expect("a valid policy")
+                .policy()
+                .cost(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_policy_built_in_code_is_checked_before_it_gets_a_state() {
+        let table = PolicyTable::new(&Config::with_policy(spread()), &Metrics::new());
+        let no_window = Policy::new("empty", []);
+        assert!(matches!(
+            table.get_valid(&no_window),
+            Err(PolicyError::NoWindow)
+        ));
+        let zero = Policy::new("zero", [Window::new(0, std::time::Duration::from_secs(1))]);
+        assert!(table.get_valid(&zero).is_err());
+        assert!(table.find(&zero).is_none(), "a refused policy took a slot");
     }
 
     #[test]
@@ -245,12 +265,12 @@ mod tests {
         let table = PolicyTable::new(&Config::with_policy(spread()), &Metrics::new());
         for n in 1..=UNNAMED_POLICIES as u64 {
             assert!(matches!(
-                table.get(&Policy::new("many", [Window::per_minute(n)])),
-                StateRef::Kept(_)
+                table.get_valid(&Policy::new("many", [Window::per_minute(n)])),
+                Ok(StateRef::Kept(_))
             ));
         }
         let extra = Policy::new("many", [Window::per_minute(1000)]);
-        let state = table.get(&extra);
+        let state = table.get_valid(&extra).expect("a valid policy");
         assert!(matches!(state, StateRef::Once(_)));
         assert_eq!(state.policy(), &extra);
     }

@@ -188,21 +188,25 @@ fn replace_if_current<T>(cell: &RwLock<Arc<OnceCell<T>>>, generation: usize) {
     }
 }
 
+/// Keep-alive probes on every connection the limiter opens (the redis crate's and [`Wire`]s), so
+/// that a peer that vanished without a FIN is noticed.
+pub(crate) fn keepalive() -> redis::io::tcp::socket2::TcpKeepalive {
+    redis::io::tcp::socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5))
+}
+
 /// Connection settings for one address: `TCP_NODELAY` on (a decision is one small request, and
-/// Nagle's algorithm would hold it back for the previous one's ACK), and keep-alive probes so a
-/// peer that vanished without a FIN is noticed.
+/// Nagle's algorithm would hold it back for the previous one's ACK), and [`keepalive`].
 fn connection_info(
     url: &str,
     credentials: Option<&crate::config::Credentials>,
 ) -> Result<redis::ConnectionInfo, Error> {
     use redis::IntoConnectionInfo;
-    use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
-    let keepalive = TcpKeepalive::new()
-        .with_time(Duration::from_secs(10))
-        .with_interval(Duration::from_secs(5));
+    use redis::io::tcp::TcpSettings;
     let tcp = TcpSettings::default()
         .set_nodelay(true)
-        .set_keepalive(keepalive);
+        .set_keepalive(keepalive());
     let mut info = url.into_connection_info()?.set_tcp_settings(tcp);
     if let Some(credentials) = credentials {
         let mut settings = info

@@ -21,9 +21,11 @@ use redis::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::connection::keepalive;
+
 /// Where a [`Wire`] connects and how it introduces itself: read once from the configured
-/// address ([`Address::of`]), for every connection of the pool.
-#[derive(Debug)]
+/// address ([`Address::of`]), for every connection of the pool. No `Debug`: it holds the
+/// password.
 pub(crate) struct Address {
     host: String,
     port: u16,
@@ -139,13 +141,10 @@ impl Wire {
 impl Socket {
     async fn open(address: &Address) -> RedisResult<Self> {
         let stream = TcpStream::connect((address.host.as_str(), address.port)).await?;
-        // A decision is one small request: Nagle's algorithm would hold it back for the
-        // previous one's ACK. Keep-alive probes notice a peer that vanished without a FIN.
+        // The settings of the redis crate's connections (`connection.rs`): `TCP_NODELAY`, and
+        // keep-alive probes.
         stream.set_nodelay(true)?;
-        let keepalive = redis::io::tcp::socket2::TcpKeepalive::new()
-            .with_time(std::time::Duration::from_secs(10))
-            .with_interval(std::time::Duration::from_secs(5));
-        redis::io::tcp::socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+        redis::io::tcp::socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive())?;
         let mut socket = Self {
             stream,
             runtime: current_runtime(),
