@@ -125,6 +125,8 @@ pub struct CommandStat {
     pub failed_calls: u64,
     /// Calls refused before running (wrong arity, out of memory).
     pub rejected_calls: u64,
+    /// Microseconds Redis spent in the calls (a script's: with the commands it ran).
+    pub usec: u64,
 }
 
 /// `INFO commandstats` of the node at `url`, by lowercase command name (`evalsha`,
@@ -163,6 +165,7 @@ fn parse_commandstats(info: &str) -> BTreeMap<String, CommandStat> {
                 calls: field("calls"),
                 failed_calls: field("failed_calls"),
                 rejected_calls: field("rejected_calls"),
+                usec: field("usec"),
             };
             Some((name.to_ascii_lowercase(), stat))
         })
@@ -240,6 +243,7 @@ mod tests {
                 calls: 4,
                 failed_calls: 0,
                 rejected_calls: 0,
+                usec: 40,
             }
         );
         assert_eq!(

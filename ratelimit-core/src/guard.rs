@@ -132,6 +132,11 @@ impl Guarded {
         self.redis.pipelines()
     }
 
+    /// Batches of calls on one key decided by one script call, and the calls they decided.
+    pub(crate) fn batches(&self) -> (u64, u64) {
+        self.redis.batches()
+    }
+
     /// Keys the `local` fallback tracks.
     pub(crate) fn local_keys(&self) -> usize {
         self.fallback.local_keys()

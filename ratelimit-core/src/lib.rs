@@ -110,6 +110,14 @@ pub mod test_util {
         pub use crate::scripts::*;
     }
 
+    /// The batch scripts: several calls on one key decided by one script call (see
+    /// `backend/coalesce.rs`).
+    pub mod batches {
+        pub use crate::backend::coalesce::{
+            FIXED_WINDOW_BATCH, SLIDING_WINDOW_BATCH, TOKEN_BUCKET_BATCH, all, evaluate_batch_at,
+        };
+    }
+
     /// The algorithms as pure functions over small states (see `algorithm/`).
     pub mod algorithm {
         pub use crate::algorithm::*;

@@ -88,6 +88,11 @@ pub struct LimiterStats {
     pub pipelines: u64,
     /// Script calls those pipelines carried: `pipelined_calls / pipelines` is their average size.
     pub pipelined_calls: u64,
+    /// Batches: calls of one pipeline on one key (single-window sliding log, token bucket or
+    /// fixed window, same operation) decided by one script call.
+    pub batches: u64,
+    /// Calls those batches decided: `coalesced_calls / batches` is their average size.
+    pub coalesced_calls: u64,
 }
 
 impl RateLimiter {
@@ -270,6 +275,7 @@ impl RateLimiter {
             },
             Backend::Redis(guarded) => {
                 let (pipelines, pipelined_calls) = guarded.pipelines();
+                let (batches, coalesced_calls) = guarded.batches();
                 LimiterStats {
                     breaker: Some(guarded.breaker_state()),
                     breaker_transitions: guarded.breaker_stats(),
@@ -279,6 +285,8 @@ impl RateLimiter {
                     memory_keys: guarded.local_keys(),
                     pipelines,
                     pipelined_calls,
+                    batches,
+                    coalesced_calls,
                 }
             }
         }

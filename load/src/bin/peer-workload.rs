@@ -4,7 +4,8 @@
 //! - **Throughput**: `--callers` concurrent callers, each taking the next key of `k0..k{N-1}`
 //!   from one shared counter, for `--duration`; a fixed window of 1,000,000 per 60 s on Redis,
 //!   the default configuration otherwise (no local cache, `local` fallback). The figure is
-//!   completed calls over the time until the last caller finished.
+//!   completed calls over the time until the last caller finished. `--keys 1` measures one hot
+//!   key, `--algorithm` another algorithm than the peer's fixed window.
 //! - **Exactness**: 200 concurrent calls on one fresh key, fixed window of 100 per 60 s; how
 //!   many were allowed (exactly 100 is right).
 //!
@@ -58,6 +59,23 @@ struct Args {
     /// Pooled Redis connections [default: the limiter's default]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pool_size: Option<u32>,
+    /// The throughput run's algorithm (the exactness check stays a fixed window): fixed_window,
+    /// sliding_window, token_bucket or sliding_counter
+    #[arg(long, value_name = "NAME", default_value = "fixed_window", value_parser = algorithm)]
+    algorithm: Algorithm,
+}
+
+/// An algorithm by its configuration name.
+fn algorithm(name: &str) -> Result<Algorithm, String> {
+    [
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::TokenBucket,
+        Algorithm::SlidingCounter,
+    ]
+    .into_iter()
+    .find(|a| a.name() == name)
+    .ok_or_else(|| format!("no algorithm named {name:?}"))
 }
 
 /// What the throughput run counted.
@@ -96,8 +114,26 @@ async fn main() -> Result<(), AnyError> {
     let redis = MeasuredRedis::start(args.redis_url).await?;
     let url = redis.url();
 
-    let limiter = RateLimiter::new(fixed_window(THROUGHPUT_WINDOW, url, args.pool_size)).await?;
+    let limiter = RateLimiter::new(one_window(
+        THROUGHPUT_WINDOW,
+        args.algorithm,
+        url,
+        args.pool_size,
+    ))
+    .await?;
+    let before = evalsha_usec(url).await?;
     let run = throughput(&limiter, args.callers, args.keys, args.duration).await?;
+    let redis_usec = evalsha_usec(url).await?.saturating_sub(before);
+    let stats = limiter.stats();
+    eprintln!(
+        "peer-workload: {} pipelines carried {} calls; {} batches decided {} calls on one key \
+         each; Redis spent {:.2} µs a decision in scripts",
+        stats.pipelines,
+        stats.pipelined_calls,
+        stats.batches,
+        stats.coalesced_calls,
+        redis_usec as f64 / run.decisions.max(1) as f64
+    );
     let (exact_pass, exact_not_by_redis) = exactness(url, args.pool_size).await?;
 
     let mut not_by_redis = run.not_by_redis;
@@ -122,13 +158,19 @@ async fn main() -> Result<(), AnyError> {
     Ok(())
 }
 
-/// One fixed window on the Redis at `url`, the default configuration otherwise.
-fn fixed_window(window: Window, url: &str, pool_size: Option<u32>) -> Config {
+/// Microseconds Redis has spent in `EVALSHA` so far (`INFO commandstats`).
+async fn evalsha_usec(url: &str) -> Result<u64, AnyError> {
+    let stats = ratelimit_load::commandstats(url).await?;
+    Ok(stats.get("evalsha").map_or(0, |s| s.usec))
+}
+
+/// One window of `algorithm` on the Redis at `url`, the default configuration otherwise.
+fn one_window(window: Window, algorithm: Algorithm, url: &str, pool_size: Option<u32>) -> Config {
     let mut redis = RedisConfig::new([url]);
     if let Some(size) = pool_size {
         redis = redis.with_pool_size(size as usize);
     }
-    Config::with_policy(Policy::new("peer", [window]).with_algorithm(Algorithm::FixedWindow))
+    Config::with_policy(Policy::new("peer", [window]).with_algorithm(algorithm))
         .with_redis_config(redis)
 }
 
@@ -178,7 +220,13 @@ async fn throughput(
 /// [`EXACT_CALLS`] concurrent calls on one fresh key: how many were allowed, and how many
 /// decisions Redis did not make.
 async fn exactness(url: &str, pool_size: Option<u32>) -> Result<(u64, NotByRedis), AnyError> {
-    let limiter = RateLimiter::new(fixed_window(EXACT_WINDOW, url, pool_size)).await?;
+    let limiter = RateLimiter::new(one_window(
+        EXACT_WINDOW,
+        Algorithm::FixedWindow,
+        url,
+        pool_size,
+    ))
+    .await?;
     limiter.allow("warm-up").await?;
     wait_clear_of_window_end(EXACT_WINDOW.duration()).await;
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();

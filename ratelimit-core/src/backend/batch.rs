@@ -30,6 +30,8 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::coalesce::{self, Part};
+
 /// What a [`Lane`] sends its calls on: a connection that takes one call, or a pipeline of them,
 /// and gives their replies in order.
 pub trait Exchange {
@@ -64,6 +66,9 @@ pub struct Lane {
     /// Pipelines of two or more calls sent, and the calls they carried.
     pipelines: AtomicU64,
     pipelined_calls: AtomicU64,
+    /// Batches of calls on one key decided by one script call, and the calls they decided.
+    batches: AtomicU64,
+    coalesced_calls: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -133,7 +138,7 @@ impl Lane {
             self.pipelined_calls
                 .fetch_add(pipeline.len() as u64, Ordering::Relaxed);
         }
-        hand_off.watch(within(timeout, lead(connection, pipeline)).await)
+        hand_off.watch(within(timeout, lead(self, connection, pipeline)).await)
     }
 
     /// Pipelines of two or more calls sent so far, and the calls they carried.
@@ -141,6 +146,15 @@ impl Lane {
         (
             self.pipelines.load(Ordering::Relaxed),
             self.pipelined_calls.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Batches sent so far (calls on one key decided by one script call), and the calls they
+    /// decided.
+    pub(crate) fn batches(&self) -> (u64, u64) {
+        (
+            self.batches.load(Ordering::Relaxed),
+            self.coalesced_calls.load(Ordering::Relaxed),
         )
     }
 
@@ -251,48 +265,146 @@ impl Drop for HandOff<'_> {
     }
 }
 
-/// Sends `pipeline` (the leader's own call first) and answers every other caller in it.
+/// Sends `pipeline` (the leader's own call first), its calls on one key coalesced
+/// (`coalesce.rs`), and answers every other caller in it. When the connection broke under it,
+/// what can be is sent again once ([`send_plan`]).
 async fn lead(
+    lane: &Lane,
     connection: &mut impl Exchange,
     pipeline: Vec<Waiting>,
 ) -> redis::RedisResult<redis::Value> {
     if let [alone] = pipeline.as_slice() {
         return send_alone(connection, &alone.call).await;
     }
-    let mut calls = redis::pipe();
     let mut answers = Vec::with_capacity(pipeline.len());
-    for waiting in pipeline {
-        calls.add_command(waiting.call);
-        answers.push(waiting.answer);
-    }
-    let count = answers.len();
-    match connection.many(&calls).await {
-        Ok(replies) if replies.len() == count => {
-            let mut own = Err(abandoned());
-            for (reply, answer) in replies.into_iter().zip(answers) {
-                let reply = reply.extract_error();
-                match answer {
-                    Some(answer) => {
-                        let _ = answer.send(Answer::Reply(reply));
-                    }
-                    None => own = reply,
-                }
-            }
-            own
-        }
-        Ok(replies) => {
-            let error = redis::RedisError::from((
-                redis::ErrorKind::Parse,
-                "a pipeline of script calls",
-                format!("{} replies to {count} calls", replies.len()),
-            ));
-            answer_all(answers, &error);
-            Err(error)
-        }
+    let calls = pipeline
+        .into_iter()
+        .map(|waiting| {
+            answers.push(waiting.answer);
+            waiting.call
+        })
+        .collect();
+    let plan = coalesce::plan(calls);
+    let replies = match send_plan(connection, &plan.calls).await {
+        Ok(replies) => replies,
         Err(error) => {
             answer_all(answers, &error);
-            Err(error)
+            return Err(error);
         }
+    };
+    let mut own = Err(abandoned());
+    let mut unknown_script = None;
+    for (reply, part) in replies.into_iter().zip(plan.parts) {
+        match part {
+            Part::One(index) => deliver(&mut answers, &mut own, index, reply),
+            Part::Batch {
+                script,
+                limit,
+                calls,
+            } => {
+                lane.batches.fetch_add(1, Ordering::Relaxed);
+                lane.coalesced_calls
+                    .fetch_add(calls.len() as u64, Ordering::Relaxed);
+                match reply.and_then(|r| coalesce::split(r, limit, calls.len())) {
+                    Ok(replies) => {
+                        for (index, reply) in calls.into_iter().zip(replies) {
+                            deliver(&mut answers, &mut own, index, Ok(reply));
+                        }
+                    }
+                    Err(error) => {
+                        // The batch did not run: each call is tried again on its own (a
+                        // missing script is loaded for it), and the batch script is loaded
+                        // for the next batches.
+                        if error.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+                        {
+                            unknown_script = Some(script);
+                        }
+                        for index in calls {
+                            deliver(&mut answers, &mut own, index, Err(same_kind(&error)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(script) = unknown_script {
+        connection.one(&coalesce::load(script)).await?;
+    }
+    own
+}
+
+/// Sends `calls` and reads a reply for each. When the connection broke under them, the calls
+/// that are idempotent (the sliding logs') are sent again, once, together, and the others fail
+/// with the broken connection's error: they may have run, and a counter would count them twice.
+async fn send_plan(
+    connection: &mut impl Exchange,
+    calls: &redis::Pipeline,
+) -> redis::RedisResult<Vec<redis::RedisResult<redis::Value>>> {
+    let count = calls.len();
+    let error = match connection.many(calls).await {
+        Ok(replies) => return in_step(replies, count),
+        Err(error) if is_broken_connection(&error) => error,
+        Err(error) => return Err(error),
+    };
+    let mut again = redis::pipe();
+    let resent: Vec<bool> = calls
+        .cmd_iter()
+        .map(|call| {
+            let resend = coalesce::resendable(call);
+            if resend {
+                again.add_command(call.clone());
+            }
+            resend
+        })
+        .collect();
+    if again.is_empty() {
+        return Err(error);
+    }
+    let mut replies = match connection.many(&again).await {
+        Ok(replies) => in_step(replies, again.len())?.into_iter(),
+        Err(error) => return Err(error),
+    };
+    Ok(resent
+        .into_iter()
+        .map(|resent| match resent {
+            true => replies.next().unwrap_or_else(|| Err(same_kind(&error))),
+            false => Err(same_kind(&error)),
+        })
+        .collect())
+}
+
+/// `replies` to `count` calls, each read as a reply or the error the server answered; an error
+/// when there are not as many as calls.
+fn in_step(
+    replies: Vec<redis::Value>,
+    count: usize,
+) -> redis::RedisResult<Vec<redis::RedisResult<redis::Value>>> {
+    if replies.len() != count {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "a pipeline of script calls",
+            format!("{} replies to {count} calls", replies.len()),
+        )));
+    }
+    Ok(replies
+        .into_iter()
+        .map(redis::Value::extract_error)
+        .collect())
+}
+
+/// Gives the call at `index` its `reply`: to its caller, or to the leader's own (`own`).
+fn deliver(
+    answers: &mut [Option<oneshot::Sender<Answer>>],
+    own: &mut redis::RedisResult<redis::Value>,
+    index: usize,
+    reply: redis::RedisResult<redis::Value>,
+) {
+    match answers.get_mut(index).and_then(Option::take) {
+        Some(answer) => {
+            let _ = answer.send(Answer::Reply(reply));
+        }
+        None => *own = reply,
     }
 }
 
@@ -313,15 +425,24 @@ pub(crate) async fn within<T>(
         })
 }
 
-/// Sends one call by itself.
+/// Sends one call by itself; again, once, when the connection broke under it and the call is
+/// idempotent (see [`send_plan`]).
 async fn send_alone(
     connection: &mut impl Exchange,
     call: &redis::Cmd,
 ) -> redis::RedisResult<redis::Value> {
-    connection
-        .one(call)
-        .await
-        .and_then(redis::Value::extract_error)
+    match connection.one(call).await {
+        Err(e) if is_broken_connection(&e) && coalesce::resendable(call) => {
+            connection.one(call).await
+        }
+        other => other,
+    }
+    .and_then(redis::Value::extract_error)
+}
+
+/// A connection that broke under the call (as opposed to a slow or refusing server).
+pub(super) fn is_broken_connection(error: &redis::RedisError) -> bool {
+    error.is_connection_dropped() || (error.is_io_error() && !error.is_timeout())
 }
 
 /// Gives every other caller of a pipeline that failed as a whole an error of the same kind.

@@ -7,6 +7,7 @@
 //! identity, and if so record it", atomically and with the same semantics.
 
 mod batch;
+pub(crate) mod coalesce;
 mod connection;
 mod eviction;
 mod memory;

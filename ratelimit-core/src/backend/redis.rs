@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 
-use super::batch::{Lane, within};
+use super::batch::{Lane, is_broken_connection, within};
+use super::coalesce;
 use super::connection::{Connection, Connector, Used};
 use crate::config::RedisConfig;
 use crate::decision::Outcome;
@@ -94,6 +95,11 @@ impl RedisBackend {
             for script in scripts::all() {
                 script.prepare_invoke().load_async(&mut connection).await?;
             }
+            if !self.lanes.is_empty() {
+                for script in coalesce::all() {
+                    script.prepare_invoke().load_async(&mut connection).await?;
+                }
+            }
             Ok(())
         })
         .await?;
@@ -132,11 +138,12 @@ impl RedisBackend {
             // Each round trip below has the timeout (see `send`): a call that is retried waits
             // for Redis at most twice that.
             match self.run(used, &call, script, &mut connection).await {
-                // One retry, and only when the connection broke: a `Wire` opens a new socket
-                // for it, the connection manager has begun reconnecting. If the script ran
-                // before the connection broke, the retry finds the call's nonce in the state
-                // and takes nothing twice (as when the cluster client retries on its own).
-                Err(e) if is_broken_connection(&e) => {
+                // One retry, and only when the connection broke: the cluster client has begun
+                // reconnecting. If the script ran before the connection broke, the retry finds
+                // the call's nonce in the state and takes nothing twice (as when the cluster
+                // client retries on its own). A lane (standalone) sends again by itself, whole
+                // pipelines and their batches as they were (`batch.rs`).
+                Err(e) if self.lanes.is_empty() && is_broken_connection(&e) => {
                     Ok(self.run(used, &call, script, &mut connection).await?)
                 }
                 // A script loaded, then the call redirected to a node that has not seen it
@@ -293,6 +300,15 @@ impl RedisBackend {
             .fold((0, 0), |(p, c), (lp, lc)| (p + lp, c + lc))
     }
 
+    /// Batches sent so far on every lane (calls on one key decided by one script call), and the
+    /// calls they decided.
+    pub(crate) fn batches(&self) -> (u64, u64) {
+        self.lanes
+            .iter()
+            .map(Lane::batches)
+            .fold((0, 0), |(b, c), (lb, lc)| (b + lb, c + lc))
+    }
+
     /// The connections.
     pub(super) fn connector(&self) -> &Connector {
         &self.connector
@@ -342,11 +358,6 @@ impl RedisBackend {
             None => within(self.timeout, call.query_async(connection)).await,
         }
     }
-}
-
-/// A connection that broke under the call (as opposed to a slow or refusing server).
-fn is_broken_connection(error: &redis::RedisError) -> bool {
-    error.is_connection_dropped() || (error.is_io_error() && !error.is_timeout())
 }
 
 /// Unique members for sliding logs: a random per-process prefix and a counter, so two calls in

@@ -124,9 +124,11 @@ impl Wire {
         // Out of the slot until every reply is in: dropped with this future otherwise.
         let here = current_runtime();
         let mut socket = match slot.take() {
-            Some(socket) if socket.runtime == here => socket,
-            // None, or opened on another runtime (a limiter built on one runtime and used on
-            // another): a socket of this runtime's own.
+            Some(socket) if socket.runtime == here && socket.is_open() => socket,
+            // None, opened on another runtime (a limiter built on one runtime and used on
+            // another), or closed by the server while idle (a restart, `CLIENT KILL`, an idle
+            // timeout): a new socket of this runtime's own. Found before anything is written,
+            // the calls are sent once, on the new socket: none needs sending again.
             _ => Socket::open(&self.address).await?,
         };
         socket.write.clear();
@@ -180,6 +182,17 @@ impl Socket {
             }
         }
         Ok(socket)
+    }
+
+    /// Whether the server has not closed the socket since the last exchange: nothing is left to
+    /// read on a socket in step, so anything readable (its end, an error, stray bytes) means it
+    /// is done for. Without a read event since the last read, no system call is made.
+    fn is_open(&self) -> bool {
+        let mut probe = [0_u8; 1];
+        matches!(
+            self.stream.try_read(&mut probe),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        )
     }
 
     /// Reads `count` replies, in order, handing each to `reply`.
@@ -398,6 +411,31 @@ mod tests {
         // The next call is on a new connection, in step.
         assert_eq!(
             wire.call(&redis::cmd("PING")).await.expect("a reply"),
+            Value::SimpleString("PONG".into())
+        );
+    }
+
+    /// A connection the server closed while it was idle is found closed before anything is
+    /// written to it: the call goes out once, on a new connection, and gets its reply.
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_replaced_before_the_call() {
+        let (address, _peer) = scripted_peer(|accepted, mut stream| async move {
+            read_request(&mut stream).await;
+            let _ = stream.write_all(b"+PONG\r\n").await;
+            if accepted > 0 {
+                read_request(&mut stream).await;
+            }
+            // The first connection is closed once it has answered.
+        })
+        .await;
+        let wire = Wire::open(&address).await.expect("connected");
+        assert!(wire.call(&redis::cmd("PING")).await.is_ok());
+        // Time for the server's close to arrive (a wait, not a measure).
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(
+            wire.call(&redis::cmd("PING"))
+                .await
+                .expect("a reply on a new connection"),
             Value::SimpleString("PONG".into())
         );
     }
