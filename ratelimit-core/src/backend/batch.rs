@@ -478,3 +478,105 @@ fn abandoned() -> redis::RedisError {
     )
     .into()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::scripts;
+
+    /// A connection that answers each pipeline with the next scripted answer, and keeps the
+    /// calls of every pipeline it was sent.
+    struct Scripted {
+        answers: VecDeque<redis::RedisResult<Vec<redis::Value>>>,
+        sent: Vec<Vec<String>>,
+    }
+
+    impl Exchange for Scripted {
+        async fn one(&mut self, call: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+            let mut calls = redis::pipe();
+            calls.add_command(call.clone());
+            self.many(&calls).await.map(|mut r| r.remove(0))
+        }
+
+        async fn many(&mut self, calls: &redis::Pipeline) -> redis::RedisResult<Vec<redis::Value>> {
+            self.sent.push(calls.cmd_iter().map(nonce).collect());
+            self.answers.pop_front().unwrap_or_else(|| Ok(Vec::new()))
+        }
+    }
+
+    /// A single script call's nonce, its seventh argument.
+    fn nonce(call: &redis::Cmd) -> String {
+        match call.args_iter().nth(6) {
+            Some(redis::Arg::Simple(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+            _ => String::new(),
+        }
+    }
+
+    fn call(source: &str, key: &str, nonce: &str) -> redis::Cmd {
+        let mut call = redis::cmd("EVALSHA");
+        call.arg(redis::Script::new(source).get_hash())
+            .arg(1)
+            .arg(key)
+            .arg("allow")
+            .arg(1)
+            .arg(nonce)
+            .arg(10)
+            .arg(60_000_000);
+        call
+    }
+
+    fn broken() -> redis::RedisError {
+        std::io::Error::new(std::io::ErrorKind::ConnectionReset, "closed").into()
+    }
+
+    /// The connection broke under a pipeline: the sliding logs' calls are sent again, once,
+    /// and get their replies in their places; the counters' calls are not, and get the error.
+    #[tokio::test]
+    async fn only_idempotent_calls_are_sent_again_after_a_broken_connection() {
+        let mut calls = redis::pipe();
+        calls
+            .add_command(call(scripts::SLIDING_WINDOW, "a", "log-1"))
+            .add_command(call(scripts::FIXED_WINDOW, "b", "counter"))
+            .add_command(call(scripts::MULTI_WINDOW, "c", "log-2"));
+        let mut connection = Scripted {
+            answers: VecDeque::from([
+                Err(broken()),
+                Ok(vec![redis::Value::Int(1), redis::Value::Int(3)]),
+            ]),
+            sent: Vec::new(),
+        };
+        let replies = send_plan(&mut connection, &calls)
+            .await
+            .expect("a reply or an error for each call");
+        assert_eq!(
+            connection.sent,
+            [vec!["log-1", "counter", "log-2"], vec!["log-1", "log-2"]]
+        );
+        assert_eq!(replies[0].as_ref().ok(), Some(&redis::Value::Int(1)));
+        assert!(replies[1].as_ref().is_err_and(is_broken_connection));
+        assert_eq!(replies[2].as_ref().ok(), Some(&redis::Value::Int(3)));
+
+        // Nothing to send again: the pipeline fails whole, and is sent once.
+        let mut counters = redis::pipe();
+        counters.add_command(call(scripts::TOKEN_BUCKET, "d", "counter"));
+        let mut connection = Scripted {
+            answers: VecDeque::from([Err(broken())]),
+            sent: Vec::new(),
+        };
+        assert!(send_plan(&mut connection, &counters).await.is_err());
+        assert_eq!(connection.sent.len(), 1);
+
+        // A call sent alone: again only if it is a log's.
+        for (source, sends) in [(scripts::SLIDING_WINDOW, 2), (scripts::FIXED_WINDOW, 1)] {
+            let mut connection = Scripted {
+                answers: VecDeque::from([Err(broken()), Ok(vec![redis::Value::Int(1)])]),
+                sent: Vec::new(),
+            };
+            let reply = send_alone(&mut connection, &call(source, "e", "alone")).await;
+            assert_eq!(connection.sent.len(), sends);
+            assert_eq!(reply.is_ok(), sends == 2);
+        }
+    }
+}
