@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# One hot key on Redis: 50 concurrent callers on a single key, this build against another, on
+# the same throwaway Redis, interleaved, for the algorithms that decide a pipeline's calls on
+# one key in one script call (fixed window, sliding log, token bucket).
+#
+#   scripts/hot-key.sh --before-bin DIR [rounds, default 3]
+#
+# DIR holds `peer-workload` built from another revision, for example
+#   git worktree add --detach /tmp/before REV
+#   (cd /tmp/before && CARGO_TARGET_DIR=/tmp/before-target cargo build --release -p ratelimit-load --bin peer-workload)
+# (a revision whose peer-workload has no `--algorithm` can only run the fixed window: pass
+# `--only fixed_window`).
+#
+# Each run is `peer-workload --keys 1 --callers 50 --duration 5s --algorithm A` (a window of
+# 1,000,000 a minute: every call allowed and written), Redis flushed before each; then the
+# exactness check (200 calls at a limit of 100, exactly 100 must pass). Prints decisions/s of
+# both builds, their ratio and its median, what this build's run printed about its batches and
+# the Redis microseconds a decision of each (`INFO commandstats`; a revision that does not
+# print them shows `?`).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+args=("$@")
+before_bin=""
+rounds=3
+algorithms=(fixed_window sliding_window token_bucket)
+while [ $# -gt 0 ]; do
+  case $1 in
+    --before-bin) before_bin=$2; shift 2 ;;
+    --only) algorithms=("$2"); shift 2 ;;
+    *) rounds=$1; shift ;;
+  esac
+done
+if [ -z "$before_bin" ] || [ ! -x "$before_bin/peer-workload" ]; then
+  echo "hot-key: --before-bin DIR with a peer-workload in it is required" >&2; exit 2
+fi
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "rounds must be a positive integer, not '$rounds'" >&2; exit 2; }
+bin=${CARGO_TARGET_DIR:-target}/release
+
+if [ -z "${THROWAWAY_REDIS_PORT:-}" ]; then
+  command -v redis-cli >/dev/null || { echo "hot-key: redis-cli is missing" >&2; exit 1; }
+  cargo build --release -q -p ratelimit-load --bin with-redis --bin peer-workload
+  exec "$bin/with-redis" scripts/hot-key.sh "${args[@]}"
+fi
+
+run() { # DIR ALGORITHM: prints the JSON line; this build's notes go to $notes
+  redis-cli -p "$THROWAWAY_REDIS_PORT" flushall >/dev/null
+  "$1/peer-workload" --redis-url "$THROWAWAY_REDIS_URL" --keys 1 --callers 50 --duration 5s \
+    --algorithm "$2" 2>"$notes"
+}
+rate() { sed -E 's/.*"decisions_per_sec":([0-9.]+).*/\1/' <<<"$1"; }
+exact() { sed -E 's/.*"exact_pass":([0-9]+).*/\1/' <<<"$1"; }
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+notes=$(mktemp)
+trap 'rm -f "$notes"' EXIT
+echo "# $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), Redis $(redis-server --version | cut -d' ' -f3 | cut -d= -f2); one key, 50 callers, 5 s a run"
+status=0
+for algorithm in "${algorithms[@]}"; do
+  ratios=()
+  for round in $(seq "$rounds"); do
+    now_line=$(run "$bin" "$algorithm")
+    now_notes=$(grep -oE '[0-9]+ batches decided.*' "$notes" || true)
+    before_line=$(run "$before_bin" "$algorithm")
+    before_usec=$(grep -oE 'Redis spent [0-9.]+' "$notes" | grep -oE '[0-9.]+$' || echo "?")
+    ratio=$(awk -v a="$(rate "$now_line")" -v b="$(rate "$before_line")" 'BEGIN { printf "%.2f", a / b }')
+    ratios+=("$ratio")
+    printf '%-15s round %s: this build %8.0f/s, before %8.0f/s, %sx; exact %s and %s; %s (before: %s µs)\n' \
+      "$algorithm" "$round" "$(rate "$now_line")" "$(rate "$before_line")" "$ratio" \
+      "$(exact "$now_line")" "$(exact "$before_line")" "$now_notes" "$before_usec"
+    if [ "$(exact "$now_line")" != 100 ]; then
+      echo "hot-key: this build let $(exact "$now_line") of 200 calls pass, not 100" >&2
+      status=1
+    fi
+  done
+  echo "$algorithm: median this build / before over $rounds rounds: $(median "${ratios[@]}")x"
+done
+exit "$status"
