@@ -20,10 +20,11 @@ use ratelimit_core::{Algorithm, Config, Identity, KeyBuilder, Policy, RateLimite
 use ratelimit_core::{Source, Window};
 use ratelimit_tests::{RedisServer, shared_standalone};
 
-const ALGORITHMS: [Algorithm; 3] = [
+const ALGORITHMS: [Algorithm; 4] = [
     Algorithm::SlidingWindow,
     Algorithm::TokenBucket,
     Algorithm::FixedWindow,
+    Algorithm::SlidingCounter,
 ];
 
 fn policy(rng: &mut StdRng, name: &str, algorithm: Algorithm) -> Policy {
@@ -92,7 +93,7 @@ async fn a_batch_decides_as_its_calls_would_one_after_another() {
                 )
                 .await
                 .expect("the batch script runs")
-                .expect("a one-window policy of these algorithms has a batch script");
+                .expect("a one-window policy has a batch script");
                 let mut last_ttl = 0;
                 for (i, &(cost, nonce)) in calls.iter().enumerate() {
                     let single = scripts::evaluate_at(
@@ -235,7 +236,7 @@ async fn admitted(limiter: &RateLimiter, n: usize, key: &str) -> usize {
     admitted
 }
 
-/// 1000 concurrent callers on one key, the default algorithm and each batch algorithm: the
+/// 1000 concurrent callers on one key, with the default algorithm and each of the others: the
 /// calls are coalesced, and exactly the limit passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_on_one_key_is_coalesced_and_exact() {

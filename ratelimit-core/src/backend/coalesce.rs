@@ -2,9 +2,9 @@
 //!
 //! A hot key's concurrent calls queue on the same lane (`batch.rs`) and would go out as as many
 //! script calls, each paying Redis for the clock, the read and the write of the same state.
-//! When a pipeline holds two or more calls of a single-window sliding log, token bucket or fixed
-//! window on the same key, with the same operation and window, they are sent as one call of the
-//! algorithm's batch script (`lua/batch/`), which reads the state once, decides the calls in
+//! When a pipeline holds two or more calls of a one-window policy (any algorithm) on the same
+//! key, with the same operation and window, they are sent as one call of the algorithm's batch
+//! script (`lua/batch/`), which reads the state once, decides the calls in
 //! arrival order exactly as one call after another at the same instant would, writes once and
 //! answers each call. The answers are reshaped into the single scripts' reply, so a caller
 //! cannot tell which way its call went.
@@ -13,8 +13,8 @@
 //! only the calls of the sliding logs, batches included, whose permits are members of each
 //! call's own added with `NX`: sent twice, they take nothing twice. The counters recognize only
 //! the last writer's nonce, so their calls, alone or in a batch, are never sent again (their
-//! callers get the error, and the fallback decides). Policies of several windows and the sliding
-//! counter are sent one call each, as are calls on a cluster.
+//! callers get the error, and the fallback decides). Policies of several windows are sent one
+//! call each, as are calls on a cluster.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -41,6 +41,8 @@ pub const SLIDING_WINDOW_BATCH: &str = assemble_batch!("clock.lua", "sliding_win
 pub const TOKEN_BUCKET_BATCH: &str = assemble_batch!("clock.lua", "token_bucket.lua");
 /// Source of the fixed window's batch script (one window).
 pub const FIXED_WINDOW_BATCH: &str = assemble_batch!("clock.lua", "fixed_window.lua");
+/// Source of the sliding counter's batch script (one window).
+pub const SLIDING_COUNTER_BATCH: &str = assemble_batch!("clock.lua", "sliding_counter.lua");
 
 /// A single script and the batch script that decides several of its calls on one key.
 struct Twin {
@@ -49,7 +51,7 @@ struct Twin {
     batch: redis::Script,
 }
 
-static TWINS: LazyLock<[Twin; 3]> = LazyLock::new(|| {
+static TWINS: LazyLock<[Twin; 4]> = LazyLock::new(|| {
     let twin = |single: &str, source: &'static str| Twin {
         single: redis::Script::new(single).get_hash().to_owned(),
         source,
@@ -59,13 +61,14 @@ static TWINS: LazyLock<[Twin; 3]> = LazyLock::new(|| {
         twin(scripts::SLIDING_WINDOW, SLIDING_WINDOW_BATCH),
         twin(scripts::TOKEN_BUCKET, TOKEN_BUCKET_BATCH),
         twin(scripts::FIXED_WINDOW, FIXED_WINDOW_BATCH),
+        twin(scripts::SLIDING_COUNTER, SLIDING_COUNTER_BATCH),
     ]
 });
 
 /// Every batch script, for preloading (`SCRIPT LOAD`).
-pub fn all() -> [&'static redis::Script; 3] {
-    let [a, b, c] = &*TWINS;
-    [&a.batch, &b.batch, &c.batch]
+pub fn all() -> [&'static redis::Script; 4] {
+    let [a, b, c, d] = &*TWINS;
+    [&a.batch, &b.batch, &c.batch, &d.batch]
 }
 
 /// Hashes of the scripts whose calls can be sent again after their reply was lost: the sliding
@@ -316,12 +319,12 @@ pub(super) fn load(script: &redis::Script) -> redis::Cmd {
 }
 
 #[cfg(any(test, feature = "test-util"))]
-/// Runs the batch script of `policy` (one window; a sliding log, token bucket or fixed window)
+/// Runs the batch script of `policy` (one window)
 /// with its clock set to `now_us`, for the calls `calls` (cost and nonce of each, in arrival
 /// order) on `identity`'s key under `keys`, and returns what it decided for each call as
 /// [`scripts::evaluate_at`] does for one (`expires_at_us` is the key's, the same for every
 /// call). Like it, it leaves the key without a TTL. For tests that hold a batch to the single
-/// script called once for each of its calls; `None` for a policy that has no batch script.
+/// script called once for each of its calls; `None` for a policy of several windows.
 ///
 /// ```no_run
 /// # async fn demo(connection: &mut redis::aio::MultiplexedConnection) -> Result<(), ratelimit_core::Error> {
@@ -333,7 +336,7 @@ pub(super) fn load(script: &redis::Script) -> redis::Cmd {
 /// let calls = [(1, "a"), (1, "b")];
 /// let decided = batches::evaluate_batch_at(connection, &keys, &policy, Identity::new(b"k"), &calls, true, at)
 ///     .await?
-///     .expect("a one-window sliding log has a batch script");
+///     .expect("a one-window policy has a batch script");
 /// assert!(decided[0].allowed && !decided[1].allowed);
 /// # Ok(()) }
 /// ```
@@ -366,7 +369,11 @@ pub async fn evaluate_batch_at<C: redis::aio::ConnectionLike>(
             "fixed_window.lua",
             "clock_argument_end.lua"
         ),
-        Algorithm::SlidingCounter => return Ok(None),
+        Algorithm::SlidingCounter => assemble_batch!(
+            "clock_argument.lua",
+            "sliding_counter.lua",
+            "clock_argument_end.lua"
+        ),
     };
     let script = redis::Script::new(source);
     let mut invocation = script.prepare_invoke();
@@ -442,7 +449,8 @@ mod tests {
     fn calls_on_one_key_become_one_batch_in_arrival_order() {
         let log = redis::Script::new(scripts::SLIDING_WINDOW);
         let log = log.get_hash();
-        let counter = redis::Script::new(scripts::SLIDING_COUNTER);
+        // A script without a batch twin (the multi-window log's, here with one window).
+        let other = redis::Script::new(scripts::MULTI_WINDOW);
         let one = [(10, 60_000_000)];
         let two = [(10, 60_000_000), (100, 3_600_000_000)];
         let calls = vec![
@@ -451,8 +459,8 @@ mod tests {
             call(log, "a", "allow", 2, "n3", &one),
             call(log, "a", "peek", 1, "n4", &one),
             call(log, "a", "allow", 1, "n5", &one),
-            call(counter.get_hash(), "c", "allow", 1, "n6", &one),
-            call(counter.get_hash(), "c", "allow", 1, "n7", &one),
+            call(other.get_hash(), "c", "allow", 1, "n6", &one),
+            call(other.get_hash(), "c", "allow", 1, "n7", &one),
             call(log, "d", "allow", 1, "n8", &two),
             call(log, "d", "allow", 1, "n9", &two),
             call(log, "b", "allow", 1, "n10", &one),
@@ -556,6 +564,7 @@ mod tests {
             (scripts::SLIDING_COUNTER, false),
             (TOKEN_BUCKET_BATCH, false),
             (FIXED_WINDOW_BATCH, false),
+            (SLIDING_COUNTER_BATCH, false),
         ] {
             let sent = call(&hash(source), "k", "allow", 1, "n", &one);
             assert_eq!(super::resendable(&sent), resendable, "{}", &source[..80]);
