@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One hot key on Redis: 50 concurrent callers on a single key, this build against another, on
 # the same throwaway Redis, interleaved, for the algorithms that decide a pipeline's calls on
-# one key in one script call (fixed window, sliding log, token bucket).
+# one key in one script call (every algorithm, one window).
 #
 #   scripts/hot-key.sh --before-bin DIR [rounds, default 3]
 #
@@ -23,7 +23,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 args=("$@")
 before_bin=""
 rounds=3
-algorithms=(fixed_window sliding_window token_bucket)
+algorithms=(fixed_window sliding_window token_bucket sliding_counter)
 while [ $# -gt 0 ]; do
   case $1 in
     --before-bin) before_bin=$2; shift 2 ;;
