@@ -178,9 +178,14 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     redis_latency: LatencyFamily,
+    /// The series of `redis_latency` for allow, peek and reset, looked up once: a decision
+    /// observes its round trip without a look-up in the family.
+    latency_of: [Histogram; 3],
     cache_hits: Counter,
     fallback_events: Family<ModeLabels, Counter>,
     circuit_state: Family<StateLabels, Gauge>,
+    /// The series of `circuit_state` for closed, open and half-open, looked up once.
+    state_of: [Gauge; 3],
     redis_errors: Family<ErrorLabels, Counter>,
     config_reloads: Family<ReloadLabels, Counter>,
     invariants: Family<InvariantLabels, Gauge>,
@@ -198,12 +203,23 @@ impl Default for Metrics {
 impl Metrics {
     /// Fresh families, registered nowhere yet.
     pub fn new() -> Self {
+        let redis_latency: LatencyFamily = Family::new_with_constructor(latency_histogram);
+        let latency_of = [Operation::allow, Operation::peek, Operation::reset].map(|operation| {
+            redis_latency
+                .get_or_create(&OperationLabels { operation })
+                .clone()
+        });
+        let circuit_state = Family::<StateLabels, Gauge>::default();
+        let state_of = [StateValue::closed, StateValue::open, StateValue::half_open]
+            .map(|state| circuit_state.get_or_create(&StateLabels { state }).clone());
         let metrics = Self {
             requests: Family::default(),
-            redis_latency: Family::new_with_constructor(latency_histogram),
+            redis_latency,
+            latency_of,
             cache_hits: Counter::default(),
             fallback_events: Family::default(),
-            circuit_state: Family::default(),
+            circuit_state,
+            state_of,
             redis_errors: Family::default(),
             config_reloads: Family::default(),
             invariants: Family::default(),
@@ -214,14 +230,8 @@ impl Metrics {
         metrics.set_circuit_state(BreakerState::Closed);
         metrics.hot_keys(0, std::iter::empty());
         // Every series whose labels are known in advance exists from the start, at zero:
-        // `rate()` and dashboards need a series before its first event.
-        for operation in [Operation::allow, Operation::peek, Operation::reset] {
-            drop(
-                metrics
-                    .redis_latency
-                    .get_or_create(&OperationLabels { operation }),
-            );
-        }
+        // `rate()` and dashboards need a series before its first event (the latencies' and
+        // the circuit states' were made above).
         for mode in [ModeValue::open, ModeValue::closed, ModeValue::local] {
             drop(metrics.fallback_events.get_or_create(&ModeLabels { mode }));
         }
@@ -361,9 +371,7 @@ impl Metrics {
     }
 
     pub(crate) fn redis_latency(&self, operation: Operation, latency: Duration) {
-        self.redis_latency
-            .get_or_create(&OperationLabels { operation })
-            .observe(latency.as_secs_f64());
+        self.latency_of[operation as usize].observe(latency.as_secs_f64());
     }
 
     pub(crate) fn cache_hit(&self) {
@@ -382,15 +390,10 @@ impl Metrics {
     }
 
     pub(crate) fn set_circuit_state(&self, state: BreakerState) {
-        for (value, current) in [
-            (StateValue::closed, state == BreakerState::Closed),
-            (StateValue::open, state == BreakerState::Open),
-            (StateValue::half_open, state == BreakerState::HalfOpen),
-        ] {
-            self.circuit_state
-                .get_or_create(&StateLabels { state: value })
-                .set(i64::from(current));
-        }
+        let [closed, open, half_open] = &self.state_of;
+        closed.set(i64::from(state == BreakerState::Closed));
+        open.set(i64::from(state == BreakerState::Open));
+        half_open.set(i64::from(state == BreakerState::HalfOpen));
     }
 
     pub(crate) fn redis_error(&self, kind: ErrorKind) {

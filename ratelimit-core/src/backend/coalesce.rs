@@ -465,6 +465,11 @@ mod tests {
             call(log, "d", "allow", 1, "n9", &two),
             call(log, "b", "allow", 1, "n10", &one),
             call(log, "a", "allow", 1, "n11", &one),
+            // A reload between two calls: the same key under another window starts a batch
+            // of its own, and the calls after it cannot join the one before.
+            call(log, "b", "allow", 1, "n12", &[(20, 60_000_000)]),
+            call(log, "b", "allow", 1, "n13", &[(20, 60_000_000)]),
+            call(log, "b", "allow", 1, "n14", &one),
         ];
         let plan = plan(calls);
         let parts: Vec<String> = plan
@@ -485,9 +490,11 @@ mod tests {
                 "5",
                 "6",
                 "7",
-                "8"
+                "8",
+                "[11, 12]/20",
+                "13"
             ],
-            "the peek at 3 closes a's first batch: 4 opens the next"
+            "the peek at 3 closes a's first batch: 4 opens the next; 11 opens b's next"
         );
         let sent: Vec<Vec<String>> = plan.calls.cmd_iter().map(args).collect();
         let batch = TWINS[0].batch.get_hash();
