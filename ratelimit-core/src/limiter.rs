@@ -88,8 +88,8 @@ pub struct LimiterStats {
     pub pipelines: u64,
     /// Script calls those pipelines carried: `pipelined_calls / pipelines` is their average size.
     pub pipelined_calls: u64,
-    /// Batches: calls of one pipeline on one key (a policy of one window, the same operation)
-    /// decided by one script call.
+    /// Batches: calls of one pipeline on one key (the same operation and windows; any algorithm
+    /// with one window, the sliding log with several) decided by one script call.
     pub batches: u64,
     /// Calls those batches decided: `coalesced_calls / batches` is their average size.
     pub coalesced_calls: u64,

@@ -3,7 +3,8 @@
 //! - A batch decides exactly as its calls would, one after another, at the same instant: random
 //!   sequences of batches on one key are held to the single script called once for each call
 //!   on another key (the single scripts are held to their Rust twins in `twins.rs`), at any
-//!   instant, across window edges, with costs, peeks and reloads.
+//!   instant, across window edges, with costs, peeks and reloads, for every algorithm with one
+//!   window and the sliding log with two and three.
 //! - A batch sent again after its reply was lost answers as it did and takes nothing twice.
 //! - Through the limiter: bursts on one key are coalesced, and stay exact with the default
 //!   configuration, after `SCRIPT FLUSH`, and while the server closes the connections.
@@ -27,15 +28,23 @@ const ALGORITHMS: [Algorithm; 4] = [
     Algorithm::SlidingCounter,
 ];
 
-fn policy(rng: &mut StdRng, name: &str, algorithm: Algorithm) -> Policy {
-    let limit = rng.random_range(1..=8);
-    let micros = rng.random_range(200_000..=3_000_000) + rng.random_range(0..1000);
-    Policy::new(name, [Window::new(limit, Duration::from_micros(micros))]).with_algorithm(algorithm)
+/// A policy of `windows` random windows (small limits, lengths that are not round numbers of
+/// milliseconds).
+fn policy(rng: &mut StdRng, name: &str, algorithm: Algorithm, windows: u64) -> Policy {
+    let windows: Vec<Window> = (1..=windows)
+        .map(|i| {
+            let limit = rng.random_range(1..=8) * i;
+            let micros = rng.random_range(200_000..=3_000_000) * i + rng.random_range(0..1000);
+            Window::new(limit, Duration::from_micros(micros))
+        })
+        .collect();
+    Policy::new(name, windows).with_algorithm(algorithm)
 }
 
-fn answer(verdict: &Verdict) -> (bool, u64, u64, u64) {
+fn answer(verdict: &Verdict) -> (bool, usize, u64, u64, u64) {
     (
         verdict.allowed,
+        verdict.window_index,
         verdict.remaining,
         verdict.reset_after_us,
         verdict.retry_after_us,
@@ -55,14 +64,20 @@ async fn a_batch_decides_as_its_calls_would_one_after_another() {
     let keys = KeyBuilder::new(format!("batches-{seed}:"));
     let (together, apart) = (Identity::new(b"together"), Identity::new(b"apart"));
     let (mut compared, mut denied, mut ttls) = (0, 0, 0);
-    for algorithm in ALGORITHMS {
+    // Every algorithm with one window; the sliding log with several too (the multi-window
+    // log's batch script).
+    let cases = ALGORITHMS
+        .iter()
+        .map(|&a| (a, 1))
+        .chain([(Algorithm::SlidingWindow, 2), (Algorithm::SlidingWindow, 3)]);
+    for (algorithm, windows) in cases {
         for sequence in 0..8 {
-            let name = format!("{algorithm}-{sequence}");
-            let mut policy = policy(&mut rng, &name, algorithm);
+            let name = format!("{algorithm}-{windows}-{sequence}");
+            let mut policy = policy(&mut rng, &name, algorithm, windows);
             let mut now: u64 = rng.random_range(1_600_000_000_000_000..4_000_000_000_000_000);
             for step in 0..40 {
                 if rng.random_ratio(1, 20) {
-                    policy = self::policy(&mut rng, &name, algorithm);
+                    policy = self::policy(&mut rng, &name, algorithm, windows);
                 }
                 let window = policy.windows()[0].duration().as_micros() as u64;
                 now += match rng.random_range(0..4) {
@@ -93,7 +108,7 @@ async fn a_batch_decides_as_its_calls_would_one_after_another() {
                 )
                 .await
                 .expect("the batch script runs")
-                .expect("a one-window policy has a batch script");
+                .expect("a batch script for one window, or a log's for several");
                 let mut last_ttl = 0;
                 for (i, &(cost, nonce)) in calls.iter().enumerate() {
                     let single = scripts::evaluate_at(
@@ -236,8 +251,8 @@ async fn admitted(limiter: &RateLimiter, n: usize, key: &str) -> usize {
     admitted
 }
 
-/// 1000 concurrent callers on one key, with the default algorithm and each of the others: the
-/// calls are coalesced, and exactly the limit passes.
+/// 1000 concurrent callers on one key, with the default algorithm, each of the others, and a
+/// sliding log of two windows: the calls are coalesced, and exactly the limit passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_on_one_key_is_coalesced_and_exact() {
     let server = RedisServer::start();
@@ -245,10 +260,16 @@ async fn a_burst_on_one_key_is_coalesced_and_exact() {
         None,
         Some(Algorithm::TokenBucket),
         Some(Algorithm::FixedWindow),
+        Some(Algorithm::SlidingCounter),
+        Some(Algorithm::SlidingWindow),
     ] {
         let mut policy = Policy::new("p", [Window::per_minute(100)]);
         if let Some(algorithm) = algorithm {
             policy = policy.with_algorithm(algorithm);
+        }
+        if algorithm == Some(Algorithm::SlidingWindow) {
+            // Several windows: the multi-window log, 100 a minute binding.
+            policy = Policy::new("p", [Window::per_minute(100), Window::per_hour(1000)]);
         }
         let limiter = limiter(server.url(), policy).await;
         for round in 0..3 {

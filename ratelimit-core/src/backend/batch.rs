@@ -297,15 +297,11 @@ async fn lead(
     for (reply, part) in replies.into_iter().zip(plan.parts) {
         match part {
             Part::One(index) => deliver(&mut answers, &mut own, index, reply),
-            Part::Batch {
-                script,
-                limit,
-                calls,
-            } => {
+            Part::Batch { twin, limit, calls } => {
                 lane.batches.fetch_add(1, Ordering::Relaxed);
                 lane.coalesced_calls
                     .fetch_add(calls.len() as u64, Ordering::Relaxed);
-                match reply.and_then(|r| coalesce::split(r, limit, calls.len())) {
+                match reply.and_then(|r| coalesce::split(r, twin, limit, calls.len())) {
                     Ok(replies) => {
                         for (index, reply) in calls.into_iter().zip(replies) {
                             deliver(&mut answers, &mut own, index, Ok(reply));
@@ -318,7 +314,7 @@ async fn lead(
                         if error.kind()
                             == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
                         {
-                            unknown_script = Some(script);
+                            unknown_script = Some(twin);
                         }
                         for index in calls {
                             deliver(&mut answers, &mut own, index, Err(same_kind(&error)));
@@ -328,8 +324,11 @@ async fn lead(
             }
         }
     }
-    if let Some(script) = unknown_script {
-        connection.one(&coalesce::load(script)).await?;
+    if let Some(twin) = unknown_script {
+        // For the next batches; the calls of this pipeline have their answers, the leader's
+        // own included, whatever this load does (a failed load is tried again by the next
+        // batch that finds the script missing).
+        let _ = connection.one(&coalesce::load(twin)).await;
     }
     own
 }

@@ -2,9 +2,9 @@
 //!
 //! A hot key's concurrent calls queue on the same lane (`batch.rs`) and would go out as as many
 //! script calls, each paying Redis for the clock, the read and the write of the same state.
-//! When a pipeline holds two or more calls of a one-window policy (any algorithm) on the same
-//! key, with the same operation and window, they are sent as one call of the algorithm's batch
-//! script (`lua/batch/`), which reads the state once, decides the calls in
+//! When a pipeline holds two or more calls on the same key with the same operation and windows
+//! (any algorithm with one window, the sliding log with several), they are sent as one call of
+//! the algorithm's batch script (`lua/batch/`), which reads the state once, decides the calls in
 //! arrival order exactly as one call after another at the same instant would, writes once and
 //! answers each call. The answers are reshaped into the single scripts' reply, so a caller
 //! cannot tell which way its call went.
@@ -13,8 +13,8 @@
 //! only the calls of the sliding logs, batches included, whose permits are members of each
 //! call's own added with `NX`: sent twice, they take nothing twice. The counters recognize only
 //! the last writer's nonce, so their calls, alone or in a batch, are never sent again (their
-//! callers get the error, and the fallback decides). Policies of several windows are sent one
-//! call each, as are calls on a cluster.
+//! callers get the error, and the fallback decides). The counters' policies of several windows
+//! are sent one call each, as are calls on a cluster.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -43,43 +43,61 @@ pub const TOKEN_BUCKET_BATCH: &str = assemble_batch!("clock.lua", "token_bucket.
 pub const FIXED_WINDOW_BATCH: &str = assemble_batch!("clock.lua", "fixed_window.lua");
 /// Source of the sliding counter's batch script (one window).
 pub const SLIDING_COUNTER_BATCH: &str = assemble_batch!("clock.lua", "sliding_counter.lua");
+/// Source of the sliding log's batch script for several windows: arguments of its own (the
+/// number of windows, then their limits and lengths), and the single script's whole reply a
+/// call.
+pub const MULTI_WINDOW_BATCH: &str = concat!(
+    include_str!("../../lua/prelude/clock.lua"),
+    include_str!("../../lua/batch/multi_window.lua"),
+);
 
 /// A single script and the batch script that decides several of its calls on one key.
-struct Twin {
+#[derive(Debug)]
+pub(super) struct Twin {
     single: String,
     source: &'static str,
     batch: redis::Script,
+    /// The multi-window log's: several windows, counted ahead of them in its arguments, and
+    /// the single script's whole reply a call; the others take one window and answer four
+    /// numbers a call.
+    several: bool,
 }
 
-static TWINS: LazyLock<[Twin; 4]> = LazyLock::new(|| {
+static TWINS: LazyLock<[Twin; 5]> = LazyLock::new(|| {
     let twin = |single: &str, source: &'static str| Twin {
         single: redis::Script::new(single).get_hash().to_owned(),
         source,
         batch: redis::Script::new(source),
+        several: false,
     };
     [
         twin(scripts::SLIDING_WINDOW, SLIDING_WINDOW_BATCH),
         twin(scripts::TOKEN_BUCKET, TOKEN_BUCKET_BATCH),
         twin(scripts::FIXED_WINDOW, FIXED_WINDOW_BATCH),
         twin(scripts::SLIDING_COUNTER, SLIDING_COUNTER_BATCH),
+        Twin {
+            several: true,
+            ..twin(scripts::MULTI_WINDOW, MULTI_WINDOW_BATCH)
+        },
     ]
 });
 
 /// Every batch script, for preloading (`SCRIPT LOAD`).
-pub fn all() -> [&'static redis::Script; 4] {
-    let [a, b, c, d] = &*TWINS;
-    [&a.batch, &b.batch, &c.batch, &d.batch]
+pub fn all() -> [&'static redis::Script; 5] {
+    let [a, b, c, d, e] = &*TWINS;
+    [&a.batch, &b.batch, &c.batch, &d.batch, &e.batch]
 }
 
 /// Hashes of the scripts whose calls can be sent again after their reply was lost: the sliding
 /// logs', whose permits are members of the call's own, added with `NX`. The counters (token
 /// bucket, fixed window, sliding counter) recognize only the last writer's nonce, and another
 /// call on the key may have written in between: a call of theirs is never sent again.
-static RESENDABLE: LazyLock<[String; 3]> = LazyLock::new(|| {
+static RESENDABLE: LazyLock<[String; 4]> = LazyLock::new(|| {
     [
         scripts::SLIDING_WINDOW,
         scripts::MULTI_WINDOW,
         SLIDING_WINDOW_BATCH,
+        MULTI_WINDOW_BATCH,
     ]
     .map(|source| redis::Script::new(source).get_hash().to_owned())
 });
@@ -95,25 +113,26 @@ pub(super) fn resendable(call: &redis::Cmd) -> bool {
     }
 }
 
-/// The batch script for calls of the single script whose hash is `single`, if it has one.
-fn batch_of(single: &[u8]) -> Option<&'static redis::Script> {
-    TWINS
-        .iter()
-        .find(|twin| twin.single.as_bytes() == single)
-        .map(|twin| &twin.batch)
+/// The twin of the single script whose hash is `single`, if it has one.
+fn twin_of(single: &[u8]) -> Option<&'static Twin> {
+    TWINS.iter().find(|twin| twin.single.as_bytes() == single)
 }
 
 /// What a batch needs of a call: the arguments of `EVALSHA <sha> 1 <key> <op> <cost> <nonce>
-/// <limit> <window>`, a single-window call of a script that has a batch twin.
+/// <limit1> <window1> …`, a call of a script that has a batch twin.
 struct Shape<'a> {
-    batch: &'static redis::Script,
+    call: &'a redis::Cmd,
+    twin: &'static Twin,
     key: &'a [u8],
     op: &'a [u8],
     cost: &'a [u8],
     nonce: &'a [u8],
-    limit: &'a [u8],
-    window: &'a [u8],
+    /// Windows the call carries (limit and length of each, from its eighth argument).
+    windows: usize,
 }
+
+/// Where a call's windows start among its arguments.
+const WINDOWS_AT: usize = 7;
 
 impl<'a> Shape<'a> {
     fn of(call: &'a redis::Cmd) -> Option<Self> {
@@ -126,25 +145,48 @@ impl<'a> Shape<'a> {
         if evalsha != b"EVALSHA" || keys != b"1" {
             return None;
         }
-        let shape = Shape {
-            batch: batch_of(sha)?,
-            key: next()?,
-            op: next()?,
-            cost: next()?,
-            nonce: next()?,
-            limit: next()?,
-            window: next()?,
-        };
-        // Anything more is a policy of several windows.
-        next().is_none().then_some(shape)
+        let twin = twin_of(sha)?;
+        let (key, op, cost, nonce) = (next()?, next()?, next()?, next()?);
+        let rest = call.args_iter().len().checked_sub(WINDOWS_AT)?;
+        let windows = rest / 2;
+        // One window for the single-window scripts, several for the multi-window log's.
+        let fits = rest % 2 == 0
+            && if twin.several {
+                windows > 1
+            } else {
+                windows == 1
+            };
+        fits.then_some(Shape {
+            call,
+            twin,
+            key,
+            op,
+            cost,
+            nonce,
+            windows,
+        })
     }
 
-    /// Whether `other` can be decided in the same batch: same script, key, operation, window.
+    /// Whether `other` can be decided in the same batch: same script, key, operation, windows.
     fn joins(&self, other: &Shape<'_>) -> bool {
-        std::ptr::eq(self.batch, other.batch)
+        std::ptr::eq(self.twin, other.twin)
             && self.op == other.op
-            && self.limit == other.limit
-            && self.window == other.window
+            && self
+                .call
+                .args_iter()
+                .skip(WINDOWS_AT)
+                .eq(other.call.args_iter().skip(WINDOWS_AT))
+    }
+
+    /// The call's windows: limit and length of each, in pairs.
+    fn window_args(&self) -> impl Iterator<Item = &'a [u8]> {
+        self.call
+            .args_iter()
+            .skip(WINDOWS_AT)
+            .filter_map(|arg| match arg {
+                redis::Arg::Simple(bytes) => Some(bytes),
+                _ => None,
+            })
     }
 }
 
@@ -161,9 +203,10 @@ pub(super) struct Plan {
 pub(super) enum Part {
     /// The call at this index of the queue.
     One(usize),
-    /// The calls at these indexes, in arrival order, decided by `script` with `limit`.
+    /// The calls at these indexes, in arrival order, decided by `twin`'s batch script;
+    /// `limit` completes the short replies of a one-window batch.
     Batch {
-        script: &'static redis::Script,
+        twin: &'static Twin,
         limit: i64,
         calls: Vec<usize>,
     },
@@ -228,13 +271,9 @@ pub(super) fn plan(mut calls: Vec<redis::Cmd>) -> Plan {
                 pipeline.add_command(std::mem::take(&mut calls[index]));
                 parts.push(Part::One(index));
             }
-            Built::Batch((command, script, limit), calls) => {
+            Built::Batch((command, twin, limit), calls) => {
                 pipeline.add_command(command);
-                parts.push(Part::Batch {
-                    script,
-                    limit,
-                    calls,
-                });
+                parts.push(Part::Batch { twin, limit, calls });
             }
         }
     }
@@ -247,40 +286,53 @@ pub(super) fn plan(mut calls: Vec<redis::Cmd>) -> Plan {
 /// A part of a plan before the calls sent as they are are moved into the pipeline.
 enum Built {
     One(usize),
-    Batch((redis::Cmd, &'static redis::Script, i64), Vec<usize>),
+    Batch((redis::Cmd, &'static Twin, i64), Vec<usize>),
 }
 
-/// The batch call deciding the calls at `members` (`first` is the first's shape), its script and
-/// the limit the replies name.
+/// The batch call deciding the calls at `members` (`first` is the first's shape), its twin and
+/// the limit its short replies leave out (the first window's).
 fn batch(
     first: &Shape<'_>,
     members: &[usize],
     shapes: &[Option<Shape<'_>>],
-) -> (redis::Cmd, &'static redis::Script, i64) {
+) -> (redis::Cmd, &'static Twin, i64) {
     let mut call = redis::Cmd::with_capacity(
-        7 + 2 * members.len(),
-        80 + first.key.len() + members.len() * (first.nonce.len() + 24),
+        8 + 2 * first.windows + 2 * members.len(),
+        80 + first.key.len() + 40 * first.windows + members.len() * (first.nonce.len() + 24),
     );
     call.arg("EVALSHA")
-        .arg(first.batch.get_hash())
+        .arg(first.twin.batch.get_hash())
         .arg(1)
         .arg(first.key)
-        .arg(first.op)
-        .arg(first.limit)
-        .arg(first.window);
+        .arg(first.op);
+    if first.twin.several {
+        call.arg(first.windows);
+    }
+    for arg in first.window_args() {
+        call.arg(arg);
+    }
     for shape in members.iter().filter_map(|&i| shapes[i].as_ref()) {
         call.arg(shape.cost).arg(shape.nonce);
     }
-    let limit = std::str::from_utf8(first.limit)
-        .ok()
+    let limit = first
+        .window_args()
+        .next()
+        .and_then(|limit| std::str::from_utf8(limit).ok())
         .and_then(|limit| limit.parse().ok())
         .unwrap_or(0);
-    (call, first.batch, limit)
+    (call, first.twin, limit)
 }
 
-/// Each call's reply from a batch's `reply` (four numbers a call), in the single scripts'
-/// shape: `{allowed, 1, limit, remaining, reset_after_us, retry_after_us}`.
-pub(super) fn split(reply: Value, limit: i64, calls: usize) -> redis::RedisResult<Vec<Value>> {
+/// Each call's reply from a batch's `reply`, in the single scripts' shape: `{allowed, binding
+/// window, limit, remaining, reset_after_us, retry_after_us}`. A one-window batch answers four
+/// numbers a call (window 1, `limit`, are added here), the multi-window log's six.
+pub(super) fn split(
+    reply: Value,
+    twin: &Twin,
+    limit: i64,
+    calls: usize,
+) -> redis::RedisResult<Vec<Value>> {
+    let width = if twin.several { 6 } else { 4 };
     let malformed = |reply: &Value| {
         redis::RedisError::from((
             redis::ErrorKind::Parse,
@@ -291,30 +343,31 @@ pub(super) fn split(reply: Value, limit: i64, calls: usize) -> redis::RedisResul
     let Value::Array(numbers) = reply else {
         return Err(malformed(&reply));
     };
-    if numbers.len() != 4 * calls || numbers.iter().any(|n| !matches!(n, Value::Int(_))) {
+    if numbers.len() != width * calls || numbers.iter().any(|n| !matches!(n, Value::Int(_))) {
         return Err(malformed(&Value::Array(numbers)));
     }
     let mut numbers = numbers.into_iter();
     Ok((0..calls)
         .map(|_| {
             let mut reply = Vec::with_capacity(6);
-            reply.push(numbers.next().unwrap_or(Value::Int(0)));
-            reply.push(Value::Int(1));
-            reply.push(Value::Int(limit));
-            reply.extend(numbers.by_ref().take(3));
+            if twin.several {
+                reply.extend(numbers.by_ref().take(6));
+            } else {
+                reply.push(numbers.next().unwrap_or(Value::Int(0)));
+                reply.push(Value::Int(1));
+                reply.push(Value::Int(limit));
+                reply.extend(numbers.by_ref().take(3));
+            }
             Value::Array(reply)
         })
         .collect())
 }
 
-/// `SCRIPT LOAD` of `script`, for a batch the server did not know (a restart, `SCRIPT FLUSH`).
-pub(super) fn load(script: &redis::Script) -> redis::Cmd {
-    let source = TWINS
-        .iter()
-        .find(|twin| std::ptr::eq(&twin.batch, script))
-        .map_or("", |twin| twin.source);
+/// `SCRIPT LOAD` of `twin`'s batch script, for a server that did not know it (a restart,
+/// `SCRIPT FLUSH`).
+pub(super) fn load(twin: &Twin) -> redis::Cmd {
     let mut load = redis::cmd("SCRIPT");
-    load.arg("LOAD").arg(source);
+    load.arg("LOAD").arg(twin.source);
     load
 }
 
@@ -324,7 +377,8 @@ pub(super) fn load(script: &redis::Script) -> redis::Cmd {
 /// order) on `identity`'s key under `keys`, and returns what it decided for each call as
 /// [`scripts::evaluate_at`] does for one (`expires_at_us` is the key's, the same for every
 /// call). Like it, it leaves the key without a TTL. For tests that hold a batch to the single
-/// script called once for each of its calls; `None` for a policy of several windows.
+/// script called once for each of its calls; `None` for a policy of several windows of an
+/// algorithm other than the sliding log.
 ///
 /// ```no_run
 /// # async fn demo(connection: &mut redis::aio::MultiplexedConnection) -> Result<(), ratelimit_core::Error> {
@@ -336,7 +390,7 @@ pub(super) fn load(script: &redis::Script) -> redis::Cmd {
 /// let calls = [(1, "a"), (1, "b")];
 /// let decided = batches::evaluate_batch_at(connection, &keys, &policy, Identity::new(b"k"), &calls, true, at)
 ///     .await?
-///     .expect("a one-window policy has a batch script");
+///     .expect("a sliding log has a batch script");
 /// assert!(decided[0].allowed && !decided[1].allowed);
 /// # Ok(()) }
 /// ```
@@ -350,10 +404,15 @@ pub async fn evaluate_batch_at<C: redis::aio::ConnectionLike>(
     now_us: u64,
 ) -> Result<Option<Vec<crate::algorithm::Verdict>>, crate::error::Error> {
     use crate::policy::Algorithm;
-    let [window] = policy.windows() else {
-        return Ok(None);
-    };
+    let windows = policy.windows();
+    let several = windows.len() > 1;
     let source = match policy.algorithm() {
+        Algorithm::SlidingWindow if several => concat!(
+            include_str!("../../lua/prelude/clock_argument.lua"),
+            include_str!("../../lua/batch/multi_window.lua"),
+            include_str!("../../lua/prelude/clock_argument_end.lua"),
+        ),
+        _ if several => return Ok(None),
         Algorithm::SlidingWindow => assemble_batch!(
             "clock_argument.lua",
             "sliding_window.lua",
@@ -380,35 +439,46 @@ pub async fn evaluate_batch_at<C: redis::aio::ConnectionLike>(
     for key in keys.keys(policy, identity) {
         invocation.key(key);
     }
-    invocation
-        .arg(if consume { "allow" } else { "peek" })
-        .arg(window.max_requests())
-        .arg(window.micros());
+    invocation.arg(if consume { "allow" } else { "peek" });
+    if several {
+        invocation.arg(windows.len());
+    }
+    for window in windows {
+        invocation.arg(window.max_requests()).arg(window.micros());
+    }
     for (cost, nonce) in calls {
         invocation.arg(cost).arg(nonce);
     }
     invocation.arg(now_us);
     let reply: Vec<i64> = invocation.invoke_async(connection).await?;
-    let (decisions, ttls) = reply.split_at(reply.len().min(4 * calls.len()));
+    let width = if several { 6 } else { 4 };
+    let (decisions, ttls) = reply.split_at(reply.len().min(width * calls.len()));
     let expires_at_us = ttls
         .iter()
         .copied()
         .filter(|&t| t >= 0)
         .max()
         .map_or(0, |ms| now_us + u64::try_from(ms).unwrap_or(0) * 1000);
-    let non_negative = |v: i64| u64::try_from(v).unwrap_or(0);
     decisions
-        .chunks(4)
-        .map(|answer| match answer {
-            [allowed, remaining, reset_after, retry_after] => Ok(crate::algorithm::Verdict {
-                allowed: *allowed == 1,
-                window_index: 0,
-                remaining: non_negative(*remaining),
-                reset_after_us: non_negative(*reset_after),
-                retry_after_us: non_negative(*retry_after),
+        .chunks(width)
+        .map(|answer| {
+            // A one-window batch leaves out the window (the first) and its limit.
+            let whole = match *answer {
+                [allowed, remaining, reset_after, retry_after] => {
+                    [allowed, 1, 0, remaining, reset_after, retry_after]
+                }
+                [a, b, c, d, e, f] => [a, b, c, d, e, f],
+                _ => return Err(crate::error::Error::UnexpectedReply(format!("{answer:?}"))),
+            };
+            let outcome = scripts::outcome(&whole)?;
+            Ok(crate::algorithm::Verdict {
+                allowed: outcome.allowed,
+                window_index: outcome.window_index,
+                remaining: outcome.remaining,
+                reset_after_us: outcome.reset_after_us,
+                retry_after_us: outcome.retry_after_us,
                 expires_at_us,
-            }),
-            other => Err(crate::error::Error::UnexpectedReply(format!("{other:?}"))),
+            })
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
@@ -449,7 +519,7 @@ mod tests {
     fn calls_on_one_key_become_one_batch_in_arrival_order() {
         let log = redis::Script::new(scripts::SLIDING_WINDOW);
         let log = log.get_hash();
-        // A script without a batch twin (the multi-window log's, here with one window).
+        // The multi-window log's script: with one window (never sent so), it has no batch.
         let other = redis::Script::new(scripts::MULTI_WINDOW);
         let one = [(10, 60_000_000)];
         let two = [(10, 60_000_000), (100, 3_600_000_000)];
@@ -461,8 +531,8 @@ mod tests {
             call(log, "a", "allow", 1, "n5", &one),
             call(other.get_hash(), "c", "allow", 1, "n6", &one),
             call(other.get_hash(), "c", "allow", 1, "n7", &one),
-            call(log, "d", "allow", 1, "n8", &two),
-            call(log, "d", "allow", 1, "n9", &two),
+            call(other.get_hash(), "d", "allow", 1, "n8", &two),
+            call(other.get_hash(), "d", "allow", 1, "n9", &two),
             call(log, "b", "allow", 1, "n10", &one),
             call(log, "a", "allow", 1, "n11", &one),
             // A reload between two calls: the same key under another window starts a batch
@@ -489,8 +559,7 @@ mod tests {
                 "[4, 10]/10",
                 "5",
                 "6",
-                "7",
-                "8",
+                "[7, 8]/10",
                 "[11, 12]/20",
                 "13"
             ],
@@ -515,6 +584,26 @@ mod tests {
                 "EVALSHA", batch, "1", "a", "allow", "10", "60000000", "1", "n5", "1", "n11"
             ]
         );
+        // Several windows: counted ahead of them.
+        assert_eq!(
+            sent[6],
+            [
+                "EVALSHA",
+                TWINS[4].batch.get_hash(),
+                "1",
+                "d",
+                "allow",
+                "2",
+                "10",
+                "60000000",
+                "100",
+                "3600000000",
+                "1",
+                "n8",
+                "1",
+                "n9"
+            ]
+        );
         assert_eq!(sent.len(), plan.parts.len());
     }
 
@@ -533,8 +622,9 @@ mod tests {
 
     #[test]
     fn a_batch_reply_is_split_into_single_replies() {
+        let [one_window, .., several] = &*TWINS;
         let reply = Value::Array([1, 9, 5, 0, 0, 0, 5, 7].map(Value::Int).to_vec());
-        let replies = split(reply, 10, 2).expect("two answers");
+        let replies = split(reply, one_window, 10, 2).expect("two answers");
         let outcomes: Vec<_> = replies
             .iter()
             .map(|r| scripts::outcome_of(r).expect("a single reply"))
@@ -552,8 +642,25 @@ mod tests {
                 Value::Int(1),
             ]),
         ] {
-            assert!(split(wrong, 10, 1).is_err());
+            assert!(split(wrong, one_window, 10, 1).is_err());
         }
+        // The multi-window log answers the single script's whole reply a call.
+        let reply = Value::Array(
+            [0, 2, 100, 0, 9, 8, 1, 1, 10, 3, 4, 0]
+                .map(Value::Int)
+                .to_vec(),
+        );
+        let replies = split(reply, several, 0, 2).expect("two answers");
+        let denied = scripts::outcome_of(&replies[0]).expect("a single reply");
+        assert_eq!((denied.allowed, denied.window_index), (false, 1));
+        assert_eq!(denied.retry_after_us, 8);
+        assert!(
+            scripts::outcome_of(&replies[1])
+                .expect("a single reply")
+                .allowed
+        );
+        let short = Value::Array([1, 9, 5, 0].map(Value::Int).to_vec());
+        assert!(split(short, several, 0, 1).is_err());
     }
 
     /// Only the sliding logs' calls are sent again after a lost reply: a counter would count a
@@ -566,6 +673,7 @@ mod tests {
             (scripts::SLIDING_WINDOW, true),
             (scripts::MULTI_WINDOW, true),
             (SLIDING_WINDOW_BATCH, true),
+            (MULTI_WINDOW_BATCH, true),
             (scripts::TOKEN_BUCKET, false),
             (scripts::FIXED_WINDOW, false),
             (scripts::SLIDING_COUNTER, false),
@@ -581,10 +689,14 @@ mod tests {
 
     #[test]
     fn every_batch_script_is_loaded_by_its_own_source() {
-        for script in all() {
-            let load = load(script);
+        for twin in TWINS.iter() {
+            let load = load(twin);
             let source = args(&load).pop().expect("the source");
-            assert_eq!(redis::Script::new(&source).get_hash(), script.get_hash());
+            assert_eq!(
+                redis::Script::new(&source).get_hash(),
+                twin.batch.get_hash()
+            );
         }
+        assert_eq!(all().len(), TWINS.len());
     }
 }
