@@ -3,13 +3,13 @@
 # the same throwaway Redis, interleaved, for the algorithms that decide a pipeline's calls on
 # one key in one script call (every algorithm, one window).
 #
-#   scripts/hot-key.sh --before-bin DIR [rounds, default 3]
+#   scripts/hot-key.sh --before-bin DIR [--only ALGORITHM] [--windows 2] [rounds, default 3]
 #
 # DIR holds `peer-workload` built from another revision, for example
 #   git worktree add --detach /tmp/before REV
 #   (cd /tmp/before && CARGO_TARGET_DIR=/tmp/before-target cargo build --release -p ratelimit-load --bin peer-workload)
-# (a revision whose peer-workload has no `--algorithm` can only run the fixed window: pass
-# `--only fixed_window`).
+# (its peer-workload needs `--algorithm` and `--windows`). `--windows 2` adds a window of
+# 1,000,000 an hour (for the sliding log, the multi-window log).
 #
 # Each run is `peer-workload --keys 1 --callers 50 --duration 5s --algorithm A` (a window of
 # 1,000,000 a minute: every call allowed and written), Redis flushed before each; then the
@@ -23,11 +23,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 args=("$@")
 before_bin=""
 rounds=3
+windows=1
 algorithms=(fixed_window sliding_window token_bucket sliding_counter)
 while [ $# -gt 0 ]; do
   case $1 in
     --before-bin) before_bin=$2; shift 2 ;;
     --only) algorithms=("$2"); shift 2 ;;
+    --windows) windows=$2; shift 2 ;;
     *) rounds=$1; shift ;;
   esac
 done
@@ -46,7 +48,7 @@ fi
 run() { # DIR ALGORITHM: prints the JSON line; this build's notes go to $notes
   redis-cli -p "$THROWAWAY_REDIS_PORT" flushall >/dev/null
   "$1/peer-workload" --redis-url "$THROWAWAY_REDIS_URL" --keys 1 --callers 50 --duration 5s \
-    --algorithm "$2" 2>"$notes"
+    --algorithm "$2" --windows "$windows" 2>"$notes"
 }
 rate() { sed -E 's/.*"decisions_per_sec":([0-9.]+).*/\1/' <<<"$1"; }
 exact() { sed -E 's/.*"exact_pass":([0-9]+).*/\1/' <<<"$1"; }
@@ -56,7 +58,7 @@ median() {
 
 notes=$(mktemp)
 trap 'rm -f "$notes"' EXIT
-echo "# $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), Redis $(redis-server --version | cut -d' ' -f3 | cut -d= -f2); one key, 50 callers, 5 s a run"
+echo "# $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), Redis $(redis-server --version | cut -d' ' -f3 | cut -d= -f2); one key, 50 callers, 5 s a run, $windows window(s)"
 status=0
 for algorithm in "${algorithms[@]}"; do
   ratios=()

@@ -5,7 +5,8 @@
 //!   from one shared counter, for `--duration`; a fixed window of 1,000,000 per 60 s on Redis,
 //!   the default configuration otherwise (no local cache, `local` fallback). The figure is
 //!   completed calls over the time until the last caller finished. `--keys 1` measures one hot
-//!   key, `--algorithm` another algorithm than the peer's fixed window.
+//!   key, `--algorithm` another algorithm than the peer's fixed window, `--windows 2` a second,
+//!   hourly window.
 //! - **Exactness**: 200 concurrent calls on one fresh key, fixed window of 100 per 60 s; how
 //!   many were allowed (exactly 100 is right).
 //!
@@ -32,6 +33,8 @@ type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The throughput run's window: large enough that every call is allowed and writes.
 const THROUGHPUT_WINDOW: Window = Window::new(1_000_000, Duration::from_secs(60));
+/// Its second window with `--windows 2` (a sliding log holds at most 1,000,000 entries).
+const SECOND_THROUGHPUT_WINDOW: Window = Window::new(1_000_000, Duration::from_secs(3600));
 /// The exactness check's window, and how many call at once.
 const EXACT_WINDOW: Window = Window::new(100, Duration::from_secs(60));
 const EXACT_CALLS: usize = 200;
@@ -63,6 +66,10 @@ struct Args {
     /// sliding_window, token_bucket or sliding_counter
     #[arg(long, value_name = "NAME", default_value = "fixed_window", value_parser = algorithm)]
     algorithm: Algorithm,
+    /// The throughput run's windows: 1 (1,000,000 a minute), or 2 (and 1,000,000 an hour; a
+    /// sliding log of two windows is the multi-window log)
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    windows: u8,
 }
 
 /// An algorithm by its configuration name.
@@ -114,13 +121,11 @@ async fn main() -> Result<(), AnyError> {
     let redis = MeasuredRedis::start(args.redis_url).await?;
     let url = redis.url();
 
-    let limiter = RateLimiter::new(one_window(
-        THROUGHPUT_WINDOW,
-        args.algorithm,
-        url,
-        args.pool_size,
-    ))
-    .await?;
+    let mut windows = vec![THROUGHPUT_WINDOW];
+    if args.windows == 2 {
+        windows.push(SECOND_THROUGHPUT_WINDOW);
+    }
+    let limiter = RateLimiter::new(config(windows, args.algorithm, url, args.pool_size)).await?;
     let before = evalsha_usec(url).await?;
     let run = throughput(&limiter, args.callers, args.keys, args.duration).await?;
     let redis_usec = evalsha_usec(url).await?.saturating_sub(before);
@@ -164,13 +169,13 @@ async fn evalsha_usec(url: &str) -> Result<u64, AnyError> {
     Ok(stats.get("evalsha").map_or(0, |s| s.usec))
 }
 
-/// One window of `algorithm` on the Redis at `url`, the default configuration otherwise.
-fn one_window(window: Window, algorithm: Algorithm, url: &str, pool_size: Option<u32>) -> Config {
+/// `windows` of `algorithm` on the Redis at `url`, the default configuration otherwise.
+fn config(windows: Vec<Window>, algorithm: Algorithm, url: &str, pool_size: Option<u32>) -> Config {
     let mut redis = RedisConfig::new([url]);
     if let Some(size) = pool_size {
         redis = redis.with_pool_size(size as usize);
     }
-    Config::with_policy(Policy::new("peer", [window]).with_algorithm(algorithm))
+    Config::with_policy(Policy::new("peer", windows).with_algorithm(algorithm))
         .with_redis_config(redis)
 }
 
@@ -220,8 +225,8 @@ async fn throughput(
 /// [`EXACT_CALLS`] concurrent calls on one fresh key: how many were allowed, and how many
 /// decisions Redis did not make.
 async fn exactness(url: &str, pool_size: Option<u32>) -> Result<(u64, NotByRedis), AnyError> {
-    let limiter = RateLimiter::new(one_window(
-        EXACT_WINDOW,
+    let limiter = RateLimiter::new(config(
+        vec![EXACT_WINDOW],
         Algorithm::FixedWindow,
         url,
         pool_size,
