@@ -31,21 +31,6 @@ for i = 1, w do
   counts[i] = redis.call('ZCOUNT', key, now - windows[i] + 1, '+inf')
 end
 
--- Adds the members of a call of `cost` permits (NX), as `multi_window.lua` does.
-local function add(nonce, cost)
-  if cost == 1 then return redis.call('ZADD', key, 'NX', now, nonce .. ':1') end
-  local added, members = 0, {'NX'}
-  for j = 1, cost do
-    members[#members + 1] = now
-    members[#members + 1] = nonce .. ':' .. j
-    if #members >= 1001 or j == cost then
-      added = added + redis.call('ZADD', key, unpack(members))
-      members = {'NX'}
-    end
-  end
-  return added
-end
-
 -- The newest entry's score (nil for an empty log), read when first needed; anything added is
 -- added now.
 local newest, read_newest = nil, false
@@ -91,7 +76,7 @@ for c = 1, calls do
   end
   local done = false
   if allowed and consume then
-    if add(nonce, cost) > 0 then
+    if add(key, nonce, cost) > 0 then
       added_any, newest, read_newest = true, now, true
       for i = 1, w do
         remaining[i], resets[i], retries[i] = limits[i] - counts[i] - cost, windows[i], 0

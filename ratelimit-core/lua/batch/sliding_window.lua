@@ -8,22 +8,6 @@ local added_any = false
 -- The newest entry's score, read when first needed; anything added is added now.
 local newest = nil
 
--- Adds the members of a call of `cost` permits (NX: none that is there already), as
--- `sliding_window.lua` does; returns how many were added.
-local function add(nonce, cost)
-  if cost == 1 then return redis.call('ZADD', key, 'NX', now, nonce .. ':1') end
-  local added, members = 0, {'NX'}
-  for j = 1, cost do
-    members[#members + 1] = now
-    members[#members + 1] = nonce .. ':' .. j
-    if #members >= 1001 or j == cost then
-      added = added + redis.call('ZADD', key, unpack(members))
-      members = {'NX'}
-    end
-  end
-  return added
-end
-
 for i = 1, calls do
   local cost, nonce = tonumber(ARGV[2 + 2 * i]), ARGV[3 + 2 * i]
   local consume = consuming and cost > 0
@@ -31,7 +15,7 @@ for i = 1, calls do
   local at = 4 * i
   local done = false
   if allowed and consume then
-    if add(nonce, cost) > 0 then
+    if add(key, nonce, cost) > 0 then
       count = count + cost
       added_any, newest = true, now
       reply[at - 3], reply[at - 2], reply[at - 1], reply[at] = 1, limit - count, window, 0

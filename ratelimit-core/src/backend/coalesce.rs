@@ -23,33 +23,53 @@ use redis::Value;
 
 use crate::scripts;
 
-/// A batch script's source: the clock prelude, the batch arguments, the algorithm's batch body.
+/// A batch script's source: the clock prelude, the preludes named, the algorithm's batch body,
+/// and the clock's postlude if it has one.
 macro_rules! assemble_batch {
-    ($clock:literal, $body:literal $(, $end:literal)?) => {
+    ($clock:literal, [$($prelude:literal),*], $body:literal $(, $end:literal)?) => {
         concat!(
             include_str!(concat!("../../lua/prelude/", $clock)),
-            include_str!("../../lua/prelude/batch_arguments.lua"),
+            $(include_str!(concat!("../../lua/prelude/", $prelude)),)*
             include_str!(concat!("../../lua/batch/", $body)),
             $(include_str!(concat!("../../lua/prelude/", $end)),)?
         )
     };
 }
 
+/// The batch script of an algorithm (`sliding_window`, `multi_window`, `token_bucket`,
+/// `fixed_window`, `sliding_counter`) with the clock prelude `$clock` (and its postlude): the
+/// one-window scripts read the batch arguments (`batch_arguments.lua`), the multi-window log its
+/// own, and the logs share how a call's members are added (`log_add.lua`).
+macro_rules! batch_source {
+    ($clock:literal, sliding_window $(, $end:literal)?) => {
+        assemble_batch!($clock, ["batch_arguments.lua", "log_add.lua"], "sliding_window.lua" $(, $end)?)
+    };
+    ($clock:literal, multi_window $(, $end:literal)?) => {
+        assemble_batch!($clock, ["log_add.lua"], "multi_window.lua" $(, $end)?)
+    };
+    ($clock:literal, token_bucket $(, $end:literal)?) => {
+        assemble_batch!($clock, ["batch_arguments.lua"], "token_bucket.lua" $(, $end)?)
+    };
+    ($clock:literal, fixed_window $(, $end:literal)?) => {
+        assemble_batch!($clock, ["batch_arguments.lua"], "fixed_window.lua" $(, $end)?)
+    };
+    ($clock:literal, sliding_counter $(, $end:literal)?) => {
+        assemble_batch!($clock, ["batch_arguments.lua"], "sliding_counter.lua" $(, $end)?)
+    };
+}
+
 /// Source of the sliding log's batch script (one window).
-pub const SLIDING_WINDOW_BATCH: &str = assemble_batch!("clock.lua", "sliding_window.lua");
+pub const SLIDING_WINDOW_BATCH: &str = batch_source!("clock.lua", sliding_window);
 /// Source of the token bucket's batch script (one window).
-pub const TOKEN_BUCKET_BATCH: &str = assemble_batch!("clock.lua", "token_bucket.lua");
+pub const TOKEN_BUCKET_BATCH: &str = batch_source!("clock.lua", token_bucket);
 /// Source of the fixed window's batch script (one window).
-pub const FIXED_WINDOW_BATCH: &str = assemble_batch!("clock.lua", "fixed_window.lua");
+pub const FIXED_WINDOW_BATCH: &str = batch_source!("clock.lua", fixed_window);
 /// Source of the sliding counter's batch script (one window).
-pub const SLIDING_COUNTER_BATCH: &str = assemble_batch!("clock.lua", "sliding_counter.lua");
+pub const SLIDING_COUNTER_BATCH: &str = batch_source!("clock.lua", sliding_counter);
 /// Source of the sliding log's batch script for several windows: arguments of its own (the
 /// number of windows, then their limits and lengths), and the single script's whole reply a
 /// call.
-pub const MULTI_WINDOW_BATCH: &str = concat!(
-    include_str!("../../lua/prelude/clock.lua"),
-    include_str!("../../lua/batch/multi_window.lua"),
-);
+pub const MULTI_WINDOW_BATCH: &str = batch_source!("clock.lua", multi_window);
 
 /// A single script and the batch script that decides several of its calls on one key.
 #[derive(Debug)]
@@ -407,32 +427,30 @@ pub async fn evaluate_batch_at<C: redis::aio::ConnectionLike>(
     let windows = policy.windows();
     let several = windows.len() > 1;
     let source = match policy.algorithm() {
-        Algorithm::SlidingWindow if several => concat!(
-            include_str!("../../lua/prelude/clock_argument.lua"),
-            include_str!("../../lua/batch/multi_window.lua"),
-            include_str!("../../lua/prelude/clock_argument_end.lua"),
-        ),
+        Algorithm::SlidingWindow if several => {
+            batch_source!("clock_argument.lua", multi_window, "clock_argument_end.lua")
+        }
         _ if several => return Ok(None),
-        Algorithm::SlidingWindow => assemble_batch!(
-            "clock_argument.lua",
-            "sliding_window.lua",
-            "clock_argument_end.lua"
-        ),
-        Algorithm::TokenBucket => assemble_batch!(
-            "clock_argument.lua",
-            "token_bucket.lua",
-            "clock_argument_end.lua"
-        ),
-        Algorithm::FixedWindow => assemble_batch!(
-            "clock_argument.lua",
-            "fixed_window.lua",
-            "clock_argument_end.lua"
-        ),
-        Algorithm::SlidingCounter => assemble_batch!(
-            "clock_argument.lua",
-            "sliding_counter.lua",
-            "clock_argument_end.lua"
-        ),
+        Algorithm::SlidingWindow => {
+            batch_source!(
+                "clock_argument.lua",
+                sliding_window,
+                "clock_argument_end.lua"
+            )
+        }
+        Algorithm::TokenBucket => {
+            batch_source!("clock_argument.lua", token_bucket, "clock_argument_end.lua")
+        }
+        Algorithm::FixedWindow => {
+            batch_source!("clock_argument.lua", fixed_window, "clock_argument_end.lua")
+        }
+        Algorithm::SlidingCounter => {
+            batch_source!(
+                "clock_argument.lua",
+                sliding_counter,
+                "clock_argument_end.lua"
+            )
+        }
     };
     let script = redis::Script::new(source);
     let mut invocation = script.prepare_invoke();
