@@ -158,16 +158,32 @@ pub async fn evaluate_at<C: redis::aio::ConnectionLike>(
     call.arg(now_us);
     let reply: Vec<i64> = call.invoke_async(connection).await?;
     let (decision, ttls) = reply.split_at(reply.len().min(6));
-    let outcome = outcome(decision)?;
+    verdict(decision, expires_at(ttls, now_us))
+}
+
+#[cfg(any(test, feature = "test-util"))]
+/// When the longest of `ttls` (ms, as a test script's postlude reports them; negative for a key
+/// not written) ends, from `now_us`; 0 when none was written.
+pub(crate) fn expires_at(ttls: &[i64], now_us: u64) -> u64 {
     let longest_ttl_ms = ttls.iter().copied().filter(|&t| t >= 0).max();
+    longest_ttl_ms.map_or(0, |ms| now_us + u64::try_from(ms).unwrap_or(0) * 1000)
+}
+
+#[cfg(any(test, feature = "test-util"))]
+/// A script's reply read as the in-memory backend's verdict, whose keys expire at
+/// `expires_at_us`.
+pub(crate) fn verdict(
+    reply: &[i64],
+    expires_at_us: u64,
+) -> Result<crate::algorithm::Verdict, Error> {
+    let outcome = outcome(reply)?;
     Ok(crate::algorithm::Verdict {
         allowed: outcome.allowed,
         window_index: outcome.window_index,
         remaining: outcome.remaining,
         reset_after_us: outcome.reset_after_us,
         retry_after_us: outcome.retry_after_us,
-        expires_at_us: longest_ttl_ms
-            .map_or(0, |ms| now_us + u64::try_from(ms).unwrap_or(0) * 1000),
+        expires_at_us,
     })
 }
 

@@ -471,12 +471,7 @@ pub async fn evaluate_batch_at<C: redis::aio::ConnectionLike>(
     let reply: Vec<i64> = invocation.invoke_async(connection).await?;
     let width = if several { 6 } else { 4 };
     let (decisions, ttls) = reply.split_at(reply.len().min(width * calls.len()));
-    let expires_at_us = ttls
-        .iter()
-        .copied()
-        .filter(|&t| t >= 0)
-        .max()
-        .map_or(0, |ms| now_us + u64::try_from(ms).unwrap_or(0) * 1000);
+    let expires_at_us = scripts::expires_at(ttls, now_us);
     decisions
         .chunks(width)
         .map(|answer| {
@@ -488,15 +483,7 @@ pub async fn evaluate_batch_at<C: redis::aio::ConnectionLike>(
                 [a, b, c, d, e, f] => [a, b, c, d, e, f],
                 _ => return Err(crate::error::Error::UnexpectedReply(format!("{answer:?}"))),
             };
-            let outcome = scripts::outcome(&whole)?;
-            Ok(crate::algorithm::Verdict {
-                allowed: outcome.allowed,
-                window_index: outcome.window_index,
-                remaining: outcome.remaining,
-                reset_after_us: outcome.reset_after_us,
-                retry_after_us: outcome.retry_after_us,
-                expires_at_us,
-            })
+            scripts::verdict(&whole, expires_at_us)
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
