@@ -10,7 +10,11 @@
 //! and when its replies are in, the caller that led it hands the whole queue to the first
 //! queued caller, which sends it as the next pipeline. Each call still runs on its own (a
 //! pipeline is not a transaction), in arrival order, and gets its own reply or error; the
-//! scripts, their atomicity and Redis's clock are unchanged.
+//! scripts, their atomicity and Redis's clock are unchanged. The calls of a pipeline on one key
+//! are decided by one script call, as one after another would be (`coalesce.rs`).
+//!
+//! A broken connection: the leader sends again, once, the calls that are idempotent (the
+//! sliding logs'; see [`send_plan`]), alone or in a pipeline; the others fail with the error.
 //!
 //! Time: the Redis timeout bounds a pipeline from when it is sent to its replies, as it bounds
 //! a call sent alone. The wait in the queue is not part of it: like the wait for a turn

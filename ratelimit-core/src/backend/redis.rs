@@ -141,8 +141,8 @@ impl RedisBackend {
                 // One retry, and only when the connection broke: the cluster client has begun
                 // reconnecting. If the script ran before the connection broke, the retry finds
                 // the call's nonce in the state and takes nothing twice (as when the cluster
-                // client retries on its own). A lane (standalone) sends again by itself, whole
-                // pipelines and their batches as they were (`batch.rs`).
+                // client retries on its own). A lane (standalone) sends again by itself, and
+                // only the sliding logs' calls, which are idempotent (`batch.rs`).
                 Err(e) if self.lanes.is_empty() && is_broken_connection(&e) => {
                     Ok(self.run(used, &call, script, &mut connection).await?)
                 }
