@@ -314,12 +314,19 @@ impl Guarded {
         };
         let in_flight = consume.then(|| self.fallback.sent(policy, identity, asked));
         let mut granted = asked;
-        let mut result = self.redis.evaluate(policy, identity, asked, consume).await;
-        if asked > cost && matches!(&result, Ok(outcome) if !outcome.allowed) {
-            // The lease did not fit; the request itself may.
-            granted = cost;
-            result = self.redis.evaluate(policy, identity, cost, consume).await;
-        }
+        // One place awaits Redis, so that the future holds room for one call, not two.
+        let result = loop {
+            let result = self
+                .redis
+                .evaluate(policy, identity, granted, consume)
+                .await;
+            if granted > cost && matches!(&result, Ok(outcome) if !outcome.allowed) {
+                // The lease did not fit; the request itself may.
+                granted = cost;
+                continue;
+            }
+            break result;
+        };
         self.metrics.redis_latency(operation, started.elapsed());
         probe.disarm();
         match result {

@@ -501,22 +501,22 @@ impl RateLimiter {
         cost: u64,
         consume: bool,
     ) -> Remote<'a> {
-        Box::pin(async move {
-            let policy = state.policy();
-            let Backend::Redis(guarded) = self.inner.backend.as_ref() else {
-                return self
-                    .decide_locally(state, identity, cost, consume)
+        let policy = state.policy();
+        let Backend::Redis(guarded) = self.inner.backend.as_ref() else {
+            return Box::pin(std::future::ready(
+                self.decide_locally(state, identity, cost, consume)
                     .unwrap_or(Err(Error::CostAboveLimit {
                         cost,
                         limit: state.largest_cost(),
-                    }));
-            };
-            if policy.spread() <= 1 {
-                // `decide_locally` asked the cache already.
-                return guarded
-                    .evaluate_missed(policy, identity, cost, consume)
-                    .await;
-            }
+                    })),
+            ));
+        };
+        if policy.spread() <= 1 {
+            // `decide_locally` asked the cache already. The guard's future boxed as it is,
+            // with no future around it to hold room for the spread path's too.
+            return Box::pin(guarded.evaluate_missed(policy, identity, cost, consume));
+        }
+        Box::pin(async move {
             let parts = state.parts();
             let mut denied: Option<Decision> = None;
             for index in self.turns(parts.len()) {

@@ -10,8 +10,6 @@ use std::sync::LazyLock;
 #[cfg(any(test, feature = "test-util"))]
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use redis::RedisWrite as _;
-
 use crate::decision::Outcome;
 use crate::error::Error;
 use crate::key::{Identity, KeyBuilder};
@@ -197,7 +195,7 @@ pub(crate) fn command(
     identity: Identity<'_>,
     consume: bool,
     cost: u64,
-    nonce: impl std::fmt::Display,
+    nonce: &[u8],
 ) -> redis::Cmd {
     let windows = policy.windows();
     let key_count = match policy.algorithm() {
@@ -217,7 +215,7 @@ pub(crate) fn command(
         .arg(key_count);
     keys.write_keys(policy, identity, &mut cmd);
     cmd.arg(if consume { "allow" } else { "peek" }).arg(cost);
-    cmd.write_arg_fmt(nonce);
+    cmd.arg(nonce);
     for w in windows {
         cmd.arg(w.max_requests()).arg(w.micros());
     }
@@ -335,7 +333,7 @@ mod tests {
             ),
         ] {
             let policy = policy.clone().with_algorithm(algorithm);
-            let cmd = command(&policy, &keys, Identity::new(b"u1"), false, 3, "ab.c");
+            let cmd = command(&policy, &keys, Identity::new(b"u1"), false, 3, b"ab.c");
             let args: Vec<String> = cmd
                 .args_iter()
                 .map(|arg| match arg {

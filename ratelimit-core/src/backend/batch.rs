@@ -142,7 +142,9 @@ impl Lane {
             self.pipelined_calls
                 .fetch_add(pipeline.len() as u64, Ordering::Relaxed);
         }
-        hand_off.watch(within(timeout, lead(self, connection, pipeline)).await)
+        // Boxed: a leader's future is large, and every call's future (a call sent alone
+        // included) would otherwise carry and move room for it; this allocates once a pipeline.
+        hand_off.watch(Box::pin(within(timeout, lead(self, connection, pipeline))).await)
     }
 
     /// Pipelines of two or more calls sent so far, and the calls they carried.
@@ -390,10 +392,25 @@ fn in_step(
             format!("{} replies to {count} calls", replies.len()),
         )));
     }
-    Ok(replies
-        .into_iter()
-        .map(redis::Value::extract_error)
-        .collect())
+    Ok(replies.into_iter().map(checked).collect())
+}
+
+/// `reply`, or the server error it holds. A script's reply (an array of integers, or of
+/// arrays of integers for a batch) is looked through in place; only a reply that holds
+/// anything else is taken apart and rebuilt by the redis crate's `extract_error`.
+fn checked(reply: redis::Value) -> redis::RedisResult<redis::Value> {
+    fn integers(value: &redis::Value, depth: usize) -> bool {
+        match value {
+            redis::Value::Int(_) => true,
+            redis::Value::Array(items) => depth < 2 && items.iter().all(|i| integers(i, depth + 1)),
+            _ => false,
+        }
+    }
+    if integers(&reply, 0) {
+        Ok(reply)
+    } else {
+        reply.extract_error()
+    }
 }
 
 /// Gives the call at `index` its `reply`: to its caller, or to the leader's own (`own`).
@@ -413,19 +430,46 @@ fn deliver(
 
 /// `call`, or a timeout error if it has no answer within `timeout` (dropping it: a pipeline's
 /// other callers then see their calls fail as abandoned).
-pub(crate) async fn within<T>(
-    timeout: Duration,
-    call: impl Future<Output = redis::RedisResult<T>>,
-) -> redis::RedisResult<T> {
-    tokio::time::timeout(timeout, call)
-        .await
-        .unwrap_or_else(|_| {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no reply from Redis within {timeout:?}"),
-            )
-            .into())
+///
+/// A future of its own rather than an `async fn`: an `async fn` keeps its argument (`call`)
+/// and the future it awaits apart, twice the room, in every future that awaits it.
+pub(crate) fn within<T, F>(timeout: Duration, call: F) -> Within<F>
+where
+    F: Future<Output = redis::RedisResult<T>>,
+{
+    Within {
+        timed: tokio::time::timeout(timeout, call),
+        timeout,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`within`].
+    pub(crate) struct Within<F> {
+        #[pin]
+        timed: tokio::time::Timeout<F>,
+        timeout: Duration,
+    }
+}
+
+impl<T, F: Future<Output = redis::RedisResult<T>>> Future for Within<F> {
+    type Output = redis::RedisResult<T>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        this.timed.poll(cx).map(|answer| {
+            answer.unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no reply from Redis within {:?}", this.timeout),
+                )
+                .into())
+            })
         })
+    }
 }
 
 /// Sends one call by itself; again, once, when the connection broke under it and the call is
@@ -434,13 +478,16 @@ async fn send_alone(
     connection: &mut impl Exchange,
     call: &redis::Cmd,
 ) -> redis::RedisResult<redis::Value> {
-    match connection.one(call).await {
-        Err(e) if is_broken_connection(&e) && coalesce::resendable(call) => {
-            connection.one(call).await
+    let mut sent = false;
+    loop {
+        // One place awaits the connection (the future holds room for one exchange).
+        match connection.one(call).await {
+            Err(e) if !sent && is_broken_connection(&e) && coalesce::resendable(call) => {
+                sent = true;
+            }
+            other => return other.and_then(checked),
         }
-        other => other,
     }
-    .and_then(redis::Value::extract_error)
 }
 
 /// A connection that broke under the call (as opposed to a slow or refusing server).
@@ -488,6 +535,37 @@ mod tests {
 
     use super::*;
     use crate::scripts;
+
+    #[test]
+    fn a_reply_is_checked_for_server_errors_at_any_depth() {
+        let error = || {
+            redis::parse_redis_value(b"-BUSY Redis is busy running a script\r\n")
+                .expect("an error reply")
+        };
+        let ints = |n: i64| redis::Value::Array((0..n).map(redis::Value::Int).collect());
+        let replies = [
+            ints(6),
+            redis::Value::Array(vec![ints(3), ints(4)]),
+            redis::Value::Int(1),
+            redis::Value::Okay,
+            redis::Value::BulkString(b"x".to_vec()),
+            redis::Value::Array(vec![redis::Value::Array(vec![ints(2)])]),
+        ];
+        for reply in replies {
+            assert_eq!(checked(reply.clone()).ok(), Some(reply));
+        }
+        for reply in [
+            error(),
+            redis::Value::Array(vec![redis::Value::Int(1), error()]),
+            redis::Value::Array(vec![ints(2), redis::Value::Array(vec![error()])]),
+            redis::Value::Array(vec![redis::Value::Array(vec![redis::Value::Array(vec![
+                error(),
+            ])])]),
+        ] {
+            let refused = checked(reply).expect_err("the server error");
+            assert_eq!(refused.code(), Some("BUSY"));
+        }
+    }
 
     /// A connection that answers each pipeline with the next scripted answer, and keeps the
     /// calls of every pipeline it was sent.

@@ -246,7 +246,10 @@ pub(super) fn plan(mut calls: Vec<redis::Cmd>) -> Plan {
     let mut firsts = Vec::with_capacity(count);
     let built: Vec<Built> = {
         let shapes: Vec<Option<Shape<'_>>> = calls.iter().map(Shape::of).collect();
-        let mut open: HashMap<&[u8], (usize, usize)> = HashMap::with_capacity(count);
+        // A fast hash, seeded per process: a key's bytes are a client's choice, but it cannot
+        // learn the seed, and a queue holds at most a few thousand calls.
+        let mut open: HashMap<&[u8], (usize, usize), foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(count, foldhash::fast::RandomState::default());
         for (index, shape) in shapes.iter().enumerate() {
             let Some(shape) = shape else {
                 firsts.push(index);

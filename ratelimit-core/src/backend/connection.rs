@@ -323,17 +323,21 @@ impl Connector {
                     index,
                     generation: Arc::as_ptr(&slot) as usize,
                 };
+                // Opening is boxed: its future is large, and every call's future would
+                // otherwise carry (and move) room for it.
                 let connection = slot
-                    .get_or_try_init(|| async {
-                        Ok::<_, Error>(match direct {
-                            Some(address) => Connection::Direct(Wire::open(address).await?),
-                            None => Connection::Standalone(
-                                on_io_runtime(ConnectionManager::new_with_config(
-                                    client.clone(),
-                                    config.clone(),
-                                ))
-                                .await?,
-                            ),
+                    .get_or_try_init(|| {
+                        Box::pin(async {
+                            Ok::<_, Error>(match direct {
+                                Some(address) => Connection::Direct(Wire::open(address).await?),
+                                None => Connection::Standalone(
+                                    on_io_runtime(ConnectionManager::new_with_config(
+                                        client.clone(),
+                                        config.clone(),
+                                    ))
+                                    .await?,
+                                ),
+                            })
                         })
                     })
                     .await?;
@@ -351,7 +355,9 @@ impl Connector {
                 let connection = cell
                     .get_or_try_init(|| {
                         let client = client.clone();
-                        on_io_runtime(async move { client.get_async_connection().await })
+                        Box::pin(on_io_runtime(
+                            async move { client.get_async_connection().await },
+                        ))
                     })
                     .await?;
                 Ok((used, Connection::Cluster(connection.clone())))
