@@ -280,13 +280,17 @@ impl Guarded {
         // neither counts against the timeout nor reaches the breaker. The breaker is asked
         // once the call can really be sent, so a breaker that opened meanwhile still spares
         // Redis the queued calls.
-        let _turn = self.redis.turn().await;
+        let (_turn, waited) = match self.redis.try_turn() {
+            Some(turn) => (Some(turn), false),
+            None => (self.redis.turn().await, true),
+        };
         // When the call is sent: a cached answer is anchored here, not when the reply came
         // back, so it never outlives what Redis said by the round trip.
         let sent = self.clock.now_micros();
         // The calls ahead in the queue may have left a denial for this key: Redis need not
-        // hear the rest of a burst on a spent key.
-        if let Some(decision) = self.cached(key, cost, consume, sent) {
+        // hear the rest of a burst on a spent key. Without a wait, nothing ran since the
+        // caller asked the cache (`cached_now`), and the cache is not asked twice.
+        if waited && let Some(decision) = self.cached(key, cost, consume, sent) {
             return Ok(decision);
         }
         let admission = self.breaker.admit(sent);

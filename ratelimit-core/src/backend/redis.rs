@@ -119,6 +119,11 @@ impl RedisBackend {
         self.turns.acquire().await.ok()
     }
 
+    /// A turn if one is free now and no caller is waiting for one (see [`Self::turn`]).
+    pub(crate) fn try_turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.turns.try_acquire().ok()
+    }
+
     /// Evaluates `policy` for `identity` in one round trip.
     pub(crate) async fn evaluate(
         &self,
