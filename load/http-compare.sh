@@ -5,7 +5,11 @@
 # mode's median requests/s and the median of its per-round ratio to `none`: a machine that
 # slows down mid-run slows every mode of that round alike.
 #
-#   load/http-compare.sh [seconds] [connections] [rounds]
+#   load/http-compare.sh [--before-bin DIR] [seconds] [connections] [rounds]
+#
+# `--before-bin DIR` adds two modes to every round, `memory-before` and `redis-before`: the
+# `bench-server` in DIR (a release build of another revision) in memory and on Redis, so that a
+# change is measured against what it replaced in the same interleaved rounds.
 #
 # Needs wrk (apt-get install wrk) and redis-server. Runs itself again under `with-redis`
 # (load/src/bin/with-redis.rs), which starts a throwaway redis-server (the test harness's),
@@ -13,6 +17,12 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+before_bin=""
+if [ "${1:-}" = "--before-bin" ]; then
+  before_bin=$(cd "${2:?--before-bin needs a directory}" && pwd)
+  [ -x "$before_bin/bench-server" ] || { echo "no bench-server in $before_bin" >&2; exit 1; }
+  shift 2
+fi
 seconds=${1:-10}
 connections=${2:-50}
 rounds=${3:-3}
@@ -20,7 +30,7 @@ command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; e
 
 if [ -z "${THROWAWAY_REDIS_URL:-}" ]; then
   cargo build --release -q -p ratelimit-load --bin with-redis
-  exec ./target/release/with-redis load/http-compare.sh "$@"
+  exec ./target/release/with-redis load/http-compare.sh ${before_bin:+--before-bin "$before_bin"} "$@"
 fi
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -33,13 +43,15 @@ trap cleanup EXIT
 
 cargo build --release -q -p example-bench-server
 echo "# $(nproc) cores; wrk -t2 -c$connections -d${seconds}s GET /api/hello; every request allowed; $rounds interleaved rounds"
-printf '%-6s %-10s %14s %12s %12s\n' round mode "requests/s" "p50" "p99"
+printf '%-6s %-13s %14s %12s %12s\n' round mode "requests/s" "p50" "p99"
 results=$(mktemp)
 trap 'cleanup; rm -f "$results"' EXIT
 for round in $(seq "$rounds"); do
-  for mode in none memory governor redis; do
+  for mode in none memory governor redis ${before_bin:+memory-before redis-before}; do
     port=$(free_port)
-    ./target/release/bench-server "$mode" --listen "127.0.0.1:$port" --redis "$THROWAWAY_REDIS_URL" >/dev/null &
+    server=./target/release/bench-server
+    case "$mode" in *-before) server="$before_bin/bench-server" ;; esac
+    "$server" "${mode%-before}" --listen "127.0.0.1:$port" --redis "$THROWAWAY_REDIS_URL" >/dev/null &
     server_pid=$!
     for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/api/hello" >/dev/null 2>&1 && break; sleep 0.1; done
     wrk -t2 -c"$connections" -d2s "http://127.0.0.1:$port/api/hello" >/dev/null   # warm-up
@@ -48,7 +60,7 @@ for round in $(seq "$rounds"); do
     p50=$(echo "$out" | awk '$1=="50%" {print $2}')
     p99=$(echo "$out" | awk '$1=="99%" {print $2}')
     non2xx=$(echo "$out" | awk '/Non-2xx/ {print $4}')
-    printf '%-6s %-10s %14s %12s %12s %s\n' "$round" "$mode" "$rps" "$p50" "$p99" "${non2xx:+($non2xx non-2xx)}"
+    printf '%-6s %-13s %14s %12s %12s %s\n' "$round" "$mode" "$rps" "$p50" "$p99" "${non2xx:+($non2xx non-2xx)}"
     echo "$round $mode $rps" >>"$results"
     kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
   done
@@ -60,11 +72,18 @@ for line in open(sys.argv[1]):
     r, mode, rps = line.split()
     runs.setdefault(mode, {})[r] = float(rps)
 print("\n# median of the rounds")
-print(f"{'mode':<10} {'requests/s':>12} {'vs none':>9}")
-for mode in ["none", "memory", "governor", "redis"]:
+print(f"{'mode':<13} {'requests/s':>12} {'vs none':>9}")
+for mode in ["none", "memory", "governor", "redis", "memory-before", "redis-before"]:
     rates = runs.get(mode, {})
+    if not rates:
+        continue
     ratios = [rates[r] / runs["none"][r] for r in rates if runs["none"].get(r)]
-    print(f"{mode:<10} {statistics.median(rates.values()):>12.0f} {statistics.median(ratios):>8.2f}x")
+    print(f"{mode:<13} {statistics.median(rates.values()):>12.0f} {statistics.median(ratios):>8.2f}x")
 ours = [runs["memory"][r] / runs["governor"][r] for r in runs["memory"] if runs["governor"].get(r)]
 print(f"memory vs governor, median of the rounds: {statistics.median(ours):.2f}x")
+for mode in ["memory", "redis"]:
+    before = runs.get(f"{mode}-before", {})
+    if before:
+        ratios = [runs[mode][r] / before[r] for r in runs[mode] if before.get(r)]
+        print(f"{mode} vs {mode}-before, median of the rounds: {statistics.median(ratios):.2f}x")
 PY
