@@ -8,6 +8,7 @@
 //! `ConnectionManager`, a multiplexed connection with reconnection, on the Redis I/O thread. The
 //! cluster client is the redis crate's too.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
@@ -152,6 +153,16 @@ pub(crate) enum Connector {
         connection: RwLock<Arc<OnceCell<ClusterConnection>>>,
     },
 }
+
+/// What [`Connector::slot`] gives: an open connection, or the opening of one.
+pub(crate) enum Slot<'a> {
+    Open(Used, Connection),
+    Opening(Opening<'a>),
+}
+
+/// The opening of a connection (see [`Connector::slot`]).
+pub(crate) type Opening<'a> =
+    Pin<Box<dyn Future<Output = Result<(Used, Connection), Error>> + Send + 'a>>;
 
 /// Which connection a call used, so that a timeout replaces that one and not a newer one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,6 +317,16 @@ impl Connector {
 
     /// A connection for one call and which one it is.
     pub(crate) async fn get_slot(&self) -> Result<(Used, Connection), Error> {
+        match self.slot() {
+            Slot::Open(used, connection) => Ok((used, connection)),
+            Slot::Opening(opening) => opening.await,
+        }
+    }
+
+    /// The connection for the next call: at once when it is open, or the future that opens it
+    /// (boxed: it is large and rarely needed, and every call's future would otherwise carry
+    /// room for it; the caller bounds it with its timeout).
+    pub(crate) fn slot(&self) -> Slot<'_> {
         match self {
             Self::Standalone {
                 client,
@@ -323,11 +344,12 @@ impl Connector {
                     index,
                     generation: Arc::as_ptr(&slot) as usize,
                 };
-                // Opening is boxed: its future is large, and every call's future would
-                // otherwise carry (and move) room for it.
-                let connection = slot
-                    .get_or_try_init(|| {
-                        Box::pin(async {
+                if let Some(connection) = slot.get() {
+                    return Slot::Open(used, connection.clone());
+                }
+                Slot::Opening(Box::pin(async move {
+                    let connection = slot
+                        .get_or_try_init(|| async {
                             Ok::<_, Error>(match direct {
                                 Some(address) => Connection::Direct(Wire::open(address).await?),
                                 None => Connection::Standalone(
@@ -339,9 +361,9 @@ impl Connector {
                                 ),
                             })
                         })
-                    })
-                    .await?;
-                Ok((used, connection.clone()))
+                        .await?;
+                    Ok((used, connection.clone()))
+                }))
             }
             Self::Cluster { client, connection } => {
                 let cell = connection
@@ -352,15 +374,18 @@ impl Connector {
                     index: 0,
                     generation: Arc::as_ptr(&cell) as usize,
                 };
-                let connection = cell
-                    .get_or_try_init(|| {
-                        let client = client.clone();
-                        Box::pin(on_io_runtime(
-                            async move { client.get_async_connection().await },
-                        ))
-                    })
-                    .await?;
-                Ok((used, Connection::Cluster(connection.clone())))
+                if let Some(connection) = cell.get() {
+                    return Slot::Open(used, Connection::Cluster(connection.clone()));
+                }
+                Slot::Opening(Box::pin(async move {
+                    let connection = cell
+                        .get_or_try_init(|| {
+                            let client = client.clone();
+                            on_io_runtime(async move { client.get_async_connection().await })
+                        })
+                        .await?;
+                    Ok((used, Connection::Cluster(connection.clone())))
+                }))
             }
         }
     }

@@ -9,7 +9,7 @@ use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRou
 
 use super::batch::{Lane, is_broken_connection, within};
 use super::coalesce;
-use super::connection::{Connection, Connector, Used};
+use super::connection::{Connection, Connector, Slot, Used};
 use crate::config::RedisConfig;
 use crate::decision::Outcome;
 use crate::error::Error;
@@ -140,7 +140,10 @@ impl RedisBackend {
         let script = scripts::for_policy(policy);
         let slot = std::sync::OnceLock::new();
         let reply = async {
-            let (used, mut connection) = self.bounded(self.connector.get_slot()).await?;
+            let (used, mut connection) = match self.connector.slot() {
+                Slot::Open(used, connection) => (used, connection),
+                Slot::Opening(opening) => self.bounded(opening).await?,
+            };
             let _ = slot.set(used);
             // Each round trip below has the timeout (see `send`): a call that is retried waits
             // for Redis at most twice that. One place awaits `run`, so that the future holds
