@@ -102,7 +102,9 @@ pub use policy::{Algorithm, MAX_SLIDING_LOG_LIMIT, MAX_SPREAD, Policy, PolicyErr
 /// change in any release.
 #[cfg(feature = "test-util")]
 pub mod test_util {
-    pub use crate::backend::{Exchange, Lane, MemoryBackend, NodeEviction, RedisBackend};
+    pub use crate::backend::{
+        Exchange, IN_FLIGHT_PER_CONNECTION, Lane, MemoryBackend, NodeEviction, RedisBackend,
+    };
     pub use crate::breaker::{Admission, CircuitBreaker};
 
     /// The Lua scripts, embedded, and ways to run them (see `scripts.rs`).

@@ -337,6 +337,54 @@ async fn concurrent_calls_go_out_together_and_each_runs_once() {
     );
 }
 
+/// A burst on one fresh key with the local cache on (the README's `cache:` block): the callers
+/// that had to wait for a turn ask the cache again once they have it, and the denial the first
+/// replies left there answers them. Redis hears the calls of the first turns, not the burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callers_that_waited_for_a_turn_find_the_denial_the_first_replies_cached() {
+    use ratelimit_core::CacheConfig;
+
+    let _one = ONE_AT_A_TIME.lock().await;
+    let server = ratelimit_tests::RedisServer::start();
+    const SPENT_AT: u64 = 5;
+    const CALLERS: usize = 1000;
+    let config = Config::new(SPENT_AT, Duration::from_secs(60))
+        .with_prefix("waited:")
+        .with_redis(server.url())
+        .with_cache(CacheConfig::new(Duration::from_millis(500), 100_000_000));
+    let limiter = RateLimiter::new(config)
+        .await
+        .unwrap_or_else(|e| panic!("building a limiter on {}: {e}", server.url()));
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.allow("spent").await })
+        })
+        .collect();
+    let (mut allowed, mut by_redis) = (0, 0);
+    for task in tasks {
+        let decision = task.await.expect("the caller's task").expect("a decision");
+        match decision.source() {
+            Source::Redis => by_redis += 1,
+            Source::Cache => assert!(!decision.allowed(), "the exact cache only denies"),
+            other => panic!("a decision by {other:?}"),
+        }
+        allowed += u64::from(decision.allowed());
+    }
+    assert_eq!(allowed, SPENT_AT, "exactly the limit passed");
+    println!("Redis decided {by_redis} of {CALLERS} calls");
+    // A pooled connection takes 16 calls at a time (`IN_FLIGHT_PER_CONNECTION`), 64 in all:
+    // the rest of the burst waits, and finds the denial once its turn comes.
+    let turns = ratelimit_core::test_util::IN_FLIGHT_PER_CONNECTION
+        * ratelimit_core::RedisConfig::DEFAULT_POOL_SIZE;
+    assert!(
+        by_redis <= 4 * turns,
+        "Redis decided {by_redis} of {CALLERS} calls on a key spent by its first {SPENT_AT}: \
+         {:?}",
+        limiter.stats()
+    );
+}
+
 /// A caller that gives up while its pipeline is in flight (Redis stopped answering, the call
 /// timed out) hands its connection's queue on: once Redis answers again, Redis decides again,
 /// and nothing waits for a pipeline that nobody leads.

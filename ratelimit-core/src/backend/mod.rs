@@ -19,4 +19,6 @@ pub use self::batch::{Exchange, Lane};
 #[cfg(any(test, feature = "test-util"))]
 pub use self::eviction::NodeEviction;
 pub use self::memory::MemoryBackend;
+#[cfg(any(test, feature = "test-util"))]
+pub use self::redis::IN_FLIGHT_PER_CONNECTION;
 pub use self::redis::RedisBackend;
