@@ -442,29 +442,25 @@ fn hex(n: u64, out: &mut [u8]) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
-    #[test]
-    fn a_member_is_written_as_its_hex_format() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut samples = vec![0, 1, 0xf, 0x10, 0xff, u64::MAX, 1 << 63, 1 << 4, 1 << 60];
-        for _ in 0..2000 {
-            // xorshift: numbers of every length.
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            samples.push(seed >> (seed % 64));
-        }
-        for pair in samples.windows(2) {
-            let member = Member {
-                prefix: pair[0],
-                n: pair[1],
-            };
+    /// Numbers of every length in hex, zero and the ends included.
+    fn any_width() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0),
+            Just(u64::MAX),
+            (any::<u64>(), 0..64_u32).prop_map(|(n, s)| n >> s)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn a_member_is_written_as_its_hex_format(prefix in any_width(), n in any_width()) {
             let mut buffer = [0; 33];
-            assert_eq!(
-                member.write(&mut buffer),
-                format!("{:x}.{:x}", pair[0], pair[1]).as_bytes()
-            );
+            let expected = format!("{prefix:x}.{n:x}");
+            prop_assert_eq!(Member { prefix, n }.write(&mut buffer), expected.as_bytes());
         }
     }
 }
