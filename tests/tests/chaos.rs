@@ -62,15 +62,25 @@ impl Rig {
 
     /// `config` pointed at a fresh server through a fresh proxy, with the chaos settings.
     async fn start_with(mode: FallbackMode, config: Config) -> Rig {
-        let server = Arc::new(RedisServer::start());
+        let config =
+            config.with_fallback(FallbackConfig::new(mode, THRESHOLD).with_cool_down(COOL_DOWN));
+        Self::start_on(RedisServer::start(), None, config).await
+    }
+
+    /// `config` (its fallback included) pointed at `server` through a fresh proxy, with the
+    /// chaos timeout; `password` is sent with `AUTH` on every new connection.
+    async fn start_on(server: RedisServer, password: Option<&str>, config: Config) -> Rig {
+        let server = Arc::new(server);
         let upstream: SocketAddr = server
             .addr()
             .parse()
             .expect("RedisServer::addr is a socket address");
         let proxy = FaultProxy::start(upstream);
-        let config = config
-            .with_redis_config(RedisConfig::new([proxy.url()]).with_timeout(TIMEOUT))
-            .with_fallback(FallbackConfig::new(mode, THRESHOLD).with_cool_down(COOL_DOWN));
+        let url = match password {
+            Some(password) => format!("redis://:{password}@{}", proxy.addr()),
+            None => proxy.url(),
+        };
+        let config = config.with_redis_config(RedisConfig::new([url]).with_timeout(TIMEOUT));
         let limiter = RateLimiter::new(config)
             .await
             .expect("the limiter builds while the proxy passes");
@@ -309,6 +319,33 @@ async fn a_partition_falls_back_locally_within_the_timeout() {
     let stats = rig.limiter.stats();
     assert!(stats.breaker_transitions.rejected > 0, "{stats:?}");
     assert_eq!(stats.breaker_transitions.closed, 0, "{stats:?}");
+}
+
+/// Opening a connection is bounded by the timeout, as a call is. Behind a partition every
+/// pooled connection times out and is replaced; the new one's handshake (`AUTH`) gets no answer,
+/// and the decision still comes from the fallback within the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn opening_a_connection_behind_a_partition_is_bounded_by_the_timeout() {
+    const PASSWORD: &str = "chaos-pass";
+    let server = RedisServer::start_with_args(&["--requirepass", PASSWORD]);
+    // A breaker that never opens: every call goes to Redis, so every connection is reopened.
+    let config = Config::new(LARGE_LIMIT, LONG_WINDOW)
+        .with_fallback(FallbackConfig::new(FallbackMode::Local, u32::MAX));
+    let rig = Rig::start_on(server, Some(PASSWORD), config).await;
+    rig.proxy.set(Fault::Blackhole);
+    let accepted = rig.proxy.connections();
+    // The first call on each pooled connection times out and drops it; the next opens another.
+    for _ in 0..3 * POOL {
+        let decision = rig.allow("k").await;
+        assert_eq!(decision.source(), Source::Fallback(FallbackMode::Local));
+    }
+    assert!(
+        rig.proxy.connections() >= accepted + POOL,
+        "{} connections opened behind the partition, {POOL} pooled",
+        rig.proxy.connections() - accepted
+    );
+    rig.proxy.set(Fault::Pass);
+    rig.until_redis("k").await;
 }
 
 /// Once a partition heals, Redis decides again (over new connections: the old ones lost bytes).
