@@ -93,7 +93,9 @@ pub use invariants::{Invariant, Invariants};
 pub use key::{Digest, Identity, KeyBuilder, MAX_PLAIN_IDENTITY};
 pub use limiter::{LimiterStats, RateLimiter};
 pub use metrics::Metrics;
-pub use policy::{Algorithm, MAX_SLIDING_LOG_LIMIT, MAX_SPREAD, Policy, PolicyError, Window};
+pub use policy::{
+    Algorithm, MAX_FIXED_WINDOW_LIMIT, MAX_SLIDING_LOG_LIMIT, MAX_SPREAD, Policy, PolicyError, Window,
+};
 
 /// Internals for this workspace's test harness, benches and measuring programs: the in-memory
 /// backend on its own, the Lua scripts, the algorithms as pure functions, the circuit breaker.

@@ -151,6 +151,11 @@ impl fmt::Display for Algorithm {
 /// The largest limit a sliding log accepts: its memory grows with the limit.
 pub const MAX_SLIDING_LOG_LIMIT: u64 = 1_000_000;
 
+/// The largest limit a fixed window accepts, 2^35 - 1: its counter is one integer holding the
+/// count and a tag of the window (`lua/fixed_window.lua`), exact in a Lua double while the
+/// count stays below 2^36.
+pub const MAX_FIXED_WINDOW_LIMIT: u64 = (1 << 35) - 1;
+
 /// The largest [`Policy::with_spread`].
 pub const MAX_SPREAD: u32 = 64;
 
@@ -337,6 +342,9 @@ impl Policy {
             {
                 return Err(PolicyError::LogTooLarge { index });
             }
+            if self.algorithm == Algorithm::FixedWindow && w.max_requests > MAX_FIXED_WINDOW_LIMIT {
+                return Err(PolicyError::CounterTooLarge { index });
+            }
             if self.windows[..index]
                 .iter()
                 .any(|other| other.duration == w.duration)
@@ -412,6 +420,12 @@ pub enum PolicyError {
     /// `max_requests` times the window in microseconds exceeds 2^53.
     #[error("window {index}: max_requests x duration (in µs) must stay below 2^53")]
     LimitTooLarge {
+        /// Which window (0-based).
+        index: usize,
+    },
+    /// A fixed window over [`MAX_FIXED_WINDOW_LIMIT`].
+    #[error("window {index}: a fixed_window counts at most {MAX_FIXED_WINDOW_LIMIT} permits")]
+    CounterTooLarge {
         /// Which window (0-based).
         index: usize,
     },

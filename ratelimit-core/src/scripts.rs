@@ -139,24 +139,53 @@ pub async fn evaluate_at<C: redis::aio::ConnectionLike>(
     now_us: u64,
     nonce: Option<&str>,
 ) -> Result<crate::algorithm::Verdict, Error> {
+    evaluate_at_with_ttls(
+        connection, keys, policy, identity, cost, consume, now_us, nonce,
+    )
+    .await
+    .map(|(verdict, _)| verdict)
+}
+
+#[cfg(any(test, feature = "test-util"))]
+/// [`evaluate_at`], and the TTL (ms) the script set on each key of
+/// [`KeyBuilder::keys`](crate::KeyBuilder::keys), in their order: -1 for a key it did not set
+/// a TTL on (not written, or added to with `INCRBY`, which keeps the TTL its window's first
+/// call set).
+#[allow(clippy::too_many_arguments)]
+pub async fn evaluate_at_with_ttls<C: redis::aio::ConnectionLike>(
+    connection: &mut C,
+    keys: &KeyBuilder,
+    policy: &Policy,
+    identity: Identity<'_>,
+    cost: u64,
+    consume: bool,
+    now_us: u64,
+    nonce: Option<&str>,
+) -> Result<(crate::algorithm::Verdict, Vec<i64>), Error> {
     let script = with_clock_argument(policy);
     let mut call = script.prepare_invoke();
     for key in keys.keys(policy, identity) {
         call.key(key);
     }
-    call.arg(if consume { "allow" } else { "peek" })
-        .arg(cost)
-        .arg(nonce.map_or_else(
-            || format!("t{:x}", TEST_NONCE.fetch_add(1, Ordering::Relaxed)),
-            str::to_owned,
-        ));
+    call.arg(if consume { "allow" } else { "peek" }).arg(cost);
+    let nonce = nonce.map_or_else(
+        || format!("t{:x}", TEST_NONCE.fetch_add(1, Ordering::Relaxed)),
+        str::to_owned,
+    );
+    call.arg(third_argument(
+        policy,
+        consume,
+        cost,
+        nonce.as_bytes(),
+        &mut itoa::Buffer::new(),
+    ));
     for w in policy.windows() {
         call.arg(w.max_requests()).arg(w.micros());
     }
     call.arg(now_us);
     let reply: Vec<i64> = call.invoke_async(connection).await?;
     let (decision, ttls) = reply.split_at(reply.len().min(6));
-    verdict(decision, expires_at(ttls, now_us))
+    Ok((verdict(decision, expires_at(ttls, now_us))?, ttls.to_vec()))
 }
 
 #[cfg(any(test, feature = "test-util"))]
@@ -183,6 +212,49 @@ pub(crate) fn verdict(
         retry_after_us: outcome.retry_after_us,
         expires_at_us,
     })
+}
+
+/// What one permit adds to a fixed window's counter, which holds `count * 65536 + tag`
+/// (`lua/fixed_window.lua`).
+const FIXED_WINDOW_SPAN: u64 = 1 << 16;
+
+/// The third argument of a fixed window's call: what the call adds to its counter
+/// (`cost * 65536`), written by the client so that the script passes it on to `INCRBY` as it
+/// is; empty when the call is not the script's common case (one window, consuming, a cost
+/// from 1 to the limit), which the script then decides on the counter it reads. The counters
+/// cannot recognize a call sent twice, so a fixed window's call carries no nonce and is never
+/// sent again ([`resendable`]).
+fn fixed_window_increment(policy: &Policy, consume: bool, cost: u64) -> Option<u64> {
+    match policy.windows() {
+        [window] if consume && cost > 0 && cost <= window.max_requests() => {
+            cost.checked_mul(FIXED_WINDOW_SPAN)
+        }
+        _ => None,
+    }
+}
+
+/// Whether a call of `policy`'s script may be sent again after its reply was lost: every
+/// script but the fixed window's recognizes a call it applied by the call's nonce.
+pub(crate) fn resendable(policy: &Policy) -> bool {
+    policy.algorithm() != Algorithm::FixedWindow
+}
+
+/// The third argument of `policy`'s call: `nonce`, or for a fixed window the increment
+/// ([`fixed_window_increment`]), written into `digits`.
+fn third_argument<'a>(
+    policy: &Policy,
+    consume: bool,
+    cost: u64,
+    nonce: &'a [u8],
+    digits: &'a mut itoa::Buffer,
+) -> &'a [u8] {
+    if policy.algorithm() != Algorithm::FixedWindow {
+        return nonce;
+    }
+    match fixed_window_increment(policy, consume, cost) {
+        Some(increment) => digits.format(increment).as_bytes(),
+        None => b"",
+    }
 }
 
 /// One decision's script call as Redis receives it: `EVALSHA <sha> <number of keys> <keys…>
@@ -215,7 +287,13 @@ pub(crate) fn command(
         .arg(key_count);
     keys.write_keys(policy, identity, &mut cmd);
     cmd.arg(if consume { "allow" } else { "peek" }).arg(cost);
-    cmd.arg(nonce);
+    cmd.arg(third_argument(
+        policy,
+        consume,
+        cost,
+        nonce,
+        &mut itoa::Buffer::new(),
+    ));
     for w in windows {
         cmd.arg(w.max_requests()).arg(w.micros());
     }

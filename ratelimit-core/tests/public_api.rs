@@ -26,7 +26,7 @@ fn window_labels_use_the_largest_unit_that_divides() {
 #[test]
 fn every_policy_refusal_names_its_window() {
     let minute = Window::per_minute(10);
-    let cases: [(Policy, PolicyError); 7] = [
+    let cases: [(Policy, PolicyError); 8] = [
         (
             Policy::new("bad name!", [minute]),
             PolicyError::Name("bad name!".into()),
@@ -53,12 +53,30 @@ fn every_policy_refusal_names_its_window() {
             Policy::new("p", [Window::per_hour(1_000_001)]),
             PolicyError::LogTooLarge { index: 0 },
         ),
+        (
+            Policy::new(
+                "p",
+                [
+                    minute,
+                    Window::new(ratelimit_core::MAX_FIXED_WINDOW_LIMIT + 1, Duration::from_millis(1)),
+                ],
+            )
+            .with_algorithm(Algorithm::FixedWindow),
+            PolicyError::CounterTooLarge { index: 1 },
+        ),
     ];
     for (policy, expected) in cases {
         assert_eq!(policy.validate(), Err(expected.clone()), "{policy:?}");
         assert!(!expected.to_string().is_empty());
     }
     assert_eq!(Policy::new("a/b-c_d.e", [minute]).validate(), Ok(()));
+    let largest = Window::new(ratelimit_core::MAX_FIXED_WINDOW_LIMIT, Duration::from_millis(1));
+    assert_eq!(
+        Policy::new("p", [largest])
+            .with_algorithm(Algorithm::FixedWindow)
+            .validate(),
+        Ok(())
+    );
 }
 
 #[test]

@@ -389,13 +389,13 @@ async fn batches_stay_exact_while_connections_are_killed() {
             );
             continue;
         };
-        // "<window number>:<count>:<nonce>"
-        let mut fields = stored.split(':');
-        let (number, count) = (fields.next(), fields.next());
-        let count: usize = count.and_then(|c| c.parse().ok()).expect("a count");
+        // count * 65536 + tag, the tag being the window's number modulo 65535, plus 1
+        // (`lua/fixed_window.lua`).
+        let value: u64 = stored.parse().expect("a counter");
+        let (count, tag) = ((value >> 16) as usize, value & 0xffff);
         assert_eq!(
-            number.and_then(|n| n.parse::<u64>().ok()),
-            Some(minute),
+            tag,
+            minute % 65_535 + 1,
             "round {round}: the burst counted in the minute it started in"
         );
         assert!(

@@ -117,6 +117,7 @@ where
                     expires_at_us: 0,
                 };
                 let mut history = Vec::new();
+                let mut expiries = std::collections::HashMap::new();
                 for step in 0..STEPS {
                     if rng.random_ratio(1, 40) {
                         // A reload: new windows under the same name.
@@ -128,7 +129,7 @@ where
                     let cost = rng.random_range(0..=policy.smallest_limit());
                     let consume = rng.random_ratio(4, 5);
                     let expected = twin.evaluate(&policy, identity, cost, consume);
-                    let got = scripts::evaluate_at(
+                    let (got, ttls) = scripts::evaluate_at_with_ttls(
                         connection, &keys, &policy, identity, cost, consume, now, None,
                     )
                     .await
@@ -147,14 +148,28 @@ where
                         policy.windows(),
                         history.join("\n    ")
                     );
-                    // The TTL the script set on the keys it wrote ends when the twin forgets
-                    // the key (Redis keeps it to the millisecond, rounded up).
+                    // When each key expires, as its last TTL was set: a fixed window's
+                    // counter keeps the TTL its window's first call set (`INCRBY` after it).
+                    let written = keys.keys(&policy, identity);
+                    for (key, &ttl) in written.iter().zip(&ttls) {
+                        if let Ok(ms) = u64::try_from(ttl) {
+                            expiries.insert(key.clone(), now + ms * 1000);
+                        }
+                    }
+                    // The TTL the keys of a call that wrote have ends when the twin forgets
+                    // them (Redis keeps it to the millisecond, rounded up).
                     if got.expires_at_us > 0 {
+                        let expires_at_us = written
+                            .iter()
+                            .filter_map(|key| expiries.get(key))
+                            .copied()
+                            .max()
+                            .unwrap_or(got.expires_at_us);
                         let twin_ms = expected.expires_at_us.saturating_sub(now).div_ceil(1000);
                         // Redis stores an absolute expiry in ms, set against its clock when
                         // the SET runs and read by PTTL against the script's start: on a busy
                         // machine the reading falls a few ms short of what was set (seen: 3).
-                        let redis_ms = (got.expires_at_us - now) / 1000;
+                        let redis_ms = expires_at_us.saturating_sub(now) / 1000;
                         assert!(
                             redis_ms <= twin_ms && redis_ms + 50 > twin_ms,
                             "seed {seed}, {target}, {name}, step {step}: TTL {redis_ms} ms, \
@@ -208,7 +223,8 @@ ratelimit_tests::tokio_test_cases!(scripts_match_their_twins_on {
 
 /// A call retried after its reply was lost (the cluster client retries on I/O errors and
 /// response timeouts; the limiter once after a broken connection) carries the same nonce: the
-/// script finds it in the state and takes nothing twice.
+/// script finds it in the state and takes nothing twice. The fixed window's counter is a bare
+/// integer with no nonce: its calls are never sent again by the limiter.
 async fn a_retried_call_takes_nothing_twice<C>(connection: &mut C, target: &str)
 where
     C: redis::aio::ConnectionLike + Send,
@@ -218,7 +234,6 @@ where
     for algorithm in [
         Algorithm::SlidingWindow,
         Algorithm::TokenBucket,
-        Algorithm::FixedWindow,
         Algorithm::SlidingCounter,
     ] {
         for windows in [1, 2] {
@@ -290,5 +305,77 @@ where
 async fn a_retried_call_takes_nothing_twice_on_both() {
     for backend in [Backend::Standalone, Backend::Cluster] {
         on_connection_to!(backend, a_retried_call_takes_nothing_twice);
+    }
+}
+
+/// A fixed window's counter written before the counters became integers
+/// (`<window number>:<count>:<nonce>`) is read as it was, in every kind of call, and written
+/// again as an integer: an upgrade in the middle of a window keeps its count.
+async fn a_counter_of_the_earlier_encoding_keeps_its_count<C>(connection: &mut C, target: &str)
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let keys = KeyBuilder::new(format!("legacy-{target}-{}:", rand::random::<u32>()));
+    let identity = Identity::new(b"client");
+    let window = std::time::Duration::from_secs(60);
+    let now: u64 = 1_800_000_000_123_456;
+    let number = now / 60_000_000;
+    for windows in [1, 2] {
+        let policy = Policy::new(
+            format!("fw-{windows}"),
+            (0..windows).map(|i| Window::new(10, window * (i + 1))),
+        )
+        .with_algorithm(Algorithm::FixedWindow);
+        let key = keys.keys(&policy, identity)[0].clone();
+        for (stored, spent) in [
+            (format!("{number}:4:ab.c"), 4),
+            (format!("{number}:4:"), 4),
+            (format!("{}:9:ab.c", number - 1), 0),
+        ] {
+            for (consume, cost, remaining_after) in
+                [(false, 1, 10 - spent), (true, 0, 10 - spent), (true, 2, 8 - spent)]
+            {
+                let _: () = redis::cmd("DEL")
+                    .arg(keys.keys(&policy, identity))
+                    .query_async(connection)
+                    .await
+                    .expect("DEL");
+                let _: () = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&stored)
+                    .query_async(connection)
+                    .await
+                    .expect("SET");
+                let got = scripts::evaluate_at(
+                    connection, &keys, &policy, identity, cost, consume, now, None,
+                )
+                .await
+                .expect("a counter of the earlier encoding is read");
+                assert!(got.allowed, "{target} x{windows} {stored}: {got:?}");
+                assert_eq!(
+                    got.remaining, remaining_after,
+                    "{target} x{windows} {stored}, consume {consume}, cost {cost}"
+                );
+                // The next call reads what this one left, whatever its encoding.
+                let next = scripts::evaluate_at(
+                    connection, &keys, &policy, identity, 1, true, now + 1, None,
+                )
+                .await
+                .expect("the counter, written again");
+                assert_eq!(next.remaining, remaining_after - 1, "{target} x{windows} {stored}");
+            }
+        }
+        let _: () = redis::cmd("DEL")
+            .arg(keys.keys(&policy, identity))
+            .query_async(connection)
+            .await
+            .expect("DEL");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_of_the_earlier_encoding_keeps_its_count_on_both() {
+    for backend in [Backend::Standalone, Backend::Cluster] {
+        on_connection_to!(backend, a_counter_of_the_earlier_encoding_keeps_its_count);
     }
 }

@@ -1,12 +1,22 @@
 -- Fixed window, one window: several calls on one counter (see `prelude/batch_arguments.lua`).
--- One GET and at most one SET for all of them; each call's answer is the single script's.
+-- One GET and at most one write for all of them; each call's answer is the single script's.
+-- The counter is the single script's integer, count * 65536 + tag (see `fixed_window.lua`).
+local SPAN = 65536
 local number = math.floor(now / window)
-local count = 0
+local tag = number % (SPAN - 1) + 1
+local count, current = 0, false
 local stored = redis.call('GET', key)
 if stored then
-  local stored_number, stored_count = string.match(stored, '^(%d+):(%d+)')
-  if tonumber(stored_number) == number then count = tonumber(stored_count) end
+  local value = tonumber(stored)
+  if value then
+    if value % SPAN == tag then count, current = (value - tag) / SPAN, true end
+  else
+    -- A counter of the earlier encoding: read, then written again as an integer.
+    local stored_number, stored_count = string.match(stored, '^(%d+):(%d+)')
+    if tonumber(stored_number) == number then count = tonumber(stored_count) end
+  end
 end
+local start = count
 local until_end = (number + 1) * window - now
 local wrote = false
 for i = 1, calls do
@@ -28,7 +38,10 @@ for i = 1, calls do
   end
 end
 if wrote then
-  redis.call('SET', key, string.format('%d:%d:', number, count) .. batch,
-    'PX', math.ceil(until_end / 1000))
+  if current then
+    redis.call('INCRBY', key, (count - start) * SPAN)
+  else
+    redis.call('SET', key, count * SPAN + tag, 'PX', math.ceil(until_end / 1000))
+  end
 end
 return reply

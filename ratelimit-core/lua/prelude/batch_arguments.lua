@@ -13,9 +13,11 @@
 --
 -- Sent again after its reply was lost (when the connection broke), a log's batch takes nothing
 -- twice: its members are the calls' own, as the single script writes them, added with NX. The
--- counters' batches store the first call's nonce as the last writer's, in the single scripts'
--- format, and are never sent again: a counter recognizes only its last writer, and another
--- writer may come between (the client sends again only what is idempotent, `batch.rs`).
+-- counters' batches write in the single scripts' format (the token bucket and the sliding
+-- counter store the first call's nonce as the last writer's; a fixed window's counter is a bare
+-- integer, and its calls' nonce argument carries their increment instead) and are never sent
+-- again: a counter recognizes at most its last writer, and another writer may come between
+-- (the client sends again only what is idempotent, `batch.rs`).
 local key = KEYS[1]
 local limit = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])

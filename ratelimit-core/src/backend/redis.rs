@@ -154,10 +154,15 @@ impl RedisBackend {
                     // One retry, and only when the connection broke: the cluster client has
                     // begun reconnecting. If the script ran before the connection broke, the
                     // retry finds the call's nonce in the state and takes nothing twice (as
-                    // when the cluster client retries on its own). A lane (standalone) sends
+                    // when the cluster client retries on its own); a fixed window's counter
+                    // has no nonce, and its call is not sent again. A lane (standalone) sends
                     // again by itself, and only the sliding logs' calls, which are idempotent
                     // (`batch.rs`).
-                    Err(e) if !retried && self.lanes.is_empty() && is_broken_connection(&e) => {}
+                    Err(e)
+                        if !retried
+                            && self.lanes.is_empty()
+                            && scripts::resendable(policy)
+                            && is_broken_connection(&e) => {}
                     // A script loaded, then the call redirected to a node that has not seen it
                     // (a slot just moved to a new node): loading it there is one more try, and
                     // the script had not run.

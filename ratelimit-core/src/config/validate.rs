@@ -12,7 +12,8 @@ pub(crate) fn validate_policy(policy: &Policy, base: &str) -> Result<(), ConfigE
             PolicyError::NoWindow => format!("{base}.windows"),
             PolicyError::ZeroLimit { index }
             | PolicyError::LimitTooLarge { index }
-            | PolicyError::LogTooLarge { index } => {
+            | PolicyError::LogTooLarge { index }
+            | PolicyError::CounterTooLarge { index } => {
                 format!("{base}.windows[{index}].max_requests")
             }
             PolicyError::WindowTooShort { index }
