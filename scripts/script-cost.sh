@@ -162,7 +162,15 @@ tb="1 rl:{tb:__rand_int__}:tb allow 1 $nonce 1000000 $minute"
 sc="1 rl:{sc:__rand_int__}:sc allow 1 $nonce $limit $minute"
 sw="1 rl:{sw:__rand_int__}:sw allow 1 $nonce $limit $minute"
 mw="1 rl:{mw:__rand_int__}:mw allow 1 $nonce $limit $minute $limit $hour"
-for i in "${!dirs[@]}"; do add_ours "fixed_window/${labels[$i]}" "${dirs[$i]}" fixed_window.lua $fw; done
+for i in "${!dirs[@]}"; do
+  # The fixed window's third argument is the call's increment (cost x 65536) where its counter
+  # is an integer, the nonce in trees before that.
+  if grep -q INCRBY "${dirs[$i]}/fixed_window.lua"; then
+    add_ours "fixed_window/${labels[$i]}" "${dirs[$i]}" fixed_window.lua ${fw/ $nonce / 65536 }
+  else
+    add_ours "fixed_window/${labels[$i]}" "${dirs[$i]}" fixed_window.lua $fw
+  fi
+done
 add_minimal fixed_window/minimal "$minimal_fixed_window" 1 'min:fw:__rand_int__' $limit 60000
 for i in "${!dirs[@]}"; do add_ours "token_bucket/${labels[$i]}" "${dirs[$i]}" token_bucket.lua $tb; done
 add_minimal token_bucket/minimal "$minimal_token_bucket" 1 'min:tb:__rand_int__' 1000000 $minute

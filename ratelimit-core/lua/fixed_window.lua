@@ -12,8 +12,9 @@
 --          added to with INCRBY, which keeps the TTL its window's first call set.
 -- ARGV[1]  "allow" or "peek"
 -- ARGV[2]  cost
--- ARGV[3]  the call's nonce, unused: a counter cannot tell a retried call from a new one, so a
---          fixed window's call is never sent again by the limiter
+-- ARGV[3]  not a nonce: what the call adds to its counter (cost * 65536), written by the client
+--          for the common case (see below), empty otherwise. A counter cannot tell a retried
+--          call from a new one, so a fixed window's call is never sent again by the limiter.
 -- ARGV[4], ARGV[5], ...  limit and window length (µs) of each window, in pairs; a limit is at
 --          most 2^35 - 1 (`Policy::validate`), so count + cost stays below 2^36 and the whole
 --          counter below 2^52, exact in a Lua double
@@ -25,20 +26,21 @@
 
 local SPAN = 65536
 
--- One window, the common case: an allowed call is TIME and one INCRBY.
-if n == 1 and op == 'allow' and cost > 0 and cost <= tonumber(ARGV[4]) then
+-- One window, the common case: an allowed call is TIME and one INCRBY. The client sends the
+-- increment (ARGV[3]) only for a call of one window that consumes a cost from 1 to the limit.
+if nonce ~= '' then
   local key, limit, window = KEYS[1], tonumber(ARGV[4]), tonumber(ARGV[5])
   local number = math.floor(now / window)
   local tag = number % (SPAN - 1) + 1
   local until_end = (number + 1) * window - now
-  local value = redis.pcall('INCRBY', key, cost * SPAN)
+  local value = redis.pcall('INCRBY', key, nonce)
   -- Not an integer: a counter of the earlier encoding, read below.
   if type(value) == 'number' then
     if value % SPAN == tag then
       local count = (value - tag) / SPAN
       if count <= limit then return {1, 1, limit, limit - count, until_end, 0} end
       -- Denied: what the INCRBY added is taken back, and nothing else changes.
-      redis.call('DECRBY', key, cost * SPAN)
+      redis.call('DECRBY', key, nonce)
       count = count - cost
       local remaining = limit - count
       if remaining < 0 then remaining = 0 end
