@@ -58,7 +58,10 @@ fn every_policy_refusal_names_its_window() {
                 "p",
                 [
                     minute,
-                    Window::new(ratelimit_core::MAX_FIXED_WINDOW_LIMIT + 1, Duration::from_millis(1)),
+                    Window::new(
+                        ratelimit_core::MAX_FIXED_WINDOW_LIMIT + 1,
+                        Duration::from_millis(1),
+                    ),
                 ],
             )
             .with_algorithm(Algorithm::FixedWindow),
@@ -70,7 +73,10 @@ fn every_policy_refusal_names_its_window() {
         assert!(!expected.to_string().is_empty());
     }
     assert_eq!(Policy::new("a/b-c_d.e", [minute]).validate(), Ok(()));
-    let largest = Window::new(ratelimit_core::MAX_FIXED_WINDOW_LIMIT, Duration::from_millis(1));
+    let largest = Window::new(
+        ratelimit_core::MAX_FIXED_WINDOW_LIMIT,
+        Duration::from_millis(1),
+    );
     assert_eq!(
         Policy::new("p", [largest])
             .with_algorithm(Algorithm::FixedWindow)

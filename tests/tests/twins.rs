@@ -332,9 +332,11 @@ where
             (format!("{number}:4:"), 4),
             (format!("{}:9:ab.c", number - 1), 0),
         ] {
-            for (consume, cost, remaining_after) in
-                [(false, 1, 10 - spent), (true, 0, 10 - spent), (true, 2, 8 - spent)]
-            {
+            for (consume, cost, remaining_after) in [
+                (false, 1, 10 - spent),
+                (true, 0, 10 - spent),
+                (true, 2, 8 - spent),
+            ] {
                 let _: () = redis::cmd("DEL")
                     .arg(keys.keys(&policy, identity))
                     .query_async(connection)
@@ -358,11 +360,22 @@ where
                 );
                 // The next call reads what this one left, whatever its encoding.
                 let next = scripts::evaluate_at(
-                    connection, &keys, &policy, identity, 1, true, now + 1, None,
+                    connection,
+                    &keys,
+                    &policy,
+                    identity,
+                    1,
+                    true,
+                    now + 1,
+                    None,
                 )
                 .await
                 .expect("the counter, written again");
-                assert_eq!(next.remaining, remaining_after - 1, "{target} x{windows} {stored}");
+                assert_eq!(
+                    next.remaining,
+                    remaining_after - 1,
+                    "{target} x{windows} {stored}"
+                );
             }
         }
         let _: () = redis::cmd("DEL")
