@@ -397,6 +397,51 @@ mod tests {
         assert!(matches!(outcome(&[1, 2]), Err(Error::UnexpectedReply(_))));
     }
 
+    /// A fixed window's call carries its increment where the others carry their nonce, and
+    /// only for the script's common case: one window, consuming, a cost from 1 to the limit.
+    #[test]
+    fn a_fixed_window_call_carries_its_increment_instead_of_a_nonce() {
+        let keys = KeyBuilder::new("rl:");
+        let one = Policy::new("api", [Window::per_minute(10)]);
+        let two = Policy::new("api", [Window::per_minute(10), Window::per_hour(100)]);
+        let third = |policy: &Policy, consume: bool, cost: u64| {
+            let cmd = command(policy, &keys, Identity::new(b"u1"), consume, cost, b"ab.c");
+            let keys = match policy.algorithm() {
+                Algorithm::SlidingWindow => 1,
+                _ => policy.windows().len(),
+            };
+            match cmd.args_iter().nth(3 + keys + 2) {
+                Some(redis::Arg::Simple(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+                _ => "<none>".to_owned(),
+            }
+        };
+        let fixed = one.clone().with_algorithm(Algorithm::FixedWindow);
+        assert_eq!(third(&fixed, true, 1), "65536");
+        assert_eq!(third(&fixed, true, 10), "655360");
+        for (consume, cost) in [(false, 1), (true, 0), (true, 11)] {
+            assert_eq!(
+                third(&fixed, consume, cost),
+                "",
+                "consume {consume}, cost {cost}"
+            );
+        }
+        let fixed_two = two.clone().with_algorithm(Algorithm::FixedWindow);
+        assert_eq!(third(&fixed_two, true, 1), "");
+        for algorithm in [
+            Algorithm::SlidingWindow,
+            Algorithm::TokenBucket,
+            Algorithm::SlidingCounter,
+        ] {
+            for policy in [&one, &two] {
+                let policy = policy.clone().with_algorithm(algorithm);
+                assert_eq!(third(&policy, true, 1), "ab.c", "{algorithm:?}");
+                assert!(resendable(&policy), "{algorithm:?}");
+            }
+        }
+        assert!(!resendable(&fixed));
+        assert!(!resendable(&fixed_two));
+    }
+
     /// The command is the one `redis::Script` would send: EVALSHA, the hash, the keys and the
     /// arguments in the order the scripts read them.
     #[test]
