@@ -168,6 +168,8 @@ impl KeyBuilder {
     /// one hash slot of a cluster. A sliding log keeps all windows in one sorted set (`:sw`); the other algorithms keep one
     /// value a window, suffixed by the window's length in microseconds, the unit the scripts
     /// and the in-memory backend count in (so `1ms` and `1500us` windows never share a key).
+    /// The sliding counter keeps two a window, the counts of its even and its odd fixed
+    /// windows: `…:sc:<µs>` and `…:sc:<µs>:1`.
     pub fn keys(&self, policy: &Policy, identity: Identity<'_>) -> Vec<String> {
         let mut keys: Vec<Vec<u8>> = Vec::new();
         self.write_keys(policy, identity, &mut keys);
@@ -189,13 +191,13 @@ impl KeyBuilder {
         // The pieces one by one, not through `write!`: on the Redis path this runs once a
         // decision, and the formatting machinery cost more than the rest of the command.
         // Writing into a `Vec<u8>` (behind either kind of `RedisWrite`) cannot fail.
-        let mut write = |window: Option<u64>| {
+        let mut write = |window: Option<u64>, odd: bool| {
             let mut digits = itoa::Buffer::new();
             let suffix: &[u8] = match window {
                 None => b"",
                 Some(us) => digits.format(us).as_bytes(),
             };
-            let pieces: [&[u8]; 9] = [
+            let pieces: [&[u8]; 10] = [
                 prefix.as_bytes(),
                 b"{",
                 name.as_bytes(),
@@ -205,6 +207,7 @@ impl KeyBuilder {
                 tag.as_bytes(),
                 if window.is_some() { b":" } else { b"" },
                 suffix,
+                if odd { b":1" } else { b"" },
             ];
             // Assembled on the stack and written as one argument; a key longer than the
             // buffer (a long configured prefix) is written piece by piece.
@@ -227,12 +230,19 @@ impl KeyBuilder {
         };
         match policy.algorithm() {
             crate::policy::Algorithm::SlidingWindow => {
-                write(None);
+                write(None, false);
                 1
+            }
+            crate::policy::Algorithm::SlidingCounter => {
+                for window in policy.windows() {
+                    write(Some(window.micros()), false);
+                    write(Some(window.micros()), true);
+                }
+                2 * policy.windows().len()
             }
             _ => {
                 for window in policy.windows() {
-                    write(Some(window.micros()));
+                    write(Some(window.micros()), false);
                 }
                 policy.windows().len()
             }
@@ -311,6 +321,13 @@ mod tests {
                     let tag = algorithm.key_tag();
                     let expected: Vec<String> = match algorithm {
                         Algorithm::SlidingWindow => vec![format!("{prefix}{{{name}:{id}}}:{tag}")],
+                        Algorithm::SlidingCounter => windows
+                            .iter()
+                            .flat_map(|w| {
+                                let key = format!("{prefix}{{{name}:{id}}}:{tag}:{}", w.micros());
+                                [key.clone(), format!("{key}:1")]
+                            })
+                            .collect(),
                         _ => windows
                             .iter()
                             .map(|w| format!("{prefix}{{{name}:{id}}}:{tag}:{}", w.micros()))

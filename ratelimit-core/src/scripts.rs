@@ -214,17 +214,17 @@ pub(crate) fn verdict(
     })
 }
 
-/// What one permit adds to a fixed window's counter, which holds `count * 65536 + tag`
-/// (`lua/fixed_window.lua`).
+/// What one permit adds to a fixed window's or a sliding counter's counter, which holds
+/// `count * 65536 + tag` (`lua/fixed_window.lua`, `lua/sliding_counter.lua`).
 const FIXED_WINDOW_SPAN: u64 = 1 << 16;
 
-/// The third argument of a fixed window's call: what the call adds to its counter
-/// (`cost * 65536`), written by the client so that the script passes it on to `INCRBY` as it
-/// is; empty when the call is not the script's common case (one window, consuming, a cost
-/// from 1 to the limit), which the script then decides on the counter it reads. The counters
-/// cannot recognize a call sent twice, so a fixed window's call carries no nonce and is never
-/// sent again ([`resendable`]).
-fn fixed_window_increment(policy: &Policy, consume: bool, cost: u64) -> Option<u64> {
+/// The third argument of a counter's call (fixed window, sliding counter): what the call adds
+/// to its counter (`cost * 65536`), written by the client so that the script passes it on to
+/// `INCRBY` as it is; empty when the call is not the script's common case (one window,
+/// consuming, a cost from 1 to the limit), which the script then decides on the counters it
+/// reads. These counters cannot recognize a call sent twice, so their calls carry no nonce and
+/// are never sent again ([`resendable`]).
+fn counter_increment(policy: &Policy, consume: bool, cost: u64) -> Option<u64> {
     match policy.windows() {
         [window] if consume && cost > 0 && cost <= window.max_requests() => {
             cost.checked_mul(FIXED_WINDOW_SPAN)
@@ -233,14 +233,23 @@ fn fixed_window_increment(policy: &Policy, consume: bool, cost: u64) -> Option<u
     }
 }
 
-/// Whether a call of `policy`'s script may be sent again after its reply was lost: every
-/// script but the fixed window's recognizes a call it applied by the call's nonce.
+/// Whether a call of `policy`'s script may be sent again after its reply was lost: the sliding
+/// logs and the token bucket recognize a call they applied by the call's nonce; the integer
+/// counters (fixed window, sliding counter) cannot.
 pub(crate) fn resendable(policy: &Policy) -> bool {
-    policy.algorithm() != Algorithm::FixedWindow
+    !counts_in_integers(policy)
 }
 
-/// The third argument of `policy`'s call: `nonce`, or for a fixed window the increment
-/// ([`fixed_window_increment`]), written into `digits`.
+/// Whether `policy`'s script keeps integer counters, added to with the client's increment.
+fn counts_in_integers(policy: &Policy) -> bool {
+    matches!(
+        policy.algorithm(),
+        Algorithm::FixedWindow | Algorithm::SlidingCounter
+    )
+}
+
+/// The third argument of `policy`'s call: `nonce`, or for an integer counter the increment
+/// ([`counter_increment`]), written into `digits`.
 fn third_argument<'a>(
     policy: &Policy,
     consume: bool,
@@ -248,10 +257,10 @@ fn third_argument<'a>(
     nonce: &'a [u8],
     digits: &'a mut itoa::Buffer,
 ) -> &'a [u8] {
-    if policy.algorithm() != Algorithm::FixedWindow {
+    if !counts_in_integers(policy) {
         return nonce;
     }
-    match fixed_window_increment(policy, consume, cost) {
+    match counter_increment(policy, consume, cost) {
         Some(increment) => digits.format(increment).as_bytes(),
         None => b"",
     }
@@ -272,10 +281,11 @@ pub(crate) fn command(
     let windows = policy.windows();
     let key_count = match policy.algorithm() {
         Algorithm::SlidingWindow => 1,
+        Algorithm::SlidingCounter => 2 * windows.len(),
         _ => windows.len(),
     };
-    // A key: prefix, `{`, name, `:`, identity, `}:`, tag, `:`, up to 20 digits.
-    let key_bytes = keys.prefix().len() + policy.name().len() + identity.as_str().len() + 27;
+    // A key: prefix, `{`, name, `:`, identity, `}:`, tag, `:`, up to 20 digits, `:1`.
+    let key_bytes = keys.prefix().len() + policy.name().len() + identity.as_str().len() + 29;
     // EVALSHA, its hash, the key count, op, cost and nonce: 7 + 40 + 20 + 5 + 20 + 33 bytes;
     // a window's limit and length in µs, 20 digits each.
     let mut cmd = redis::Cmd::with_capacity(
@@ -397,10 +407,11 @@ mod tests {
         assert!(matches!(outcome(&[1, 2]), Err(Error::UnexpectedReply(_))));
     }
 
-    /// A fixed window's call carries its increment where the others carry their nonce, and
-    /// only for the script's common case: one window, consuming, a cost from 1 to the limit.
+    /// An integer counter's call carries its increment where the others carry their nonce,
+    /// and only for the script's common case: one window, consuming, a cost from 1 to the
+    /// limit.
     #[test]
-    fn a_fixed_window_call_carries_its_increment_instead_of_a_nonce() {
+    fn a_counter_call_carries_its_increment_instead_of_a_nonce() {
         let keys = KeyBuilder::new("rl:");
         let one = Policy::new("api", [Window::per_minute(10)]);
         let two = Policy::new("api", [Window::per_minute(10), Window::per_hour(100)]);
@@ -408,6 +419,7 @@ mod tests {
             let cmd = command(policy, &keys, Identity::new(b"u1"), consume, cost, b"ab.c");
             let keys = match policy.algorithm() {
                 Algorithm::SlidingWindow => 1,
+                Algorithm::SlidingCounter => 2 * policy.windows().len(),
                 _ => policy.windows().len(),
             };
             match cmd.args_iter().nth(3 + keys + 2) {
@@ -427,19 +439,19 @@ mod tests {
         }
         let fixed_two = two.clone().with_algorithm(Algorithm::FixedWindow);
         assert_eq!(third(&fixed_two, true, 1), "");
-        for algorithm in [
-            Algorithm::SlidingWindow,
-            Algorithm::TokenBucket,
-            Algorithm::SlidingCounter,
-        ] {
+        let counter = one.clone().with_algorithm(Algorithm::SlidingCounter);
+        assert_eq!(third(&counter, true, 3), "196608");
+        assert_eq!(third(&counter, false, 3), "");
+        for algorithm in [Algorithm::SlidingWindow, Algorithm::TokenBucket] {
             for policy in [&one, &two] {
                 let policy = policy.clone().with_algorithm(algorithm);
                 assert_eq!(third(&policy, true, 1), "ab.c", "{algorithm:?}");
                 assert!(resendable(&policy), "{algorithm:?}");
             }
         }
-        assert!(!resendable(&fixed));
-        assert!(!resendable(&fixed_two));
+        for policy in [&fixed, &fixed_two, &counter] {
+            assert!(!resendable(policy), "{policy:?}");
+        }
     }
 
     /// The command is the one `redis::Script` would send: EVALSHA, the hash, the keys and the

@@ -223,19 +223,16 @@ ratelimit_tests::tokio_test_cases!(scripts_match_their_twins_on {
 
 /// A call retried after its reply was lost (the cluster client retries on I/O errors and
 /// response timeouts; the limiter once after a broken connection) carries the same nonce: the
-/// script finds it in the state and takes nothing twice. The fixed window's counter is a bare
-/// integer with no nonce: its calls are never sent again by the limiter.
+/// script finds it in the state and takes nothing twice. The fixed window's and the sliding
+/// counter's counters are bare integers with no nonce: their calls are never sent again by the
+/// limiter.
 async fn a_retried_call_takes_nothing_twice<C>(connection: &mut C, target: &str)
 where
     C: redis::aio::ConnectionLike + Send,
 {
     let keys = KeyBuilder::new(format!("retry-{target}-{}:", rand::random::<u32>()));
     let now: u64 = 1_800_000_000_000_000;
-    for algorithm in [
-        Algorithm::SlidingWindow,
-        Algorithm::TokenBucket,
-        Algorithm::SlidingCounter,
-    ] {
+    for algorithm in [Algorithm::SlidingWindow, Algorithm::TokenBucket] {
         for windows in [1, 2] {
             let policy = Policy::new(
                 format!("{algorithm}-{windows}"),
@@ -390,5 +387,101 @@ where
 async fn a_counter_of_the_earlier_encoding_keeps_its_count_on_both() {
     for backend in [Backend::Standalone, Backend::Cluster] {
         on_connection_to!(backend, a_counter_of_the_earlier_encoding_keeps_its_count);
+    }
+}
+
+/// A sliding counter written before its counters became integers (one key a window, the even
+/// counter's name, `<window number>:<current>:<previous>:<nonce>`) is read as it was, whichever
+/// counter holds this window, and what it carried is kept once it is written again.
+async fn a_sliding_counter_of_the_earlier_layout_keeps_its_counts<C>(
+    connection: &mut C,
+    target: &str,
+) where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let keys = KeyBuilder::new(format!("legacy-sc-{target}-{}:", rand::random::<u32>()));
+    let identity = Identity::new(b"client");
+    let policy =
+        Policy::new("sc", [Window::per_minute(10)]).with_algorithm(Algorithm::SlidingCounter);
+    let even = keys.keys(&policy, identity)[0].clone();
+    // 123,456 µs into the window: the previous window weighs all of its count (rounded up).
+    for number in [30_000_000_u64, 30_000_001] {
+        let now = number * 60_000_000 + 123_456;
+        for (stored, current, previous) in [
+            (format!("{number}:4:3:ab.c"), 4, 3),
+            (format!("{}:5:0:ab.c", number - 1), 0, 5),
+            (format!("{}:9:9:ab.c", number - 2), 0, 0),
+        ] {
+            let left = 10 - current - previous;
+            let _: () = redis::cmd("DEL")
+                .arg(keys.keys(&policy, identity))
+                .query_async(connection)
+                .await
+                .expect("DEL");
+            let _: () = redis::cmd("SET")
+                .arg(&even)
+                .arg(&stored)
+                .query_async(connection)
+                .await
+                .expect("SET");
+            let case = format!("{target}, window {number}, {stored}");
+            for (step, (consume, cost, remaining)) in [
+                (false, 1, left),
+                (true, 0, left),
+                (true, 1, left - 1),
+                (true, 1, left - 2),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let got = scripts::evaluate_at(
+                    connection,
+                    &keys,
+                    &policy,
+                    identity,
+                    cost,
+                    consume,
+                    now + step as u64,
+                    None,
+                )
+                .await
+                .expect("a counter of the earlier layout is read");
+                assert!(got.allowed, "{case}, step {step}: {got:?}");
+                assert_eq!(got.remaining, remaining, "{case}, step {step}");
+            }
+            // The next window weighs this one's whole count as its previous one.
+            let next = scripts::evaluate_at(
+                connection,
+                &keys,
+                &policy,
+                identity,
+                1,
+                false,
+                now + 60_000_000,
+                None,
+            )
+            .await
+            .expect("the next window");
+            assert_eq!(
+                next.remaining,
+                10 - (current + 2),
+                "{case}, the next window"
+            );
+        }
+    }
+    let _: () = redis::cmd("DEL")
+        .arg(keys.keys(&policy, identity))
+        .query_async(connection)
+        .await
+        .expect("DEL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sliding_counter_of_the_earlier_layout_keeps_its_counts_on_both() {
+    for backend in [Backend::Standalone, Backend::Cluster] {
+        on_connection_to!(
+            backend,
+            a_sliding_counter_of_the_earlier_layout_keeps_its_counts
+        );
     }
 }

@@ -1,6 +1,10 @@
--- Sliding window counter, one window: several calls on one pair of counts (see
--- `prelude/batch_arguments.lua`). One GET and at most one SET for all of them; each call's
--- answer is the single script's. Integer arithmetic below 2^53, as in `sliding_counter.lua`.
+-- Sliding window counter, one window: several calls on one pair of counters (see
+-- `prelude/batch_arguments.lua`; KEYS[1] and KEYS[2] are the even and odd counters, as in
+-- `sliding_counter.lua`). Two GETs and at most one write for all of them (two after a counter of
+-- the earlier layout); each call's answer is the single script's. Integer arithmetic below
+-- 2^53, as in `sliding_counter.lua`.
+
+local SPAN = 65536
 
 -- floor(a / b) for integers below 2^53, corrected where the division in doubles rounds up.
 local function idiv(a, b)
@@ -14,18 +18,39 @@ local function idiv(a, b)
 end
 
 local number = idiv(now, window)
-local current, previous = 0, 0
-local stored = redis.call('GET', key)
-if stored then
-  local stored_number, stored_current, stored_previous =
-    string.match(stored, '^(%d+):(%d+):(%d+)')
-  stored_number = tonumber(stored_number)
-  if stored_number == number then
-    current, previous = tonumber(stored_current), tonumber(stored_previous)
-  elseif stored_number + 1 == number then
-    previous = tonumber(stored_current)
+local parity = number % 2
+local cur, prev = KEYS[1 + parity], KEYS[2 - parity]
+local tag, prev_tag = number % (SPAN - 1) + 1, (number - 1) % (SPAN - 1) + 1
+-- The counts a stored counter gives this window and the one before, as the single script reads
+-- them (`counts` there).
+local current, previous, legacy, counting = 0, 0, false, false
+for k = 1, 2 do
+  local stored = redis.call('GET', k == 1 and cur or prev)
+  local c, p = 0, 0
+  if stored then
+    local value = tonumber(stored)
+    if value then
+      local t = value % SPAN
+      if t == tag then
+        c, counting = (value - t) / SPAN, counting or k == 1
+      elseif t == prev_tag then
+        p = (value - t) / SPAN
+      end
+    else
+      local stored_number, stored_current, stored_previous =
+        string.match(stored, '^(%d+):(%d+):(%d+)')
+      stored_number = tonumber(stored_number)
+      if stored_number == number then
+        c, p, legacy = tonumber(stored_current), tonumber(stored_previous), legacy or k == 1
+      elseif stored_number and stored_number + 1 == number then
+        p, legacy = tonumber(stored_current), legacy or k == 1
+      end
+    end
   end
+  if c > current then current = c end
+  if p > previous then previous = p end
 end
+local first = current
 local start = number * window
 local e = now - start
 -- ceil(previous * (window - e) / window): the previous window's weight, the same for every call
@@ -68,8 +93,13 @@ for i = 1, calls do
   reply[at - 3], reply[at - 2], reply[at - 1], reply[at] =
     allowed and 1 or 0, remaining, reset_after, retry_after
 end
-if wrote then
-  redis.call('SET', key, string.format('%d:%d:%d:', number, current, previous) .. batch,
-    'PX', math.ceil((start + 2 * window - now) / 1000))
+if wrote and counting then
+  -- This window's counter exists: added to, it keeps the TTL its window's first call set.
+  redis.call('INCRBY', cur, (current - first) * SPAN)
+elseif wrote then
+  redis.call('SET', cur, current * SPAN + tag, 'PX', math.ceil((start + 2 * window - now) / 1000))
+  if legacy and previous > 0 then
+    redis.call('SET', prev, previous * SPAN + prev_tag, 'PX', math.ceil((start + window - now) / 1000))
+  end
 end
 return reply

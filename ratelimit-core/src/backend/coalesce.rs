@@ -81,6 +81,9 @@ pub(super) struct Twin {
     /// the single script's whole reply a call; the others take one window and answer four
     /// numbers a call.
     several: bool,
+    /// Keys a call carries: two for the sliding counter (its even and odd counters), one for
+    /// the others.
+    keys: usize,
 }
 
 static TWINS: LazyLock<[Twin; 5]> = LazyLock::new(|| {
@@ -89,18 +92,30 @@ static TWINS: LazyLock<[Twin; 5]> = LazyLock::new(|| {
         source,
         batch: redis::Script::new(source),
         several: false,
+        keys: 1,
     };
     [
         twin(scripts::SLIDING_WINDOW, SLIDING_WINDOW_BATCH),
         twin(scripts::TOKEN_BUCKET, TOKEN_BUCKET_BATCH),
         twin(scripts::FIXED_WINDOW, FIXED_WINDOW_BATCH),
-        twin(scripts::SLIDING_COUNTER, SLIDING_COUNTER_BATCH),
+        Twin {
+            keys: 2,
+            ..twin(scripts::SLIDING_COUNTER, SLIDING_COUNTER_BATCH)
+        },
         Twin {
             several: true,
             ..twin(scripts::MULTI_WINDOW, MULTI_WINDOW_BATCH)
         },
     ]
 });
+
+impl Twin {
+    /// Where a call's windows start among its arguments: after `EVALSHA`, the hash, the key
+    /// count, the keys, the operation, the cost and the nonce.
+    fn windows_at(&self) -> usize {
+        6 + self.keys
+    }
+}
 
 /// Every batch script, for preloading (`SCRIPT LOAD`).
 pub fn all() -> [&'static redis::Script; 5] {
@@ -138,21 +153,21 @@ fn twin_of(single: &[u8]) -> Option<&'static Twin> {
     TWINS.iter().find(|twin| twin.single.as_bytes() == single)
 }
 
-/// What a batch needs of a call: the arguments of `EVALSHA <sha> 1 <key> <op> <cost> <nonce>
-/// <limit1> <window1> …`, a call of a script that has a batch twin.
+/// What a batch needs of a call: the arguments of `EVALSHA <sha> <1 or 2> <key> [<key>] <op>
+/// <cost> <nonce> <limit1> <window1> …`, a call of a script that has a batch twin.
 struct Shape<'a> {
     call: &'a redis::Cmd,
     twin: &'static Twin,
+    /// The first key, which names the state the calls share.
     key: &'a [u8],
+    /// The sliding counter's second key (its odd counter).
+    second: Option<&'a [u8]>,
     op: &'a [u8],
     cost: &'a [u8],
     nonce: &'a [u8],
-    /// Windows the call carries (limit and length of each, from its eighth argument).
+    /// Windows the call carries (limit and length of each, after the nonce).
     windows: usize,
 }
-
-/// Where a call's windows start among its arguments.
-const WINDOWS_AT: usize = 7;
 
 impl<'a> Shape<'a> {
     fn of(call: &'a redis::Cmd) -> Option<Self> {
@@ -162,12 +177,19 @@ impl<'a> Shape<'a> {
         });
         let mut next = || args.next().flatten();
         let (evalsha, sha, keys) = (next()?, next()?, next()?);
-        if evalsha != b"EVALSHA" || keys != b"1" {
+        if evalsha != b"EVALSHA" {
             return None;
         }
         let twin = twin_of(sha)?;
-        let (key, op, cost, nonce) = (next()?, next()?, next()?, next()?);
-        let rest = call.args_iter().len().checked_sub(WINDOWS_AT)?;
+        let second = match (twin.keys, keys) {
+            (1, b"1") => false,
+            (2, b"2") => true,
+            _ => return None,
+        };
+        let key = next()?;
+        let second = if second { Some(next()?) } else { None };
+        let (op, cost, nonce) = (next()?, next()?, next()?);
+        let rest = call.args_iter().len().checked_sub(twin.windows_at())?;
         let windows = rest / 2;
         // One window for the single-window scripts, several for the multi-window log's.
         let fits = rest % 2 == 0
@@ -180,6 +202,7 @@ impl<'a> Shape<'a> {
             call,
             twin,
             key,
+            second,
             op,
             cost,
             nonce,
@@ -194,15 +217,15 @@ impl<'a> Shape<'a> {
             && self
                 .call
                 .args_iter()
-                .skip(WINDOWS_AT)
-                .eq(other.call.args_iter().skip(WINDOWS_AT))
+                .skip(self.twin.windows_at())
+                .eq(other.call.args_iter().skip(other.twin.windows_at()))
     }
 
     /// The call's windows: limit and length of each, in pairs.
     fn window_args(&self) -> impl Iterator<Item = &'a [u8]> {
         self.call
             .args_iter()
-            .skip(WINDOWS_AT)
+            .skip(self.twin.windows_at())
             .filter_map(|arg| match arg {
                 redis::Arg::Simple(bytes) => Some(bytes),
                 _ => None,
@@ -320,14 +343,17 @@ fn batch(
     shapes: &[Option<Shape<'_>>],
 ) -> (redis::Cmd, &'static Twin, i64) {
     let mut call = redis::Cmd::with_capacity(
-        8 + 2 * first.windows + 2 * members.len(),
-        80 + first.key.len() + 40 * first.windows + members.len() * (first.nonce.len() + 24),
+        9 + 2 * first.windows + 2 * members.len(),
+        80 + 2 * first.key.len() + 40 * first.windows + members.len() * (first.nonce.len() + 24),
     );
     call.arg("EVALSHA")
         .arg(first.twin.batch.get_hash())
-        .arg(1)
-        .arg(first.key)
-        .arg(first.op);
+        .arg(first.twin.keys)
+        .arg(first.key);
+    if let Some(second) = first.second {
+        call.arg(second);
+    }
+    call.arg(first.op);
     if first.twin.several {
         call.arg(first.windows);
     }
