@@ -174,7 +174,17 @@ done
 add_minimal fixed_window/minimal "$minimal_fixed_window" 1 'min:fw:__rand_int__' $limit 60000
 for i in "${!dirs[@]}"; do add_ours "token_bucket/${labels[$i]}" "${dirs[$i]}" token_bucket.lua $tb; done
 add_minimal token_bucket/minimal "$minimal_token_bucket" 1 'min:tb:__rand_int__' 1000000 $minute
-for i in "${!dirs[@]}"; do add_ours "sliding_counter/${labels[$i]}" "${dirs[$i]}" sliding_counter.lua $sc; done
+for i in "${!dirs[@]}"; do
+  # The sliding counter keeps two integer counters a window (even and odd windows) where its
+  # script uses INCRBY, and takes the increment as its third argument; one text counter and a
+  # nonce in trees before that.
+  if grep -q INCRBY "${dirs[$i]}/sliding_counter.lua"; then
+    add_ours "sliding_counter/${labels[$i]}" "${dirs[$i]}" sliding_counter.lua \
+      2 'rl:{sc:__rand_int__}:sc' 'rl:{sc:__rand_int__}:sc:1' allow 1 65536 $limit $minute
+  else
+    add_ours "sliding_counter/${labels[$i]}" "${dirs[$i]}" sliding_counter.lua $sc
+  fi
+done
 # Two independent random keys: the current counter and the previous one.
 add_minimal sliding_counter/minimal "$minimal_sliding_counter" 2 'min:sc:__rand_int__' 'min:sc:__rand_int__' $limit $minute
 for i in "${!dirs[@]}"; do add_ours "sliding_window/${labels[$i]}" "${dirs[$i]}" sliding_window.lua $sw; done

@@ -94,8 +94,7 @@ pub use key::{Digest, Identity, KeyBuilder, MAX_PLAIN_IDENTITY};
 pub use limiter::{LimiterStats, RateLimiter};
 pub use metrics::Metrics;
 pub use policy::{
-    Algorithm, MAX_FIXED_WINDOW_LIMIT, MAX_SLIDING_LOG_LIMIT, MAX_SPREAD, Policy, PolicyError,
-    Window,
+    Algorithm, MAX_COUNTER_LIMIT, MAX_SLIDING_LOG_LIMIT, MAX_SPREAD, Policy, PolicyError, Window,
 };
 
 /// Internals for this workspace's test harness, benches and measuring programs: the in-memory

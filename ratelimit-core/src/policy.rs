@@ -151,10 +151,10 @@ impl fmt::Display for Algorithm {
 /// The largest limit a sliding log accepts: its memory grows with the limit.
 pub const MAX_SLIDING_LOG_LIMIT: u64 = 1_000_000;
 
-/// The largest limit a fixed window accepts, 2^35 - 1: its counter is one integer holding the
-/// count and a tag of the window (`lua/fixed_window.lua`), exact in a Lua double while the
-/// count stays below 2^36.
-pub const MAX_FIXED_WINDOW_LIMIT: u64 = (1 << 35) - 1;
+/// The largest limit a fixed window or a sliding counter accepts, 2^35 - 1: their counters are
+/// integers holding a count and a tag of the window (`lua/fixed_window.lua`,
+/// `lua/sliding_counter.lua`), exact in a Lua double while the count stays below 2^36.
+pub const MAX_COUNTER_LIMIT: u64 = (1 << 35) - 1;
 
 /// The largest [`Policy::with_spread`].
 pub const MAX_SPREAD: u32 = 64;
@@ -342,7 +342,11 @@ impl Policy {
             {
                 return Err(PolicyError::LogTooLarge { index });
             }
-            if self.algorithm == Algorithm::FixedWindow && w.max_requests > MAX_FIXED_WINDOW_LIMIT {
+            if matches!(
+                self.algorithm,
+                Algorithm::FixedWindow | Algorithm::SlidingCounter
+            ) && w.max_requests > MAX_COUNTER_LIMIT
+            {
                 return Err(PolicyError::CounterTooLarge { index });
             }
             if self.windows[..index]
@@ -423,8 +427,10 @@ pub enum PolicyError {
         /// Which window (0-based).
         index: usize,
     },
-    /// A fixed window over [`MAX_FIXED_WINDOW_LIMIT`].
-    #[error("window {index}: a fixed_window counts at most {MAX_FIXED_WINDOW_LIMIT} permits")]
+    /// A fixed window or a sliding counter over [`MAX_COUNTER_LIMIT`].
+    #[error(
+        "window {index}: a fixed_window or sliding_counter counts at most {MAX_COUNTER_LIMIT} permits"
+    )]
     CounterTooLarge {
         /// Which window (0-based).
         index: usize,

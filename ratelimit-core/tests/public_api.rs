@@ -26,7 +26,7 @@ fn window_labels_use_the_largest_unit_that_divides() {
 #[test]
 fn every_policy_refusal_names_its_window() {
     let minute = Window::per_minute(10);
-    let cases: [(Policy, PolicyError); 8] = [
+    let cases: [(Policy, PolicyError); 9] = [
         (
             Policy::new("bad name!", [minute]),
             PolicyError::Name("bad name!".into()),
@@ -59,7 +59,7 @@ fn every_policy_refusal_names_its_window() {
                 [
                     minute,
                     Window::new(
-                        ratelimit_core::MAX_FIXED_WINDOW_LIMIT + 1,
+                        ratelimit_core::MAX_COUNTER_LIMIT + 1,
                         Duration::from_millis(1),
                     ),
                 ],
@@ -67,16 +67,24 @@ fn every_policy_refusal_names_its_window() {
             .with_algorithm(Algorithm::FixedWindow),
             PolicyError::CounterTooLarge { index: 1 },
         ),
+        (
+            Policy::new(
+                "p",
+                [Window::new(
+                    ratelimit_core::MAX_COUNTER_LIMIT + 1,
+                    Duration::from_millis(1),
+                )],
+            )
+            .with_algorithm(Algorithm::SlidingCounter),
+            PolicyError::CounterTooLarge { index: 0 },
+        ),
     ];
     for (policy, expected) in cases {
         assert_eq!(policy.validate(), Err(expected.clone()), "{policy:?}");
         assert!(!expected.to_string().is_empty());
     }
     assert_eq!(Policy::new("a/b-c_d.e", [minute]).validate(), Ok(()));
-    let largest = Window::new(
-        ratelimit_core::MAX_FIXED_WINDOW_LIMIT,
-        Duration::from_millis(1),
-    );
+    let largest = Window::new(ratelimit_core::MAX_COUNTER_LIMIT, Duration::from_millis(1));
     assert_eq!(
         Policy::new("p", [largest])
             .with_algorithm(Algorithm::FixedWindow)

@@ -542,7 +542,9 @@ async fn pttls_on(conn: &mut impl redis::aio::ConnectionLike, keys: &[String]) -
 
 /// The keys `policy` keeps for `id`, each with the window (ms) that bounds its TTL: the longest
 /// window for a sliding log (one key), its own window for a bucket or counter (one key each),
-/// twice its window for a sliding counter (the count is still weighed during the next window).
+/// twice its window for a sliding counter (the count is still weighed during the next window),
+/// whose two counters a window are its even and odd windows': the one of the window it is now
+/// (the policies here are well inside their windows).
 fn keys_with_lifetimes(keys: &KeyBuilder, policy: &Policy, id: &str) -> Vec<(String, i64)> {
     let ms = |d: Duration| i64::try_from(d.as_millis()).expect("window in ms fits");
     let built = keys.keys(policy, Identity::new(id.as_bytes()));
@@ -551,11 +553,20 @@ fn keys_with_lifetimes(keys: &KeyBuilder, policy: &Policy, id: &str) -> Vec<(Str
             .into_iter()
             .map(|k| (k, ms(policy.longest_window())))
             .collect(),
-        Algorithm::SlidingCounter => built
-            .into_iter()
-            .zip(policy.windows())
-            .map(|(k, w)| (k, 2 * ms(w.duration())))
-            .collect(),
+        Algorithm::SlidingCounter => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("the clock is after 1970")
+                .as_micros();
+            built
+                .chunks(2)
+                .zip(policy.windows())
+                .map(|(pair, w)| {
+                    let parity = (now / w.duration().as_micros()) % 2;
+                    (pair[parity as usize].clone(), 2 * ms(w.duration()))
+                })
+                .collect()
+        }
         _ => built
             .into_iter()
             .zip(policy.windows())
