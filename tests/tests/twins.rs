@@ -182,11 +182,7 @@ where
                     last = expected;
                 }
                 // The script left the keys persistent (see `scripts::evaluate_at`).
-                let _: () = redis::cmd("DEL")
-                    .arg(keys.keys(&policy, identity))
-                    .query_async(connection)
-                    .await
-                    .expect("DEL");
+                delete(connection, &keys.keys(&policy, identity)).await;
             }
         }
     }
@@ -289,11 +285,7 @@ where
             .await
             .expect("next call");
             assert_eq!(next.remaining, 4, "{target} {algorithm} x{windows}");
-            let _: () = redis::cmd("DEL")
-                .arg(keys.keys(&policy, identity))
-                .query_async(connection)
-                .await
-                .expect("DEL");
+            delete(connection, &keys.keys(&policy, identity)).await;
         }
     }
 }
@@ -334,17 +326,7 @@ where
                 (true, 0, 10 - spent),
                 (true, 2, 8 - spent),
             ] {
-                let _: () = redis::cmd("DEL")
-                    .arg(keys.keys(&policy, identity))
-                    .query_async(connection)
-                    .await
-                    .expect("DEL");
-                let _: () = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(&stored)
-                    .query_async(connection)
-                    .await
-                    .expect("SET");
+                store_earlier(connection, &keys.keys(&policy, identity), &key, &stored).await;
                 let got = scripts::evaluate_at(
                     connection, &keys, &policy, identity, cost, consume, now, None,
                 )
@@ -375,11 +357,7 @@ where
                 );
             }
         }
-        let _: () = redis::cmd("DEL")
-            .arg(keys.keys(&policy, identity))
-            .query_async(connection)
-            .await
-            .expect("DEL");
+        delete(connection, &keys.keys(&policy, identity)).await;
     }
 }
 
@@ -413,17 +391,7 @@ async fn a_sliding_counter_of_the_earlier_layout_keeps_its_counts<C>(
             (format!("{}:9:9:ab.c", number - 2), 0, 0),
         ] {
             let left = 10 - current - previous;
-            let _: () = redis::cmd("DEL")
-                .arg(keys.keys(&policy, identity))
-                .query_async(connection)
-                .await
-                .expect("DEL");
-            let _: () = redis::cmd("SET")
-                .arg(&even)
-                .arg(&stored)
-                .query_async(connection)
-                .await
-                .expect("SET");
+            store_earlier(connection, &keys.keys(&policy, identity), &even, &stored).await;
             let case = format!("{target}, window {number}, {stored}");
             for (step, (consume, cost, remaining)) in [
                 (false, 1, left),
@@ -469,11 +437,7 @@ async fn a_sliding_counter_of_the_earlier_layout_keeps_its_counts<C>(
             );
         }
     }
-    let _: () = redis::cmd("DEL")
-        .arg(keys.keys(&policy, identity))
-        .query_async(connection)
-        .await
-        .expect("DEL");
+    delete(connection, &keys.keys(&policy, identity)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -484,4 +448,29 @@ async fn a_sliding_counter_of_the_earlier_layout_keeps_its_counts_on_both() {
             a_sliding_counter_of_the_earlier_layout_keeps_its_counts
         );
     }
+}
+
+/// Deletes `keys`.
+async fn delete<C: redis::aio::ConnectionLike + Send>(connection: &mut C, keys: &[String]) {
+    let _: () = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(connection)
+        .await
+        .expect("DEL");
+}
+
+/// Deletes `keys`, then stores `value` under `key` as an earlier release wrote it.
+async fn store_earlier<C: redis::aio::ConnectionLike + Send>(
+    connection: &mut C,
+    keys: &[String],
+    key: &str,
+    value: &str,
+) {
+    delete(connection, keys).await;
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query_async(connection)
+        .await
+        .expect("SET");
 }
