@@ -11,8 +11,9 @@
 //!
 //! Retries stay exact: when the connection broke under a pipeline, the lane sends again, once,
 //! only the calls of the sliding logs, batches included, whose permits are members of each
-//! call's own added with `NX`: sent twice, they take nothing twice. The counters recognize only
-//! the last writer's nonce, so their calls, alone or in a batch, are never sent again (their
+//! call's own added with `NX`: sent twice, they take nothing twice. The counters recognize at
+//! most the last writer's nonce (the token bucket; the integer counters of the fixed window and
+//! the sliding counter none), so their calls, alone or in a batch, are never sent again (their
 //! callers get the error, and the fallback decides). The counters' policies of several windows
 //! are sent one call each, as are calls on a cluster.
 
@@ -124,9 +125,10 @@ pub fn all() -> [&'static redis::Script; 5] {
 }
 
 /// Hashes of the scripts whose calls can be sent again after their reply was lost: the sliding
-/// logs', whose permits are members of the call's own, added with `NX`. The counters (token
-/// bucket, fixed window, sliding counter) recognize only the last writer's nonce, and another
-/// call on the key may have written in between: a call of theirs is never sent again.
+/// logs', whose permits are members of the call's own, added with `NX`. The counters recognize
+/// at most the last writer's nonce (the token bucket; the fixed window's and the sliding
+/// counter's integers none), and another call on the key may have written in between: a call of
+/// theirs is never sent again.
 static RESENDABLE: LazyLock<[String; 4]> = LazyLock::new(|| {
     [
         scripts::SLIDING_WINDOW,
@@ -639,6 +641,75 @@ mod tests {
             ]
         );
         assert_eq!(sent.len(), plan.parts.len());
+    }
+
+    /// The sliding counter's calls carry two keys (its even and odd counters): they are batched
+    /// on their first key, and the batch call carries both, then the windows and each call's
+    /// cost and increment. A call of two keys to a script whose batch takes one is sent alone.
+    #[test]
+    fn a_sliding_counter_batch_carries_both_keys() {
+        let counter = redis::Script::new(scripts::SLIDING_COUNTER);
+        let pair = |key: &str, cost: u64| {
+            let mut call = redis::cmd("EVALSHA");
+            call.arg(counter.get_hash())
+                .arg(2)
+                .arg(key)
+                .arg(format!("{key}:1"));
+            call.arg("allow")
+                .arg(cost)
+                .arg(cost * 65_536)
+                .arg(10)
+                .arg(60_000_000);
+            call
+        };
+        let log = redis::Script::new(scripts::SLIDING_WINDOW);
+        let mut two_keys_to_a_log = redis::cmd("EVALSHA");
+        two_keys_to_a_log
+            .arg(log.get_hash())
+            .arg(2)
+            .arg("c")
+            .arg("c:1");
+        two_keys_to_a_log
+            .arg("allow")
+            .arg(1)
+            .arg("n")
+            .arg(10)
+            .arg(60_000_000);
+        let plan = plan(vec![
+            pair("a", 1),
+            pair("b", 1),
+            pair("a", 2),
+            two_keys_to_a_log.clone(),
+            two_keys_to_a_log,
+        ]);
+        let parts: Vec<String> = plan
+            .parts
+            .iter()
+            .map(|part| match part {
+                Part::One(i) => format!("{i}"),
+                Part::Batch { calls, limit, .. } => format!("{calls:?}/{limit}"),
+            })
+            .collect();
+        assert_eq!(parts, ["[0, 2]/10", "1", "3", "4"]);
+        let batch = plan.calls.cmd_iter().next().expect("the batch");
+        let batch_hash = TWINS[3].batch.get_hash().to_owned();
+        assert_eq!(
+            args(batch),
+            [
+                "EVALSHA",
+                &batch_hash,
+                "2",
+                "a",
+                "a:1",
+                "allow",
+                "10",
+                "60000000",
+                "1",
+                "65536",
+                "2",
+                "131072"
+            ]
+        );
     }
 
     #[test]
