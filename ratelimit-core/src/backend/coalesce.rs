@@ -540,6 +540,17 @@ mod tests {
         call
     }
 
+    /// A plan's parts: a call's index, or a batch's indexes and limit.
+    fn parts(plan: &Plan) -> Vec<String> {
+        plan.parts
+            .iter()
+            .map(|part| match part {
+                Part::One(i) => format!("{i}"),
+                Part::Batch { calls, limit, .. } => format!("{calls:?}/{limit}"),
+            })
+            .collect()
+    }
+
     fn args(call: &redis::Cmd) -> Vec<String> {
         call.args_iter()
             .map(|arg| match arg {
@@ -578,14 +589,7 @@ mod tests {
             call(log, "b", "allow", 1, "n14", &one),
         ];
         let plan = plan(calls);
-        let parts: Vec<String> = plan
-            .parts
-            .iter()
-            .map(|part| match part {
-                Part::One(i) => format!("{i}"),
-                Part::Batch { calls, limit, .. } => format!("{calls:?}/{limit}"),
-            })
-            .collect();
+        let parts = parts(&plan);
         assert_eq!(
             parts,
             [
@@ -682,14 +686,7 @@ mod tests {
             two_keys_to_a_log.clone(),
             two_keys_to_a_log,
         ]);
-        let parts: Vec<String> = plan
-            .parts
-            .iter()
-            .map(|part| match part {
-                Part::One(i) => format!("{i}"),
-                Part::Batch { calls, limit, .. } => format!("{calls:?}/{limit}"),
-            })
-            .collect();
+        let parts = parts(&plan);
         assert_eq!(parts, ["[0, 2]/10", "1", "3", "4"]);
         let batch = plan.calls.cmd_iter().next().expect("the batch");
         let batch_hash = TWINS[3].batch.get_hash().to_owned();
