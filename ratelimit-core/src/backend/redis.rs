@@ -154,8 +154,9 @@ impl RedisBackend {
                     // One retry, and only when the connection broke: the cluster client has
                     // begun reconnecting. If the script ran before the connection broke, the
                     // retry finds the call's nonce in the state and takes nothing twice (as
-                    // when the cluster client retries on its own); a fixed window's counter
-                    // has no nonce, and its call is not sent again. A lane (standalone) sends
+                    // when the cluster client retries on its own); the integer counters (fixed
+                    // window, sliding counter) have no nonce, and their calls are not sent
+                    // again. A lane (standalone) sends
                     // again by itself, and only the sliding logs' calls, which are idempotent
                     // (`batch.rs`).
                     Err(e)
