@@ -179,13 +179,13 @@ impl KeyBuilder {
     }
 
     /// Writes the keys of [`Self::keys`] into `out` (a command being built), one argument
-    /// each, without a string of their own; returns how many it wrote.
+    /// each, without a string of their own: [`key_count`] of them.
     pub(crate) fn write_keys(
         &self,
         policy: &Policy,
         identity: Identity<'_>,
         out: &mut impl redis::RedisWrite,
-    ) -> usize {
+    ) {
         let (prefix, name, id) = (&self.prefix, policy.name(), identity.as_str());
         let tag = policy.algorithm().key_tag();
         // The pieces one by one, not through `write!`: on the Redis path this runs once a
@@ -229,24 +229,29 @@ impl KeyBuilder {
             out.write_arg(&buffer[..len]);
         };
         match policy.algorithm() {
-            crate::policy::Algorithm::SlidingWindow => {
-                write(None, false);
-                1
-            }
+            crate::policy::Algorithm::SlidingWindow => write(None, false),
             crate::policy::Algorithm::SlidingCounter => {
                 for window in policy.windows() {
                     write(Some(window.micros()), false);
                     write(Some(window.micros()), true);
                 }
-                2 * policy.windows().len()
             }
             _ => {
                 for window in policy.windows() {
                     write(Some(window.micros()), false);
                 }
-                policy.windows().len()
             }
         }
+    }
+}
+
+/// How many keys a decision of `policy` touches ([`KeyBuilder::keys`]): one sorted set for a
+/// sliding log, two counters a window for a sliding counter, one value a window otherwise.
+pub(crate) fn key_count(policy: &Policy) -> usize {
+    match policy.algorithm() {
+        crate::policy::Algorithm::SlidingWindow => 1,
+        crate::policy::Algorithm::SlidingCounter => 2 * policy.windows().len(),
+        _ => policy.windows().len(),
     }
 }
 

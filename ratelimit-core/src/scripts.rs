@@ -216,7 +216,7 @@ pub(crate) fn verdict(
 
 /// What one permit adds to a fixed window's or a sliding counter's counter, which holds
 /// `count * 65536 + tag` (`lua/fixed_window.lua`, `lua/sliding_counter.lua`).
-const FIXED_WINDOW_SPAN: u64 = 1 << 16;
+const COUNTER_SPAN: u64 = 1 << 16;
 
 /// The third argument of a counter's call (fixed window, sliding counter): what the call adds
 /// to its counter (`cost * 65536`), written by the client so that the script passes it on to
@@ -227,7 +227,7 @@ const FIXED_WINDOW_SPAN: u64 = 1 << 16;
 fn counter_increment(policy: &Policy, consume: bool, cost: u64) -> Option<u64> {
     match policy.windows() {
         [window] if consume && cost > 0 && cost <= window.max_requests() => {
-            cost.checked_mul(FIXED_WINDOW_SPAN)
+            cost.checked_mul(COUNTER_SPAN)
         }
         _ => None,
     }
@@ -279,11 +279,7 @@ pub(crate) fn command(
     nonce: &[u8],
 ) -> redis::Cmd {
     let windows = policy.windows();
-    let key_count = match policy.algorithm() {
-        Algorithm::SlidingWindow => 1,
-        Algorithm::SlidingCounter => 2 * windows.len(),
-        _ => windows.len(),
-    };
+    let key_count = crate::key::key_count(policy);
     // A key: prefix, `{`, name, `:`, identity, `}:`, tag, `:`, up to 20 digits, `:1`.
     let key_bytes = keys.prefix().len() + policy.name().len() + identity.as_str().len() + 29;
     // EVALSHA, its hash, the key count, op, cost and nonce: 7 + 40 + 20 + 5 + 20 + 33 bytes;
@@ -417,11 +413,7 @@ mod tests {
         let two = Policy::new("api", [Window::per_minute(10), Window::per_hour(100)]);
         let third = |policy: &Policy, consume: bool, cost: u64| {
             let cmd = command(policy, &keys, Identity::new(b"u1"), consume, cost, b"ab.c");
-            let keys = match policy.algorithm() {
-                Algorithm::SlidingWindow => 1,
-                Algorithm::SlidingCounter => 2 * policy.windows().len(),
-                _ => policy.windows().len(),
-            };
+            let keys = crate::key::key_count(policy);
             match cmd.args_iter().nth(3 + keys + 2) {
                 Some(redis::Arg::Simple(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
                 _ => "<none>".to_owned(),
