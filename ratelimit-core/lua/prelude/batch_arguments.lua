@@ -13,10 +13,10 @@
 --
 -- Sent again after its reply was lost (when the connection broke), a log's batch takes nothing
 -- twice: its members are the calls' own, as the single script writes them, added with NX. The
--- counters' batches write in the single scripts' format (the token bucket and the sliding
--- counter store the first call's nonce as the last writer's; a fixed window's counter is a bare
--- integer, and its calls' nonce argument carries their increment instead) and are never sent
--- again: a counter recognizes at most its last writer, and another writer may come between
+-- counters' batches write in the single scripts' format (the token bucket stores the first
+-- call's nonce as the last writer's; the fixed window's and the sliding counter's counters are
+-- bare integers, and their calls' nonce argument carries their increment instead) and are never
+-- sent again: a counter recognizes at most its last writer, and another writer may come between
 -- (the client sends again only what is idempotent, `batch.rs`).
 local key = KEYS[1]
 local limit = tonumber(ARGV[2])
