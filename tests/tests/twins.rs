@@ -474,3 +474,115 @@ async fn store_earlier<C: redis::aio::ConnectionLike + Send>(
         .await
         .expect("SET");
 }
+
+/// A denied call stores nothing: a counter that `INCRBY` added to is taken back to what it held,
+/// whether it was this window's, an earlier window's of the same parity, or none (then it does
+/// not exist afterwards, rather than lingering without a TTL). Fixed window and sliding counter,
+/// with the sliding counter denied by the previous window's weight alone.
+async fn a_denial_leaves_the_counters_as_they_were<C>(connection: &mut C, target: &str)
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let keys = KeyBuilder::new(format!("denial-{target}-{}:", rand::random::<u32>()));
+    let identity = Identity::new(b"client");
+    let minute = 60_000_000_u64;
+    for algorithm in [Algorithm::FixedWindow, Algorithm::SlidingCounter] {
+        let policy =
+            Policy::new(format!("{algorithm}"), [Window::per_minute(3)]).with_algorithm(algorithm);
+        let all = keys.keys(&policy, identity);
+        for number in [30_000_000_u64, 30_000_001] {
+            delete(connection, &all).await;
+            // Spend the window before in full, at its start.
+            let before = (number - 1) * minute + 1_000;
+            let spent =
+                scripts::evaluate_at(connection, &keys, &policy, identity, 3, true, before, None)
+                    .await
+                    .expect("spending the window before");
+            assert!(spent.allowed, "{target} {algorithm}: {spent:?}");
+            // Two windows back, on this window's parity: a stale counter for the sliding
+            // counter to find under this window's key.
+            let stale = (number - 2) * minute + 1_000;
+            scripts::evaluate_at(connection, &keys, &policy, identity, 1, true, stale, None)
+                .await
+                .expect("a stale counter");
+            // A cost above the limit (read, never added); then, for the fixed window, one
+            // permit that opens this window and two that do not fit it (added, then taken
+            // back); for the sliding counter every call is denied by the window before, on a
+            // stale counter of this window's parity (added to, then taken back).
+            let fixed = algorithm == Algorithm::FixedWindow;
+            for (step, cost) in [4, 1, 3].into_iter().enumerate() {
+                let held = values(connection, &all).await;
+                let at = number * minute + 10 * (step as u64 + 1);
+                let got = scripts::evaluate_at(
+                    connection, &keys, &policy, identity, cost, true, at, None,
+                )
+                .await
+                .expect("a call");
+                let allowed = fixed && cost == 1;
+                assert_eq!(
+                    got.allowed, allowed,
+                    "{target} {algorithm} cost {cost}: {got:?}"
+                );
+                if !allowed {
+                    assert_eq!(
+                        values(connection, &all).await,
+                        held,
+                        "{target} {algorithm}, window {number}, cost {cost}: a denial changed the counters"
+                    );
+                }
+            }
+            // This window's counter does not exist yet for the sliding counter: a denial
+            // leaves none (a fixed window's call above opened its own).
+            delete(connection, &all).await;
+            scripts::evaluate_at(connection, &keys, &policy, identity, 3, true, before, None)
+                .await
+                .expect("spending the window before");
+            let held = values(connection, &all).await;
+            let got = scripts::evaluate_at(
+                connection,
+                &keys,
+                &policy,
+                identity,
+                1,
+                true,
+                number * minute + 10,
+                None,
+            )
+            .await
+            .expect("a call on a fresh window");
+            if algorithm == Algorithm::SlidingCounter {
+                assert!(!got.allowed, "{target}: {got:?}");
+                assert_eq!(
+                    values(connection, &all).await,
+                    held,
+                    "{target}, window {number}: a denial on a fresh window left a counter"
+                );
+            }
+        }
+        delete(connection, &all).await;
+    }
+}
+
+/// The value of each of `keys`, `None` where it does not exist.
+async fn values<C: redis::aio::ConnectionLike + Send>(
+    connection: &mut C,
+    keys: &[String],
+) -> Vec<Option<String>> {
+    let mut values = Vec::new();
+    for key in keys {
+        let value: Option<String> = redis::cmd("GET")
+            .arg(key)
+            .query_async(connection)
+            .await
+            .expect("GET");
+        values.push(value);
+    }
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_leaves_the_counters_as_they_were_on_both() {
+    for backend in [Backend::Standalone, Backend::Cluster] {
+        on_connection_to!(backend, a_denial_leaves_the_counters_as_they_were);
+    }
+}
