@@ -32,12 +32,12 @@
 //!
 //! [draft-ietf-httpapi-ratelimit-headers-10]: https://datatracker.ietf.org/doc/draft-ietf-httpapi-ratelimit-headers/10/
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ratelimit_core::{Decision, Policy, Window};
 use ratelimit_core::{HeaderFamilies, LegacyReset};
@@ -188,12 +188,14 @@ pub struct PolicyFields {
     cost: u64,
 }
 
-/// A window's identifier (`hello-1m`), and the same as a structured-field String (`None` when
-/// it cannot be one).
+/// A window's identifier (`hello-1m`), the same as a structured-field String (`None` when it
+/// cannot be one), and its `X-RateLimit-Limit` value.
 #[derive(Debug)]
 struct WindowId {
     id: Box<str>,
     item: Option<Box<str>>,
+    /// The window's quota in requests, the value every response of this window carries.
+    limit: (u64, HeaderValue),
 }
 
 impl PolicyFields {
@@ -204,9 +206,11 @@ impl PolicyFields {
             .iter()
             .map(|window| {
                 let id = policy_id(policy, window);
+                let limit = window.max_requests();
                 WindowId {
                     item: sf_string(&id).map(String::into_boxed_str),
                     id: id.into_boxed_str(),
+                    limit: (limit, HeaderValue::from(in_requests(limit, policy.cost()))),
                 }
             })
             .collect();
@@ -226,6 +230,15 @@ impl PolicyFields {
     /// Window `index`'s identifier as a structured-field String.
     fn item(&self, index: usize) -> Option<&str> {
         self.windows.get(index).and_then(|w| w.item.as_deref())
+    }
+
+    /// The `X-RateLimit-Limit` value written once for window `index`, when `limit` (in
+    /// permits) is that window's.
+    fn limit_value(&self, index: usize, limit: u64) -> Option<&HeaderValue> {
+        self.windows
+            .get(index)
+            .filter(|w| w.limit.0 == limit)
+            .map(|w| &w.limit.1)
     }
 
     /// Requests that `permits` pay for under this policy.
@@ -250,8 +263,9 @@ pub fn write(
     let added =
         if settings.families.ietf { 2 } else { 0 } + if settings.families.legacy { 3 } else { 0 };
     let _ = headers.try_reserve(added + 1);
-    // Every value but `RateLimit-Policy` (written once per policy) is written into one
-    // buffer, which the values then share: one allocation for them all.
+    // `RateLimit` and `X-RateLimit-Remaining` are written into one buffer, which the values
+    // then share: one allocation for them all. `RateLimit-Policy` and `X-RateLimit-Limit` are
+    // written once per policy, `X-RateLimit-Reset` once per number ([`reset_value`]).
     let mut values = Values::new();
     let mut item = None;
     if settings.families.ietf
@@ -261,20 +275,19 @@ pub fn write(
     }
     // One policy fits the legacy family: an inner layer's, unless this one leaves fewer.
     let legacy = settings.families.legacy
-        && match headers.entry(X_RATELIMIT_REMAINING.clone()) {
-            Entry::Vacant(_) => true,
-            Entry::Occupied(existing) => existing
-                .get()
-                .to_str()
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok())
-                .is_none_or(|existing| remaining < existing),
-        };
+        && legacy_remaining(headers)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_none_or(|existing| remaining < existing);
     let mut numbers = None;
     if legacy {
-        let limit = fields.in_requests(decision.limit());
-        let reset = legacy_reset(reset, settings.legacy_reset);
-        numbers = Some([limit, remaining, reset].map(|n| values.push_number(n)));
+        let limit = match fields.limit_value(decision.window_index(), decision.limit()) {
+            Some(value) => Number::Written(value.clone()),
+            None => Number::At(values.push_number(fields.in_requests(decision.limit()))),
+        };
+        let remaining = Number::At(values.push_number(remaining));
+        let reset = Number::Written(reset_value(legacy_reset(reset, settings.legacy_reset)));
+        numbers = Some([limit, remaining, reset]);
     }
     let values = Bytes::from_owner(values);
     let value = |range: Range<usize>| HeaderValue::from_maybe_shared(values.slice(range)).ok();
@@ -290,25 +303,70 @@ pub fn write(
             headers.append(RATELIMIT.clone(), item);
         }
     }
-    if let Some([limit, remaining, reset]) = numbers {
-        for (name, range) in [
-            (&X_RATELIMIT_LIMIT, limit),
-            (&X_RATELIMIT_REMAINING, remaining),
-            (&X_RATELIMIT_RESET, reset),
-        ] {
-            if let Some(number) = value(range) {
+    if let Some(numbers) = numbers {
+        let names = [
+            &X_RATELIMIT_LIMIT,
+            &X_RATELIMIT_REMAINING,
+            &X_RATELIMIT_RESET,
+        ];
+        for (name, number) in names.into_iter().zip(numbers) {
+            let number = match number {
+                Number::Written(number) => Some(number),
+                Number::At(range) => value(range),
+            };
+            if let Some(number) = number {
                 headers.insert(name.clone(), number);
             }
         }
     }
 }
 
-/// Bytes [`Values`] holds: a `RateLimit` item with a policy identifier of up to 90 bytes (its
-/// numbers take 46 at most), and room left for the three legacy numbers.
-const VALUES_CAPACITY: usize = 192;
+/// A legacy header's number: a value written before, or where it is in [`Values`].
+enum Number {
+    Written(HeaderValue),
+    At(Range<usize>),
+}
 
-/// Bytes the three legacy numbers take at most (20 digits each).
-const NUMBERS_ROOM: usize = 60;
+thread_local! {
+    /// The last `X-RateLimit-Reset` value this thread wrote, with its number. In epoch seconds
+    /// it changes once a second, and the responses in between share it.
+    static LAST_RESET: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+}
+
+/// `n` as a header value, shared with the previous response of this thread when it wrote the
+/// same number.
+fn reset_value(n: u64) -> HeaderValue {
+    LAST_RESET.with_borrow_mut(|last| match last {
+        Some((written, value)) if *written == n => value.clone(),
+        _ => {
+            let value = HeaderValue::from(n);
+            *last = Some((n, value.clone()));
+            value
+        }
+    })
+}
+
+/// Maps at most this long are searched entry by entry: cheaper than hashing a name.
+const SCANNED_MAP_LEN: usize = 8;
+
+/// The `X-RateLimit-Remaining` an inner layer wrote, if any.
+fn legacy_remaining(headers: &HeaderMap) -> Option<&HeaderValue> {
+    if headers.len() <= SCANNED_MAP_LEN {
+        headers
+            .iter()
+            .find_map(|(name, value)| (*name == X_RATELIMIT_REMAINING).then_some(value))
+    } else {
+        headers.get(&X_RATELIMIT_REMAINING)
+    }
+}
+
+/// Bytes [`Values`] holds: a `RateLimit` item with a policy identifier of up to 90 bytes (its
+/// numbers take 46 at most), and room left for the legacy numbers written per response.
+const VALUES_CAPACITY: usize = 176;
+
+/// Bytes the legacy numbers written per response take at most (20 digits each): the
+/// remaining requests, and a limit that is not its window's.
+const NUMBERS_ROOM: usize = 40;
 
 /// The header values of one response, side by side; the values are slices of it.
 struct Values {
@@ -345,7 +403,7 @@ impl Values {
         Some(start..end)
     }
 
-    /// `n`. Three numbers always fit: an item leaves them [`NUMBERS_ROOM`].
+    /// `n`. Two numbers always fit: an item leaves them [`NUMBERS_ROOM`].
     fn push_number(&mut self, n: u64) -> Range<usize> {
         let start = self.len;
         self.push(&[itoa::Buffer::new().format(n).as_bytes()])
@@ -385,20 +443,98 @@ impl Values {
 mod tests {
     use super::*;
 
+    const BOTH_DELTA: HeaderSettings = HeaderSettings {
+        families: HeaderFamilies {
+            ietf: true,
+            legacy: true,
+        },
+        legacy_reset: LegacyReset::DeltaSeconds,
+    };
+
     fn written(name: &str) -> HeaderMap {
         let policy = Policy::new(name, [Window::per_minute(10)]);
         let fields = PolicyFields::new(&policy);
         let decision = Decision::fallback_open(&policy);
-        let settings = HeaderSettings {
-            families: HeaderFamilies {
-                ietf: true,
-                legacy: true,
-            },
-            legacy_reset: LegacyReset::DeltaSeconds,
-        };
         let mut headers = HeaderMap::new();
-        write(&mut headers, settings, &fields, &decision, 17);
+        write(&mut headers, BOTH_DELTA, &fields, &decision, 17);
         headers
+    }
+
+    #[test]
+    fn the_limit_is_written_once_for_its_window_and_anew_for_another() {
+        let policy = Policy::new("hello", [Window::per_minute(10)]).with_cost(2);
+        let fields = PolicyFields::new(&policy);
+        let other = Policy::new("hello", [Window::per_minute(7)]);
+        for (decision, limit) in [
+            (Decision::fallback_open(&policy), "5"),
+            (Decision::fallback_open(&other), "3"),
+        ] {
+            let mut headers = HeaderMap::new();
+            write(&mut headers, BOTH_DELTA, &fields, &decision, 17);
+            assert_eq!(headers[&X_RATELIMIT_LIMIT], limit);
+        }
+    }
+
+    #[test]
+    fn every_response_carries_its_own_reset_number() {
+        let policy = Policy::new("hello", [Window::per_minute(10)]);
+        let fields = PolicyFields::new(&policy);
+        let decision = Decision::fallback_open(&policy);
+        for reset in [17, 17, 18, 17, 0, u64::MAX] {
+            let mut headers = HeaderMap::new();
+            write(&mut headers, BOTH_DELTA, &fields, &decision, reset);
+            assert_eq!(headers[&X_RATELIMIT_RESET], reset.to_string().as_str());
+        }
+        let epoch = HeaderSettings {
+            legacy_reset: LegacyReset::EpochSeconds,
+            ..BOTH_DELTA
+        };
+        for reset in [17, 18, 17] {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("after 1970");
+            let mut headers = HeaderMap::new();
+            write(&mut headers, epoch, &fields, &decision, reset);
+            let written = headers[&X_RATELIMIT_RESET].to_str().ok();
+            let written: u64 = written.and_then(|w| w.parse().ok()).expect("a number");
+            let later = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("after 1970");
+            assert!(written >= now.as_secs() + reset, "{written} {now:?}");
+            assert!(written <= ceil_secs(later) + reset, "{written} {later:?}");
+        }
+    }
+
+    #[test]
+    fn an_inner_layers_legacy_headers_stay_when_they_leave_fewer_in_maps_of_any_size() {
+        let policy = Policy::new("hello", [Window::per_minute(10)]);
+        let fields = PolicyFields::new(&policy);
+        let decision = Decision::fallback_open(&policy);
+        for others in [0, SCANNED_MAP_LEN, SCANNED_MAP_LEN + 1, 20] {
+            for (inner, kept) in [("3", true), ("30", false), ("not a number", false)] {
+                let mut headers = HeaderMap::new();
+                for i in 0..others {
+                    headers.insert(
+                        HeaderName::from_bytes(format!("x-other-{i}").as_bytes())
+                            .expect("a valid name"),
+                        HeaderValue::from_static("1"),
+                    );
+                }
+                headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from_static("4"));
+                headers.insert(
+                    X_RATELIMIT_REMAINING.clone(),
+                    HeaderValue::from_static(inner),
+                );
+                write(&mut headers, BOTH_DELTA, &fields, &decision, 17);
+                let (limit, remaining) = if kept { ("4", inner) } else { ("10", "10") };
+                assert_eq!(headers[&X_RATELIMIT_LIMIT], limit, "{others} {inner}");
+                assert_eq!(
+                    headers[&X_RATELIMIT_REMAINING], remaining,
+                    "{others} {inner}"
+                );
+                assert_eq!(headers.get_all(&X_RATELIMIT_REMAINING).iter().count(), 1);
+            }
+        }
     }
 
     #[test]
