@@ -5,11 +5,15 @@
 # mode's median requests/s and the median of its per-round ratio to `none`: a machine that
 # slows down mid-run slows every mode of that round alike.
 #
-#   load/http-compare.sh [--before-bin DIR] [seconds] [connections] [rounds]
+#   load/http-compare.sh [--before-bin DIR] [--ietf] [seconds] [connections] [rounds]
 #
 # `--before-bin DIR` adds two modes to every round, `memory-before` and `redis-before`: the
 # `bench-server` in DIR (a release build of another revision) in memory and on Redis, so that a
 # change is measured against what it replaced in the same interleaved rounds.
+#
+# `--ietf` adds `memory-ietf` to every round: the in-memory limiter writing only the draft's two
+# headers (`headers: [ietf]`), as `tower_governor` writes two, so the cost of the legacy family
+# is measured apart.
 #
 # Needs wrk (apt-get install wrk) and redis-server. Runs itself again under `with-redis`
 # (load/src/bin/with-redis.rs), which starts a throwaway redis-server (the test harness's),
@@ -23,6 +27,11 @@ if [ "${1:-}" = "--before-bin" ]; then
   [ -x "$before_bin/bench-server" ] || { echo "no bench-server in $before_bin" >&2; exit 1; }
   shift 2
 fi
+ietf=""
+if [ "${1:-}" = "--ietf" ]; then
+  ietf=memory-ietf
+  shift
+fi
 seconds=${1:-10}
 connections=${2:-50}
 rounds=${3:-3}
@@ -30,7 +39,7 @@ command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; e
 
 if [ -z "${THROWAWAY_REDIS_URL:-}" ]; then
   cargo build --release -q -p ratelimit-load --bin with-redis
-  exec ./target/release/with-redis load/http-compare.sh ${before_bin:+--before-bin "$before_bin"} "$@"
+  exec ./target/release/with-redis load/http-compare.sh ${before_bin:+--before-bin "$before_bin"} ${ietf:+--ietf} "$@"
 fi
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -47,7 +56,7 @@ printf '%-6s %-13s %14s %12s %12s\n' round mode "requests/s" "p50" "p99"
 results=$(mktemp)
 trap 'cleanup; rm -f "$results"' EXIT
 for round in $(seq "$rounds"); do
-  for mode in none memory governor redis ${before_bin:+memory-before redis-before}; do
+  for mode in none memory $ietf governor redis ${before_bin:+memory-before redis-before}; do
     port=$(free_port)
     server=./target/release/bench-server
     case "$mode" in *-before) server="$before_bin/bench-server" ;; esac
@@ -73,7 +82,7 @@ for line in open(sys.argv[1]):
     runs.setdefault(mode, {})[r] = float(rps)
 print("\n# median of the rounds")
 print(f"{'mode':<13} {'requests/s':>12} {'vs none':>9}")
-for mode in ["none", "memory", "governor", "redis", "memory-before", "redis-before"]:
+for mode in ["none", "memory", "memory-ietf", "governor", "redis", "memory-before", "redis-before"]:
     rates = runs.get(mode, {})
     if not rates:
         continue
@@ -81,6 +90,9 @@ for mode in ["none", "memory", "governor", "redis", "memory-before", "redis-befo
     print(f"{mode:<13} {statistics.median(rates.values()):>12.0f} {statistics.median(ratios):>8.2f}x")
 ours = [runs["memory"][r] / runs["governor"][r] for r in runs["memory"] if runs["governor"].get(r)]
 print(f"memory vs governor, median of the rounds: {statistics.median(ours):.2f}x")
+if runs.get("memory-ietf"):
+    ietf = [runs["memory-ietf"][r] / runs["governor"][r] for r in runs["memory-ietf"] if runs["governor"].get(r)]
+    print(f"memory-ietf vs governor, median of the rounds: {statistics.median(ietf):.2f}x")
 for mode in ["memory", "redis"]:
     before = runs.get(f"{mode}-before", {})
     if before:

@@ -3,6 +3,8 @@
 //!
 //! - `none`: no limiter;
 //! - `memory`: this limiter, in-memory backend;
+//! - `memory-ietf`: the same, writing only the draft's two headers (`headers: [ietf]`), as
+//!   `tower_governor` writes two;
 //! - `redis`: this limiter on Redis (`--redis`, default `redis://127.0.0.1:6379`);
 //! - `governor`: `tower_governor`, the peer to measure against.
 //!
@@ -29,7 +31,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
 use ratelimit_axum::RouterExt;
-use ratelimit_core::{Config, RateLimiter, RedisConfig};
+use ratelimit_core::{Config, HeaderFamilies, HttpConfig, RateLimiter, RedisConfig};
 use tower::Service;
 use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
@@ -56,6 +58,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = match mode.as_str() {
         "none" => hello,
         "memory" => hello.rate_limit(&RateLimiter::new(Config::new(LIMIT, WINDOW)).await?),
+        "memory-ietf" => {
+            let http = HttpConfig {
+                headers: HeaderFamilies {
+                    ietf: true,
+                    legacy: false,
+                },
+                ..HttpConfig::default()
+            };
+            let config = Config::new(LIMIT, WINDOW).with_http(http);
+            hello.rate_limit(&RateLimiter::new(config).await?)
+        }
         "redis" => {
             let config = Config::new(LIMIT, WINDOW)
                 .with_redis_config(RedisConfig::new([redis]).with_timeout(Duration::from_secs(1)));
@@ -71,7 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             hello.layer(GovernorLayer::new(config))
         }
         other => {
-            return Err(format!("unknown mode `{other}`: none | memory | redis | governor").into());
+            return Err(format!("unknown mode `{other}`: none | memory | memory-ietf | redis | governor").into());
         }
     };
     if let Some(requests) = option("--requests") {
