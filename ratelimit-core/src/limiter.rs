@@ -7,6 +7,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use tracing::Instrument;
 
@@ -314,6 +315,45 @@ impl RateLimiter {
             .await
     }
 
+    /// [`allow`](Self::allow), answered without waiting when no round trip is needed: always
+    /// with the in-memory backend, and with Redis when the local cache knows the answer (a key
+    /// it holds a denial or a lease for). `None`, with nothing taken or counted, when the
+    /// decision needs Redis: `allow` makes it. For callers that cannot wait, or that would
+    /// rather not build a future for a decision that has none to wait for.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use ratelimit_core::{Config, RateLimiter};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let limiter = RateLimiter::new(Config::new(2, Duration::from_secs(60))).await?;
+    /// // In memory, every decision is made now.
+    /// let first = limiter.allow_now("client-1").expect("in memory")?;
+    /// assert!(first.allowed() && first.remaining() == 1);
+    /// assert!(limiter.allow_now("client-1").expect("in memory")?.allowed());
+    /// assert!(!limiter.allow_now("client-1").expect("in memory")?.allowed());
+    /// # Ok::<_, ratelimit_core::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn allow_now(&self, key: impl AsRef<[u8]>) -> Option<Result<Decision, Error>> {
+        let state = self.inner.policies.default_policy();
+        self.evaluate_now(state, key.as_ref(), state.policy().cost(), true)
+    }
+
+    /// [`allow_with`](Self::allow_with), answered without waiting when no round trip is
+    /// needed, as [`allow_now`](Self::allow_now) is; `None`, with nothing taken, when Redis
+    /// must be asked.
+    pub fn allow_with_now(
+        &self,
+        policy: &Policy,
+        key: impl AsRef<[u8]>,
+        n: u64,
+    ) -> Option<Result<Decision, Error>> {
+        match self.inner.policies.get_valid(policy) {
+            Ok(state) => self.evaluate_now(&state, key.as_ref(), n, true),
+            Err(error) => Some(Err(error.into())),
+        }
+    }
+
     /// Takes `n` permits from `key`'s quota if all of them fit, none otherwise.
     ///
     /// `n` above the smallest window's limit could never fit and is an error.
@@ -398,66 +438,125 @@ impl RateLimiter {
         cost: u64,
         consume: bool,
     ) -> Result<Decision, Error> {
-        let policy = state.policy();
-        let limit = state.largest_cost();
-        if cost > limit {
-            return Err(Error::CostAboveLimit { cost, limit });
-        }
+        check_cost(state, cost)?;
         let identity = Identity::new(key);
-        // One span a decision, built only when a subscriber wants debug spans: one atomic read
-        // when none does (the macro alone still filled in its fields, about 150 instructions).
-        let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
-            tracing::debug_span!(
-                "ratelimit.decision",
-                policy = policy.name(),
-                rule = policy.name(),
-                key_hash = tracing::field::Empty,
-                cost,
-                result = tracing::field::Empty,
-                source = tracing::field::Empty,
-                latency_us = tracing::field::Empty,
-            )
-        } else {
-            tracing::Span::none()
-        };
-        let started = (!span.is_disabled()).then(|| {
-            span.record("key_hash", identity.digest().as_str());
-            std::time::Instant::now()
-        });
+        let span = decision_span(state.policy(), identity, cost).map(|span| (span, Instant::now()));
         // The in-memory backend and the cache answer here, synchronously: no future is built
         // for them. Only a decision that has to wait for Redis builds one, boxed, so that the
-        // future of `allow` stays a few words whichever way it is answered.
+        // future of `allow` stays a few words whichever way it is answered. (The same steps as
+        // `evaluate_now`, written out: through it, this future's path is 40 instructions longer.)
         let decision = match self.decide_locally(state, identity, cost, consume) {
-            Some(decision) => decision?,
+            Some(decided) => decided?,
             None => {
                 let remote = self.decide_remotely(state, identity, cost, consume);
-                if started.is_some() {
-                    remote.instrument(span.clone()).await?
-                } else {
-                    remote.await?
+                match &span {
+                    Some((span, _)) => remote.instrument(span.clone()).await?,
+                    None => remote.await?,
                 }
             }
         };
-        if let Some(started) = started {
-            span.record(
-                "result",
-                if decision.allowed() {
-                    "allowed"
-                } else {
-                    "denied"
-                },
-            );
-            span.record("source", decision.source().name());
-            span.record("latency_us", started.elapsed().as_micros() as u64);
+        if let Some((span, started)) = &span {
+            finish_span(span, &decision, *started);
         }
+        Ok(self.counted(state, identity, consume, decision))
+    }
+
+    /// [`Self::evaluate`] when no round trip is needed (the in-memory backend, or the cache
+    /// answers); `None`, with nothing counted, when Redis must be asked.
+    fn evaluate_now(
+        &self,
+        state: &PolicyState,
+        key: &[u8],
+        cost: u64,
+        consume: bool,
+    ) -> Option<Result<Decision, Error>> {
+        if let Err(error) = check_cost(state, cost) {
+            return Some(Err(error));
+        }
+        let identity = Identity::new(key);
+        // One atomic read when no subscriber wants debug spans; the span is built once the
+        // decision is known to be made here.
+        let started = tracing::level_enabled!(tracing::Level::DEBUG).then(Instant::now);
+        let decided = self.decide_locally(state, identity, cost, consume)?;
+        if let Some(started) = started
+            && let Some(span) = decision_span(state.policy(), identity, cost)
+            && let Ok(decision) = &decided
+        {
+            finish_span(&span, decision, started);
+        }
+        Some(decided.map(|decision| self.counted(state, identity, consume, decision)))
+    }
+
+    /// `decision`, counted in the metrics and by the hot-key detector when it took permits.
+    #[inline]
+    fn counted(
+        &self,
+        state: &PolicyState,
+        identity: Identity<'_>,
+        consume: bool,
+        decision: Decision,
+    ) -> Decision {
         if consume {
             state.counters().count(&decision);
             self.inner
                 .hot_keys
-                .record(policy, identity, decision.allowed());
+                .record(state.policy(), identity, decision.allowed());
         }
-        Ok(decision)
+        decision
     }
+}
+
+/// An error when `cost` could never fit `state`'s policy.
+#[inline]
+fn check_cost(state: &PolicyState, cost: u64) -> Result<(), Error> {
+    let limit = state.largest_cost();
+    if cost > limit {
+        return Err(Error::CostAboveLimit { cost, limit });
+    }
+    Ok(())
+}
+
+/// The span of one decision, built only when a subscriber wants debug spans (the macro alone
+/// fills in its fields, about 150 instructions, even when nobody listens).
+#[inline]
+fn decision_span(policy: &Policy, identity: Identity<'_>, cost: u64) -> Option<tracing::Span> {
+    if !tracing::level_enabled!(tracing::Level::DEBUG) {
+        return None;
+    }
+    debug_span(policy, identity, cost)
+}
+
+/// [`decision_span`] once a subscriber wants it.
+#[cold]
+#[inline(never)]
+fn debug_span(policy: &Policy, identity: Identity<'_>, cost: u64) -> Option<tracing::Span> {
+    let span = tracing::debug_span!(
+        "ratelimit.decision",
+        policy = policy.name(),
+        rule = policy.name(),
+        key_hash = tracing::field::Empty,
+        cost,
+        result = tracing::field::Empty,
+        source = tracing::field::Empty,
+        latency_us = tracing::field::Empty,
+    );
+    if span.is_disabled() {
+        return None;
+    }
+    span.record("key_hash", identity.digest().as_str());
+    Some(span)
+}
+
+/// Records `decision`, made since `started`, on its span.
+fn finish_span(span: &tracing::Span, decision: &Decision, started: Instant) {
+    let result = if decision.allowed() {
+        "allowed"
+    } else {
+        "denied"
+    };
+    span.record("result", result);
+    span.record("source", decision.source().name());
+    span.record("latency_us", started.elapsed().as_micros() as u64);
 }
 
 /// The future of a decision that waits for Redis.

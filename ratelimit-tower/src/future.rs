@@ -3,9 +3,8 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
@@ -94,19 +93,11 @@ impl<S, F, ReqBody, ResBody> ResponseFuture<S, F, ReqBody, ResBody> {
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>, Future = F>,
     {
-        if !shared.limiter.uses_redis() {
-            // The in-memory backend decides within its first poll: asked here, on the stack,
-            // the decision needs no boxed future. Its future has no await point before the
-            // decision is made, so a `Pending` (which it never returns) would mean nothing was
-            // counted yet, and the boxed check below starts afresh.
-            let outcome = {
-                let policy = target.policy();
-                let check = pin!(shared.limiter.allow_with(policy, &key, policy.cost()));
-                check.poll(&mut Context::from_waker(Waker::noop()))
-            };
-            if let Poll::Ready(outcome) = outcome {
-                return Self::with(decided(shared, target, outcome, &key, request, inner));
-            }
+        // The in-memory backend, or the cache of a Redis-backed limiter, decides now: no
+        // future is built, boxed or not. Only a decision that waits for Redis boxes one.
+        let policy = target.policy();
+        if let Some(outcome) = shared.limiter.allow_with_now(policy, &key, policy.cost()) {
+            return Self::with(decided(shared, target, outcome, &key, request, inner));
         }
         let limiter = shared.limiter.clone();
         let policy_target = target.clone();

@@ -63,4 +63,4 @@ pub use phase::{window_started, window_starting_now};
 pub use seed::seed_from_env;
 pub use server::RedisServer;
 pub use shared::{shared_cluster, shared_standalone};
-pub use traced::two_decisions_traced;
+pub use traced::{two_decisions_traced, two_decisions_traced_now};

@@ -17,6 +17,26 @@ pub fn two_decisions_traced<S>(subscriber: S, key: &str) -> [bool; 2]
 where
     S: tracing::Subscriber + Send + Sync + 'static,
 {
+    decisions_traced(subscriber, key, false)
+}
+
+/// [`two_decisions_traced`], each decision made with `allow_now` (no future).
+///
+/// ```
+/// let allowed = ratelimit_tests::two_decisions_traced_now(tracing::subscriber::NoSubscriber::default(), "k");
+/// assert_eq!(allowed, [true, false]);
+/// ```
+pub fn two_decisions_traced_now<S>(subscriber: S, key: &str) -> [bool; 2]
+where
+    S: tracing::Subscriber + Send + Sync + 'static,
+{
+    decisions_traced(subscriber, key, true)
+}
+
+fn decisions_traced<S>(subscriber: S, key: &str, now: bool) -> [bool; 2]
+where
+    S: tracing::Subscriber + Send + Sync + 'static,
+{
     tracing::subscriber::with_default(subscriber, || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -28,7 +48,12 @@ where
                 .expect("an in-memory limiter");
             let mut allowed = [false; 2];
             for slot in &mut allowed {
-                *slot = limiter.allow(key).await.expect("memory decides").allowed();
+                let decision = if now {
+                    limiter.allow_now(key).expect("memory decides now")
+                } else {
+                    limiter.allow(key).await
+                };
+                *slot = decision.expect("memory decides").allowed();
             }
             allowed
         })

@@ -46,9 +46,24 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<
 
 #[test]
 fn a_decision_is_a_span_without_the_raw_key() {
+    decisions_are_spans_without_the_raw_key(false);
+}
+
+#[test]
+fn a_decision_made_now_is_a_span_without_the_raw_key() {
+    decisions_are_spans_without_the_raw_key(true);
+}
+
+/// The spans of two decisions, made with `allow_now` when `now`, with `allow` otherwise.
+fn decisions_are_spans_without_the_raw_key(now: bool) {
     let capture = Capture::default();
     let subscriber = tracing_subscriber::registry().with(capture.clone());
-    let allowed = ratelimit_tests::two_decisions_traced(subscriber, "secret-api-key-123");
+    let key = "secret-api-key-123";
+    let allowed = if now {
+        ratelimit_tests::two_decisions_traced_now(subscriber, key)
+    } else {
+        ratelimit_tests::two_decisions_traced(subscriber, key)
+    };
     assert_eq!(
         allowed,
         [true, false],

@@ -84,7 +84,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             hello.layer(GovernorLayer::new(config))
         }
         other => {
-            return Err(format!("unknown mode `{other}`: none | memory | memory-ietf | redis | governor").into());
+            return Err(format!(
+                "unknown mode `{other}`: none | memory | memory-ietf | redis | governor"
+            )
+            .into());
         }
     };
     if let Some(requests) = option("--requests") {

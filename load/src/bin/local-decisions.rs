@@ -4,12 +4,14 @@
 //! Paths: `memory-token-bucket` and `memory-sliding-window` (the in-memory backend, one key,
 //! always allowed, as in `load/benches/decisions.rs`), `cache-hit` (a Redis-backed limiter whose
 //! key Redis denied: the exact cache answers; starts a throwaway `redis-server`), and
-//! `governor` (the peer's keyed `check_key`). Only the measured loops are counted
-//! (`--toggle-collect`), so setup (the clock's calibration, a `redis-server`) stays out:
+//! `governor` (the peer's keyed `check_key`). `--now` decides with `allow_now` (no future) where
+//! the default is `allow(..).await`. Only the measured loops are counted (`--toggle-collect`), so
+//! setup (the clock's calibration, a `redis-server`) stays out:
 //!
 //! ```text
 //! cargo build --release -p ratelimit-load --bin local-decisions
 //! valgrind --tool=callgrind --toggle-collect=local_decisions::measured_decisions \
+//!   --toggle-collect=local_decisions::measured_now --toggle-collect=local_decisions::measured_governor \
 //!   target/release/local-decisions --path memory-token-bucket --decisions 100000
 //! # instructions a decision: the total Ir / 100000
 //! ```
@@ -31,6 +33,9 @@ struct Args {
     /// How many.
     #[arg(long, default_value_t = 100_000)]
     decisions: u64,
+    /// Decide with `allow_now` (answered without a future) instead of `allow(..).await`.
+    #[arg(long)]
+    now: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -81,7 +86,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Path::CacheHit => Source::Cache,
         _ => Source::Memory,
     };
-    measured_decisions(&runtime, &limiter, key, args.decisions, expect)?;
+    if args.now {
+        measured_now(&limiter, key, args.decisions, expect)?;
+    } else {
+        measured_decisions(&runtime, &limiter, key, args.decisions, expect)?;
+    }
     drop(server);
     Ok(())
 }
@@ -106,6 +115,27 @@ fn measured_decisions(
         }
         Ok(())
     })
+}
+
+/// The measured loop of `--now` (`--toggle-collect=local_decisions::measured_now`): `allow_now`,
+/// no runtime.
+#[inline(never)]
+fn measured_now(
+    limiter: &RateLimiter,
+    key: &str,
+    n: u64,
+    expect: Source,
+) -> Result<(), Box<dyn std::error::Error>> {
+    for _ in 0..n {
+        let decision = limiter
+            .allow_now(black_box(key))
+            .ok_or("the decision needed Redis")??;
+        if decision.source() != expect {
+            return Err(format!("answered by {}", decision.source()).into());
+        }
+        black_box(decision);
+    }
+    Ok(())
 }
 
 /// The peer's measured loop.

@@ -1,0 +1,131 @@
+//! `allow_now`: a decision made without a future where nothing waits (in memory, or answered by
+//! the cache), and nothing taken where Redis must be asked. On memory, standalone Redis and the
+//! cluster.
+
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use ratelimit_core::{CacheConfig, Config, Error, Policy, PolicyError, Source, Window};
+use ratelimit_tests::{Backend, for_each_backend};
+
+/// `allow_now` and `allow` count against one quota: exactly the limit passes, whichever is
+/// called. Where Redis decides, `allow_now` answers `None` and takes nothing.
+async fn now_and_later_share_one_quota(backend: Backend) {
+    let prefix = Backend::unique_prefix("now-quota");
+    let limiter = backend
+        .limiter(Config::new(10, Duration::from_secs(600)), &prefix)
+        .await;
+    let mut allowed = 0;
+    for i in 0..30 {
+        let decision = if i % 2 == 0 {
+            match limiter.allow_now("client") {
+                Some(decided) => decided.expect("decided now"),
+                None => {
+                    assert_ne!(backend, Backend::Memory, "memory always decides now");
+                    limiter.allow("client").await.expect("allow")
+                }
+            }
+        } else {
+            limiter.allow("client").await.expect("allow")
+        };
+        allowed += u32::from(decision.allowed());
+    }
+    assert_eq!(allowed, 10, "{backend:?}");
+
+    // Nothing is taken by an `allow_now` that had to leave the decision to Redis.
+    let fresh = "untouched";
+    for _ in 0..25 {
+        if let Some(decided) = limiter.allow_now(fresh) {
+            assert_eq!(backend, Backend::Memory, "no cache: Redis decides");
+            decided.expect("decided now");
+        }
+    }
+    let left = limiter.peek(fresh).await.expect("peek").remaining();
+    let expected = if backend == Backend::Memory { 0 } else { 10 };
+    assert_eq!(left, expected, "{backend:?}");
+}
+
+/// With the cache on, a key Redis denied is answered now, by the cache, and the answer is the
+/// same denial `allow` gives.
+async fn a_cached_denial_is_answered_now(backend: Backend) {
+    let prefix = Backend::unique_prefix("now-cache");
+    let config = Config::new(1, Duration::from_secs(600))
+        .with_cache(CacheConfig::new(Duration::from_millis(500), 1 << 20));
+    let limiter = backend.limiter(config, &prefix).await;
+    assert!(limiter.allow("abuser").await.expect("allow").allowed());
+    assert!(!limiter.allow("abuser").await.expect("allow").allowed());
+    let now = limiter
+        .allow_now("abuser")
+        .expect("the cache (or memory) knows the key")
+        .expect("a decision");
+    assert!(!now.allowed());
+    assert!(
+        now.retry_after()
+            .is_some_and(|r| r > Duration::from_secs(500))
+    );
+    let source = if backend == Backend::Memory {
+        Source::Memory
+    } else {
+        Source::Cache
+    };
+    assert_eq!(now.source(), source, "{backend:?}");
+}
+
+/// A cost that can never fit and a policy that is not valid are errors, answered now.
+async fn errors_are_answered_now(backend: Backend) {
+    let prefix = Backend::unique_prefix("now-errors");
+    let limiter = backend
+        .limiter(Config::new(5, Duration::from_secs(60)), &prefix)
+        .await;
+    let policy = Policy::new("uploads", [Window::per_minute(2)]);
+    match limiter.allow_with_now(&policy, "client", 3) {
+        Some(Err(Error::CostAboveLimit { cost: 3, limit: 2 })) => {}
+        other => panic!("{backend:?}: {other:?}"),
+    }
+    let zero = Policy::new("zero", [Window::per_minute(0)]);
+    match limiter.allow_with_now(&zero, "client", 1) {
+        Some(Err(Error::Policy(PolicyError::ZeroLimit { index: 0 }))) => {}
+        other => panic!("{backend:?}: {other:?}"),
+    }
+}
+
+/// Decisions made now are counted in the metrics as `allow`'s are.
+async fn decisions_made_now_are_counted(backend: Backend) {
+    let prefix = Backend::unique_prefix("now-metrics");
+    let config = Config::new(2, Duration::from_secs(600))
+        .with_cache(CacheConfig::new(Duration::from_millis(500), 1 << 20));
+    let limiter = backend.limiter(config, &prefix).await;
+    for _ in 0..3 {
+        limiter.allow("client").await.expect("allow");
+    }
+    // In memory each of these is decided now; on Redis, the cache answers the denied key.
+    for _ in 0..4 {
+        assert!(
+            !limiter
+                .allow_now("client")
+                .expect("decided now")
+                .expect("a decision")
+                .allowed()
+        );
+    }
+    let mut registry = Registry::default();
+    limiter.metrics().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    for series in [
+        r#"ratelimiter_requests_total{result="allowed",window="10m",rule="default"} 2"#,
+        r#"ratelimiter_requests_total{result="denied",window="10m",rule="default"} 5"#,
+    ] {
+        assert!(
+            text.contains(series),
+            "{backend:?}: no `{series}` in\n{text}"
+        );
+    }
+}
+
+for_each_backend!(
+    now_and_later_share_one_quota,
+    a_cached_denial_is_answered_now,
+    errors_are_answered_now,
+    decisions_made_now_are_counted,
+);
