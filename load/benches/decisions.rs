@@ -1,6 +1,7 @@
 //! Nanoseconds per decision on the paths that make no round trip: a denial answered by the
 //! local cache of a Redis-backed limiter, the in-memory backend, and the `governor` crate's
-//! keyed limiter doing the same work (one key, always allowed) as the peer to beat.
+//! keyed limiter doing the same work (one key, always allowed) as the peer to beat. Each of
+//! ours is timed twice: `allow(..).await`, and `allow_now` (no future, as `governor` has none).
 //!
 //! ```text
 //! cargo bench -p ratelimit-load --bench decisions
@@ -103,11 +104,25 @@ fn cache_hit(c: &mut Criterion, server: &RedisServer, counted: u64) {
             time_allows(&runtime, &limiter, "abuser", iters)
         });
     });
+    c.bench_function("allow_now, cache hit (denied key, Redis-backed)", |b| {
+        b.iter(|| {
+            timed += 1;
+            black_box(now(&limiter, "abuser"))
+        });
+    });
     assert_eq!(
         limiter.stats().cache.denial_hits - before,
         timed,
         "every timed decision was answered by the cache"
     );
+}
+
+/// `allow_now` for `key`, which a local path always answers.
+fn now(limiter: &RateLimiter, key: &str) -> ratelimit_core::Decision {
+    limiter
+        .allow_now(black_box(key))
+        .expect("answered now")
+        .expect("a local decision never fails")
 }
 
 /// `allow` on the in-memory backend for a key it tracks, with limits no bench reaches.
@@ -134,6 +149,9 @@ fn memory(c: &mut Criterion, counted: u64) {
         });
         c.bench_function(name, |b| {
             b.iter_custom(|iters| time_allows(&runtime, limiter, "tenant:7", iters));
+        });
+        c.bench_function(&name.replacen("allow", "allow_now", 1), |b| {
+            b.iter(|| now(limiter, "tenant:7"));
         });
         let after = runtime
             .block_on(limiter.allow("tenant:7"))
