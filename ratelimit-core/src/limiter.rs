@@ -318,8 +318,9 @@ impl RateLimiter {
     /// [`allow`](Self::allow), answered without waiting when no round trip is needed: always
     /// with the in-memory backend, and with Redis when the local cache knows the answer (a key
     /// it holds a denial or a lease for). `None`, with nothing taken or counted, when the
-    /// decision needs Redis: `allow` makes it. For callers that cannot wait, or that would
-    /// rather not build a future for a decision that has none to wait for.
+    /// decision is not made locally: `allow` makes it (on Redis, or by the fallback when Redis
+    /// is unavailable). For callers that cannot wait, or that would rather not build a future
+    /// for a decision that has none to wait for.
     ///
     /// ```
     /// # use std::time::Duration;

@@ -5,8 +5,11 @@
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use ratelimit_core::{CacheConfig, Config, Error, Policy, PolicyError, Source, Window};
-use ratelimit_tests::{Backend, for_each_backend};
+use ratelimit_core::{
+    CacheConfig, Config, Error, FallbackConfig, FallbackMode, Policy, PolicyError, RateLimiter,
+    RedisConfig, Source, Window,
+};
+use ratelimit_tests::{Backend, RedisServer, for_each_backend};
 
 /// `allow_now` and `allow` count against one quota: exactly the limit passes, whichever is
 /// called. Where Redis decides, `allow_now` answers `None` and takes nothing.
@@ -129,3 +132,34 @@ for_each_backend!(
     errors_are_answered_now,
     decisions_made_now_are_counted,
 );
+
+/// With Redis gone, `allow_now` still leaves the decision to `allow` (`None`, nothing taken),
+/// whose fallback answers, before and after the breaker opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_gone_the_fallback_decides_through_allow() {
+    let server = RedisServer::start();
+    let config = Config::new(5, Duration::from_secs(600))
+        .with_redis_config(
+            RedisConfig::new([server.url()]).with_timeout(Duration::from_millis(300)),
+        )
+        .with_fallback(FallbackConfig::new(FallbackMode::Local, 2));
+    let limiter = RateLimiter::new(config)
+        .await
+        .expect("a limiter on the test's Redis");
+    assert!(limiter.allow("client").await.expect("allow").allowed());
+    server.kill();
+    let mut allowed = 0;
+    for _ in 0..8 {
+        assert!(
+            limiter.allow_now("client").is_none(),
+            "no local answer without a cache"
+        );
+        let decision = limiter.allow("client").await.expect("the fallback answers");
+        assert_eq!(decision.source(), Source::Fallback(FallbackMode::Local));
+        allowed += u32::from(decision.allowed());
+    }
+    assert!(
+        (1..=5).contains(&allowed),
+        "the local fallback admits within the limit: {allowed}"
+    );
+}
