@@ -1,6 +1,8 @@
 //! Heap allocations per decision, counted by a global allocator: the in-memory backend's
-//! `allow` and `peek` on a key it already tracks, and decisions the local cache answers for a
-//! Redis-backed limiter (a cached denial, for `allow` and for `peek`).
+//! `allow` and `peek` on a key it already tracks, decisions the local cache answers for a
+//! Redis-backed limiter (a cached denial, for `allow` and for `peek`), a Redis round trip, and
+//! requests through the layer (allowed in memory; denied from the cache, against the same
+//! denial in memory).
 //!
 //! The counter only counts on a thread that turned counting on, so allocations made by other
 //! tests running in parallel (or by runtime threads) do not count; measurements are serialized
@@ -287,5 +289,80 @@ fn an_allowed_request_through_the_layer_allocates_a_fixed_few() {
     assert_eq!(
         per_request, 8.0,
         "allocations a request adds ({through_layer} through the layer, {bare} bare, over {REQUESTS} requests)"
+    );
+}
+
+/// Sends `requests` through `service`, each answered with `status`.
+async fn serve_answered<S, B>(mut service: S, requests: Vec<axum::http::Request<()>>, status: u16)
+where
+    S: tower::Service<axum::http::Request<()>, Response = axum::http::Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    use tower::ServiceExt as _;
+    for request in requests {
+        let ready = service.ready().await.expect("the service is ready");
+        let response = ready.call(request).await.expect("a response");
+        assert_eq!(response.status().as_u16(), status);
+    }
+}
+
+/// Allocations a request through a layer over `limiter`, once `REQUESTS` have warmed it up,
+/// each answered with `status`.
+fn through_layer(limiter: RateLimiter, runtime: &tokio::runtime::Runtime, status: u16) -> u64 {
+    let layer = ratelimit_tower::RateLimitLayer::from_limiter(limiter);
+    let served = || {
+        serve_answered(
+            tower::Layer::layer(&layer, handler()),
+            requests_from_one_client(REQUESTS),
+            status,
+        )
+    };
+    allocations_during(runtime, served);
+    allocations_during(runtime, served)
+}
+
+/// A client Redis denied is answered by the cache through the layer without a future: its
+/// `429` allocates what the in-memory backend's `429` does, and nothing more (a check boxed
+/// for the round trip it does not make would be one more a request).
+#[test]
+fn a_cached_denial_through_the_layer_allocates_what_a_memory_denial_does() {
+    let server = RedisServer::start();
+    let runtime = current_thread();
+    let cached = runtime.block_on(async {
+        RateLimiter::new(
+            Config::new(1, Duration::from_secs(600))
+                .with_redis_config(
+                    RedisConfig::new([server.url()]).with_timeout(Duration::from_secs(2)),
+                )
+                .with_cache(CacheConfig::new(Duration::from_millis(500), 1 << 20)),
+        )
+        .await
+        .expect("a limiter on the test's Redis")
+    });
+    let memory = RateLimiter::new_lazy(Config::new(1, Duration::from_secs(600)))
+        .expect("a valid in-memory configuration");
+    // The client's one permit, then a denial from Redis, which the cache keeps.
+    for limiter in [&cached, &memory] {
+        let decisions: Vec<bool> = runtime.block_on(async {
+            let mut allowed = Vec::new();
+            for _ in 0..2 {
+                let d = limiter.allow("192.0.2.7").await.expect("a decision");
+                allowed.push(d.allowed());
+            }
+            allowed
+        });
+        assert_eq!(decisions, [true, false]);
+    }
+    let hits_before = cached.stats().cache.denial_hits;
+    let from_cache = through_layer(cached.clone(), &runtime, 429);
+    assert_eq!(
+        cached.stats().cache.denial_hits - hits_before,
+        2 * REQUESTS,
+        "every denial came from the cache"
+    );
+    let from_memory = through_layer(memory, &runtime, 429);
+    assert_eq!(
+        from_cache, from_memory,
+        "allocations over {REQUESTS} denied requests: cached on Redis, then in memory"
     );
 }
