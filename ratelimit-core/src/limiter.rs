@@ -311,8 +311,14 @@ impl RateLimiter {
     /// Takes the default cost (1 unless configured) from `key`'s quota, if it fits.
     pub async fn allow(&self, key: impl AsRef<[u8]>) -> Result<Decision, Error> {
         let state = self.inner.policies.default_policy();
-        self.evaluate(state, key.as_ref(), state.policy().cost(), true)
-            .await
+        self.evaluate(
+            state,
+            key.as_ref(),
+            state.policy().cost(),
+            true,
+            Ask::CacheFirst,
+        )
+        .await
     }
 
     /// [`allow`](Self::allow), answered without waiting when no round trip is needed: always
@@ -355,19 +361,61 @@ impl RateLimiter {
         }
     }
 
+    /// [`allow_with`](Self::allow_with) for a caller that
+    /// [`allow_with_now`](Self::allow_with_now) has just answered `None`: the decision is made
+    /// on Redis (or by the fallback when Redis is unavailable) without asking the local cache
+    /// again. Called without that, it is still a right decision, made without the cache's help.
+    /// With the in-memory backend it is `allow_with`.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use ratelimit_core::{Config, RateLimiter};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let limiter = RateLimiter::new(Config::new(100, Duration::from_secs(60))).await?;
+    /// let policy = limiter.policy().clone();
+    /// let decision = match limiter.allow_with_now(&policy, "k", 1) {
+    ///     Some(decided) => decided?,
+    ///     None => limiter.allow_with_remote(&policy, "k", 1).await?,
+    /// };
+    /// assert!(decision.allowed());
+    /// # Ok::<_, ratelimit_core::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn allow_with_remote(
+        &self,
+        policy: &Policy,
+        key: impl AsRef<[u8]>,
+        n: u64,
+    ) -> Result<Decision, Error> {
+        let state = self.inner.policies.get_valid(policy)?;
+        let ask = if self.uses_redis() {
+            Ask::Redis
+        } else {
+            Ask::CacheFirst
+        };
+        self.evaluate(&state, key.as_ref(), n, true, ask).await
+    }
+
     /// Takes `n` permits from `key`'s quota if all of them fit, none otherwise.
     ///
     /// `n` above the smallest window's limit could never fit and is an error.
     pub async fn allow_n(&self, key: impl AsRef<[u8]>, n: u64) -> Result<Decision, Error> {
         let state = self.inner.policies.default_policy();
-        self.evaluate(state, key.as_ref(), n, true).await
+        self.evaluate(state, key.as_ref(), n, true, Ask::CacheFirst)
+            .await
     }
 
     /// What `allow` would answer, without taking anything; `remaining` is what is left now.
     pub async fn peek(&self, key: impl AsRef<[u8]>) -> Result<Decision, Error> {
         let state = self.inner.policies.default_policy();
-        self.evaluate(state, key.as_ref(), state.policy().cost(), false)
-            .await
+        self.evaluate(
+            state,
+            key.as_ref(),
+            state.policy().cost(),
+            false,
+            Ask::CacheFirst,
+        )
+        .await
     }
 
     /// Forgets `key`'s usage: its full quota is back.
@@ -383,7 +431,8 @@ impl RateLimiter {
         n: u64,
     ) -> Result<Decision, Error> {
         let state = self.inner.policies.get_valid(policy)?;
-        self.evaluate(&state, key.as_ref(), n, true).await
+        self.evaluate(&state, key.as_ref(), n, true, Ask::CacheFirst)
+            .await
     }
 
     /// `peek` under another policy.
@@ -393,7 +442,7 @@ impl RateLimiter {
         key: impl AsRef<[u8]>,
     ) -> Result<Decision, Error> {
         let state = self.inner.policies.get_valid(policy)?;
-        self.evaluate(&state, key.as_ref(), policy.cost(), false)
+        self.evaluate(&state, key.as_ref(), policy.cost(), false, Ask::CacheFirst)
             .await
     }
 
@@ -438,6 +487,7 @@ impl RateLimiter {
         key: &[u8],
         cost: u64,
         consume: bool,
+        ask: Ask,
     ) -> Result<Decision, Error> {
         check_cost(state, cost)?;
         let identity = Identity::new(key);
@@ -446,7 +496,11 @@ impl RateLimiter {
         // for them. Only a decision that has to wait for Redis builds one, boxed, so that the
         // future of `allow` stays a few words whichever way it is answered. (The same steps as
         // `evaluate_now`, written out: through it, this future's path is 40 instructions longer.)
-        let decision = match self.decide_locally(state, identity, cost, consume) {
+        let here = match ask {
+            Ask::CacheFirst => self.decide_locally(state, identity, cost, consume),
+            Ask::Redis => None,
+        };
+        let decision = match here {
             Some(decided) => decided?,
             None => {
                 let remote = self.decide_remotely(state, identity, cost, consume);
@@ -505,6 +559,15 @@ impl RateLimiter {
         }
         decision
     }
+}
+
+/// Where a decision is looked for first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// The in-memory backend, or the cache of a Redis-backed limiter; then Redis.
+    CacheFirst,
+    /// Redis (a caller that just found the cache without an answer).
+    Redis,
 }
 
 /// An error when `cost` could never fit `state`'s policy.

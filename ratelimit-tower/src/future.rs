@@ -103,7 +103,8 @@ impl<S, F, ReqBody, ResBody> ResponseFuture<S, F, ReqBody, ResBody> {
         let policy_target = target.clone();
         let check: Check = Box::pin(async move {
             let policy = policy_target.policy();
-            let decision = limiter.allow_with(policy, &key, policy.cost()).await;
+            // The cache was asked above (`allow_with_now`): not again.
+            let decision = limiter.allow_with_remote(policy, &key, policy.cost()).await;
             (decision, key)
         });
         Self::with(State::Checking {

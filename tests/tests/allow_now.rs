@@ -11,8 +11,9 @@ use ratelimit_core::{
 };
 use ratelimit_tests::{Backend, RedisServer, for_each_backend};
 
-/// `allow_now` and `allow` count against one quota: exactly the limit passes, whichever is
-/// called. Where Redis decides, `allow_now` answers `None` and takes nothing.
+/// `allow_now`, `allow_with_remote` after it (as the tower layer calls them) and `allow` count
+/// against one quota: exactly the limit passes, whichever is called. Where Redis decides,
+/// `allow_now` answers `None` and takes nothing.
 async fn now_and_later_share_one_quota(backend: Backend) {
     let prefix = Backend::unique_prefix("now-quota");
     let limiter = backend
@@ -25,7 +26,11 @@ async fn now_and_later_share_one_quota(backend: Backend) {
                 Some(decided) => decided.expect("decided now"),
                 None => {
                     assert_ne!(backend, Backend::Memory, "memory always decides now");
-                    limiter.allow("client").await.expect("allow")
+                    let policy = limiter.policy().clone();
+                    limiter
+                        .allow_with_remote(&policy, "client", 1)
+                        .await
+                        .expect("allow_with_remote")
                 }
             }
         } else {
@@ -72,6 +77,19 @@ async fn a_cached_denial_is_answered_now(backend: Backend) {
         Source::Cache
     };
     assert_eq!(now.source(), source, "{backend:?}");
+    // `allow_with_remote` does not ask the cache: Redis denies the key itself.
+    let policy = limiter.policy().clone();
+    let remote = limiter
+        .allow_with_remote(&policy, "abuser", 1)
+        .await
+        .expect("a decision");
+    assert!(!remote.allowed());
+    let source = if backend == Backend::Memory {
+        Source::Memory
+    } else {
+        Source::Redis
+    };
+    assert_eq!(remote.source(), source, "{backend:?}");
 }
 
 /// A cost that can never fit and a policy that is not valid are errors, answered now.
