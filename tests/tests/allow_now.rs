@@ -144,7 +144,52 @@ async fn decisions_made_now_are_counted(backend: Backend) {
     }
 }
 
+/// A burst of 1,000 concurrent callers deciding as the tower layer does (`allow_with_now`,
+/// then `allow_with_remote` on `None`) admits exactly the limit with the exact cache, and never
+/// more with leases.
+async fn a_burst_decided_now_or_remotely_admits_the_limit(backend: Backend) {
+    for leases in [false, true] {
+        let prefix = Backend::unique_prefix("now-burst");
+        let mut cache = CacheConfig::new(Duration::from_millis(500), 1 << 20);
+        if leases {
+            cache = cache.with_leases(10);
+        }
+        let limiter = backend
+            .limiter(
+                Config::new(100, Duration::from_secs(600)).with_cache(cache),
+                &prefix,
+            )
+            .await;
+        let tasks: Vec<_> = (0..1000)
+            .map(|_| {
+                let limiter = limiter.clone();
+                tokio::spawn(async move {
+                    let policy = limiter.policy().clone();
+                    let decision = match limiter.allow_with_now(&policy, "client", 1) {
+                        Some(decided) => decided,
+                        None => limiter.allow_with_remote(&policy, "client", 1).await,
+                    };
+                    decision.expect("a decision").allowed()
+                })
+            })
+            .collect();
+        let mut allowed = 0;
+        for task in tasks {
+            allowed += u32::from(task.await.expect("task"));
+        }
+        if leases {
+            assert!(
+                (1..=100).contains(&allowed),
+                "{backend:?} with leases: {allowed}"
+            );
+        } else {
+            assert_eq!(allowed, 100, "{backend:?}");
+        }
+    }
+}
+
 for_each_backend!(
+    a_burst_decided_now_or_remotely_admits_the_limit,
     now_and_later_share_one_quota,
     a_cached_denial_is_answered_now,
     errors_are_answered_now,
