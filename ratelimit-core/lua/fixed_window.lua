@@ -49,7 +49,7 @@ if nonce ~= '' then
       return {0, 1, limit, remaining, reset_after, until_end}
     end
     -- No counter of this window (none, or an earlier window's): this call opens it.
-    redis.call('SET', key, cost * SPAN + tag, 'PX', math.ceil(until_end / 1000))
+    redis.call('SET', key, format('%d', cost * SPAN + tag), 'PX', format('%d', math.ceil(until_end / 1000)))
     return {1, 1, limit, limit - cost, until_end, 0}
   end
 end
@@ -80,7 +80,7 @@ if n == 1 then
   if allowed and op == 'allow' and cost > 0 then
     -- Only a counter of the earlier encoding gets here: it is written as an integer.
     count = count + cost
-    redis.call('SET', key, count * SPAN + tag, 'PX', math.ceil(until_end / 1000))
+    redis.call('SET', key, format('%d', count * SPAN + tag), 'PX', format('%d', math.ceil(until_end / 1000)))
   end
   local remaining = limit - count
   if remaining < 0 then remaining = 0 end
@@ -107,9 +107,9 @@ for i = 1, n do
   if consume then
     counts[i] = counts[i] + cost
     if currents[i] then
-      redis.call('INCRBY', KEYS[i], cost * SPAN)
+      redis.call('INCRBY', KEYS[i], format('%d', cost * SPAN))
     else
-      redis.call('SET', KEYS[i], counts[i] * SPAN + tags[i], 'PX', math.ceil((ends[i] - now) / 1000))
+      redis.call('SET', KEYS[i], format('%d', counts[i] * SPAN + tags[i]), 'PX', format('%d', math.ceil((ends[i] - now) / 1000)))
     end
   end
   local remaining = limits[i] - counts[i]

@@ -22,14 +22,14 @@ for i = 4, #ARGV, 2 do
   if windows[#windows] > longest then longest = windows[#windows] end
 end
 
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - longest)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', format('%d', now - longest))
 
 local counts = {}
 local allowed = true
 for i = 1, #windows do
-  -- Scores are whole microseconds: "after now - window" is "from now - window + 1". A bound
-  -- built as a string ('(' .. n) would pass through Lua's %.14g and lose the last two digits.
-  counts[i] = redis.call('ZCOUNT', key, now - windows[i] + 1, '+inf')
+  -- Scores are whole microseconds: "after now - window" is "from now - window + 1" (written
+  -- with '%d': Lua's own number-to-text, %.14g, would lose a timestamp's last two digits).
+  counts[i] = redis.call('ZCOUNT', key, format('%d', now - windows[i] + 1), '+inf')
   if counts[i] + cost > limits[i] then allowed = false end
 end
 
@@ -41,12 +41,12 @@ if allowed and consuming then
   -- members share one score, so they stay or leave the log together: all are added or none.
   local added
   if cost == 1 then
-    added = redis.call('ZADD', key, 'NX', now, nonce .. ':1')
+    added = redis.call('ZADD', key, 'NX', format('%d', now), nonce .. ':1')
   else
     added = 0
-    local batch = {'NX'}
+    local batch, now_text = {'NX'}, format('%d', now)
     for i = 1, cost do
-      batch[#batch + 1] = now
+      batch[#batch + 1] = now_text
       batch[#batch + 1] = nonce .. ':' .. i
       if #batch >= 1001 or i == cost then
         added = added + redis.call('ZADD', key, unpack(batch))
@@ -57,7 +57,7 @@ if allowed and consuming then
   if added > 0 then
     -- The newest entry is the one just added (as in the twin's log): in every window it
     -- leaves in exactly that window's length. The log lives as long as the longest.
-    redis.call('PEXPIRE', key, math.ceil(longest / 1000))
+    redis.call('PEXPIRE', key, format('%d', math.ceil(longest / 1000)))
     for i = 1, #windows do
       consider(true, i, limits[i] - counts[i] - cost, windows[i], 0)
     end
@@ -82,7 +82,7 @@ for i = 1, #windows do
   local retry_after = 0
   if not allowed and counts[i] + cost > limits[i] then
     local skip = counts[i] + cost - limits[i] - 1
-    local nth = redis.call('ZRANGEBYSCORE', key, now - windows[i] + 1, '+inf', 'WITHSCORES', 'LIMIT', skip, 1)
+    local nth = redis.call('ZRANGEBYSCORE', key, format('%d', now - windows[i] + 1), '+inf', 'WITHSCORES', 'LIMIT', skip, 1)
     retry_after = tonumber(nth[2]) + windows[i] - now
   end
   consider(allowed, i, remaining, reset_after, retry_after)
@@ -95,7 +95,7 @@ end
 if newest then
   local needed = math.ceil((newest + longest - now) / 1000)
   local ttl = redis.call('PTTL', key)
-  if ttl >= 0 and ttl < needed then redis.call('PEXPIRE', key, needed) end
+  if ttl >= 0 and ttl < needed then redis.call('PEXPIRE', key, format('%d', needed)) end
 end
 
 return answer(allowed, limits)

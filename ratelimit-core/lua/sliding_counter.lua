@@ -67,7 +67,7 @@ if n == 2 then
           current = current + cost
           if opened then
             redis.call('SET', cur, current * SPAN + tag, 'PX',
-              math.ceil((start + 2 * window - now) / 1000))
+              format('%d', math.ceil((start + 2 * window - now) / 1000)))
           end
         elseif counted == tonumber(nonce) then
           -- Denied, and the counter did not exist: as it was.
@@ -120,9 +120,9 @@ if allowed == nil then
   -- Writes `current` into this window's counter, which lives until the end of the next window,
   -- and, after a counter of the earlier layout, `previous` into the other one.
   function write(cur, prev, current, previous, legacy, tag, prev_tag, start, window)
-    redis.call('SET', cur, current * SPAN + tag, 'PX', math.ceil((start + 2 * window - now) / 1000))
+    redis.call('SET', cur, format('%d', current * SPAN + tag), 'PX', format('%d', math.ceil((start + 2 * window - now) / 1000)))
     if legacy and previous > 0 then
-      redis.call('SET', prev, previous * SPAN + prev_tag, 'PX', math.ceil((start + window - now) / 1000))
+      redis.call('SET', prev, format('%d', previous * SPAN + prev_tag), 'PX', format('%d', math.ceil((start + window - now) / 1000)))
     end
   end
 end

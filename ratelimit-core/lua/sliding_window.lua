@@ -16,7 +16,7 @@ local limit = tonumber(ARGV[4])
 local window = tonumber(ARGV[5])
 
 -- An entry admitted at s counts while now < s + window.
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', format('%d', now - window))
 local count = redis.call('ZCARD', key)
 local consuming = op == 'allow' and cost > 0
 local allowed = count + cost <= limit
@@ -28,12 +28,12 @@ if allowed and consuming then
   -- members share one score, so they stay or leave the log together: all are added or none.
   local added
   if cost == 1 then
-    added = redis.call('ZADD', key, 'NX', now, nonce .. ':1')
+    added = redis.call('ZADD', key, 'NX', format('%d', now), nonce .. ':1')
   else
     added = 0
-    local batch = {'NX'}
+    local batch, now_text = {'NX'}, format('%d', now)
     for i = 1, cost do
-      batch[#batch + 1] = now
+      batch[#batch + 1] = now_text
       batch[#batch + 1] = nonce .. ':' .. i
       if #batch >= 1001 or i == cost then
         added = added + redis.call('ZADD', key, unpack(batch))
@@ -44,7 +44,7 @@ if allowed and consuming then
   if added > 0 then
     -- The newest entry is the one just added (as in the twin's log): it leaves the window in
     -- exactly one window's length. The log lives as long.
-    redis.call('PEXPIRE', key, math.ceil(window / 1000))
+    redis.call('PEXPIRE', key, format('%d', math.ceil(window / 1000)))
     count = count + cost
     return {1, 1, limit, limit - count, window, 0}
   end
@@ -78,7 +78,7 @@ end
 if count > 0 then
   local needed = math.ceil(reset_after / 1000)
   local ttl = redis.call('PTTL', key)
-  if ttl >= 0 and ttl < needed then redis.call('PEXPIRE', key, needed) end
+  if ttl >= 0 and ttl < needed then redis.call('PEXPIRE', key, format('%d', needed)) end
 end
 
 return {allowed and 1 or 0, 1, limit, remaining, reset_after, retry_after}

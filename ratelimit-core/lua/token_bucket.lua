@@ -35,7 +35,7 @@ if n == 1 then
   if allowed and op == 'allow' and cost > 0 and not replay then
     tat, frac = new_tat, new_frac
     redis.call('SET', key, string.format('%d:%d:', tat, frac) .. nonce,
-      'PX', math.ceil((tat - now + 1) / 1000))
+      'PX', format('%d', math.ceil((tat - now + 1) / 1000)))
   end
   local remaining = math.floor(((now + window - tat) * limit - frac) / window)
   if remaining < 0 then remaining = 0 end
@@ -82,7 +82,7 @@ for i = 1, n do
   if consume then
     tat, frac = new_tats[i], new_fracs[i]
     local ttl = math.ceil((tat - now + 1) / 1000)
-    redis.call('SET', KEYS[i], string.format('%d:%d:', tat, frac) .. nonce, 'PX', ttl)
+    redis.call('SET', KEYS[i], string.format('%d:%d:', tat, frac) .. nonce, 'PX', format('%d', ttl))
   end
   -- Whole permits available: floor((now + window - TAT) / (window / limit)).
   local remaining = math.floor(((now + window - tat) * limit - frac) / window)

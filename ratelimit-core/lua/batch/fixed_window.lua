@@ -39,9 +39,9 @@ for i = 1, calls do
 end
 if wrote then
   if current then
-    redis.call('INCRBY', key, (count - start) * SPAN)
+    redis.call('INCRBY', key, format('%d', (count - start) * SPAN))
   else
-    redis.call('SET', key, count * SPAN + tag, 'PX', math.ceil(until_end / 1000))
+    redis.call('SET', key, format('%d', count * SPAN + tag), 'PX', format('%d', math.ceil(until_end / 1000)))
   end
 end
 return reply

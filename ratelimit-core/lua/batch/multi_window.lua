@@ -25,10 +25,10 @@ end
 local first = 3 + 2 * w
 local calls = (#ARGV - first + 1) / 2
 
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - longest)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', format('%d', now - longest))
 for i = 1, w do
   -- Scores are whole microseconds: "after now - window" is "from now - window + 1".
-  counts[i] = redis.call('ZCOUNT', key, now - windows[i] + 1, '+inf')
+  counts[i] = redis.call('ZCOUNT', key, format('%d', now - windows[i] + 1), '+inf')
 end
 
 -- The newest entry's score (nil for an empty log), read when first needed; anything added is
@@ -98,7 +98,7 @@ for c = 1, calls do
       local retry_after = 0
       if not allowed and counts[i] + cost > limits[i] then
         local skip = counts[i] + cost - limits[i] - 1
-        local nth = redis.call('ZRANGEBYSCORE', key, now - windows[i] + 1, '+inf',
+        local nth = redis.call('ZRANGEBYSCORE', key, format('%d', now - windows[i] + 1), '+inf',
           'WITHSCORES', 'LIMIT', skip, 1)
         retry_after = tonumber(nth[2]) + windows[i] - now
       end
@@ -115,13 +115,13 @@ end
 -- window; otherwise its TTL is only ever extended, to when the newest entry leaves the longest
 -- window. Set last.
 if added_any then
-  redis.call('PEXPIRE', key, math.ceil(longest / 1000))
+  redis.call('PEXPIRE', key, format('%d', math.ceil(longest / 1000)))
 else
   local top = newest_entry()
   if top then
     local needed = math.ceil((top + longest - now) / 1000)
     local ttl = redis.call('PTTL', key)
-    if ttl >= 0 and ttl < needed then redis.call('PEXPIRE', key, needed) end
+    if ttl >= 0 and ttl < needed then redis.call('PEXPIRE', key, format('%d', needed)) end
   end
 end
 return reply

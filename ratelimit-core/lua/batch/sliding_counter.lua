@@ -95,11 +95,11 @@ for i = 1, calls do
 end
 if wrote and counting then
   -- This window's counter exists: added to, it keeps the TTL its window's first call set.
-  redis.call('INCRBY', cur, (current - first) * SPAN)
+  redis.call('INCRBY', cur, format('%d', (current - first) * SPAN))
 elseif wrote then
-  redis.call('SET', cur, current * SPAN + tag, 'PX', math.ceil((start + 2 * window - now) / 1000))
+  redis.call('SET', cur, format('%d', current * SPAN + tag), 'PX', format('%d', math.ceil((start + 2 * window - now) / 1000)))
   if legacy and previous > 0 then
-    redis.call('SET', prev, previous * SPAN + prev_tag, 'PX', math.ceil((start + window - now) / 1000))
+    redis.call('SET', prev, format('%d', previous * SPAN + prev_tag), 'PX', format('%d', math.ceil((start + window - now) / 1000)))
   end
 end
 return reply

@@ -2,7 +2,7 @@
 -- One trim, one count and one TTL for all of them, and a ZADD an admitted call; each call's
 -- members and answer are the single script's, so a call is recognized by its own members
 -- whichever way it is sent again.
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', format('%d', now - window))
 local count = redis.call('ZCARD', key)
 local added_any = false
 -- The newest entry's score, read when first needed; anything added is added now.
@@ -46,11 +46,11 @@ end
 -- The TTL, once, as the single script leaves it: a log added to lives one window; otherwise
 -- its TTL is only ever extended, to when the newest entry leaves the window. Set last.
 if added_any then
-  redis.call('PEXPIRE', key, math.ceil(window / 1000))
+  redis.call('PEXPIRE', key, format('%d', math.ceil(window / 1000)))
 elseif count > 0 then
   if not newest then newest = tonumber(redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]) end
   local needed = math.ceil((newest + window - now) / 1000)
   local ttl = redis.call('PTTL', key)
-  if ttl >= 0 and ttl < needed then redis.call('PEXPIRE', key, needed) end
+  if ttl >= 0 and ttl < needed then redis.call('PEXPIRE', key, format('%d', needed)) end
 end
 return reply

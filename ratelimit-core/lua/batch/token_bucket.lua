@@ -36,6 +36,6 @@ for i = 1, calls do
 end
 if wrote then
   redis.call('SET', key, string.format('%d:%d:', tat, frac) .. batch,
-    'PX', math.ceil((tat - now + 1) / 1000))
+    'PX', format('%d', math.ceil((tat - now + 1) / 1000)))
 end
 return reply

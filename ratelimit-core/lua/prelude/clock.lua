@@ -4,3 +4,6 @@
 -- on it. Read once, before anything else, into a plain local (no function to create per call).
 local time = redis.call('TIME')
 local now = time[1] * 1000000 + time[2]
+-- Whole numbers go to redis.call as text written with '%d': Redis 7.0 writes a Lua number with
+-- "%.17g", which costs twice as much (about 2,000 CPU instructions for a timestamp).
+local format = string.format

@@ -4,4 +4,5 @@
 -- body reads ARGV, and the body runs as a function so that the postlude can report the TTL it
 -- left on each key.
 local now = tonumber(table.remove(ARGV))
+local format = string.format
 local function decide()
