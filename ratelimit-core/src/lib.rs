@@ -119,6 +119,7 @@ pub mod test_util {
     pub mod batches {
         pub use crate::backend::coalesce::{
             FIXED_WINDOW_BATCH, SLIDING_WINDOW_BATCH, TOKEN_BUCKET_BATCH, all, evaluate_batch_at,
+            evaluate_batch_sent_again_at,
         };
     }
 

@@ -160,9 +160,11 @@ async fn a_batch_decides_as_its_calls_would_one_after_another() {
 }
 
 /// A sliding log's batch sent again with the same nonces (its reply was lost when the
-/// connection broke, the lane sends it again) answers as it did the first time and takes
-/// nothing twice; so does one of its calls sent again alone. A new batch then sees the count
-/// the first one left.
+/// connection broke, the lane sends it again, marked `again`) answers as it did the first time
+/// and takes nothing twice; so does one of its calls sent again alone. A new batch then sees
+/// the count the first one left. Sent again unmarked, as a first send, it is refused: a first
+/// send adds every admitted call's members with one ZADD, and finding them there is an error,
+/// never a second admission. For the log of one window and of two.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_batch_sent_again_takes_nothing_twice() {
     let mut connection = shared_standalone()
@@ -173,51 +175,116 @@ async fn a_log_batch_sent_again_takes_nothing_twice() {
     let keys = KeyBuilder::new(format!("batch-again-{}:", rand::random::<u32>()));
     let identity = Identity::new(b"client");
     let now: u64 = 1_800_000_000_000_000;
-    let policy = Policy::new("log", [Window::per_minute(5)]);
-    let calls = [(2, "b1"), (2, "b2"), (2, "b3"), (1, "b4")];
-    let mut run = async |calls: &[(u64, &str)], at: u64| {
-        batches::evaluate_batch_at(&mut connection, &keys, &policy, identity, calls, true, at)
-            .await
-            .expect("the batch script runs")
-            .expect("a batch script")
-            .iter()
-            .map(answer)
-            .collect::<Vec<_>>()
-    };
-    let first = run(&calls, now).await;
-    let allowed: Vec<bool> = first.iter().map(|a| a.0).collect();
-    assert_eq!(allowed, [true, true, false, true], "{first:?}");
-    assert_eq!(first[3].1, 0, "5 permits taken");
-    let again = run(&calls, now + 5).await;
-    let allowed_again: Vec<bool> = again.iter().map(|a| a.0).collect();
-    assert_eq!(allowed_again, allowed, "answered as the first time");
-    let next = run(&[(1, "c1"), (1, "c2")], now + 10).await;
-    assert!(
-        !next[0].0 && !next[1].0,
-        "the batch sent again took nothing, and nothing is left: {next:?}"
-    );
-    let alone = scripts::evaluate_at(
-        &mut connection,
-        &keys,
-        &policy,
-        identity,
-        2,
-        true,
-        now + 15,
-        Some("b2"),
-    )
-    .await
-    .expect("the single script runs");
-    assert!(
-        alone.allowed,
-        "a call of the batch, sent again alone, was applied"
-    );
-    assert_eq!(alone.remaining, 0, "and takes nothing twice");
-    let _: () = redis::cmd("DEL")
-        .arg(keys.keys(&policy, identity))
-        .query_async(&mut connection)
+    for policy in [
+        Policy::new("log", [Window::per_minute(5)]),
+        Policy::new("logs", [Window::per_minute(5), Window::per_hour(50)]),
+    ] {
+        let name = policy.name().to_owned();
+        let calls = [(2, "b1"), (2, "b2"), (2, "b3"), (1, "b4")];
+        let answers = |decided: Vec<Verdict>| decided.iter().map(answer).collect::<Vec<_>>();
+        let first = batches::evaluate_batch_at(
+            &mut connection,
+            &keys,
+            &policy,
+            identity,
+            &calls,
+            true,
+            now,
+        )
         .await
-        .expect("DEL");
+        .expect("the batch script runs")
+        .expect("a batch script");
+        let first = answers(first);
+        let allowed: Vec<bool> = first.iter().map(|a| a.0).collect();
+        assert_eq!(allowed, [true, true, false, true], "{name}: {first:?}");
+        assert_eq!(first[3].2, 0, "{name}: 5 permits taken");
+        // b3 waits for b1's first permit to leave the window: one the batch itself added.
+        assert_eq!(first[2].4, 60_000_000, "{name}: {first:?}");
+
+        let again = batches::evaluate_batch_sent_again_at(
+            &mut connection,
+            &keys,
+            &policy,
+            identity,
+            &calls,
+            now + 5,
+        )
+        .await
+        .expect("the batch script runs")
+        .expect("a batch script");
+        let again = answers(again);
+        let allowed_again: Vec<bool> = again.iter().map(|a| a.0).collect();
+        assert_eq!(allowed_again, allowed, "{name}: answered as the first time");
+        let next = batches::evaluate_batch_at(
+            &mut connection,
+            &keys,
+            &policy,
+            identity,
+            &[(1, "c1"), (1, "c2")],
+            true,
+            now + 10,
+        )
+        .await
+        .expect("the batch script runs")
+        .expect("a batch script");
+        assert!(
+            !next[0].allowed && !next[1].allowed,
+            "{name}: the batch sent again took nothing, and nothing is left: {next:?}"
+        );
+        assert_eq!(next[0].retry_after_us, 60_000_000 - 10, "{name}: {next:?}");
+        let alone = scripts::evaluate_at(
+            &mut connection,
+            &keys,
+            &policy,
+            identity,
+            2,
+            true,
+            now + 15,
+            Some("b2"),
+        )
+        .await
+        .expect("the single script runs");
+        assert!(
+            alone.allowed,
+            "{name}: a call of the batch, sent again alone, was applied"
+        );
+        assert_eq!(alone.remaining, 0, "{name}: and takes nothing twice");
+
+        // Sent again unmarked, with room left in the log: refused, and nothing taken twice.
+        let other = Identity::new(b"other");
+        let small = [(1, "u1"), (1, "u2")];
+        let mut send = async |at: u64| {
+            batches::evaluate_batch_at(&mut connection, &keys, &policy, other, &small, true, at)
+                .await
+        };
+        let sent = send(now).await.expect("the batch script runs");
+        assert!(sent.is_some_and(|d| d.iter().all(|d| d.allowed)), "{name}");
+        let unmarked = send(now + 5).await;
+        assert!(
+            unmarked.is_err(),
+            "{name}: sent again as a first send: {unmarked:?}"
+        );
+        let left = scripts::evaluate_at(
+            &mut connection,
+            &keys,
+            &policy,
+            other,
+            0,
+            false,
+            now + 10,
+            None,
+        )
+        .await
+        .expect("the single script runs");
+        assert_eq!(left.remaining, 3, "{name}: two permits taken, once");
+        for identity in [identity, other] {
+            let _: () = redis::cmd("DEL")
+                .arg(keys.keys(&policy, identity))
+                .query_async(&mut connection)
+                .await
+                .expect("DEL");
+        }
+    }
 }
 
 async fn limiter(url: String, policy: Policy) -> RateLimiter {

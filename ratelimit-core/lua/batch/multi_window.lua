@@ -1,11 +1,11 @@
 -- Exact sliding log over several windows, all or nothing: several calls on one log, decided in
 -- one script call in arrival order, exactly as one call after another of `multi_window.lua` at
--- the same instant. One trim, one count a window and one TTL for all of them, and a ZADD an
--- admitted call; each call's members and answer are the single script's, so a call is
+-- the same instant. One trim, one count a window, one TTL and (first sent) one ZADD for all of
+-- them; each call's members and answer are the single script's, so a call is
 -- recognized by its own members whichever way it is sent again.
 --
 -- KEYS[1]  the log
--- ARGV[1]  "allow" or "peek", the same for every call
+-- ARGV[1]  "allow" or "peek", the same for every call ("again": sent again, see `log_add.lua`)
 -- ARGV[2]  w, the number of windows
 -- ARGV[1 + 2i], ARGV[2 + 2i]  limit and length (µs) of window i, for i = 1..w
 -- then the cost and the nonce of each call, in arrival order
@@ -13,7 +13,7 @@
 -- Returns six numbers a call, the single script's reply: {allowed, binding window (1-based),
 -- limit, remaining, reset_after_us, retry_after_us}.
 local key = KEYS[1]
-local consuming = ARGV[1] == 'allow'
+local consuming = ARGV[1] == 'allow' or ARGV[1] == 'again'
 local w = tonumber(ARGV[2])
 local limits, windows, counts = {}, {}, {}
 local longest = 0
@@ -86,7 +86,7 @@ for c = 1, calls do
     end
   elseif consume then
     -- Denied by the counts: unless this is a call that was applied, sent again.
-    allowed = redis.call('ZSCORE', key, nonce .. ':1') ~= false
+    allowed = applied(key, nonce)
   end
   if not done then
     local top = newest_entry()
@@ -98,9 +98,10 @@ for c = 1, calls do
       local retry_after = 0
       if not allowed and counts[i] + cost > limits[i] then
         local skip = counts[i] + cost - limits[i] - 1
-        local nth = redis.call('ZRANGEBYSCORE', key, format('%d', now - windows[i] + 1), '+inf',
-          'WITHSCORES', 'LIMIT', skip, 1)
-        retry_after = tonumber(nth[2]) + windows[i] - now
+        retry_after = scored_at(skip, counts[i], function()
+          return redis.call('ZRANGEBYSCORE', key, format('%d', now - windows[i] + 1), '+inf',
+            'WITHSCORES', 'LIMIT', skip, 1)
+        end) + windows[i] - now
       end
       remaining[i], resets[i], retries[i] = left, reset_after, retry_after
     end
@@ -114,6 +115,7 @@ end
 -- The TTL, once, as the single script leaves it: a log added to lives as long as the longest
 -- window; otherwise its TTL is only ever extended, to when the newest entry leaves the longest
 -- window. Set last.
+flush(key)
 if added_any then
   redis.call('PEXPIRE', key, format('%d', math.ceil(longest / 1000)))
 else

@@ -1,5 +1,5 @@
 -- Exact sliding log, one window: several calls on one log (see `prelude/batch_arguments.lua`).
--- One trim, one count and one TTL for all of them, and a ZADD an admitted call; each call's
+-- One trim, one count, one TTL and (first sent) one ZADD for all of them; each call's
 -- members and answer are the single script's, so a call is recognized by its own members
 -- whichever way it is sent again.
 redis.call('ZREMRANGEBYSCORE', key, '-inf', format('%d', now - window))
@@ -23,7 +23,7 @@ for i = 1, calls do
     end
   elseif consume then
     -- Denied by the count: unless this is a call that was applied, sent again.
-    allowed = redis.call('ZSCORE', key, nonce .. ':1') ~= false
+    allowed = applied(key, nonce)
   end
   if not done then
     local remaining = limit - count
@@ -36,7 +36,9 @@ for i = 1, calls do
     local retry_after = 0
     if not allowed then
       local nth = count + cost - limit - 1
-      retry_after = tonumber(redis.call('ZRANGE', key, nth, nth, 'WITHSCORES')[2]) + window - now
+      retry_after = scored_at(nth, count, function()
+        return redis.call('ZRANGE', key, nth, nth, 'WITHSCORES')
+      end) + window - now
     end
     reply[at - 3], reply[at - 2], reply[at - 1], reply[at] =
       allowed and 1 or 0, remaining, reset_after, retry_after
@@ -45,6 +47,7 @@ end
 
 -- The TTL, once, as the single script leaves it: a log added to lives one window; otherwise
 -- its TTL is only ever extended, to when the newest entry leaves the window. Set last.
+flush(key)
 if added_any then
   redis.call('PEXPIRE', key, format('%d', math.ceil(window / 1000)))
 elseif count > 0 then

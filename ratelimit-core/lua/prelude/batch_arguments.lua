@@ -3,7 +3,8 @@
 -- arrival order, exactly as one call after another at the same instant would be.
 --
 -- KEYS[1]  the key every call decides on
--- ARGV[1]  "allow" or "peek", the same for every call
+-- ARGV[1]  "allow" or "peek", the same for every call ("again" for a sliding log's batch sent
+--          again, see `log_add.lua`)
 -- ARGV[2]  the window's limit
 -- ARGV[3]  the window's length in microseconds
 -- ARGV[2 + 2i], ARGV[3 + 2i]  the cost and the nonce of call i, from i = 1
@@ -21,7 +22,7 @@
 local key = KEYS[1]
 local limit = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
-local consuming = ARGV[1] == 'allow'
+local consuming = ARGV[1] == 'allow' or ARGV[1] == 'again'
 local calls = (#ARGV - 3) / 2
 local batch = ARGV[5]
 local reply = {}

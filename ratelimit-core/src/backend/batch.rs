@@ -358,7 +358,7 @@ async fn send_plan(
         .map(|call| {
             let resend = coalesce::resendable(call);
             if resend {
-                again.add_command(call.clone());
+                again.add_command(coalesce::sent_again(call));
             }
             resend
         })
@@ -572,6 +572,8 @@ mod tests {
     struct Scripted {
         answers: VecDeque<redis::RedisResult<Vec<redis::Value>>>,
         sent: Vec<Vec<String>>,
+        /// The fifth argument of every call sent: a script's operation.
+        ops: Vec<String>,
     }
 
     impl Exchange for Scripted {
@@ -583,13 +585,18 @@ mod tests {
 
         async fn many(&mut self, calls: &redis::Pipeline) -> redis::RedisResult<Vec<redis::Value>> {
             self.sent.push(calls.cmd_iter().map(nonce).collect());
+            self.ops.extend(calls.cmd_iter().map(|call| arg(call, 4)));
             self.answers.pop_front().unwrap_or_else(|| Ok(Vec::new()))
         }
     }
 
     /// A single script call's nonce, its seventh argument.
     fn nonce(call: &redis::Cmd) -> String {
-        match call.args_iter().nth(6) {
+        arg(call, 6)
+    }
+
+    fn arg(call: &redis::Cmd, index: usize) -> String {
+        match call.args_iter().nth(index) {
             Some(redis::Arg::Simple(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
             _ => String::new(),
         }
@@ -627,6 +634,7 @@ mod tests {
                 Ok(vec![redis::Value::Int(1), redis::Value::Int(3)]),
             ]),
             sent: Vec::new(),
+            ops: Vec::new(),
         };
         let replies = send_plan(&mut connection, &calls)
             .await
@@ -639,12 +647,26 @@ mod tests {
         assert!(replies[1].as_ref().is_err_and(is_broken_connection));
         assert_eq!(replies[2].as_ref().ok(), Some(&redis::Value::Int(3)));
 
+        // A log's batch goes again marked: its calls may have run.
+        let batch = coalesce::plan(vec![
+            call(scripts::SLIDING_WINDOW, "f", "n1"),
+            call(scripts::SLIDING_WINDOW, "f", "n2"),
+        ]);
+        let mut connection = Scripted {
+            answers: VecDeque::from([Err(broken()), Ok(vec![redis::Value::Int(1)])]),
+            sent: Vec::new(),
+            ops: Vec::new(),
+        };
+        assert!(send_plan(&mut connection, &batch.calls).await.is_ok());
+        assert_eq!(connection.ops, ["allow", "again"]);
+
         // Nothing to send again: the pipeline fails whole, and is sent once.
         let mut counters = redis::pipe();
         counters.add_command(call(scripts::TOKEN_BUCKET, "d", "counter"));
         let mut connection = Scripted {
             answers: VecDeque::from([Err(broken())]),
             sent: Vec::new(),
+            ops: Vec::new(),
         };
         assert!(send_plan(&mut connection, &counters).await.is_err());
         assert_eq!(connection.sent.len(), 1);
@@ -654,6 +676,7 @@ mod tests {
             let mut connection = Scripted {
                 answers: VecDeque::from([Err(broken()), Ok(vec![redis::Value::Int(1)])]),
                 sent: Vec::new(),
+                ops: Vec::new(),
             };
             let reply = send_alone(&mut connection, &call(source, "e", "alone")).await;
             assert_eq!(connection.sent.len(), sends);

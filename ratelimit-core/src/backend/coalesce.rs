@@ -150,6 +150,50 @@ pub(super) fn resendable(call: &redis::Cmd) -> bool {
     }
 }
 
+/// `call` as it is sent again after its reply was lost: a sliding log's batch sent first as
+/// `allow` goes again as `again`, which tells its script that the calls may have run (a first
+/// send adds every admitted call's members with one `ZADD`, `lua/prelude/log_add.lua`); any
+/// other call goes again as it is.
+pub(super) fn sent_again(call: &redis::Cmd) -> redis::Cmd {
+    let mut args = call.args_iter();
+    let marked = match (
+        args.next(),
+        args.next(),
+        args.next(),
+        args.next(),
+        args.next(),
+    ) {
+        (
+            Some(redis::Arg::Simple(b"EVALSHA")),
+            Some(redis::Arg::Simple(sha)),
+            Some(redis::Arg::Simple(b"1")),
+            Some(redis::Arg::Simple(_key)),
+            Some(redis::Arg::Simple(b"allow")),
+        ) => LOG_BATCHES.iter().any(|hash| hash.as_bytes() == sha),
+        _ => false,
+    };
+    if !marked {
+        return call.clone();
+    }
+    let mut again = redis::Cmd::with_capacity(call.args_iter().len(), 0);
+    for (index, arg) in call.args_iter().enumerate() {
+        if let redis::Arg::Simple(bytes) = arg {
+            again.arg(if index == 4 {
+                b"again".as_slice()
+            } else {
+                bytes
+            });
+        }
+    }
+    again
+}
+
+/// Hashes of the sliding logs' batch scripts, whose first send and send again differ.
+static LOG_BATCHES: LazyLock<[String; 2]> = LazyLock::new(|| {
+    [SLIDING_WINDOW_BATCH, MULTI_WINDOW_BATCH]
+        .map(|source| redis::Script::new(source).get_hash().to_owned())
+});
+
 /// The twin of the single script whose hash is `single`, if it has one.
 fn twin_of(single: &[u8]) -> Option<&'static Twin> {
     TWINS.iter().find(|twin| twin.single.as_bytes() == single)
@@ -454,6 +498,39 @@ pub async fn evaluate_batch_at<C: redis::aio::ConnectionLike>(
     consume: bool,
     now_us: u64,
 ) -> Result<Option<Vec<crate::algorithm::Verdict>>, crate::error::Error> {
+    let op = if consume { "allow" } else { "peek" };
+    batch_at(connection, keys, policy, identity, calls, op, now_us).await
+}
+
+#[cfg(any(test, feature = "test-util"))]
+/// [`evaluate_batch_at`] of a consuming batch sent again, as the lane sends a pipeline again
+/// when the connection broke under it: a sliding log's batch is marked `again` (its calls may
+/// have run), the others go as they were.
+pub async fn evaluate_batch_sent_again_at<C: redis::aio::ConnectionLike>(
+    connection: &mut C,
+    keys: &crate::key::KeyBuilder,
+    policy: &crate::policy::Policy,
+    identity: crate::key::Identity<'_>,
+    calls: &[(u64, &str)],
+    now_us: u64,
+) -> Result<Option<Vec<crate::algorithm::Verdict>>, crate::error::Error> {
+    let op = match policy.algorithm() {
+        crate::policy::Algorithm::SlidingWindow => "again",
+        _ => "allow",
+    };
+    batch_at(connection, keys, policy, identity, calls, op, now_us).await
+}
+
+#[cfg(any(test, feature = "test-util"))]
+async fn batch_at<C: redis::aio::ConnectionLike>(
+    connection: &mut C,
+    keys: &crate::key::KeyBuilder,
+    policy: &crate::policy::Policy,
+    identity: crate::key::Identity<'_>,
+    calls: &[(u64, &str)],
+    op: &str,
+    now_us: u64,
+) -> Result<Option<Vec<crate::algorithm::Verdict>>, crate::error::Error> {
     use crate::policy::Algorithm;
     let windows = policy.windows();
     let several = windows.len() > 1;
@@ -488,7 +565,7 @@ pub async fn evaluate_batch_at<C: redis::aio::ConnectionLike>(
     for key in keys.keys(policy, identity) {
         invocation.key(key);
     }
-    invocation.arg(if consume { "allow" } else { "peek" });
+    invocation.arg(op);
     if several {
         invocation.arg(windows.len());
     }
@@ -787,6 +864,34 @@ mod tests {
             assert_eq!(super::resendable(&sent), resendable, "{}", &source[..80]);
         }
         assert!(!super::resendable(&redis::cmd("PING")));
+    }
+
+    /// A sliding log's batch goes again marked `again` (its script then adds each call's members
+    /// on their own, and recognizes those already there); its first send, a single call and a
+    /// counter's batch go again as they are.
+    #[test]
+    fn a_log_batch_is_marked_when_sent_again() {
+        let one = [(10, 60_000_000)];
+        let two = [(10, 60_000_000), (100, 3_600_000_000)];
+        for (single, windows, marked) in [
+            (scripts::SLIDING_WINDOW, &one[..], true),
+            (scripts::MULTI_WINDOW, &two[..], true),
+            (scripts::TOKEN_BUCKET, &one[..], false),
+            (scripts::FIXED_WINDOW, &one[..], false),
+        ] {
+            let sha = redis::Script::new(single).get_hash().to_owned();
+            let calls = ["n1", "n2"].map(|nonce| call(&sha, "k", "allow", 1, nonce, windows));
+            let plan = plan(calls.to_vec());
+            let batch = plan.calls.cmd_iter().next().expect("one batch");
+            let again = args(&sent_again(batch));
+            let mut expected = args(batch);
+            assert_eq!(expected[4], "allow", "{expected:?}");
+            if marked {
+                expected[4] = "again".into();
+            }
+            assert_eq!(again, expected, "{}", &single[..80]);
+            assert_eq!(args(&sent_again(&calls[0])), args(&calls[0]));
+        }
     }
 
     #[test]
