@@ -120,6 +120,7 @@ fn sample_below(every: u32) -> u64 {
 }
 
 /// Whether this decision is one of those followed (a draw below `below`).
+#[inline]
 fn sampled(below: u64) -> bool {
     if below == u64::MAX {
         return true;
@@ -164,11 +165,18 @@ impl HotKeys {
         hasher.finish()
     }
 
-    /// Follows one decision (when sampled). Allocation-free.
+    /// Follows one decision (when sampled). Allocation-free. The draw is made in the caller;
+    /// only a sampled decision calls into the tracker.
+    #[inline]
     pub(crate) fn record(&self, policy: &Policy, identity: Identity<'_>, allowed: bool) {
-        if !self.config.enabled || !sampled(self.sample_below) {
-            return;
+        if self.config.enabled && sampled(self.sample_below) {
+            self.record_sampled(policy, identity, allowed);
         }
+    }
+
+    /// [`Self::record`] of a decision the draw kept.
+    #[inline(never)]
+    fn record_sampled(&self, policy: &Policy, identity: Identity<'_>, allowed: bool) {
         let identity = identity.as_str();
         let hash = self.hash(policy, identity);
         let now = self.clock.now_micros();

@@ -53,6 +53,9 @@ impl Tat {
 /// assert_eq!(denied.retry_after_us, 333_334); // one emission interval, rounded up
 /// ```
 pub fn gcra(tats: &mut [Tat], windows: &[Window], now: u64, request: Request) -> Verdict {
+    if let ([window], [tat]) = (windows, &mut *tats) {
+        return one_window(tat, window, now, request);
+    }
     let current = |tat: &Tat| {
         if tat.micros < now {
             Tat {
@@ -122,4 +125,51 @@ pub fn gcra(tats: &mut [Tat], windows: &[Window], now: u64, request: Request) ->
         );
     }
     binding.verdict(allowed, expires_at_us)
+}
+
+/// [`gcra`] for a policy of one window, the usual case: the same steps, with no binding window
+/// to choose.
+fn one_window(stored: &mut Tat, w: &Window, now: u64, request: Request) -> Verdict {
+    let (window, limit) = (w.micros(), w.max_requests());
+    let before = if stored.micros < now {
+        Tat {
+            micros: now,
+            frac: 0,
+        }
+    } else {
+        *stored
+    };
+    let next = before.advance(request.cost, window, limit);
+    let ahead = next.micros.saturating_sub(now);
+    let allowed = !(ahead > window || (ahead == window && next.frac > 0));
+    let tat = if allowed && request.consume && request.cost > 0 {
+        *stored = next;
+        next
+    } else {
+        before
+    };
+    // A TAT beyond now + window only arises when a reload shortened the window.
+    let headroom = (now + window).saturating_sub(tat.micros);
+    let remaining = match headroom.checked_mul(limit) {
+        Some(headroom) => headroom.saturating_sub(tat.frac) / window,
+        None => {
+            let headroom =
+                (u128::from(headroom) * u128::from(limit)).saturating_sub(u128::from(tat.frac));
+            (headroom / u128::from(window)) as u64
+        }
+    }
+    .min(limit);
+    let retry_after_us = if allowed {
+        0
+    } else {
+        next.micros - now - window + u64::from(next.frac > 0)
+    };
+    Verdict {
+        allowed,
+        window_index: 0,
+        remaining,
+        reset_after_us: tat.micros - now + u64::from(tat.frac > 0),
+        retry_after_us,
+        expires_at_us: now.max(stored.micros + 1),
+    }
 }
