@@ -89,7 +89,7 @@ impl Wire {
     pub(crate) async fn call(&self, cmd: &Cmd) -> RedisResult<Value> {
         let mut reply = None;
         self.exchange(
-            |buffer| cmd.write_packed_command(buffer),
+            |buffer| write_command(cmd, buffer),
             1,
             |value| reply = Some(value),
         )
@@ -103,7 +103,7 @@ impl Wire {
         self.exchange(
             |buffer| {
                 for cmd in pipeline.cmd_iter() {
-                    cmd.write_packed_command(buffer);
+                    write_command(cmd, buffer);
                 }
             },
             pipeline.len(),
@@ -260,18 +260,43 @@ fn line(buffer: &[u8], at: usize) -> Option<(&[u8], usize)> {
 
 /// The integer `text` spells (`-` and decimal digits, as `i64::from_str` reads them without
 /// a `+`), read byte by byte: six of them in every script reply.
+#[inline]
 fn number(text: &[u8]) -> RedisResult<i64> {
-    let refuse = || {
-        RedisError::from((
-            ErrorKind::Parse,
-            "a number in a reply",
-            String::from_utf8_lossy(text).into_owned(),
-        ))
-    };
     let (negative, digits) = match text {
         [b'-', rest @ ..] => (true, rest),
         _ => (false, text),
     };
+    // From 1 to 18 digits, no overflow is possible: no check a digit (a script's replies are
+    // short numbers).
+    if !digits.is_empty() && digits.len() <= 18 {
+        let mut value: i64 = 0;
+        for &byte in digits {
+            let digit = byte.wrapping_sub(b'0');
+            if digit > 9 {
+                return Err(not_a_number(text));
+            }
+            value = value * 10 + i64::from(digit);
+        }
+        return Ok(if negative { -value } else { value });
+    }
+    long_number(text, negative, digits)
+}
+
+/// The error for `text`, which is not a number.
+#[cold]
+fn not_a_number(text: &[u8]) -> RedisError {
+    RedisError::from((
+        ErrorKind::Parse,
+        "a number in a reply",
+        String::from_utf8_lossy(text).into_owned(),
+    ))
+}
+
+/// [`number`] of no digit or of 19 and more, read with overflow checks.
+#[cold]
+#[inline(never)]
+fn long_number(text: &[u8], negative: bool, digits: &[u8]) -> RedisResult<i64> {
+    let refuse = || not_a_number(text);
     if digits.is_empty() {
         return Err(refuse());
     }
@@ -294,6 +319,55 @@ fn number(text: &[u8]) -> RedisResult<i64> {
             .ok_or_else(refuse)?;
     }
     Ok(value)
+}
+
+/// Writes `cmd` into `buffer` as RESP2, byte for byte as `Cmd::write_packed_command` does. Its
+/// framing (`*<n>`, `$<len>`, the line ends) is pushed a byte at a time: the redis crate copies
+/// each of those few bytes with a `memcpy` call of its own, five an argument.
+fn write_command(cmd: &Cmd, buffer: &mut Vec<u8>) {
+    let args = cmd.args_iter();
+    let mut total = 16;
+    for arg in args.clone() {
+        match arg {
+            // `$`, up to 20 digits, and two line ends.
+            redis::Arg::Simple(bytes) => total += bytes.len() + 25,
+            // A cursor's value is the command's own: its writer knows it.
+            _ => return cmd.write_packed_command(buffer),
+        }
+    }
+    buffer.reserve(total);
+    frame(buffer, b'*', args.len());
+    for arg in args {
+        if let redis::Arg::Simple(bytes) = arg {
+            frame(buffer, b'$', bytes.len());
+            buffer.extend_from_slice(bytes);
+            buffer.push(b'\r');
+            buffer.push(b'\n');
+        }
+    }
+}
+
+/// `<kind><n>\r\n`.
+#[inline(always)]
+fn frame(buffer: &mut Vec<u8>, kind: u8, n: usize) {
+    buffer.push(kind);
+    if n < 10 {
+        buffer.push(b'0' + n as u8);
+    } else if n < 100 {
+        buffer.push(b'0' + (n / 10) as u8);
+        buffer.push(b'0' + (n % 10) as u8);
+    } else {
+        digits(buffer, n);
+    }
+    buffer.push(b'\r');
+    buffer.push(b'\n');
+}
+
+/// `n`'s digits, for a length of 100 or more.
+#[cold]
+#[inline(never)]
+fn digits(buffer: &mut Vec<u8>, n: usize) {
+    buffer.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Arrays nested deeper than this are refused: Redis's replies to our commands nest two deep.
@@ -349,6 +423,15 @@ fn parse_nested(buffer: &[u8], at: usize, depth: usize) -> RedisResult<Option<(V
             let mut items = Vec::with_capacity(len.min(1024));
             let mut at = next;
             for _ in 0..len {
+                // An integer, what a script answers, is read here; anything else recursively.
+                if buffer.get(at) == Some(&b':') {
+                    let Some((text, after)) = line(buffer, at + 1) else {
+                        return Ok(None);
+                    };
+                    items.push(Value::Int(number(text)?));
+                    at = after;
+                    continue;
+                }
                 let Some((item, after)) = parse_nested(buffer, at, depth + 1)? else {
                     return Ok(None);
                 };
@@ -424,6 +507,35 @@ mod tests {
             "\u{0661}",
         ] {
             assert_eq!(number(text.as_bytes()).ok(), text.parse().ok(), "{text:?}");
+        }
+    }
+
+    /// Commands are written byte for byte as the redis crate writes them: short and long
+    /// arguments, an empty one, more than 9 and more than 99 of them, and a cursor.
+    #[test]
+    fn commands_are_written_as_the_redis_crate_writes_them() {
+        let mut many = redis::cmd("EVALSHA");
+        many.arg("a".repeat(40)).arg(1).arg("ratelimit:{p:k}:sw");
+        for i in 0..120 {
+            many.arg(i).arg("x".repeat(i));
+        }
+        let mut scan = redis::cmd("SCAN");
+        scan.cursor_arg(42).arg("MATCH").arg("k*");
+        for cmd in [
+            redis::cmd("PING"),
+            redis::cmd("SET").arg("k").arg("").clone(),
+            redis::cmd("GET").arg("v".repeat(300)).clone(),
+            many,
+            scan,
+        ] {
+            let mut ours = b"left before".to_vec();
+            let mut theirs = ours.clone();
+            write_command(&cmd, &mut ours);
+            cmd.write_packed_command(&mut theirs);
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&theirs)
+            );
         }
     }
 
