@@ -308,6 +308,18 @@ pub(super) enum Part {
 pub(super) fn plan(mut calls: Vec<redis::Cmd>) -> Plan {
     /// No next call in the group.
     const END: usize = usize::MAX;
+    if !shares_a_key(&calls) {
+        // Distinct keys (the usual queue): every call goes as it is, none is read.
+        let parts = (0..calls.len()).map(Part::One).collect();
+        let mut pipeline = redis::pipe();
+        for call in calls {
+            pipeline.add_command(call);
+        }
+        return Plan {
+            calls: pipeline,
+            parts,
+        };
+    }
     let count = calls.len();
     // Groups as chains of indexes: each group's first call in arrival order, and each call's
     // next in its group.
@@ -373,6 +385,37 @@ pub(super) fn plan(mut calls: Vec<redis::Cmd>) -> Plan {
         calls: pipeline,
         parts,
     }
+}
+
+/// Whether two of `calls` have the same fourth argument, a script call's first key: only calls
+/// on one key can be decided together. (Two other commands that happen to share a fourth
+/// argument only cost the full plan.)
+fn shares_a_key(calls: &[redis::Cmd]) -> bool {
+    /// Queues up to this long are compared pair by pair, without a table.
+    const SHORT: usize = 16;
+    fn key(call: &redis::Cmd) -> &[u8] {
+        match call.args_iter().nth(3) {
+            Some(redis::Arg::Simple(key)) => key,
+            _ => &[],
+        }
+    }
+    if calls.len() <= SHORT {
+        let mut keys: [&[u8]; SHORT] = [&[]; SHORT];
+        for (index, call) in calls.iter().enumerate() {
+            let key = key(call);
+            if keys[..index].contains(&key) {
+                return true;
+            }
+            keys[index] = key;
+        }
+        return false;
+    }
+    let mut seen: std::collections::HashSet<&[u8], foldhash::fast::RandomState> =
+        std::collections::HashSet::with_capacity_and_hasher(
+            calls.len(),
+            foldhash::fast::RandomState::default(),
+        );
+    !calls.iter().all(|call| seen.insert(key(call)))
 }
 
 /// A part of a plan before the calls sent as they are are moved into the pipeline.
@@ -797,6 +840,43 @@ mod tests {
         assert!(plan.parts.iter().all(|p| matches!(p, Part::One(_))));
         let sent: Vec<Vec<String>> = plan.calls.cmd_iter().map(args).collect();
         assert_eq!(sent, expected);
+    }
+
+    /// Long queues are looked through with a table: distinct keys go as they are, and two
+    /// calls on one key among them, however far apart, become one batch.
+    #[test]
+    fn a_long_queue_is_planned_as_a_short_one() {
+        let log = redis::Script::new(scripts::SLIDING_WINDOW);
+        for (len, repeated) in [
+            (16, None),
+            (17, None),
+            (40, None),
+            (17, Some(16)),
+            (40, Some(3)),
+        ] {
+            let calls: Vec<redis::Cmd> = (0..len)
+                .map(|i| {
+                    let key = format!("k{}", if Some(i) == repeated { 0 } else { i });
+                    call(
+                        log.get_hash(),
+                        &key,
+                        "allow",
+                        1,
+                        &format!("n{i}"),
+                        &[(1, 1)],
+                    )
+                })
+                .collect();
+            let plan = plan(calls);
+            let batches: Vec<String> = parts(&plan)
+                .into_iter()
+                .filter(|part| part.contains('['))
+                .collect();
+            match repeated {
+                None => assert!(batches.is_empty(), "{len}: {batches:?}"),
+                Some(i) => assert_eq!(batches, [format!("[0, {i}]/1")], "{len}"),
+            }
+        }
     }
 
     #[test]
