@@ -22,7 +22,9 @@
 -- A counter written before this encoding ("<window number>:<count>:<nonce>") is read as it was
 -- and written again as an integer.
 --
--- Returns {allowed, binding window (1-based), limit, remaining, reset_after_us, retry_after_us}.
+-- Returns {allowed, binding window (1-based), limit, remaining, reset_after_us, retry_after_us};
+-- for a policy of one window only {allowed, remaining, reset_after_us, retry_after_us}: the window
+-- is the binding one, and the client knows its limit.
 
 local SPAN = 65536
 
@@ -38,7 +40,7 @@ if nonce ~= '' then
   if type(value) == 'number' then
     if value % SPAN == tag then
       local count = (value - tag) / SPAN
-      if count <= limit then return {1, 1, limit, limit - count, until_end, 0} end
+      if count <= limit then return {1, limit - count, until_end, 0} end
       -- Denied: what the INCRBY added is taken back, and nothing else changes.
       redis.call('DECRBY', key, nonce)
       count = count - cost
@@ -46,11 +48,11 @@ if nonce ~= '' then
       if remaining < 0 then remaining = 0 end
       local reset_after = 0
       if count > 0 then reset_after = until_end end
-      return {0, 1, limit, remaining, reset_after, until_end}
+      return {0, remaining, reset_after, until_end}
     end
     -- No counter of this window (none, or an earlier window's): this call opens it.
     redis.call('SET', key, format('%d', cost * SPAN + tag), 'PX', format('%d', math.ceil(until_end / 1000)))
-    return {1, 1, limit, limit - cost, until_end, 0}
+    return {1, limit - cost, until_end, 0}
   end
 end
 
@@ -86,8 +88,8 @@ if n == 1 then
   if remaining < 0 then remaining = 0 end
   local reset_after = 0
   if count > 0 then reset_after = until_end end
-  if allowed then return {1, 1, limit, remaining, reset_after, 0} end
-  return {0, 1, limit, remaining, reset_after, until_end}
+  if allowed then return {1, remaining, reset_after, 0} end
+  return {0, remaining, reset_after, until_end}
 end
 
 local limits, counts, tags, currents, ends = {}, {}, {}, {}, {}

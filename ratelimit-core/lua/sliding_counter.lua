@@ -22,7 +22,9 @@
 --          A counter cannot tell a retried call from a new one, so a call is never sent again.
 -- ARGV[4], ARGV[5], ...  limit and window length (µs) of each window, in pairs
 --
--- Returns {allowed, binding window (1-based), limit, remaining, reset_after_us, retry_after_us}.
+-- Returns {allowed, binding window (1-based), limit, remaining, reset_after_us, retry_after_us};
+-- for a policy of one window only {allowed, remaining, reset_after_us, retry_after_us}: the window
+-- is the binding one, and the client knows its limit.
 
 local SPAN = 65536
 
@@ -151,7 +153,7 @@ if n == 2 then
   elseif previous > 0 then
     reset_after = start + window - now
   end
-  if allowed then return {1, 1, limit, remaining, reset_after, 0} end
+  if allowed then return {1, remaining, reset_after, 0} end
   local retry_after
   if current + cost > limit then
     local keep = idiv((limit - cost) * window, current)
@@ -165,7 +167,7 @@ if n == 2 then
     retry_after = window - keep - e
     if retry_after < 0 then retry_after = 0 end
   end
-  return {0, 1, limit, remaining, reset_after, retry_after}
+  return {0, remaining, reset_after, retry_after}
 end
 
 -- Whether a request of `cost` fits window i's counts.

@@ -7,7 +7,8 @@
 -- ARGV[4]  limit: permits allowed in any interval of the window's length
 -- ARGV[5]  window length in microseconds
 --
--- Returns {allowed, binding window (1-based), limit, remaining, reset_after_us, retry_after_us}.
+-- Returns {allowed, remaining, reset_after_us, retry_after_us}: one window, the binding one, whose
+-- limit the client knows.
 -- remaining is what is left after this call (allow) or what could be taken now (peek);
 -- reset_after_us is the time until every permit in the log has returned;
 -- retry_after_us is the time until a request of this cost can succeed (0 when it can now).
@@ -46,7 +47,7 @@ if allowed and consuming then
     -- exactly one window's length. The log lives as long.
     redis.call('PEXPIRE', key, format('%d', math.ceil(window / 1000)))
     count = count + cost
-    return {1, 1, limit, limit - count, window, 0}
+    return {1, limit - count, window, 0}
   end
   replay = true
 elseif consuming then
@@ -81,4 +82,4 @@ if count > 0 then
   if ttl >= 0 and ttl < needed then redis.call('PEXPIRE', key, format('%d', needed)) end
 end
 
-return {allowed and 1 or 0, 1, limit, remaining, reset_after, retry_after}
+return {allowed and 1 or 0, remaining, reset_after, retry_after}

@@ -11,7 +11,9 @@
 --          retries on I/O errors) finds its own nonce stored and consumes nothing twice
 -- ARGV[4], ARGV[5], ...  limit and window length (µs) of each window, in pairs
 --
--- Returns {allowed, binding window (1-based), limit, remaining, reset_after_us, retry_after_us}.
+-- Returns {allowed, binding window (1-based), limit, remaining, reset_after_us, retry_after_us};
+-- for a policy of one window only {allowed, remaining, reset_after_us, retry_after_us}: the window
+-- is the binding one, and the client knows its limit.
 
 -- One window, the common case: the same steps as the loops below, without their tables.
 if n == 1 then
@@ -42,9 +44,9 @@ if n == 1 then
   if remaining > limit then remaining = limit end
   local reset_after = tat - now
   if frac > 0 then reset_after = reset_after + 1 end
-  if allowed then return {1, 1, limit, remaining, reset_after, 0} end
+  if allowed then return {1, remaining, reset_after, 0} end
   if new_frac > 0 then beyond = beyond + 1 end
-  return {0, 1, limit, remaining, reset_after, beyond}
+  return {0, remaining, reset_after, beyond}
 end
 
 local limits, windows, tats, fracs, new_tats, new_fracs = {}, {}, {}, {}, {}, {}

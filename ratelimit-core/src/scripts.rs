@@ -3,7 +3,9 @@
 //! Every script takes the keys of one decision (all in one hash slot) and the arguments
 //! `op, cost, nonce, limit1, window1_us, limit2, window2_us, ...`, reads the time with
 //! `redis.call('TIME')`, and answers `{allowed, binding window (1-based), limit, remaining,
-//! reset_after_us, retry_after_us}`. They run through [`redis::Script`]: EVALSHA, reloaded
+//! reset_after_us, retry_after_us}`, or for a policy of one window only `{allowed, remaining,
+//! reset_after_us, retry_after_us}` (each number of a reply costs Redis about a thousand
+//! instructions; the client knows the window and its limit). They run through [`redis::Script`]: EVALSHA, reloaded
 //! transparently after NOSCRIPT (a restart, a failover, a new cluster node).
 
 use std::sync::LazyLock;
@@ -184,7 +186,8 @@ pub async fn evaluate_at_with_ttls<C: redis::aio::ConnectionLike>(
     }
     call.arg(now_us);
     let reply: Vec<i64> = call.invoke_async(connection).await?;
-    let (decision, ttls) = reply.split_at(reply.len().min(6));
+    let width = if policy.windows().len() == 1 { 4 } else { 6 };
+    let (decision, ttls) = reply.split_at(reply.len().min(width));
     Ok((verdict(decision, expires_at(ttls, now_us))?, ttls.to_vec()))
 }
 
@@ -313,7 +316,7 @@ pub(crate) fn outcome_of(reply: &redis::Value) -> Result<Outcome, Error> {
         return Err(unexpected());
     };
     let mut numbers = [0_i64; 6];
-    if items.len() != numbers.len() {
+    if items.len() != 4 && items.len() != 6 {
         return Err(unexpected());
     }
     for (number, item) in numbers.iter_mut().zip(items) {
@@ -322,18 +325,26 @@ pub(crate) fn outcome_of(reply: &redis::Value) -> Result<Outcome, Error> {
         };
         *number = *value;
     }
-    outcome(&numbers)
+    outcome(&numbers[..items.len()])
 }
 
-/// Reads a script's reply.
+/// Reads a script's reply: `{allowed, binding window (1-based), limit, remaining, reset_after_us,
+/// retry_after_us}`, or for a policy of one window `{allowed, remaining, reset_after_us,
+/// retry_after_us}` (the window is the first; the limit, the policy's, is not read).
 pub(crate) fn outcome(reply: &[i64]) -> Result<Outcome, Error> {
-    let [allowed, window, _limit, remaining, reset_after, retry_after] = reply else {
-        return Err(Error::UnexpectedReply(format!("{reply:?}")));
+    let (allowed, window, remaining, reset_after, retry_after) = match reply {
+        [allowed, window, _limit, remaining, reset_after, retry_after] => {
+            (allowed, *window, remaining, reset_after, retry_after)
+        }
+        [allowed, remaining, reset_after, retry_after] => {
+            (allowed, 1, remaining, reset_after, retry_after)
+        }
+        _ => return Err(Error::UnexpectedReply(format!("{reply:?}"))),
     };
     let non_negative = |v: i64| u64::try_from(v).unwrap_or(0);
     Ok(Outcome {
         allowed: *allowed == 1,
-        window_index: usize::try_from(*window - 1).unwrap_or(0),
+        window_index: usize::try_from(window - 1).unwrap_or(0),
         remaining: non_negative(*remaining),
         reset_after_us: non_negative(*reset_after),
         retry_after_us: non_negative(*retry_after),
@@ -375,6 +386,18 @@ mod tests {
             (0, 0, 0),
             "negative figures read as 0"
         );
+        // A policy of one window: its figures alone, the window the first.
+        let short = outcome_of(&reply(&[0, 3, 1_500, 250])).expect("a well-formed reply");
+        assert_eq!(
+            (
+                short.allowed,
+                short.window_index,
+                short.remaining,
+                short.reset_after_us,
+                short.retry_after_us
+            ),
+            (false, 0, 3, 1_500, 250)
+        );
     }
 
     #[test]
@@ -382,6 +405,7 @@ mod tests {
         let wrong = [
             Value::Nil,
             Value::Int(1),
+            reply(&[1, 1, 10]),
             reply(&[1, 1, 10, 9, 0]),
             reply(&[1, 1, 10, 9, 0, 0, 0]),
             Value::Array(vec![

@@ -9,8 +9,8 @@
 -- ARGV[3]  the window's length in microseconds
 -- ARGV[2 + 2i], ARGV[3 + 2i]  the cost and the nonce of call i, from i = 1
 --
--- Returns four numbers a call, in order: {allowed, remaining, reset_after_us, retry_after_us}
--- (the window is the first, the limit ARGV[2]: the client completes the single scripts' reply).
+-- Returns four numbers a call, in order: {allowed, remaining, reset_after_us, retry_after_us},
+-- what a single script of one window answers.
 --
 -- Sent again after its reply was lost (when the connection broke), a log's batch takes nothing
 -- twice: its members are the calls' own, as the single script writes them, added with NX. The

@@ -303,11 +303,11 @@ async fn lead(
     for (reply, part) in replies.into_iter().zip(plan.parts) {
         match part {
             Part::One(index) => deliver(&mut answers, &mut own, index, reply),
-            Part::Batch { twin, limit, calls } => {
+            Part::Batch { twin, calls } => {
                 lane.batches.fetch_add(1, Ordering::Relaxed);
                 lane.coalesced_calls
                     .fetch_add(calls.len() as u64, Ordering::Relaxed);
-                match reply.and_then(|r| coalesce::split(r, twin, limit, calls.len())) {
+                match reply.and_then(|r| coalesce::split(r, twin, calls.len())) {
                     Ok(replies) => {
                         for (index, reply) in calls.into_iter().zip(replies) {
                             deliver(&mut answers, &mut own, index, Ok(reply));

@@ -292,11 +292,9 @@ pub(super) struct Plan {
 pub(super) enum Part {
     /// The call at this index of the queue.
     One(usize),
-    /// The calls at these indexes, in arrival order, decided by `twin`'s batch script;
-    /// `limit` completes the short replies of a one-window batch.
+    /// The calls at these indexes, in arrival order, decided by `twin`'s batch script.
     Batch {
         twin: &'static Twin,
-        limit: i64,
         calls: Vec<usize>,
     },
 }
@@ -375,9 +373,9 @@ pub(super) fn plan(mut calls: Vec<redis::Cmd>) -> Plan {
                 pipeline.add_command(std::mem::take(&mut calls[index]));
                 parts.push(Part::One(index));
             }
-            Built::Batch((command, twin, limit), calls) => {
+            Built::Batch((command, twin), calls) => {
                 pipeline.add_command(command);
-                parts.push(Part::Batch { twin, limit, calls });
+                parts.push(Part::Batch { twin, calls });
             }
         }
     }
@@ -421,16 +419,15 @@ fn shares_a_key(calls: &[redis::Cmd]) -> bool {
 /// A part of a plan before the calls sent as they are are moved into the pipeline.
 enum Built {
     One(usize),
-    Batch((redis::Cmd, &'static Twin, i64), Vec<usize>),
+    Batch((redis::Cmd, &'static Twin), Vec<usize>),
 }
 
-/// The batch call deciding the calls at `members` (`first` is the first's shape), its twin and
-/// the limit its short replies leave out (the first window's).
+/// The batch call deciding the calls at `members` (`first` is the first's shape), and its twin.
 fn batch(
     first: &Shape<'_>,
     members: &[usize],
     shapes: &[Option<Shape<'_>>],
-) -> (redis::Cmd, &'static Twin, i64) {
+) -> (redis::Cmd, &'static Twin) {
     let mut call = redis::Cmd::with_capacity(
         9 + 2 * first.windows + 2 * members.len(),
         80 + 2 * first.key.len() + 40 * first.windows + members.len() * (first.nonce.len() + 24),
@@ -452,24 +449,14 @@ fn batch(
     for shape in members.iter().filter_map(|&i| shapes[i].as_ref()) {
         call.arg(shape.cost).arg(shape.nonce);
     }
-    let limit = first
-        .window_args()
-        .next()
-        .and_then(|limit| std::str::from_utf8(limit).ok())
-        .and_then(|limit| limit.parse().ok())
-        .unwrap_or(0);
-    (call, first.twin, limit)
+    (call, first.twin)
 }
 
-/// Each call's reply from a batch's `reply`, in the single scripts' shape: `{allowed, binding
-/// window, limit, remaining, reset_after_us, retry_after_us}`. A one-window batch answers four
-/// numbers a call (window 1, `limit`, are added here), the multi-window log's six.
-pub(super) fn split(
-    reply: Value,
-    twin: &Twin,
-    limit: i64,
-    calls: usize,
-) -> redis::RedisResult<Vec<Value>> {
+/// Each call's reply from a batch's `reply`, in the single scripts' shape: four numbers a call
+/// for a one-window batch (`{allowed, remaining, reset_after_us, retry_after_us}`, as a single
+/// script of one window answers), six for the multi-window log's (`{allowed, binding window,
+/// limit, remaining, reset_after_us, retry_after_us}`).
+pub(super) fn split(reply: Value, twin: &Twin, calls: usize) -> redis::RedisResult<Vec<Value>> {
     let width = if twin.several { 6 } else { 4 };
     let malformed = |reply: &Value| {
         redis::RedisError::from((
@@ -486,18 +473,7 @@ pub(super) fn split(
     }
     let mut numbers = numbers.into_iter();
     Ok((0..calls)
-        .map(|_| {
-            let mut reply = Vec::with_capacity(6);
-            if twin.several {
-                reply.extend(numbers.by_ref().take(6));
-            } else {
-                reply.push(numbers.next().unwrap_or(Value::Int(0)));
-                reply.push(Value::Int(1));
-                reply.push(Value::Int(limit));
-                reply.extend(numbers.by_ref().take(3));
-            }
-            Value::Array(reply)
-        })
+        .map(|_| Value::Array(numbers.by_ref().take(width).collect()))
         .collect())
 }
 
@@ -660,13 +636,13 @@ mod tests {
         call
     }
 
-    /// A plan's parts: a call's index, or a batch's indexes and limit.
+    /// A plan's parts: a call's index, or a batch's indexes.
     fn parts(plan: &Plan) -> Vec<String> {
         plan.parts
             .iter()
             .map(|part| match part {
                 Part::One(i) => format!("{i}"),
-                Part::Batch { calls, limit, .. } => format!("{calls:?}/{limit}"),
+                Part::Batch { calls, .. } => format!("{calls:?}"),
             })
             .collect()
     }
@@ -713,15 +689,7 @@ mod tests {
         assert_eq!(
             parts,
             [
-                "[0, 2]/10",
-                "[1, 9]/10",
-                "3",
-                "[4, 10]/10",
-                "5",
-                "6",
-                "[7, 8]/10",
-                "[11, 12]/20",
-                "13"
+                "[0, 2]", "[1, 9]", "3", "[4, 10]", "5", "6", "[7, 8]", "[11, 12]", "13"
             ],
             "the peek at 3 closes a's first batch: 4 opens the next; 11 opens b's next"
         );
@@ -807,7 +775,7 @@ mod tests {
             two_keys_to_a_log,
         ]);
         let parts = parts(&plan);
-        assert_eq!(parts, ["[0, 2]/10", "1", "3", "4"]);
+        assert_eq!(parts, ["[0, 2]", "1", "3", "4"]);
         let batch = plan.calls.cmd_iter().next().expect("the batch");
         let batch_hash = TWINS[3].batch.get_hash().to_owned();
         assert_eq!(
@@ -874,7 +842,7 @@ mod tests {
                 .collect();
             match repeated {
                 None => assert!(batches.is_empty(), "{len}: {batches:?}"),
-                Some(i) => assert_eq!(batches, [format!("[0, {i}]/1")], "{len}"),
+                Some(i) => assert_eq!(batches, [format!("[0, {i}]")], "{len}"),
             }
         }
     }
@@ -883,7 +851,7 @@ mod tests {
     fn a_batch_reply_is_split_into_single_replies() {
         let [one_window, .., several] = &*TWINS;
         let reply = Value::Array([1, 9, 5, 0, 0, 0, 5, 7].map(Value::Int).to_vec());
-        let replies = split(reply, one_window, 10, 2).expect("two answers");
+        let replies = split(reply, one_window, 2).expect("two answers");
         let outcomes: Vec<_> = replies
             .iter()
             .map(|r| scripts::outcome_of(r).expect("a single reply"))
@@ -901,7 +869,7 @@ mod tests {
                 Value::Int(1),
             ]),
         ] {
-            assert!(split(wrong, one_window, 10, 1).is_err());
+            assert!(split(wrong, one_window, 1).is_err());
         }
         // The multi-window log answers the single script's whole reply a call.
         let reply = Value::Array(
@@ -909,7 +877,7 @@ mod tests {
                 .map(Value::Int)
                 .to_vec(),
         );
-        let replies = split(reply, several, 0, 2).expect("two answers");
+        let replies = split(reply, several, 2).expect("two answers");
         let denied = scripts::outcome_of(&replies[0]).expect("a single reply");
         assert_eq!((denied.allowed, denied.window_index), (false, 1));
         assert_eq!(denied.retry_after_us, 8);
@@ -919,7 +887,7 @@ mod tests {
                 .allowed
         );
         let short = Value::Array([1, 9, 5, 0].map(Value::Int).to_vec());
-        assert!(split(short, several, 0, 1).is_err());
+        assert!(split(short, several, 1).is_err());
     }
 
     /// Only the sliding logs' calls are sent again after a lost reply: a counter would count a
