@@ -98,17 +98,7 @@ pub fn gcra(tats: &mut [Tat], windows: &[Window], now: u64, request: Request) ->
             before
         };
         expires_at_us = expires_at_us.max(stored.micros + 1);
-        // A TAT beyond now + window only arises when a reload shortened the window.
-        let ahead = (now + window).saturating_sub(tat.micros);
-        let remaining = match ahead.checked_mul(limit) {
-            Some(headroom) => headroom.saturating_sub(tat.frac) / window,
-            None => {
-                let headroom =
-                    (u128::from(ahead) * u128::from(limit)).saturating_sub(u128::from(tat.frac));
-                (headroom / u128::from(window)) as u64
-            }
-        }
-        .min(limit);
+        let remaining = remaining(tat, now, window, limit);
         let reset_after_us = tat.micros - now + u64::from(tat.frac > 0);
         let mut retry_after_us = 0;
         if !allowed && !fits(next, window) {
@@ -125,6 +115,23 @@ pub fn gcra(tats: &mut [Tat], windows: &[Window], now: u64, request: Request) ->
         );
     }
     binding.verdict(allowed, expires_at_us)
+}
+
+/// Whole permits a bucket of `limit` over `window` µs holds at `now` with its TAT at `tat`:
+/// `floor((now + window - TAT) / (window / limit))`, at most `limit`.
+#[inline]
+fn remaining(tat: Tat, now: u64, window: u64, limit: u64) -> u64 {
+    // A TAT beyond now + window only arises when a reload shortened the window.
+    let ahead = (now + window).saturating_sub(tat.micros);
+    match ahead.checked_mul(limit) {
+        Some(headroom) => headroom.saturating_sub(tat.frac) / window,
+        None => {
+            let headroom =
+                (u128::from(ahead) * u128::from(limit)).saturating_sub(u128::from(tat.frac));
+            (headroom / u128::from(window)) as u64
+        }
+    }
+    .min(limit)
 }
 
 /// [`gcra`] for a policy of one window, the usual case: the same steps, with no binding window
@@ -148,17 +155,7 @@ fn one_window(stored: &mut Tat, w: &Window, now: u64, request: Request) -> Verdi
     } else {
         before
     };
-    // A TAT beyond now + window only arises when a reload shortened the window.
-    let headroom = (now + window).saturating_sub(tat.micros);
-    let remaining = match headroom.checked_mul(limit) {
-        Some(headroom) => headroom.saturating_sub(tat.frac) / window,
-        None => {
-            let headroom =
-                (u128::from(headroom) * u128::from(limit)).saturating_sub(u128::from(tat.frac));
-            (headroom / u128::from(window)) as u64
-        }
-    }
-    .min(limit);
+    let remaining = remaining(tat, now, window, limit);
     let retry_after_us = if allowed {
         0
     } else {
