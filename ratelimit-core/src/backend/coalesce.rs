@@ -11,7 +11,9 @@
 //!
 //! Retries stay exact: when the connection broke under a pipeline, the lane sends again, once,
 //! only the calls of the sliding logs, batches included, whose permits are members of each
-//! call's own added with `NX`: sent twice, they take nothing twice. The counters recognize at
+//! call's own added with `NX`: sent twice, they take nothing twice. A log's batch goes again
+//! marked `again` ([`sent_again`]): sent first, its script adds every admitted call's members
+//! with one `ZADD`, since none of its calls can have run yet; sent again, call by call. The counters recognize at
 //! most the last writer's nonce (the token bucket; the integer counters of the fixed window and
 //! the sliding counter none), so their calls, alone or in a batch, are never sent again (their
 //! callers get the error, and the fallback decides). The counters' policies of several windows
