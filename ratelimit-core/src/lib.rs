@@ -105,7 +105,7 @@ pub use policy::{
 #[cfg(feature = "test-util")]
 pub mod test_util {
     pub use crate::backend::{
-        Exchange, IN_FLIGHT_PER_CONNECTION, Lane, MemoryBackend, NodeEviction, RedisBackend,
+        Exchange, IN_FLIGHT_PER_CONNECTION, Lane, MemoryBackend, NodeEviction, RedisBackend, Reply,
     };
     pub use crate::breaker::{Admission, CircuitBreaker};
 

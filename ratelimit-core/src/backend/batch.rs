@@ -93,8 +93,37 @@ struct Waiting {
 /// What a queued caller receives: its reply, or the next pipeline to send (its own call first).
 #[derive(Debug)]
 enum Answer {
-    Reply(redis::RedisResult<redis::Value>),
+    Reply(redis::RedisResult<Reply>),
     Lead(Vec<Waiting>),
+}
+
+/// A call's reply from its [`Lane`]: what Redis answered to the call, or the call's part of a
+/// batch's answer (`coalesce.rs`), in the shape the call's own script answers, kept as numbers
+/// rather than rebuilt into a reply of its own.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// Redis's reply to the call, sent as it is.
+    Value(redis::Value),
+    /// The call's numbers from a batch: four for a policy of one window, six for several (the
+    /// single scripts' replies, `scripts::outcome`).
+    Numbers {
+        /// The numbers, the first `len` of them read.
+        numbers: [i64; 6],
+        /// How many there are.
+        len: usize,
+    },
+}
+
+impl Reply {
+    /// The decision a script call's reply holds.
+    pub(crate) fn outcome(&self) -> Result<crate::decision::Outcome, crate::Error> {
+        match self {
+            Reply::Value(value) => crate::scripts::outcome_of(value),
+            Reply::Numbers { numbers, len } => {
+                crate::scripts::outcome(numbers.get(..*len).unwrap_or(numbers))
+            }
+        }
+    }
 }
 
 impl Lane {
@@ -105,7 +134,7 @@ impl Lane {
         connection: &mut impl Exchange,
         call: redis::Cmd,
         timeout: Duration,
-    ) -> redis::RedisResult<redis::Value> {
+    ) -> redis::RedisResult<Reply> {
         let queued = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             if state.leading {
@@ -127,7 +156,8 @@ impl Lane {
             // The lane was idle: sent at once, alone (and without a pipeline to build).
             Ok(call) => {
                 let mut hand_off = HandOff::new(self);
-                return hand_off.watch(within(timeout, send_alone(connection, &call)).await);
+                let reply = within(timeout, send_alone(connection, &call)).await;
+                return hand_off.watch(reply.map(Reply::Value));
             }
             Err(mut queued) => match (&mut queued.receive).await {
                 Ok(Answer::Reply(reply)) => return reply,
@@ -249,10 +279,7 @@ impl<'a> HandOff<'a> {
     }
 
     /// Notes whether the leader's `reply` is a timeout, and passes it through.
-    fn watch(
-        &mut self,
-        reply: redis::RedisResult<redis::Value>,
-    ) -> redis::RedisResult<redis::Value> {
+    fn watch(&mut self, reply: redis::RedisResult<Reply>) -> redis::RedisResult<Reply> {
         if let Err(error) = &reply
             && error.is_timeout()
         {
@@ -278,9 +305,9 @@ async fn lead(
     lane: &Lane,
     connection: &mut impl Exchange,
     pipeline: Vec<Waiting>,
-) -> redis::RedisResult<redis::Value> {
+) -> redis::RedisResult<Reply> {
     if let [alone] = pipeline.as_slice() {
-        return send_alone(connection, &alone.call).await;
+        return send_alone(connection, &alone.call).await.map(Reply::Value);
     }
     let mut answers = Vec::with_capacity(pipeline.len());
     let calls = pipeline
@@ -298,11 +325,13 @@ async fn lead(
             return Err(error);
         }
     };
-    let mut own = Err(abandoned());
+    // The leader's own reply; `None` only if the replies skipped its call, which `in_step`
+    // rules out (an error is built only then, not for every pipeline).
+    let mut own = None;
     let mut unknown_script = None;
     for (reply, part) in replies.into_iter().zip(plan.parts) {
         match part {
-            Part::One(index) => deliver(&mut answers, &mut own, index, reply),
+            Part::One(index) => deliver(&mut answers, &mut own, index, reply.map(Reply::Value)),
             Part::Batch { twin, calls } => {
                 lane.batches.fetch_add(1, Ordering::Relaxed);
                 lane.coalesced_calls
@@ -336,7 +365,7 @@ async fn lead(
         // batch that finds the script missing).
         let _ = connection.one(&coalesce::load(twin)).await;
     }
-    own
+    own.unwrap_or_else(|| Err(abandoned()))
 }
 
 /// Sends `calls` and reads a reply for each. When the connection broke under them, the calls
@@ -416,15 +445,15 @@ fn checked(reply: redis::Value) -> redis::RedisResult<redis::Value> {
 /// Gives the call at `index` its `reply`: to its caller, or to the leader's own (`own`).
 fn deliver(
     answers: &mut [Option<oneshot::Sender<Answer>>],
-    own: &mut redis::RedisResult<redis::Value>,
+    own: &mut Option<redis::RedisResult<Reply>>,
     index: usize,
-    reply: redis::RedisResult<redis::Value>,
+    reply: redis::RedisResult<Reply>,
 ) {
     match answers.get_mut(index).and_then(Option::take) {
         Some(answer) => {
             let _ = answer.send(Answer::Reply(reply));
         }
-        None => *own = reply,
+        None => *own = Some(reply),
     }
 }
 

@@ -24,6 +24,7 @@ use std::sync::LazyLock;
 
 use redis::Value;
 
+use super::batch::Reply;
 use crate::scripts;
 
 /// A batch script's source: the clock prelude, the preludes named, the algorithm's batch body,
@@ -305,9 +306,7 @@ pub(super) enum Part {
 /// decided together become one batch, placed where the first of them was; every other call is
 /// sent as it is. A call on a key whose batch it cannot join (another operation or window, after
 /// a reload) starts the key's next batch, so the calls on one key keep their order.
-pub(super) fn plan(mut calls: Vec<redis::Cmd>) -> Plan {
-    /// No next call in the group.
-    const END: usize = usize::MAX;
+pub(super) fn plan(calls: Vec<redis::Cmd>) -> Plan {
     if !shares_a_key(&calls) {
         // Distinct keys (the usual queue): every call goes as it is, none is read.
         let parts = (0..calls.len()).map(Part::One).collect();
@@ -320,6 +319,14 @@ pub(super) fn plan(mut calls: Vec<redis::Cmd>) -> Plan {
             parts,
         };
     }
+    // One key, every call joining the first (a hot key's queue): no table of keys.
+    one_batch(&calls).unwrap_or_else(|| grouped(calls))
+}
+
+/// [`plan`] of a queue in which some calls share a key, grouped by key through a table.
+fn grouped(mut calls: Vec<redis::Cmd>) -> Plan {
+    /// No next call in the group.
+    const END: usize = usize::MAX;
     let count = calls.len();
     // Groups as chains of indexes: each group's first call in arrival order, and each call's
     // next in its group.
@@ -362,7 +369,8 @@ pub(super) fn plan(mut calls: Vec<redis::Cmd>) -> Plan {
                         members.push(at);
                         at = next[at];
                     }
-                    Built::Batch(batch(shape, &members, &shapes), members)
+                    let shapes = members.iter().filter_map(|&i| shapes[i].as_ref());
+                    Built::Batch(batch(shape, members.len(), shapes), members)
                 }
             })
             .collect()
@@ -385,6 +393,31 @@ pub(super) fn plan(mut calls: Vec<redis::Cmd>) -> Plan {
         calls: pipeline,
         parts,
     }
+}
+
+/// The plan of `calls` when they all join the first's batch: one script call deciding them
+/// all; `None` otherwise, and for a queue of one.
+fn one_batch(calls: &[redis::Cmd]) -> Option<Plan> {
+    let (first, rest) = calls.split_first()?;
+    let first = Shape::of(first)?;
+    if rest.is_empty() {
+        return None;
+    }
+    let mut shapes = Vec::with_capacity(calls.len());
+    for call in rest {
+        let shape = Shape::of(call).filter(|shape| shape.key == first.key && first.joins(shape))?;
+        shapes.push(shape);
+    }
+    let (command, twin) = batch(&first, calls.len(), std::iter::once(&first).chain(&shapes));
+    let mut pipeline = redis::pipe();
+    pipeline.add_command(command);
+    Some(Plan {
+        calls: pipeline,
+        parts: vec![Part::Batch {
+            twin,
+            calls: (0..calls.len()).collect(),
+        }],
+    })
 }
 
 /// Whether two of `calls` have the same fourth argument, a script call's first key: only calls
@@ -424,15 +457,16 @@ enum Built {
     Batch((redis::Cmd, &'static Twin), Vec<usize>),
 }
 
-/// The batch call deciding the calls at `members` (`first` is the first's shape), and its twin.
-fn batch(
-    first: &Shape<'_>,
-    members: &[usize],
-    shapes: &[Option<Shape<'_>>],
+/// The batch call deciding the `count` calls of `members`, in order (`first` is the first's
+/// shape), and its twin.
+fn batch<'s, 'a: 's>(
+    first: &Shape<'a>,
+    count: usize,
+    members: impl Iterator<Item = &'s Shape<'a>>,
 ) -> (redis::Cmd, &'static Twin) {
     let mut call = redis::Cmd::with_capacity(
-        9 + 2 * first.windows + 2 * members.len(),
-        80 + 2 * first.key.len() + 40 * first.windows + members.len() * (first.nonce.len() + 24),
+        9 + 2 * first.windows + 2 * count,
+        80 + 2 * first.key.len() + 40 * first.windows + count * (first.nonce.len() + 24),
     );
     call.arg("EVALSHA")
         .arg(first.twin.batch.get_hash())
@@ -448,7 +482,7 @@ fn batch(
     for arg in first.window_args() {
         call.arg(arg);
     }
-    for shape in members.iter().filter_map(|&i| shapes[i].as_ref()) {
+    for shape in members {
         call.arg(shape.cost).arg(shape.nonce);
     }
     (call, first.twin)
@@ -458,7 +492,11 @@ fn batch(
 /// for a one-window batch (`{allowed, remaining, reset_after_us, retry_after_us}`, as a single
 /// script of one window answers), six for the multi-window log's (`{allowed, binding window,
 /// limit, remaining, reset_after_us, retry_after_us}`).
-pub(super) fn split(reply: Value, twin: &Twin, calls: usize) -> redis::RedisResult<Vec<Value>> {
+pub(super) fn split(
+    reply: Value,
+    twin: &Twin,
+    calls: usize,
+) -> redis::RedisResult<impl Iterator<Item = Reply>> {
     let width = if twin.several { 6 } else { 4 };
     let malformed = |reply: &Value| {
         redis::RedisError::from((
@@ -473,10 +511,20 @@ pub(super) fn split(reply: Value, twin: &Twin, calls: usize) -> redis::RedisResu
     if numbers.len() != width * calls || numbers.iter().any(|n| !matches!(n, Value::Int(_))) {
         return Err(malformed(&Value::Array(numbers)));
     }
-    let mut numbers = numbers.into_iter();
-    Ok((0..calls)
-        .map(|_| Value::Array(numbers.by_ref().take(width).collect()))
-        .collect())
+    let mut numbers = numbers.into_iter().map(|number| match number {
+        Value::Int(number) => number,
+        _ => 0,
+    });
+    Ok((0..calls).map(move |_| {
+        let mut call = [0; 6];
+        for (slot, number) in call.iter_mut().zip(numbers.by_ref().take(width)) {
+            *slot = number;
+        }
+        Reply::Numbers {
+            numbers: call,
+            len: width,
+        }
+    }))
 }
 
 /// `SCRIPT LOAD` of `twin`'s batch script, for a server that did not know it (a restart,
@@ -849,14 +897,92 @@ mod tests {
         }
     }
 
+    /// A queue whose calls all join the first's batch is planned without the table, as the
+    /// table plans it; one that holds a call that cannot join is left to the table.
+    #[test]
+    fn a_hot_keys_queue_is_planned_as_the_table_plans_it() {
+        let hash = |source: &str| redis::Script::new(source).get_hash().to_owned();
+        let (log, counter, several) = (
+            hash(scripts::SLIDING_WINDOW),
+            hash(scripts::SLIDING_COUNTER),
+            hash(scripts::MULTI_WINDOW),
+        );
+        let counter_call = |i: usize| {
+            let mut call = redis::cmd("EVALSHA");
+            call.arg(&counter)
+                .arg(2)
+                .arg("c:0")
+                .arg("c:1")
+                .arg("allow")
+                .arg(1);
+            call.arg(65_536 * (i as u64 % 3 + 1)).arg(10).arg(1_000_000);
+            call
+        };
+        let queues: Vec<Vec<redis::Cmd>> = vec![
+            (0..2)
+                .map(|i| call(&log, "a", "allow", 1, &format!("n{i}"), &[(5, 9)]))
+                .collect(),
+            (0..40)
+                .map(|i| call(&log, "a", "peek", 2, &format!("n{i}"), &[(5, 9)]))
+                .collect(),
+            (0..7)
+                .map(|i| {
+                    call(
+                        &several,
+                        "m",
+                        "allow",
+                        1,
+                        &format!("n{i}"),
+                        &[(5, 9), (50, 90)],
+                    )
+                })
+                .collect(),
+            (0..5).map(counter_call).collect(),
+        ];
+        for queue in queues {
+            let fast = one_batch(&queue).expect("every call joins the first");
+            let table = grouped(queue);
+            assert_eq!(parts(&fast), parts(&table));
+            let sent = |plan: &Plan| plan.calls.cmd_iter().map(args).collect::<Vec<_>>();
+            assert_eq!(sent(&fast), sent(&table));
+        }
+        let mixed = [
+            call(&log, "a", "allow", 1, "n0", &[(5, 9)]),
+            call(&log, "a", "allow", 1, "n1", &[(5, 9)]),
+            call(&log, "a", "peek", 1, "n2", &[(5, 9)]),
+        ];
+        let other_key = [
+            call(&log, "a", "allow", 1, "n0", &[(5, 9)]),
+            call(&log, "b", "allow", 1, "n1", &[(5, 9)]),
+        ];
+        let other_window = [
+            call(&log, "a", "allow", 1, "n0", &[(5, 9)]),
+            call(&log, "a", "allow", 1, "n1", &[(6, 9)]),
+        ];
+        for queue in [&mixed[..], &other_key, &other_window, &mixed[..1]] {
+            assert!(
+                one_batch(queue).is_none(),
+                "{:?}",
+                queue.iter().map(args).collect::<Vec<_>>()
+            );
+        }
+    }
+
     #[test]
     fn a_batch_reply_is_split_into_single_replies() {
         let [one_window, .., several] = &*TWINS;
         let reply = Value::Array([1, 9, 5, 0, 0, 0, 5, 7].map(Value::Int).to_vec());
-        let replies = split(reply, one_window, 2).expect("two answers");
+        let replies: Vec<Reply> = split(reply, one_window, 2).expect("two answers").collect();
+        assert_eq!(
+            replies[1],
+            Reply::Numbers {
+                numbers: [0, 0, 5, 7, 0, 0],
+                len: 4
+            }
+        );
         let outcomes: Vec<_> = replies
             .iter()
-            .map(|r| scripts::outcome_of(r).expect("a single reply"))
+            .map(|r| r.outcome().expect("a single reply"))
             .collect();
         assert!(outcomes[0].allowed && !outcomes[1].allowed);
         assert_eq!((outcomes[0].remaining, outcomes[0].reset_after_us), (9, 5));
@@ -879,15 +1005,13 @@ mod tests {
                 .map(Value::Int)
                 .to_vec(),
         );
-        let replies = split(reply, several, 2).expect("two answers");
-        let denied = scripts::outcome_of(&replies[0]).expect("a single reply");
+        let replies: Vec<Reply> = split(reply, several, 2).expect("two answers").collect();
+        let denied = replies[0].outcome().expect("a single reply");
         assert_eq!((denied.allowed, denied.window_index), (false, 1));
         assert_eq!(denied.retry_after_us, 8);
-        assert!(
-            scripts::outcome_of(&replies[1])
-                .expect("a single reply")
-                .allowed
-        );
+        let allowed = replies[1].outcome().expect("a single reply");
+        assert!(allowed.allowed);
+        assert_eq!((allowed.remaining, allowed.reset_after_us), (3, 4));
         let short = Value::Array([1, 9, 5, 0].map(Value::Int).to_vec());
         assert!(split(short, several, 1).is_err());
     }

@@ -15,7 +15,7 @@ mod redis;
 mod wire;
 
 #[cfg(any(test, feature = "test-util"))]
-pub use self::batch::{Exchange, Lane};
+pub use self::batch::{Exchange, Lane, Reply};
 #[cfg(any(test, feature = "test-util"))]
 pub use self::eviction::NodeEviction;
 pub use self::memory::MemoryBackend;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 
-use super::batch::{Lane, is_broken_connection, within};
+use super::batch::{Lane, Reply, is_broken_connection, within};
 use super::coalesce;
 use super::connection::{Connection, Connector, Slot, Used};
 use crate::config::RedisConfig;
@@ -189,7 +189,7 @@ impl RedisBackend {
                 self.connector.discard(*used);
             }
         })?;
-        scripts::outcome_of(&reply)
+        reply.outcome()
     }
 
     /// Deletes every key of `policy` for `identity`.
@@ -354,7 +354,7 @@ impl RedisBackend {
         call: &impl Fn() -> redis::Cmd,
         script: &redis::Script,
         connection: &mut Connection,
-    ) -> redis::RedisResult<redis::Value> {
+    ) -> redis::RedisResult<Reply> {
         let mut loaded = false;
         loop {
             // One place awaits `send` (the future holds room for one).
@@ -379,10 +379,12 @@ impl RedisBackend {
         used: Used,
         call: redis::Cmd,
         connection: &mut Connection,
-    ) -> redis::RedisResult<redis::Value> {
+    ) -> redis::RedisResult<Reply> {
         match self.lanes.get(used.index()) {
             Some(lane) => lane.send(connection, call, self.timeout).await,
-            None => within(self.timeout, call.query_async(connection)).await,
+            None => within(self.timeout, call.query_async(connection))
+                .await
+                .map(Reply::Value),
         }
     }
 }
