@@ -216,7 +216,13 @@ struct Shape<'a> {
     nonce: &'a [u8],
     /// Windows the call carries (limit and length of each, after the nonce).
     windows: usize,
+    /// The first two windows' limits and lengths (empty past the call's windows): compared
+    /// as they are, without walking the call's arguments again.
+    head: [&'a [u8]; HEAD],
 }
+
+/// Window arguments a [`Shape`] keeps: two windows' limits and lengths.
+const HEAD: usize = 4;
 
 impl<'a> Shape<'a> {
     fn of(call: &'a redis::Cmd) -> Option<Self> {
@@ -239,6 +245,10 @@ impl<'a> Shape<'a> {
         let second = if second { Some(next()?) } else { None };
         let (op, cost, nonce) = (next()?, next()?, next()?);
         let rest = call.args_iter().len().checked_sub(twin.windows_at())?;
+        let mut head: [&[u8]; HEAD] = [&[]; HEAD];
+        for arg in head.iter_mut().take(rest) {
+            *arg = next()?;
+        }
         let windows = rest / 2;
         // One window for the single-window scripts, several for the multi-window log's.
         let fits = rest % 2 == 0
@@ -256,6 +266,7 @@ impl<'a> Shape<'a> {
             cost,
             nonce,
             windows,
+            head,
         })
     }
 
@@ -263,11 +274,14 @@ impl<'a> Shape<'a> {
     fn joins(&self, other: &Shape<'_>) -> bool {
         std::ptr::eq(self.twin, other.twin)
             && self.op == other.op
-            && self
-                .call
-                .args_iter()
-                .skip(self.twin.windows_at())
-                .eq(other.call.args_iter().skip(other.twin.windows_at()))
+            && self.windows == other.windows
+            && self.head == other.head
+            && (2 * self.windows <= HEAD
+                || self
+                    .call
+                    .args_iter()
+                    .skip(self.twin.windows_at() + HEAD)
+                    .eq(other.call.args_iter().skip(other.twin.windows_at() + HEAD)))
     }
 
     /// The call's windows: limit and length of each, in pairs.
@@ -938,6 +952,12 @@ mod tests {
                 })
                 .collect(),
             (0..5).map(counter_call).collect(),
+            (0..3)
+                .map(|i| {
+                    let windows = [(5, 9), (50, 90), (500, 900)];
+                    call(&several, "m", "allow", 1, &format!("n{i}"), &windows)
+                })
+                .collect(),
         ];
         for queue in queues {
             let fast = one_batch(&queue).expect("every call joins the first");
@@ -959,7 +979,28 @@ mod tests {
             call(&log, "a", "allow", 1, "n0", &[(5, 9)]),
             call(&log, "a", "allow", 1, "n1", &[(6, 9)]),
         ];
-        for queue in [&mixed[..], &other_key, &other_window, &mixed[..1]] {
+        // Windows that differ in the second or the third window only.
+        let second_window = [
+            call(&several, "m", "allow", 1, "n0", &[(5, 9), (50, 90)]),
+            call(&several, "m", "allow", 1, "n1", &[(5, 9), (50, 91)]),
+        ];
+        let third_window = [
+            call(&several, "m", "allow", 1, "n0", &[(5, 9), (50, 90), (7, 8)]),
+            call(&several, "m", "allow", 1, "n1", &[(5, 9), (50, 90), (7, 9)]),
+        ];
+        let more_windows = [
+            call(&several, "m", "allow", 1, "n0", &[(5, 9), (50, 90)]),
+            call(&several, "m", "allow", 1, "n1", &[(5, 9), (50, 90), (7, 8)]),
+        ];
+        for queue in [
+            &mixed[..],
+            &other_key,
+            &other_window,
+            &second_window,
+            &third_window,
+            &more_windows,
+            &mixed[..1],
+        ] {
             assert!(
                 one_batch(queue).is_none(),
                 "{:?}",
