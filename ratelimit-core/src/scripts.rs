@@ -240,6 +240,12 @@ fn counter_increment(policy: &Policy, consume: bool, cost: u64) -> Option<u64> {
 /// logs and the token bucket recognize a call they applied by the call's nonce; the integer
 /// counters (fixed window, sliding counter) cannot.
 pub(crate) fn resendable(policy: &Policy) -> bool {
+    takes_nonce(policy)
+}
+
+/// Whether a call of `policy`'s script carries a nonce: every script's but the integer
+/// counters', whose third argument is their increment ([`third_argument`]).
+pub(crate) fn takes_nonce(policy: &Policy) -> bool {
     !counts_in_integers(policy)
 }
 

@@ -132,10 +132,12 @@ impl RedisBackend {
         cost: u64,
         consume: bool,
     ) -> Result<Outcome, Error> {
-        let nonce = self.nonce.next();
         // Built again for a retry, with the same nonce: the script recognizes a call it applied.
         let mut member = [0; 33];
-        let nonce = nonce.write(&mut member);
+        let nonce = match scripts::takes_nonce(policy) {
+            true => self.nonce.next().write(&mut member),
+            false => &[],
+        };
         let call = || scripts::command(policy, &self.keys, identity, consume, cost, nonce);
         let script = scripts::for_policy(policy);
         let slot = std::sync::OnceLock::new();
