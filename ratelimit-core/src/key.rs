@@ -7,8 +7,6 @@
 //! pick the slot its keys land in, nor make a large key. A plain identity never holds `#`, so
 //! none can equal a hashed one (`#<hex>`) or a sub-counter of a spread key (`<identity>#<i>`).
 
-use std::io::Write as _;
-
 use sha2::{Digest as _, Sha256};
 
 use crate::policy::Policy;
@@ -171,26 +169,25 @@ impl KeyBuilder {
     /// The sliding counter keeps two a window, the counts of its even and its odd fixed
     /// windows: `…:sc:<µs>` and `…:sc:<µs>:1`.
     pub fn keys(&self, policy: &Policy, identity: Identity<'_>) -> Vec<String> {
-        let mut keys: Vec<Vec<u8>> = Vec::new();
-        self.write_keys(policy, identity, &mut keys);
-        keys.into_iter()
-            .map(|key| String::from_utf8_lossy(&key).into_owned())
-            .collect()
+        let mut keys = Vec::new();
+        self.write_keys(policy, identity, |key| {
+            keys.push(String::from_utf8_lossy(key).into_owned());
+        });
+        keys
     }
 
-    /// Writes the keys of [`Self::keys`] into `out` (a command being built), one argument
-    /// each, without a string of their own: [`key_count`] of them.
+    /// Hands the keys of [`Self::keys`] to `out` one by one, each assembled on the stack, without
+    /// a string of its own.
     pub(crate) fn write_keys(
         &self,
         policy: &Policy,
         identity: Identity<'_>,
-        out: &mut impl redis::RedisWrite,
+        mut out: impl FnMut(&[u8]),
     ) {
         let (prefix, name, id) = (&self.prefix, policy.name(), identity.as_str());
         let tag = policy.algorithm().key_tag();
         // The pieces one by one, not through `write!`: on the Redis path this runs once a
         // decision, and the formatting machinery cost more than the rest of the command.
-        // Writing into a `Vec<u8>` (behind either kind of `RedisWrite`) cannot fail.
         let mut write = |window: Option<u64>, odd: bool| {
             let mut digits = itoa::Buffer::new();
             let suffix: &[u8] = match window {
@@ -209,24 +206,18 @@ impl KeyBuilder {
                 suffix,
                 if odd { b":1" } else { b"" },
             ];
-            // Assembled on the stack and written as one argument; a key longer than the
-            // buffer (a long configured prefix) is written piece by piece.
+            // Assembled on the stack; a key longer than the buffer (a long configured prefix or
+            // policy name) is assembled on the heap.
             let mut buffer = [0u8; 256];
             let mut len = 0;
             for piece in pieces {
                 match buffer.get_mut(len..len + piece.len()) {
                     Some(room) => room.copy_from_slice(piece),
-                    None => {
-                        let mut key = out.writer_for_next_arg();
-                        for piece in pieces {
-                            let _ = key.write_all(piece);
-                        }
-                        return;
-                    }
+                    None => return out(&pieces.concat()),
                 }
                 len += piece.len();
             }
-            out.write_arg(&buffer[..len]);
+            out(&buffer[..len]);
         };
         match policy.algorithm() {
             crate::policy::Algorithm::SlidingWindow => write(None, false),
@@ -242,16 +233,6 @@ impl KeyBuilder {
                 }
             }
         }
-    }
-}
-
-/// How many keys a decision of `policy` touches ([`KeyBuilder::keys`]): one sorted set for a
-/// sliding log, two counters a window for a sliding counter, one value a window otherwise.
-pub(crate) fn key_count(policy: &Policy) -> usize {
-    match policy.algorithm() {
-        crate::policy::Algorithm::SlidingWindow => 1,
-        crate::policy::Algorithm::SlidingCounter => 2 * policy.windows().len(),
-        _ => policy.windows().len(),
     }
 }
 

@@ -105,7 +105,8 @@ pub use policy::{
 #[cfg(feature = "test-util")]
 pub mod test_util {
     pub use crate::backend::{
-        Exchange, IN_FLIGHT_PER_CONNECTION, Lane, MemoryBackend, NodeEviction, RedisBackend, Reply,
+        Command, Exchange, IN_FLIGHT_PER_CONNECTION, Lane, MemoryBackend, NodeEviction,
+        RedisBackend, Reply,
     };
     pub use crate::breaker::{Admission, CircuitBreaker};
 

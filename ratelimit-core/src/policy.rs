@@ -283,6 +283,11 @@ impl Policy {
         &self.windows
     }
 
+    /// The windows, shared (a script call on its way to Redis keeps them).
+    pub(crate) fn shared_windows(&self) -> Arc<[Window]> {
+        self.windows.clone()
+    }
+
     /// What one `allow` costs.
     pub fn cost(&self) -> u64 {
         self.cost

@@ -12,6 +12,7 @@ use std::sync::LazyLock;
 #[cfg(any(test, feature = "test-util"))]
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::backend::command::{Op, ScriptCall, Third};
 use crate::decision::Outcome;
 use crate::error::Error;
 use crate::key::{Identity, KeyBuilder};
@@ -67,12 +68,45 @@ static SLIDING_COUNTER_SCRIPT: LazyLock<redis::Script> =
 /// assert_ne!(scripts::for_policy(&single).get_hash(), scripts::for_policy(&multi).get_hash());
 /// ```
 pub fn for_policy(policy: &Policy) -> &'static redis::Script {
-    match policy.algorithm() {
-        Algorithm::SlidingWindow if policy.windows().len() == 1 => &SLIDING_WINDOW_SCRIPT,
-        Algorithm::SlidingWindow => &MULTI_WINDOW_SCRIPT,
-        Algorithm::TokenBucket => &TOKEN_BUCKET_SCRIPT,
-        Algorithm::FixedWindow => &FIXED_WINDOW_SCRIPT,
-        Algorithm::SlidingCounter => &SLIDING_COUNTER_SCRIPT,
+    Single::of(policy).script()
+}
+
+/// The single scripts: one an algorithm, two for the sliding log (one window, several).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Single {
+    SlidingWindow,
+    MultiWindow,
+    TokenBucket,
+    FixedWindow,
+    SlidingCounter,
+}
+
+impl Single {
+    /// The script that decides for `policy` ([`for_policy`]).
+    pub(crate) fn of(policy: &Policy) -> Self {
+        match policy.algorithm() {
+            Algorithm::SlidingWindow if policy.windows().len() == 1 => Single::SlidingWindow,
+            Algorithm::SlidingWindow => Single::MultiWindow,
+            Algorithm::TokenBucket => Single::TokenBucket,
+            Algorithm::FixedWindow => Single::FixedWindow,
+            Algorithm::SlidingCounter => Single::SlidingCounter,
+        }
+    }
+
+    pub(crate) fn script(self) -> &'static redis::Script {
+        match self {
+            Single::SlidingWindow => &SLIDING_WINDOW_SCRIPT,
+            Single::MultiWindow => &MULTI_WINDOW_SCRIPT,
+            Single::TokenBucket => &TOKEN_BUCKET_SCRIPT,
+            Single::FixedWindow => &FIXED_WINDOW_SCRIPT,
+            Single::SlidingCounter => &SLIDING_COUNTER_SCRIPT,
+        }
+    }
+
+    /// Whether its calls can be sent again after their reply was lost: the sliding logs',
+    /// whose permits are members of the call's own, added with `NX` (`coalesce.rs`).
+    pub(crate) fn is_log(self) -> bool {
+        matches!(self, Single::SlidingWindow | Single::MultiWindow)
     }
 }
 
@@ -259,6 +293,7 @@ fn counts_in_integers(policy: &Policy) -> bool {
 
 /// The third argument of `policy`'s call: `nonce`, or for an integer counter the increment
 /// ([`counter_increment`]), written into `digits`.
+#[cfg(any(test, feature = "test-util"))]
 fn third_argument<'a>(
     policy: &Policy,
     consume: bool,
@@ -275,10 +310,9 @@ fn third_argument<'a>(
     }
 }
 
-/// One decision's script call as Redis receives it: `EVALSHA <sha> <number of keys> <keys…>
-/// <op> <cost> <nonce> <limit1> <window1_us> …`. Written into one command sized up front, so
-/// that building it allocates twice (its bytes, and where each argument ends) whatever the
-/// policy; keys and numbers are written in place, never as strings of their own.
+/// One decision's script call: `EVALSHA <sha> <number of keys> <keys…> <op> <cost> <third>
+/// <limit1> <window1_us> …`, kept as its parts (`backend/command.rs`); building it allocates
+/// once, for its keys, written in place, never as strings of their own.
 pub(crate) fn command(
     policy: &Policy,
     keys: &KeyBuilder,
@@ -286,33 +320,20 @@ pub(crate) fn command(
     consume: bool,
     cost: u64,
     nonce: &[u8],
-) -> redis::Cmd {
-    let windows = policy.windows();
-    let key_count = crate::key::key_count(policy);
-    // A key: prefix, `{`, name, `:`, identity, `}:`, tag, `:`, up to 20 digits, `:1`.
-    let key_bytes = keys.prefix().len() + policy.name().len() + identity.as_str().len() + 29;
-    // EVALSHA, its hash, the key count, op, cost and nonce: 7 + 40 + 20 + 5 + 20 + 33 bytes;
-    // a window's limit and length in µs, 20 digits each.
-    let mut cmd = redis::Cmd::with_capacity(
-        6 + key_count + 2 * windows.len(),
-        125 + key_count * key_bytes + 40 * windows.len(),
-    );
-    cmd.arg("EVALSHA")
-        .arg(for_policy(policy).get_hash())
-        .arg(key_count);
-    keys.write_keys(policy, identity, &mut cmd);
-    cmd.arg(if consume { "allow" } else { "peek" }).arg(cost);
-    cmd.arg(third_argument(
-        policy,
-        consume,
+) -> ScriptCall {
+    let third = if !counts_in_integers(policy) {
+        Third::nonce(nonce)
+    } else {
+        counter_increment(policy, consume, cost).map_or(Third::Empty, Third::Increment)
+    };
+    ScriptCall::new(
+        Single::of(policy),
+        |out| keys.write_keys(policy, identity, out),
+        if consume { Op::Allow } else { Op::Peek },
         cost,
-        nonce,
-        &mut itoa::Buffer::new(),
-    ));
-    for w in windows {
-        cmd.arg(w.max_requests()).arg(w.micros());
-    }
-    cmd
+        third,
+        policy.shared_windows(),
+    )
 }
 
 /// Reads a script's reply as the connection hands it over, without copying it first.
@@ -362,6 +383,7 @@ mod tests {
     use redis::Value;
 
     use super::*;
+    use crate::backend::command::Command;
     use crate::policy::Window;
 
     fn reply(fields: &[i64]) -> Value {
@@ -442,8 +464,16 @@ mod tests {
         let one = Policy::new("api", [Window::per_minute(10)]);
         let two = Policy::new("api", [Window::per_minute(10), Window::per_hour(100)]);
         let third = |policy: &Policy, consume: bool, cost: u64| {
-            let cmd = command(policy, &keys, Identity::new(b"u1"), consume, cost, b"ab.c");
-            let keys = crate::key::key_count(policy);
+            let cmd = Command::Script(command(
+                policy,
+                &keys,
+                Identity::new(b"u1"),
+                consume,
+                cost,
+                b"ab.c",
+            ))
+            .to_cmd();
+            let keys = keys.keys(policy, Identity::new(b"u1")).len();
             match cmd.args_iter().nth(3 + keys + 2) {
                 Some(redis::Arg::Simple(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
                 _ => "<none>".to_owned(),
@@ -490,7 +520,8 @@ mod tests {
             ),
         ] {
             let policy = policy.clone().with_algorithm(algorithm);
-            let cmd = command(&policy, &keys, Identity::new(b"u1"), false, 3, b"ab.c");
+            let call = command(&policy, &keys, Identity::new(b"u1"), false, 3, b"ab.c");
+            let cmd = Command::Script(call).to_cmd();
             let args: Vec<String> = cmd
                 .args_iter()
                 .map(|arg| match arg {

@@ -35,6 +35,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::coalesce::{self, Part};
+use super::command::Command;
 
 /// What a [`Lane`] sends its calls on: a connection that takes one call, or a pipeline of them,
 /// and gives their replies in order.
@@ -42,25 +43,35 @@ pub trait Exchange {
     /// Sends `call` and reads its reply.
     fn one(
         &mut self,
-        call: &redis::Cmd,
+        call: &Command,
     ) -> impl Future<Output = redis::RedisResult<redis::Value>> + Send;
 
     /// Sends every call of `calls` and reads their replies.
     fn many(
         &mut self,
-        calls: &redis::Pipeline,
+        calls: &[Command],
     ) -> impl Future<Output = redis::RedisResult<Vec<redis::Value>>> + Send;
 }
 
 /// The redis crate's multiplexed connection, through its own interface.
 impl Exchange for redis::aio::MultiplexedConnection {
-    async fn one(&mut self, call: &redis::Cmd) -> redis::RedisResult<redis::Value> {
-        redis::aio::ConnectionLike::req_packed_command(self, call).await
+    async fn one(&mut self, call: &Command) -> redis::RedisResult<redis::Value> {
+        redis::aio::ConnectionLike::req_packed_command(self, &call.to_cmd()).await
     }
 
-    async fn many(&mut self, calls: &redis::Pipeline) -> redis::RedisResult<Vec<redis::Value>> {
-        redis::aio::ConnectionLike::req_packed_commands(self, calls, 0, calls.len()).await
+    async fn many(&mut self, calls: &[Command]) -> redis::RedisResult<Vec<redis::Value>> {
+        let pipeline = pipeline_of(calls);
+        redis::aio::ConnectionLike::req_packed_commands(self, &pipeline, 0, calls.len()).await
     }
+}
+
+/// `calls` as the redis crate's pipeline, for its connections.
+pub(super) fn pipeline_of(calls: &[Command]) -> redis::Pipeline {
+    let mut pipeline = redis::pipe();
+    for call in calls {
+        pipeline.add_command(call.to_cmd());
+    }
+    pipeline
 }
 
 /// One connection's queue of calls and whether a pipeline is in flight on it.
@@ -86,7 +97,7 @@ struct State {
 /// A queued call: its command and where its answer goes (`None` for the leader's own).
 #[derive(Debug)]
 struct Waiting {
-    call: redis::Cmd,
+    call: Command,
     answer: Option<oneshot::Sender<Answer>>,
 }
 
@@ -132,9 +143,10 @@ impl Lane {
     pub async fn send(
         &self,
         connection: &mut impl Exchange,
-        call: redis::Cmd,
+        call: impl Into<Command>,
         timeout: Duration,
     ) -> redis::RedisResult<Reply> {
+        let call = call.into();
         let queued = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             if state.leading {
@@ -318,7 +330,7 @@ async fn lead(
         })
         .collect();
     let plan = coalesce::plan(calls);
-    let replies = match send_plan(connection, &plan.calls).await {
+    let replies = match send_plan(connection, &plan.commands).await {
         Ok(replies) => replies,
         Err(error) => {
             answer_all(answers, &error);
@@ -373,7 +385,7 @@ async fn lead(
 /// with the broken connection's error: they may have run, and a counter would count them twice.
 async fn send_plan(
     connection: &mut impl Exchange,
-    calls: &redis::Pipeline,
+    calls: &[Command],
 ) -> redis::RedisResult<Vec<redis::RedisResult<redis::Value>>> {
     let count = calls.len();
     let error = match connection.many(calls).await {
@@ -381,13 +393,13 @@ async fn send_plan(
         Err(error) if is_broken_connection(&error) => error,
         Err(error) => return Err(error),
     };
-    let mut again = redis::pipe();
+    let mut again = Vec::new();
     let resent: Vec<bool> = calls
-        .cmd_iter()
+        .iter()
         .map(|call| {
             let resend = coalesce::resendable(call);
             if resend {
-                again.add_command(coalesce::sent_again(call));
+                again.push(coalesce::sent_again(call));
             }
             resend
         })
@@ -505,7 +517,7 @@ impl<T, F: Future<Output = redis::RedisResult<T>>> Future for Within<F> {
 /// idempotent (see [`send_plan`]).
 async fn send_alone(
     connection: &mut impl Exchange,
-    call: &redis::Cmd,
+    call: &Command,
 ) -> redis::RedisResult<redis::Value> {
     let mut sent = false;
     loop {
@@ -563,7 +575,9 @@ mod tests {
     use std::collections::VecDeque;
 
     use super::*;
-    use crate::scripts;
+    use crate::backend::command::{Op, ScriptCall, Third};
+    use crate::policy::Window;
+    use crate::scripts::{self, Single};
 
     #[test]
     fn a_reply_is_checked_for_server_errors_at_any_depth() {
@@ -606,42 +620,53 @@ mod tests {
     }
 
     impl Exchange for Scripted {
-        async fn one(&mut self, call: &redis::Cmd) -> redis::RedisResult<redis::Value> {
-            let mut calls = redis::pipe();
-            calls.add_command(call.clone());
-            self.many(&calls).await.map(|mut r| r.remove(0))
+        async fn one(&mut self, call: &Command) -> redis::RedisResult<redis::Value> {
+            self.many(std::slice::from_ref(call))
+                .await
+                .map(|mut r| r.remove(0))
         }
 
-        async fn many(&mut self, calls: &redis::Pipeline) -> redis::RedisResult<Vec<redis::Value>> {
-            self.sent.push(calls.cmd_iter().map(nonce).collect());
-            self.ops.extend(calls.cmd_iter().map(|call| arg(call, 4)));
+        async fn many(&mut self, calls: &[Command]) -> redis::RedisResult<Vec<redis::Value>> {
+            self.sent.push(calls.iter().map(nonce).collect());
+            self.ops.extend(calls.iter().map(|call| arg(call, 4)));
             self.answers.pop_front().unwrap_or_else(|| Ok(Vec::new()))
         }
     }
 
     /// A single script call's nonce, its seventh argument.
-    fn nonce(call: &redis::Cmd) -> String {
+    fn nonce(call: &Command) -> String {
         arg(call, 6)
     }
 
-    fn arg(call: &redis::Cmd, index: usize) -> String {
-        match call.args_iter().nth(index) {
+    fn arg(call: &Command, index: usize) -> String {
+        match call.to_cmd().args_iter().nth(index) {
             Some(redis::Arg::Simple(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
             _ => String::new(),
         }
     }
 
-    fn call(source: &str, key: &str, nonce: &str) -> redis::Cmd {
-        let mut call = redis::cmd("EVALSHA");
-        call.arg(redis::Script::new(source).get_hash())
-            .arg(1)
-            .arg(key)
-            .arg("allow")
-            .arg(1)
-            .arg(nonce)
-            .arg(10)
-            .arg(60_000_000);
-        call
+    /// A call of the single script `source` on `key`, carrying `nonce`.
+    fn call(source: &str, key: &str, nonce: &str) -> Command {
+        let hash = redis::Script::new(source).get_hash().to_owned();
+        let single = [
+            Single::SlidingWindow,
+            Single::MultiWindow,
+            Single::TokenBucket,
+            Single::FixedWindow,
+            Single::SlidingCounter,
+        ]
+        .into_iter()
+        .find(|single| single.script().get_hash() == hash)
+        .expect("a single script");
+        let windows: std::sync::Arc<[Window]> = [Window::per_minute(10)].into();
+        Command::Script(ScriptCall::new(
+            single,
+            |out| out(key.as_bytes()),
+            Op::Allow,
+            1,
+            Third::nonce(nonce.as_bytes()),
+            windows,
+        ))
     }
 
     fn broken() -> redis::RedisError {
@@ -652,11 +677,11 @@ mod tests {
     /// and get their replies in their places; the counters' calls are not, and get the error.
     #[tokio::test]
     async fn only_idempotent_calls_are_sent_again_after_a_broken_connection() {
-        let mut calls = redis::pipe();
-        calls
-            .add_command(call(scripts::SLIDING_WINDOW, "a", "log-1"))
-            .add_command(call(scripts::FIXED_WINDOW, "b", "counter"))
-            .add_command(call(scripts::MULTI_WINDOW, "c", "log-2"));
+        let calls = [
+            call(scripts::SLIDING_WINDOW, "a", "log-1"),
+            call(scripts::FIXED_WINDOW, "b", "counter"),
+            call(scripts::MULTI_WINDOW, "c", "log-2"),
+        ];
         let mut connection = Scripted {
             answers: VecDeque::from([
                 Err(broken()),
@@ -686,12 +711,11 @@ mod tests {
             sent: Vec::new(),
             ops: Vec::new(),
         };
-        assert!(send_plan(&mut connection, &batch.calls).await.is_ok());
+        assert!(send_plan(&mut connection, &batch.commands).await.is_ok());
         assert_eq!(connection.ops, ["allow", "again"]);
 
         // Nothing to send again: the pipeline fails whole, and is sent once.
-        let mut counters = redis::pipe();
-        counters.add_command(call(scripts::TOKEN_BUCKET, "d", "counter"));
+        let counters = [call(scripts::TOKEN_BUCKET, "d", "counter")];
         let mut connection = Scripted {
             answers: VecDeque::from([Err(broken())]),
             sent: Vec::new(),

@@ -20,12 +20,13 @@
 //! are sent one call each, as are calls on a cluster.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use redis::Value;
 
 use super::batch::Reply;
-use crate::scripts;
+use super::command::{BatchCall, Command, Op, ScriptCall};
+use crate::scripts::Single;
 
 /// A batch script's source: the clock prelude, the preludes named, the algorithm's batch body,
 /// and the clock's postlude if it has one.
@@ -77,48 +78,48 @@ pub const MULTI_WINDOW_BATCH: &str = batch_source!("clock.lua", multi_window);
 
 /// A single script and the batch script that decides several of its calls on one key.
 #[derive(Debug)]
-pub(super) struct Twin {
-    single: String,
+pub(crate) struct Twin {
+    single: Single,
     source: &'static str,
     batch: redis::Script,
     /// The multi-window log's: several windows, counted ahead of them in its arguments, and
     /// the single script's whole reply a call; the others take one window and answer four
     /// numbers a call.
     several: bool,
-    /// Keys a call carries: two for the sliding counter (its even and odd counters), one for
-    /// the others.
-    keys: usize,
 }
 
 static TWINS: LazyLock<[Twin; 5]> = LazyLock::new(|| {
-    let twin = |single: &str, source: &'static str| Twin {
-        single: redis::Script::new(single).get_hash().to_owned(),
+    let twin = |single: Single, source: &'static str| Twin {
+        single,
         source,
         batch: redis::Script::new(source),
-        several: false,
-        keys: 1,
+        several: single == Single::MultiWindow,
     };
     [
-        twin(scripts::SLIDING_WINDOW, SLIDING_WINDOW_BATCH),
-        twin(scripts::TOKEN_BUCKET, TOKEN_BUCKET_BATCH),
-        twin(scripts::FIXED_WINDOW, FIXED_WINDOW_BATCH),
-        Twin {
-            keys: 2,
-            ..twin(scripts::SLIDING_COUNTER, SLIDING_COUNTER_BATCH)
-        },
-        Twin {
-            several: true,
-            ..twin(scripts::MULTI_WINDOW, MULTI_WINDOW_BATCH)
-        },
+        twin(Single::SlidingWindow, SLIDING_WINDOW_BATCH),
+        twin(Single::TokenBucket, TOKEN_BUCKET_BATCH),
+        twin(Single::FixedWindow, FIXED_WINDOW_BATCH),
+        twin(Single::SlidingCounter, SLIDING_COUNTER_BATCH),
+        twin(Single::MultiWindow, MULTI_WINDOW_BATCH),
     ]
 });
 
 impl Twin {
-    /// Where a call's windows start among its arguments: after `EVALSHA`, the hash, the key
-    /// count, the keys, the operation, the cost and the nonce.
-    fn windows_at(&self) -> usize {
-        6 + self.keys
+    /// Whether its calls carry several windows, counted ahead of them.
+    pub(crate) fn several(&self) -> bool {
+        self.several
     }
+
+    /// The batch script's hash.
+    pub(crate) fn batch_hash(&self) -> &str {
+        self.batch.get_hash()
+    }
+}
+
+#[cfg(test)]
+/// The twin at `index` (of 5), for tests.
+pub(super) fn twin_at(index: usize) -> &'static Twin {
+    &TWINS[index % TWINS.len()]
 }
 
 /// Every batch script, for preloading (`SCRIPT LOAD`).
@@ -127,172 +128,74 @@ pub fn all() -> [&'static redis::Script; 5] {
     [&a.batch, &b.batch, &c.batch, &d.batch, &e.batch]
 }
 
-/// Hashes of the scripts whose calls can be sent again after their reply was lost: the sliding
-/// logs', whose permits are members of the call's own, added with `NX`. The counters recognize
-/// at most the last writer's nonce (the token bucket; the fixed window's and the sliding
-/// counter's integers none), and another call on the key may have written in between: a call of
-/// theirs is never sent again.
-static RESENDABLE: LazyLock<[String; 4]> = LazyLock::new(|| {
-    [
-        scripts::SLIDING_WINDOW,
-        scripts::MULTI_WINDOW,
-        SLIDING_WINDOW_BATCH,
-        MULTI_WINDOW_BATCH,
-    ]
-    .map(|source| redis::Script::new(source).get_hash().to_owned())
-});
-
-/// Whether `call` may be sent again after its reply was lost: a call of a sliding log's script.
-pub(super) fn resendable(call: &redis::Cmd) -> bool {
-    let mut args = call.args_iter();
-    match (args.next(), args.next()) {
-        (Some(redis::Arg::Simple(b"EVALSHA")), Some(redis::Arg::Simple(sha))) => {
-            RESENDABLE.iter().any(|hash| hash.as_bytes() == sha)
-        }
-        _ => false,
+/// Whether `command` may be sent again after its reply was lost: a sliding log's call or batch,
+/// whose permits are members of each call's own added with `NX`. The counters recognize at most
+/// the last writer's nonce (the token bucket; the fixed window's and the sliding counter's
+/// integers none), and another call on the key may have written in between: a call of theirs
+/// is never sent again.
+pub(super) fn resendable(command: &Command) -> bool {
+    match command {
+        Command::Script(call) => call.single.is_log(),
+        Command::Batch(batch) => batch.twin.single.is_log(),
+        Command::Other(_) => false,
     }
 }
 
-/// `call` as it is sent again after its reply was lost: a sliding log's batch sent first as
+/// `command` as it is sent again after its reply was lost: a sliding log's batch sent first as
 /// `allow` goes again as `again`, which tells its script that the calls may have run (a first
 /// send adds every admitted call's members with one `ZADD`, `lua/prelude/log_add.lua`); any
-/// other call goes again as it is.
-pub(super) fn sent_again(call: &redis::Cmd) -> redis::Cmd {
-    let mut args = call.args_iter();
-    let marked = match (
-        args.next(),
-        args.next(),
-        args.next(),
-        args.next(),
-        args.next(),
-    ) {
-        (
-            Some(redis::Arg::Simple(b"EVALSHA")),
-            Some(redis::Arg::Simple(sha)),
-            Some(redis::Arg::Simple(b"1")),
-            Some(redis::Arg::Simple(_key)),
-            Some(redis::Arg::Simple(b"allow")),
-        ) => LOG_BATCHES.iter().any(|hash| hash.as_bytes() == sha),
-        _ => false,
-    };
-    if !marked {
-        return call.clone();
-    }
-    let mut again = redis::Cmd::with_capacity(call.args_iter().len(), 0);
-    for (index, arg) in call.args_iter().enumerate() {
-        if let redis::Arg::Simple(bytes) = arg {
-            again.arg(if index == 4 {
-                b"again".as_slice()
-            } else {
-                bytes
-            });
+/// other command goes again as it is.
+pub(super) fn sent_again(command: &Command) -> Command {
+    match command {
+        Command::Batch(batch) if batch.twin.single.is_log() && batch.op == Op::Allow => {
+            Command::Batch(BatchCall {
+                op: Op::Again,
+                ..batch.clone()
+            })
         }
+        other => other.clone(),
     }
-    again
 }
 
-/// Hashes of the sliding logs' batch scripts, whose first send and send again differ.
-static LOG_BATCHES: LazyLock<[String; 2]> = LazyLock::new(|| {
-    [SLIDING_WINDOW_BATCH, MULTI_WINDOW_BATCH]
-        .map(|source| redis::Script::new(source).get_hash().to_owned())
-});
-
-/// The twin of the single script whose hash is `single`, if it has one.
-fn twin_of(single: &[u8]) -> Option<&'static Twin> {
-    TWINS.iter().find(|twin| twin.single.as_bytes() == single)
+/// The twin of `single`, if it has one.
+fn twin_of(single: Single) -> Option<&'static Twin> {
+    TWINS.iter().find(|twin| twin.single == single)
 }
 
-/// What a batch needs of a call: the arguments of `EVALSHA <sha> <1 or 2> <key> [<key>] <op>
-/// <cost> <nonce> <limit1> <window1> …`, a call of a script that has a batch twin.
+/// What a batch needs of a command: a script call whose script has a batch twin, with the
+/// windows that twin takes (one, or several for the multi-window log's).
 struct Shape<'a> {
-    call: &'a redis::Cmd,
+    call: &'a ScriptCall,
     twin: &'static Twin,
-    /// The first key, which names the state the calls share.
-    key: &'a [u8],
-    /// The sliding counter's second key (its odd counter).
-    second: Option<&'a [u8]>,
-    op: &'a [u8],
-    cost: &'a [u8],
-    nonce: &'a [u8],
-    /// Windows the call carries (limit and length of each, after the nonce).
-    windows: usize,
-    /// The first two windows' limits and lengths (empty past the call's windows): compared
-    /// as they are, without walking the call's arguments again.
-    head: [&'a [u8]; HEAD],
 }
-
-/// Window arguments a [`Shape`] keeps: two windows' limits and lengths.
-const HEAD: usize = 4;
 
 impl<'a> Shape<'a> {
-    fn of(call: &'a redis::Cmd) -> Option<Self> {
-        let mut args = call.args_iter().map(|arg| match arg {
-            redis::Arg::Simple(bytes) => Some(bytes),
-            _ => None,
-        });
-        let mut next = || args.next().flatten();
-        let (evalsha, sha, keys) = (next()?, next()?, next()?);
-        if evalsha != b"EVALSHA" {
+    fn of(command: &'a Command) -> Option<Self> {
+        let Command::Script(call) = command else {
             return None;
-        }
-        let twin = twin_of(sha)?;
-        let second = match (twin.keys, keys) {
-            (1, b"1") => false,
-            (2, b"2") => true,
-            _ => return None,
         };
-        let key = next()?;
-        let second = if second { Some(next()?) } else { None };
-        let (op, cost, nonce) = (next()?, next()?, next()?);
-        let rest = call.args_iter().len().checked_sub(twin.windows_at())?;
-        let mut head: [&[u8]; HEAD] = [&[]; HEAD];
-        for arg in head.iter_mut().take(rest) {
-            *arg = next()?;
-        }
-        let windows = rest / 2;
-        // One window for the single-window scripts, several for the multi-window log's.
-        let fits = rest % 2 == 0
-            && if twin.several {
-                windows > 1
-            } else {
-                windows == 1
-            };
-        fits.then_some(Shape {
-            call,
-            twin,
-            key,
-            second,
-            op,
-            cost,
-            nonce,
-            windows,
-            head,
-        })
+        let twin = twin_of(call.single)?;
+        let windows = call.windows.len();
+        let fits = if twin.several {
+            windows > 1
+        } else {
+            windows == 1
+        };
+        fits.then_some(Shape { call, twin })
     }
 
-    /// Whether `other` can be decided in the same batch: same script, key, operation, windows.
+    /// The keys, which name the state the calls share.
+    fn key(&self) -> &'a [u8] {
+        &self.call.keys
+    }
+
+    /// Whether `other` can be decided in the same batch: same script, keys, operation, windows.
     fn joins(&self, other: &Shape<'_>) -> bool {
+        let (a, b) = (self.call, other.call);
         std::ptr::eq(self.twin, other.twin)
-            && self.op == other.op
-            && self.windows == other.windows
-            && self.head == other.head
-            && (2 * self.windows <= HEAD
-                || self
-                    .call
-                    .args_iter()
-                    .skip(self.twin.windows_at() + HEAD)
-                    .eq(other.call.args_iter().skip(other.twin.windows_at() + HEAD)))
-    }
-
-    /// The call's windows: limit and length of each, in pairs.
-    fn window_args(&self) -> impl Iterator<Item = &'a [u8]> {
-        self.call
-            .args_iter()
-            .skip(self.twin.windows_at())
-            .filter_map(|arg| match arg {
-                redis::Arg::Simple(bytes) => Some(bytes),
-                _ => None,
-            })
+            && a.op == b.op
+            && a.keys == b.keys
+            && (Arc::ptr_eq(&a.windows, &b.windows) || a.windows == b.windows)
     }
 }
 
@@ -300,7 +203,7 @@ impl<'a> Shape<'a> {
 #[derive(Debug)]
 pub(super) struct Plan {
     /// The commands, one a part.
-    pub(super) calls: redis::Pipeline,
+    pub(super) commands: Vec<Command>,
     pub(super) parts: Vec<Part>,
 }
 
@@ -320,16 +223,12 @@ pub(super) enum Part {
 /// decided together become one batch, placed where the first of them was; every other call is
 /// sent as it is. A call on a key whose batch it cannot join (another operation or window, after
 /// a reload) starts the key's next batch, so the calls on one key keep their order.
-pub(super) fn plan(calls: Vec<redis::Cmd>) -> Plan {
+pub(super) fn plan(calls: Vec<Command>) -> Plan {
     if !shares_a_key(&calls) {
-        // Distinct keys (the usual queue): every call goes as it is, none is read.
+        // Distinct keys (the usual queue): every call goes as it is.
         let parts = (0..calls.len()).map(Part::One).collect();
-        let mut pipeline = redis::pipe();
-        for call in calls {
-            pipeline.add_command(call);
-        }
         return Plan {
-            calls: pipeline,
+            commands: calls,
             parts,
         };
     }
@@ -338,7 +237,7 @@ pub(super) fn plan(calls: Vec<redis::Cmd>) -> Plan {
 }
 
 /// [`plan`] of a queue in which some calls share a key, grouped by key through a table.
-fn grouped(mut calls: Vec<redis::Cmd>) -> Plan {
+fn grouped(mut calls: Vec<Command>) -> Plan {
     /// No next call in the group.
     const END: usize = usize::MAX;
     let count = calls.len();
@@ -357,7 +256,7 @@ fn grouped(mut calls: Vec<redis::Cmd>) -> Plan {
                 firsts.push(index);
                 continue;
             };
-            match open.get_mut(shape.key) {
+            match open.get_mut(shape.key()) {
                 Some((first, last))
                     if shapes[*first]
                         .as_ref()
@@ -367,7 +266,7 @@ fn grouped(mut calls: Vec<redis::Cmd>) -> Plan {
                     *last = index;
                 }
                 _ => {
-                    open.insert(shape.key, (index, index));
+                    open.insert(shape.key(), (index, index));
                     firsts.push(index);
                 }
             }
@@ -383,35 +282,34 @@ fn grouped(mut calls: Vec<redis::Cmd>) -> Plan {
                         members.push(at);
                         at = next[at];
                     }
-                    let shapes = members.iter().filter_map(|&i| shapes[i].as_ref());
-                    Built::Batch(batch(shape, members.len(), shapes), members)
+                    let calls = members.iter().filter_map(|&i| shapes[i].as_ref());
+                    Built::Batch(batch(shape, members.len(), calls), members)
                 }
             })
             .collect()
     };
-    let mut pipeline = redis::pipe();
+    let mut commands = Vec::with_capacity(built.len());
     let mut parts = Vec::with_capacity(built.len());
     for part in built {
         match part {
             Built::One(index) => {
-                pipeline.add_command(std::mem::take(&mut calls[index]));
+                let taken = std::mem::replace(&mut calls[index], Command::Other(redis::Cmd::new()));
+                commands.push(taken);
                 parts.push(Part::One(index));
             }
-            Built::Batch((command, twin), calls) => {
-                pipeline.add_command(command);
+            Built::Batch(command, calls) => {
+                let twin = command.twin;
+                commands.push(Command::Batch(command));
                 parts.push(Part::Batch { twin, calls });
             }
         }
     }
-    Plan {
-        calls: pipeline,
-        parts,
-    }
+    Plan { commands, parts }
 }
 
 /// The plan of `calls` when they all join the first's batch: one script call deciding them
 /// all; `None` otherwise, and for a queue of one.
-fn one_batch(calls: &[redis::Cmd]) -> Option<Plan> {
+fn one_batch(calls: &[Command]) -> Option<Plan> {
     let (first, rest) = calls.split_first()?;
     let first = Shape::of(first)?;
     if rest.is_empty() {
@@ -419,41 +317,36 @@ fn one_batch(calls: &[redis::Cmd]) -> Option<Plan> {
     }
     let mut shapes = Vec::with_capacity(calls.len());
     for call in rest {
-        let shape = Shape::of(call).filter(|shape| shape.key == first.key && first.joins(shape))?;
-        shapes.push(shape);
+        shapes.push(Shape::of(call).filter(|shape| first.joins(shape))?);
     }
-    let (command, twin) = batch(&first, calls.len(), std::iter::once(&first).chain(&shapes));
-    let mut pipeline = redis::pipe();
-    pipeline.add_command(command);
+    let command = batch(&first, calls.len(), std::iter::once(&first).chain(&shapes));
     Some(Plan {
-        calls: pipeline,
         parts: vec![Part::Batch {
-            twin,
+            twin: command.twin,
             calls: (0..calls.len()).collect(),
         }],
+        commands: vec![Command::Batch(command)],
     })
 }
 
-/// Whether two of `calls` have the same fourth argument, a script call's first key: only calls
-/// on one key can be decided together. (Two other commands that happen to share a fourth
-/// argument only cost the full plan.)
-fn shares_a_key(calls: &[redis::Cmd]) -> bool {
+/// Whether two of `calls` are script calls on the same keys: only calls on one key can be
+/// decided together.
+fn shares_a_key(calls: &[Command]) -> bool {
     /// Queues up to this long are compared pair by pair, without a table.
     const SHORT: usize = 16;
-    fn key(call: &redis::Cmd) -> &[u8] {
-        match call.args_iter().nth(3) {
-            Some(redis::Arg::Simple(key)) => key,
-            _ => &[],
+    fn key(call: &Command) -> Option<&[u8]> {
+        match call {
+            Command::Script(call) => Some(&call.keys),
+            _ => None,
         }
     }
     if calls.len() <= SHORT {
         let mut keys: [&[u8]; SHORT] = [&[]; SHORT];
-        for (index, call) in calls.iter().enumerate() {
-            let key = key(call);
-            if keys[..index].contains(&key) {
+        for (seen, key) in calls.iter().filter_map(key).enumerate() {
+            if keys[..seen].contains(&key) {
                 return true;
             }
-            keys[index] = key;
+            keys[seen] = key;
         }
         return false;
     }
@@ -462,44 +355,32 @@ fn shares_a_key(calls: &[redis::Cmd]) -> bool {
             calls.len(),
             foldhash::fast::RandomState::default(),
         );
-    !calls.iter().all(|call| seen.insert(key(call)))
+    !calls.iter().filter_map(key).all(|key| seen.insert(key))
 }
 
 /// A part of a plan before the calls sent as they are are moved into the pipeline.
 enum Built {
     One(usize),
-    Batch((redis::Cmd, &'static Twin), Vec<usize>),
+    Batch(BatchCall, Vec<usize>),
 }
 
 /// The batch call deciding the `count` calls of `members`, in order (`first` is the first's
-/// shape), and its twin.
+/// shape).
 fn batch<'s, 'a: 's>(
     first: &Shape<'a>,
     count: usize,
     members: impl Iterator<Item = &'s Shape<'a>>,
-) -> (redis::Cmd, &'static Twin) {
-    let mut call = redis::Cmd::with_capacity(
-        9 + 2 * first.windows + 2 * count,
-        80 + 2 * first.key.len() + 40 * first.windows + count * (first.nonce.len() + 24),
-    );
-    call.arg("EVALSHA")
-        .arg(first.twin.batch.get_hash())
-        .arg(first.twin.keys)
-        .arg(first.key);
-    if let Some(second) = first.second {
-        call.arg(second);
+) -> BatchCall {
+    let mut calls = Vec::with_capacity(count);
+    calls.extend(members.map(|shape| (shape.call.cost, shape.call.third)));
+    BatchCall {
+        twin: first.twin,
+        keys: first.call.keys.clone(),
+        key_count: first.call.key_count,
+        op: first.call.op,
+        windows: first.call.windows.clone(),
+        calls,
     }
-    call.arg(first.op);
-    if first.twin.several {
-        call.arg(first.windows);
-    }
-    for arg in first.window_args() {
-        call.arg(arg);
-    }
-    for shape in members {
-        call.arg(shape.cost).arg(shape.nonce);
-    }
-    (call, first.twin)
 }
 
 /// Each call's reply from a batch's `reply`, in the single scripts' shape: four numbers a call
@@ -543,17 +424,17 @@ pub(super) fn split(
 
 /// `SCRIPT LOAD` of `twin`'s batch script, for a server that did not know it (a restart,
 /// `SCRIPT FLUSH`).
-pub(super) fn load(twin: &Twin) -> redis::Cmd {
+pub(super) fn load(twin: &Twin) -> Command {
     let mut load = redis::cmd("SCRIPT");
     load.arg("LOAD").arg(twin.source);
-    load
+    Command::Other(load)
 }
 
 #[cfg(any(test, feature = "test-util"))]
 /// Runs the batch script of `policy` (one window)
 /// with its clock set to `now_us`, for the calls `calls` (cost and nonce of each, in arrival
 /// order) on `identity`'s key under `keys`, and returns what it decided for each call as
-/// [`scripts::evaluate_at`] does for one (`expires_at_us` is the key's, the same for every
+/// [`crate::scripts::evaluate_at`] does for one (`expires_at_us` is the key's, the same for every
 /// call). Like it, it leaves the key without a TTL. For tests that hold a batch to the single
 /// script called once for each of its calls; `None` for a policy of several windows of an
 /// algorithm other than the sliding log.
@@ -662,7 +543,7 @@ async fn batch_at<C: redis::aio::ConnectionLike>(
     let reply: Vec<i64> = invocation.invoke_async(connection).await?;
     let width = if several { 6 } else { 4 };
     let (decisions, ttls) = reply.split_at(reply.len().min(width * calls.len()));
-    let expires_at_us = scripts::expires_at(ttls, now_us);
+    let expires_at_us = crate::scripts::expires_at(ttls, now_us);
     decisions
         .chunks(width)
         .map(|answer| {
@@ -674,7 +555,7 @@ async fn batch_at<C: redis::aio::ConnectionLike>(
                 [a, b, c, d, e, f] => [a, b, c, d, e, f],
                 _ => return Err(crate::error::Error::UnexpectedReply(format!("{answer:?}"))),
             };
-            scripts::verdict(&whole, expires_at_us)
+            crate::scripts::verdict(&whole, expires_at_us)
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
@@ -682,7 +563,58 @@ async fn batch_at<C: redis::aio::ConnectionLike>(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::backend::command::Third;
+    use crate::policy::Window;
+    use crate::scripts;
+
+    /// A call of the single script whose hash is `sha` on `keys`: `third` is a counter's
+    /// increment, or another script's nonce.
+    fn script(
+        sha: &str,
+        keys: &[&str],
+        op: &str,
+        cost: u64,
+        third: &str,
+        windows: &[(u64, u64)],
+    ) -> Command {
+        let single = [
+            Single::SlidingWindow,
+            Single::MultiWindow,
+            Single::TokenBucket,
+            Single::FixedWindow,
+            Single::SlidingCounter,
+        ]
+        .into_iter()
+        .find(|single| single.script().get_hash() == sha)
+        .expect("a single script's hash");
+        let third = match third.parse() {
+            Ok(increment) if matches!(single, Single::FixedWindow | Single::SlidingCounter) => {
+                Third::Increment(increment)
+            }
+            _ if third.is_empty() => Third::Empty,
+            _ => Third::nonce(third.as_bytes()),
+        };
+        let op = match op {
+            "allow" => Op::Allow,
+            "peek" => Op::Peek,
+            _ => Op::Again,
+        };
+        let windows: Arc<[Window]> = windows
+            .iter()
+            .map(|&(limit, us)| Window::new(limit, Duration::from_micros(us)))
+            .collect();
+        let write_keys = |out: &mut dyn FnMut(&[u8])| {
+            for key in keys {
+                out(key.as_bytes());
+            }
+        };
+        Command::Script(ScriptCall::new(
+            single, write_keys, op, cost, third, windows,
+        ))
+    }
 
     fn call(
         sha: &str,
@@ -691,13 +623,8 @@ mod tests {
         cost: u64,
         nonce: &str,
         windows: &[(u64, u64)],
-    ) -> redis::Cmd {
-        let mut call = redis::cmd("EVALSHA");
-        call.arg(sha).arg(1).arg(key).arg(op).arg(cost).arg(nonce);
-        for (limit, window) in windows {
-            call.arg(limit).arg(window);
-        }
-        call
+    ) -> Command {
+        script(sha, &[key], op, cost, nonce, windows)
     }
 
     /// A plan's parts: a call's index, or a batch's indexes.
@@ -711,8 +638,9 @@ mod tests {
             .collect()
     }
 
-    fn args(call: &redis::Cmd) -> Vec<String> {
-        call.args_iter()
+    fn args(call: &Command) -> Vec<String> {
+        call.to_cmd()
+            .args_iter()
             .map(|arg| match arg {
                 redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
                 _ => "<cursor>".into(),
@@ -757,7 +685,7 @@ mod tests {
             ],
             "the peek at 3 closes a's first batch: 4 opens the next; 11 opens b's next"
         );
-        let sent: Vec<Vec<String>> = plan.calls.cmd_iter().map(args).collect();
+        let sent: Vec<Vec<String>> = plan.commands.iter().map(args).collect();
         let batch = TWINS[0].batch.get_hash();
         assert_eq!(
             sent[0],
@@ -801,46 +729,26 @@ mod tests {
 
     /// The sliding counter's calls carry two keys (its even and odd counters): they are batched
     /// on their first key, and the batch call carries both, then the windows and each call's
-    /// cost and increment. A call of two keys to a script whose batch takes one is sent alone.
+    /// cost and increment.
     #[test]
     fn a_sliding_counter_batch_carries_both_keys() {
         let counter = redis::Script::new(scripts::SLIDING_COUNTER);
         let pair = |key: &str, cost: u64| {
-            let mut call = redis::cmd("EVALSHA");
-            call.arg(counter.get_hash())
-                .arg(2)
-                .arg(key)
-                .arg(format!("{key}:1"));
-            call.arg("allow")
-                .arg(cost)
-                .arg(cost * 65_536)
-                .arg(10)
-                .arg(60_000_000);
-            call
+            let increment = (cost * 65_536).to_string();
+            let keys = [key, &format!("{key}:1")];
+            script(
+                counter.get_hash(),
+                &keys,
+                "allow",
+                cost,
+                &increment,
+                &[(10, 60_000_000)],
+            )
         };
-        let log = redis::Script::new(scripts::SLIDING_WINDOW);
-        let mut two_keys_to_a_log = redis::cmd("EVALSHA");
-        two_keys_to_a_log
-            .arg(log.get_hash())
-            .arg(2)
-            .arg("c")
-            .arg("c:1");
-        two_keys_to_a_log
-            .arg("allow")
-            .arg(1)
-            .arg("n")
-            .arg(10)
-            .arg(60_000_000);
-        let plan = plan(vec![
-            pair("a", 1),
-            pair("b", 1),
-            pair("a", 2),
-            two_keys_to_a_log.clone(),
-            two_keys_to_a_log,
-        ]);
+        let plan = plan(vec![pair("a", 1), pair("b", 1), pair("a", 2)]);
         let parts = parts(&plan);
-        assert_eq!(parts, ["[0, 2]", "1", "3", "4"]);
-        let batch = plan.calls.cmd_iter().next().expect("the batch");
+        assert_eq!(parts, ["[0, 2]", "1"]);
+        let batch = plan.commands.first().expect("the batch");
         let batch_hash = TWINS[3].batch.get_hash().to_owned();
         assert_eq!(
             args(batch),
@@ -864,13 +772,13 @@ mod tests {
     #[test]
     fn a_queue_of_distinct_keys_goes_out_as_it_is() {
         let log = redis::Script::new(scripts::SLIDING_WINDOW);
-        let calls: Vec<redis::Cmd> = (0..5)
+        let calls: Vec<Command> = (0..5)
             .map(|i| call(log.get_hash(), &format!("k{i}"), "allow", 1, "n", &[(1, 1)]))
             .collect();
         let expected: Vec<Vec<String>> = calls.iter().map(args).collect();
         let plan = plan(calls);
         assert!(plan.parts.iter().all(|p| matches!(p, Part::One(_))));
-        let sent: Vec<Vec<String>> = plan.calls.cmd_iter().map(args).collect();
+        let sent: Vec<Vec<String>> = plan.commands.iter().map(args).collect();
         assert_eq!(sent, expected);
     }
 
@@ -886,7 +794,7 @@ mod tests {
             (17, Some(16)),
             (40, Some(3)),
         ] {
-            let calls: Vec<redis::Cmd> = (0..len)
+            let calls: Vec<Command> = (0..len)
                 .map(|i| {
                     let key = format!("k{}", if Some(i) == repeated { 0 } else { i });
                     call(
@@ -922,17 +830,11 @@ mod tests {
             hash(scripts::MULTI_WINDOW),
         );
         let counter_call = |i: usize| {
-            let mut call = redis::cmd("EVALSHA");
-            call.arg(&counter)
-                .arg(2)
-                .arg("c:0")
-                .arg("c:1")
-                .arg("allow")
-                .arg(1);
-            call.arg(65_536 * (i as u64 % 3 + 1)).arg(10).arg(1_000_000);
-            call
+            let increment = (65_536 * (i as u64 % 3 + 1)).to_string();
+            let keys = ["c:0", "c:1"];
+            script(&counter, &keys, "allow", 1, &increment, &[(10, 1_000_000)])
         };
-        let queues: Vec<Vec<redis::Cmd>> = vec![
+        let queues: Vec<Vec<Command>> = vec![
             (0..2)
                 .map(|i| call(&log, "a", "allow", 1, &format!("n{i}"), &[(5, 9)]))
                 .collect(),
@@ -963,7 +865,7 @@ mod tests {
             let fast = one_batch(&queue).expect("every call joins the first");
             let table = grouped(queue);
             assert_eq!(parts(&fast), parts(&table));
-            let sent = |plan: &Plan| plan.calls.cmd_iter().map(args).collect::<Vec<_>>();
+            let sent = |plan: &Plan| plan.commands.iter().map(args).collect::<Vec<_>>();
             assert_eq!(sent(&fast), sent(&table));
         }
         let mixed = [
@@ -1062,23 +964,23 @@ mod tests {
     #[test]
     fn only_the_logs_calls_are_resendable() {
         let one = [(10, 60_000_000)];
+        let two = [(10, 60_000_000), (100, 3_600_000_000)];
         let hash = |source: &str| redis::Script::new(source).get_hash().to_owned();
-        for (source, resendable) in [
-            (scripts::SLIDING_WINDOW, true),
-            (scripts::MULTI_WINDOW, true),
-            (SLIDING_WINDOW_BATCH, true),
-            (MULTI_WINDOW_BATCH, true),
-            (scripts::TOKEN_BUCKET, false),
-            (scripts::FIXED_WINDOW, false),
-            (scripts::SLIDING_COUNTER, false),
-            (TOKEN_BUCKET_BATCH, false),
-            (FIXED_WINDOW_BATCH, false),
-            (SLIDING_COUNTER_BATCH, false),
+        for (source, windows, resendable) in [
+            (scripts::SLIDING_WINDOW, &one[..], true),
+            (scripts::MULTI_WINDOW, &two[..], true),
+            (scripts::TOKEN_BUCKET, &one[..], false),
+            (scripts::FIXED_WINDOW, &one[..], false),
+            (scripts::SLIDING_COUNTER, &one[..], false),
         ] {
-            let sent = call(&hash(source), "k", "allow", 1, "n", &one);
+            let sent = call(&hash(source), "k", "allow", 1, "n", windows);
             assert_eq!(super::resendable(&sent), resendable, "{}", &source[..80]);
+            // Its batch, as the plan builds it.
+            let batch = plan(vec![sent.clone(), sent]).commands.remove(0);
+            assert!(matches!(batch, Command::Batch(_)), "{}", &source[..80]);
+            assert_eq!(super::resendable(&batch), resendable, "{}", &source[..80]);
         }
-        assert!(!super::resendable(&redis::cmd("PING")));
+        assert!(!super::resendable(&redis::cmd("PING").into()));
     }
 
     /// A sliding log's batch goes again marked `again` (its script then adds each call's members
@@ -1097,7 +999,7 @@ mod tests {
             let sha = redis::Script::new(single).get_hash().to_owned();
             let calls = ["n1", "n2"].map(|nonce| call(&sha, "k", "allow", 1, nonce, windows));
             let plan = plan(calls.to_vec());
-            let batch = plan.calls.cmd_iter().next().expect("one batch");
+            let batch = plan.commands.first().expect("one batch");
             let again = args(&sent_again(batch));
             let mut expected = args(batch);
             assert_eq!(expected[4], "allow", "{expected:?}");

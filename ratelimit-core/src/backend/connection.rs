@@ -18,7 +18,8 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use tokio::sync::OnceCell;
 
-use super::batch::Exchange;
+use super::batch::{Exchange, pipeline_of};
+use super::command::Command;
 use super::wire::{Address, Wire};
 use crate::config::RedisConfig;
 use crate::error::Error;
@@ -71,20 +72,23 @@ impl redis::aio::ConnectionLike for Connection {
     }
 }
 
-/// A [`Wire`] is called directly (no boxed future); the others through the redis crate.
+/// A [`Wire`] is called directly (no boxed future) and writes the commands as they are kept; the
+/// others get them as the redis crate builds them.
 impl Exchange for Connection {
-    async fn one(&mut self, call: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+    async fn one(&mut self, call: &Command) -> redis::RedisResult<redis::Value> {
         match self {
-            Self::Direct(wire) => wire.call(call).await,
-            other => redis::aio::ConnectionLike::req_packed_command(other, call).await,
+            Self::Direct(wire) => wire.command(call).await,
+            other => redis::aio::ConnectionLike::req_packed_command(other, &call.to_cmd()).await,
         }
     }
 
-    async fn many(&mut self, calls: &redis::Pipeline) -> redis::RedisResult<Vec<redis::Value>> {
+    async fn many(&mut self, calls: &[Command]) -> redis::RedisResult<Vec<redis::Value>> {
         match self {
-            Self::Direct(wire) => wire.pipeline(calls).await,
+            Self::Direct(wire) => wire.commands(calls).await,
             other => {
-                redis::aio::ConnectionLike::req_packed_commands(other, calls, 0, calls.len()).await
+                let pipeline = pipeline_of(calls);
+                redis::aio::ConnectionLike::req_packed_commands(other, &pipeline, 0, calls.len())
+                    .await
             }
         }
     }

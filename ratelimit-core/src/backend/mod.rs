@@ -8,6 +8,7 @@
 
 mod batch;
 pub(crate) mod coalesce;
+pub(crate) mod command;
 mod connection;
 mod eviction;
 mod memory;
@@ -16,6 +17,8 @@ mod wire;
 
 #[cfg(any(test, feature = "test-util"))]
 pub use self::batch::{Exchange, Lane, Reply};
+#[cfg(any(test, feature = "test-util"))]
+pub use self::command::Command;
 #[cfg(any(test, feature = "test-util"))]
 pub use self::eviction::NodeEviction;
 pub use self::memory::MemoryBackend;

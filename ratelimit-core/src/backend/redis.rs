@@ -9,6 +9,7 @@ use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRou
 
 use super::batch::{Lane, Reply, is_broken_connection, within};
 use super::coalesce;
+use super::command::Command;
 use super::connection::{Connection, Connector, Slot, Used};
 use crate::config::RedisConfig;
 use crate::decision::Outcome;
@@ -138,7 +139,11 @@ impl RedisBackend {
             true => self.nonce.next().write(&mut member),
             false => &[],
         };
-        let call = || scripts::command(policy, &self.keys, identity, consume, cost, nonce);
+        let call = || {
+            Command::Script(scripts::command(
+                policy, &self.keys, identity, consume, cost, nonce,
+            ))
+        };
         let script = scripts::for_policy(policy);
         let slot = std::sync::OnceLock::new();
         let reply = async {
@@ -353,7 +358,7 @@ impl RedisBackend {
     async fn run(
         &self,
         used: Used,
-        call: &impl Fn() -> redis::Cmd,
+        call: &impl Fn() -> Command,
         script: &redis::Script,
         connection: &mut Connection,
     ) -> redis::RedisResult<Reply> {
@@ -379,14 +384,17 @@ impl RedisBackend {
     async fn send(
         &self,
         used: Used,
-        call: redis::Cmd,
+        call: Command,
         connection: &mut Connection,
     ) -> redis::RedisResult<Reply> {
         match self.lanes.get(used.index()) {
             Some(lane) => lane.send(connection, call, self.timeout).await,
-            None => within(self.timeout, call.query_async(connection))
-                .await
-                .map(Reply::Value),
+            None => {
+                let call = call.to_cmd();
+                within(self.timeout, call.query_async(connection))
+                    .await
+                    .map(Reply::Value)
+            }
         }
     }
 }

@@ -21,6 +21,7 @@ use redis::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::command::{Command, frame};
 use super::connection::keepalive;
 
 /// Where a [`Wire`] connects and how it introduces itself: read once from the configured
@@ -107,6 +108,34 @@ impl Wire {
                 }
             },
             pipeline.len(),
+            |value| replies.push(value),
+        )
+        .await?;
+        Ok(replies)
+    }
+
+    /// Sends `command` and reads its reply.
+    pub(crate) async fn command(&self, command: &Command) -> RedisResult<Value> {
+        let mut reply = None;
+        self.exchange(
+            |buffer| command.write(buffer, write_command),
+            1,
+            |value| reply = Some(value),
+        )
+        .await?;
+        reply.ok_or_else(|| RedisError::from((ErrorKind::Parse, "no reply")))
+    }
+
+    /// Sends every one of `commands` and reads their replies, in order.
+    pub(crate) async fn commands(&self, commands: &[Command]) -> RedisResult<Vec<Value>> {
+        let mut replies = Vec::with_capacity(commands.len());
+        self.exchange(
+            |buffer| {
+                for command in commands {
+                    command.write(buffer, write_command);
+                }
+            },
+            commands.len(),
             |value| replies.push(value),
         )
         .await?;
@@ -345,29 +374,6 @@ fn write_command(cmd: &Cmd, buffer: &mut Vec<u8>) {
             buffer.push(b'\n');
         }
     }
-}
-
-/// `<kind><n>\r\n`.
-#[inline(always)]
-fn frame(buffer: &mut Vec<u8>, kind: u8, n: usize) {
-    buffer.push(kind);
-    if n < 10 {
-        buffer.push(b'0' + n as u8);
-    } else if n < 100 {
-        buffer.push(b'0' + (n / 10) as u8);
-        buffer.push(b'0' + (n % 10) as u8);
-    } else {
-        digits(buffer, n);
-    }
-    buffer.push(b'\r');
-    buffer.push(b'\n');
-}
-
-/// `n`'s digits, for a length of 100 or more.
-#[cold]
-#[inline(never)]
-fn digits(buffer: &mut Vec<u8>, n: usize) {
-    buffer.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Arrays nested deeper than this are refused: Redis's replies to our commands nest two deep.
