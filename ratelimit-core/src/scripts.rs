@@ -312,7 +312,9 @@ fn third_argument<'a>(
 
 /// One decision's script call: `EVALSHA <sha> <number of keys> <keys…> <op> <cost> <third>
 /// <limit1> <window1_us> …`, kept as its parts (`backend/command.rs`); building it allocates
-/// once, for its keys, written in place, never as strings of their own.
+/// once, for its keys, written in place, never as strings of their own. Never inlined: one call
+/// a Redis decision, where `scripts/client-cost.sh` counts the decisions.
+#[inline(never)]
 pub(crate) fn command(
     policy: &Policy,
     keys: &KeyBuilder,
