@@ -164,6 +164,7 @@ fn twin_of(single: Single) -> Option<&'static Twin> {
 
 /// What a batch needs of a command: a script call whose script has a batch twin, with the
 /// windows that twin takes (one, or several for the multi-window log's).
+#[derive(Clone, Copy)]
 struct Shape<'a> {
     call: &'a ScriptCall,
     twin: &'static Twin,
@@ -233,7 +234,11 @@ pub(super) fn plan(calls: Vec<Command>) -> Plan {
         };
     }
     // One key, every call joining the first (a hot key's queue): no table of keys.
-    one_batch(&calls).unwrap_or_else(|| grouped(calls))
+    let mut calls = calls;
+    match one_batch(&mut calls) {
+        Some(plan) => plan,
+        None => grouped(calls),
+    }
 }
 
 /// [`plan`] of a queue in which some calls share a key, grouped by key through a table.
@@ -282,7 +287,7 @@ fn grouped(mut calls: Vec<Command>) -> Plan {
                         members.push(at);
                         at = next[at];
                     }
-                    let calls = members.iter().filter_map(|&i| shapes[i].as_ref());
+                    let calls = members.iter().filter_map(|&i| shapes[i]);
                     Built::Batch(batch(shape, members.len(), calls), members)
                 }
             })
@@ -297,10 +302,16 @@ fn grouped(mut calls: Vec<Command>) -> Plan {
                 commands.push(taken);
                 parts.push(Part::One(index));
             }
-            Built::Batch(command, calls) => {
+            Built::Batch(mut command, members) => {
                 let twin = command.twin;
+                if let Some(&first) = members.first() {
+                    command.keys = take_keys(&mut calls[first]);
+                }
                 commands.push(Command::Batch(command));
-                parts.push(Part::Batch { twin, calls });
+                parts.push(Part::Batch {
+                    twin,
+                    calls: members,
+                });
             }
         }
     }
@@ -309,17 +320,15 @@ fn grouped(mut calls: Vec<Command>) -> Plan {
 
 /// The plan of `calls` when they all join the first's batch: one script call deciding them
 /// all; `None` otherwise, and for a queue of one.
-fn one_batch(calls: &[Command]) -> Option<Plan> {
+fn one_batch(calls: &mut [Command]) -> Option<Plan> {
     let (first, rest) = calls.split_first()?;
     let first = Shape::of(first)?;
-    if rest.is_empty() {
+    let joins = |call| Shape::of(call).is_some_and(|shape| first.joins(&shape));
+    if rest.is_empty() || !rest.iter().all(joins) {
         return None;
     }
-    let mut shapes = Vec::with_capacity(calls.len());
-    for call in rest {
-        shapes.push(Shape::of(call).filter(|shape| first.joins(shape))?);
-    }
-    let command = batch(&first, calls.len(), std::iter::once(&first).chain(&shapes));
+    let mut command = batch(&first, calls.len(), calls.iter().filter_map(Shape::of));
+    command.keys = take_keys(&mut calls[0]);
     Some(Plan {
         parts: vec![Part::Batch {
             twin: command.twin,
@@ -327,6 +336,14 @@ fn one_batch(calls: &[Command]) -> Option<Plan> {
         }],
         commands: vec![Command::Batch(command)],
     })
+}
+
+/// The keys of `call` (a batch's first call, which is not sent itself), taken from it.
+fn take_keys(call: &mut Command) -> Vec<u8> {
+    match call {
+        Command::Script(call) => std::mem::take(&mut call.keys),
+        _ => Vec::new(),
+    }
 }
 
 /// Whether two of `calls` are script calls on the same keys: only calls on one key can be
@@ -365,17 +382,18 @@ enum Built {
 }
 
 /// The batch call deciding the `count` calls of `members`, in order (`first` is the first's
-/// shape).
-fn batch<'s, 'a: 's>(
+/// shape), without its keys yet: they are the first call's, taken from it ([`take_keys`]) once
+/// nothing reads the calls any more.
+fn batch<'a>(
     first: &Shape<'a>,
     count: usize,
-    members: impl Iterator<Item = &'s Shape<'a>>,
+    members: impl Iterator<Item = Shape<'a>>,
 ) -> BatchCall {
     let mut calls = Vec::with_capacity(count);
     calls.extend(members.map(|shape| (shape.call.cost, shape.call.third)));
     BatchCall {
         twin: first.twin,
-        keys: first.call.keys.clone(),
+        keys: Vec::new(),
         key_count: first.call.key_count,
         op: first.call.op,
         windows: first.call.windows.clone(),
@@ -862,7 +880,7 @@ mod tests {
                 .collect(),
         ];
         for queue in queues {
-            let fast = one_batch(&queue).expect("every call joins the first");
+            let fast = one_batch(&mut queue.clone()).expect("every call joins the first");
             let table = grouped(queue);
             assert_eq!(parts(&fast), parts(&table));
             let sent = |plan: &Plan| plan.commands.iter().map(args).collect::<Vec<_>>();
@@ -903,9 +921,15 @@ mod tests {
             &more_windows,
             &mixed[..1],
         ] {
+            let mut kept = queue.to_vec();
             assert!(
-                one_batch(queue).is_none(),
+                one_batch(&mut kept).is_none(),
                 "{:?}",
+                queue.iter().map(args).collect::<Vec<_>>()
+            );
+            // Left as it was, for the table.
+            assert_eq!(
+                kept.iter().map(args).collect::<Vec<_>>(),
                 queue.iter().map(args).collect::<Vec<_>>()
             );
         }

@@ -385,6 +385,34 @@ fn parse(buffer: &[u8], at: usize) -> RedisResult<Option<(Value, usize)>> {
     parse_nested(buffer, at, 0)
 }
 
+/// The integer whose text starts at `at` and where the next reply starts, read in one pass when
+/// it is an optional `-` and 1 to 18 digits followed by `\r\n` (what a script answers);
+/// `None` for anything else, which the line's general reading ([`line`], [`number`]) then
+/// reads, or refuses, or waits for.
+#[inline]
+fn short_integer(buffer: &[u8], at: usize) -> Option<(i64, usize)> {
+    let rest = buffer.get(at..)?;
+    let (negative, digits) = match rest {
+        [b'-', digits @ ..] => (true, digits),
+        _ => (false, rest),
+    };
+    let mut value: i64 = 0;
+    let mut len = 0;
+    for &byte in digits.iter().take(18) {
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 {
+            break;
+        }
+        value = value * 10 + i64::from(digit);
+        len += 1;
+    }
+    if len == 0 || digits.get(len..len + 2) != Some(b"\r\n".as_slice()) {
+        return None;
+    }
+    let end = at + usize::from(negative) + len + 2;
+    Some((if negative { -value } else { value }, end))
+}
+
 fn parse_nested(buffer: &[u8], at: usize, depth: usize) -> RedisResult<Option<(Value, usize)>> {
     let Some(&kind) = buffer.get(at) else {
         return Ok(None);
@@ -431,6 +459,11 @@ fn parse_nested(buffer: &[u8], at: usize, depth: usize) -> RedisResult<Option<(V
             for _ in 0..len {
                 // An integer, what a script answers, is read here; anything else recursively.
                 if buffer.get(at) == Some(&b':') {
+                    if let Some((value, after)) = short_integer(buffer, at + 1) {
+                        items.push(Value::Int(value));
+                        at = after;
+                        continue;
+                    }
                     let Some((text, after)) = line(buffer, at + 1) else {
                         return Ok(None);
                     };
@@ -550,6 +583,24 @@ mod tests {
         fn every_i64_is_read_back(n in proptest::prelude::any::<i64>(), shift in 0..64_u32) {
             let n = n >> shift;
             proptest::prop_assert_eq!(number(n.to_string().as_bytes()).ok(), Some(n));
+        }
+
+        /// A script's array of integers, read in one pass an integer, gives every integer back,
+        /// short or long, and waits when cut anywhere.
+        #[test]
+        fn an_array_of_integers_is_read_back(
+            numbers in proptest::collection::vec((proptest::prelude::any::<i64>(), 0..64_u32), 0..8),
+        ) {
+            let numbers: Vec<i64> = numbers.into_iter().map(|(n, shift)| n >> shift).collect();
+            let mut reply = format!("*{}\r\n", numbers.len()).into_bytes();
+            for n in &numbers {
+                reply.extend_from_slice(format!(":{n}\r\n").as_bytes());
+            }
+            let expected = Value::Array(numbers.iter().copied().map(Value::Int).collect());
+            proptest::prop_assert_eq!(parse(&reply, 0).ok().flatten(), Some((expected, reply.len())));
+            for cut in 0..reply.len() {
+                proptest::prop_assert!(matches!(parse(&reply[..cut], 0), Ok(None)), "cut at {}", cut);
+            }
         }
     }
 
@@ -753,6 +804,11 @@ mod tests {
             b"%1\r\n",
             b"_\r\n",
             b":1\r2\r\n",
+            b"*1\r\n:1\r2\r\n",
+            b"*1\r\n:-\r\n",
+            b"*1\r\n:\r\n",
+            b"*1\r\n:12a\r\n",
+            b"*2\r\n:1\r\n:1\n\r\n",
         ] {
             assert!(parse(bad, 0).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
