@@ -328,8 +328,12 @@ pub(crate) fn command(
     } else {
         counter_increment(policy, consume, cost).map_or(Third::Empty, Third::Increment)
     };
+    // A key: prefix, `{`, name, `:`, identity, `}:`, tag, `:`, up to 20 digits, `:1`, and its
+    // framing (`$`, up to 3 digits, two line ends); at most two a window.
+    let key_bytes = keys.prefix().len() + policy.name().len() + identity.as_str().len() + 36;
     ScriptCall::new(
         Single::of(policy),
+        key_bytes * 2 * policy.windows().len(),
         |out| keys.write_keys(policy, identity, out),
         if consume { Op::Allow } else { Op::Peek },
         cost,

@@ -661,6 +661,7 @@ mod tests {
         let windows: std::sync::Arc<[Window]> = [Window::per_minute(10)].into();
         Command::Script(ScriptCall::new(
             single,
+            16,
             |out| out(key.as_bytes()),
             Op::Allow,
             1,

@@ -630,7 +630,7 @@ mod tests {
             }
         };
         Command::Script(ScriptCall::new(
-            single, write_keys, op, cost, third, windows,
+            single, 16, write_keys, op, cost, third, windows,
         ))
     }
 

@@ -96,16 +96,18 @@ pub struct ScriptCall {
 }
 
 impl ScriptCall {
-    /// A call of `single` on keys that `write_keys` hands over one by one.
+    /// A call of `single` on keys that `write_keys` hands over one by one, about `key_bytes`
+    /// of them in all (room made up front: more only grows the buffer).
     pub(crate) fn new(
         single: Single,
+        key_bytes: usize,
         write_keys: impl FnOnce(&mut dyn FnMut(&[u8])),
         op: Op,
         cost: u64,
         third: Third,
         windows: Arc<[Window]>,
     ) -> Self {
-        let mut keys = Vec::with_capacity(128);
+        let mut keys = Vec::with_capacity(key_bytes);
         let mut key_count = 0;
         write_keys(&mut |key: &[u8]| {
             frame(&mut keys, b'$', key.len());
@@ -346,7 +348,7 @@ mod tests {
                         out(key);
                     }
                 };
-                ScriptCall::new(SINGLES[single], write_keys, op, cost, third, windows)
+                ScriptCall::new(SINGLES[single], 0, write_keys, op, cost, third, windows)
             })
     }
 
