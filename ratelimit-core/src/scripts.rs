@@ -82,6 +82,24 @@ pub(crate) enum Single {
 }
 
 impl Single {
+    #[cfg(test)]
+    /// Every single script.
+    pub(crate) const ALL: [Single; 5] = [
+        Single::SlidingWindow,
+        Single::MultiWindow,
+        Single::TokenBucket,
+        Single::FixedWindow,
+        Single::SlidingCounter,
+    ];
+
+    #[cfg(test)]
+    /// The single script whose hash is `hash`.
+    pub(crate) fn with_hash(hash: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|single| single.script().get_hash() == hash)
+    }
+
     /// The script that decides for `policy` ([`for_policy`]).
     pub(crate) fn of(policy: &Policy) -> Self {
         match policy.algorithm() {

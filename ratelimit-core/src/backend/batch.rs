@@ -647,17 +647,8 @@ mod tests {
 
     /// A call of the single script `source` on `key`, carrying `nonce`.
     fn call(source: &str, key: &str, nonce: &str) -> Command {
-        let hash = redis::Script::new(source).get_hash().to_owned();
-        let single = [
-            Single::SlidingWindow,
-            Single::MultiWindow,
-            Single::TokenBucket,
-            Single::FixedWindow,
-            Single::SlidingCounter,
-        ]
-        .into_iter()
-        .find(|single| single.script().get_hash() == hash)
-        .expect("a single script");
+        let single =
+            Single::with_hash(redis::Script::new(source).get_hash()).expect("a single script");
         let windows: std::sync::Arc<[Window]> = [Window::per_minute(10)].into();
         Command::Script(ScriptCall::new(
             single,

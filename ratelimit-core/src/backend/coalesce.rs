@@ -598,16 +598,7 @@ mod tests {
         third: &str,
         windows: &[(u64, u64)],
     ) -> Command {
-        let single = [
-            Single::SlidingWindow,
-            Single::MultiWindow,
-            Single::TokenBucket,
-            Single::FixedWindow,
-            Single::SlidingCounter,
-        ]
-        .into_iter()
-        .find(|single| single.script().get_hash() == sha)
-        .expect("a single script's hash");
+        let single = Single::with_hash(sha).expect("a single script's hash");
         let third = match third.parse() {
             Ok(increment) if matches!(single, Single::FixedWindow | Single::SlidingCounter) => {
                 Third::Increment(increment)

@@ -308,14 +308,6 @@ mod tests {
     use super::*;
     use crate::backend::coalesce;
 
-    const SINGLES: [Single; 5] = [
-        Single::SlidingWindow,
-        Single::MultiWindow,
-        Single::TokenBucket,
-        Single::FixedWindow,
-        Single::SlidingCounter,
-    ];
-
     fn third() -> impl Strategy<Value = Third> {
         prop_oneof![
             proptest::collection::vec(any::<u8>(), 0..40).prop_map(|n| Third::nonce(&n)),
@@ -330,7 +322,7 @@ mod tests {
 
     fn call() -> impl Strategy<Value = ScriptCall> {
         (
-            0..SINGLES.len(),
+            0..Single::ALL.len(),
             // Keys of any bytes and lengths, a line end or a `$` among them included.
             proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..5),
             op(),
@@ -348,7 +340,7 @@ mod tests {
                         out(key);
                     }
                 };
-                ScriptCall::new(SINGLES[single], 0, write_keys, op, cost, third, windows)
+                ScriptCall::new(Single::ALL[single], 0, write_keys, op, cost, third, windows)
             })
     }
 
