@@ -82,7 +82,6 @@ pub(crate) enum Single {
 }
 
 impl Single {
-    #[cfg(test)]
     /// Every single script.
     pub(crate) const ALL: [Single; 5] = [
         Single::SlidingWindow,
@@ -130,13 +129,7 @@ impl Single {
 
 /// Every script, for preloading (`SCRIPT LOAD`) and for measuring.
 pub fn all() -> [&'static redis::Script; 5] {
-    [
-        &SLIDING_WINDOW_SCRIPT,
-        &MULTI_WINDOW_SCRIPT,
-        &TOKEN_BUCKET_SCRIPT,
-        &FIXED_WINDOW_SCRIPT,
-        &SLIDING_COUNTER_SCRIPT,
-    ]
+    Single::ALL.map(Single::script)
 }
 
 #[cfg(any(test, feature = "test-util"))]

@@ -87,58 +87,61 @@ impl Wire {
     }
 
     /// Sends `cmd` and reads its reply.
-    pub(crate) async fn call(&self, cmd: &Cmd) -> RedisResult<Value> {
-        let mut reply = None;
-        self.exchange(
-            |buffer| write_command(cmd, buffer),
-            1,
-            |value| reply = Some(value),
-        )
-        .await?;
-        reply.ok_or_else(|| RedisError::from((ErrorKind::Parse, "no reply")))
+    pub(crate) fn call<'a>(
+        &'a self,
+        cmd: &'a Cmd,
+    ) -> impl Future<Output = RedisResult<Value>> + 'a {
+        self.one(move |buffer| write_command(cmd, buffer))
     }
 
     /// Sends every command of `pipeline` and reads their replies, in order.
-    pub(crate) async fn pipeline(&self, pipeline: &Pipeline) -> RedisResult<Vec<Value>> {
-        let mut replies = Vec::with_capacity(pipeline.len());
-        self.exchange(
-            |buffer| {
-                for cmd in pipeline.cmd_iter() {
-                    write_command(cmd, buffer);
-                }
-            },
-            pipeline.len(),
-            |value| replies.push(value),
-        )
-        .await?;
-        Ok(replies)
+    pub(crate) fn pipeline<'a>(
+        &'a self,
+        pipeline: &'a Pipeline,
+    ) -> impl Future<Output = RedisResult<Vec<Value>>> + 'a {
+        self.many(pipeline.len(), move |buffer| {
+            for cmd in pipeline.cmd_iter() {
+                write_command(cmd, buffer);
+            }
+        })
     }
 
     /// Sends `command` and reads its reply.
-    pub(crate) async fn command(&self, command: &Command) -> RedisResult<Value> {
-        let mut reply = None;
-        self.exchange(
-            |buffer| command.write(buffer, write_command),
-            1,
-            |value| reply = Some(value),
-        )
-        .await?;
-        reply.ok_or_else(|| RedisError::from((ErrorKind::Parse, "no reply")))
+    pub(crate) fn command<'a>(
+        &'a self,
+        command: &'a Command,
+    ) -> impl Future<Output = RedisResult<Value>> + 'a {
+        self.one(move |buffer| command.write(buffer, write_command))
     }
 
     /// Sends every one of `commands` and reads their replies, in order.
-    pub(crate) async fn commands(&self, commands: &[Command]) -> RedisResult<Vec<Value>> {
-        let mut replies = Vec::with_capacity(commands.len());
-        self.exchange(
-            |buffer| {
-                for command in commands {
-                    command.write(buffer, write_command);
-                }
-            },
-            commands.len(),
-            |value| replies.push(value),
-        )
-        .await?;
+    pub(crate) fn commands<'a>(
+        &'a self,
+        commands: &'a [Command],
+    ) -> impl Future<Output = RedisResult<Vec<Value>>> + 'a {
+        self.many(commands.len(), move |buffer| {
+            for command in commands {
+                command.write(buffer, write_command);
+            }
+        })
+    }
+
+    /// Sends the one command `write` writes and reads its reply.
+    async fn one(&self, write: impl FnOnce(&mut Vec<u8>)) -> RedisResult<Value> {
+        let mut reply = None;
+        self.exchange(write, 1, |value| reply = Some(value)).await?;
+        reply.ok_or_else(|| RedisError::from((ErrorKind::Parse, "no reply")))
+    }
+
+    /// Sends the `count` commands `write` writes and reads their replies, in order.
+    async fn many(
+        &self,
+        count: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> RedisResult<Vec<Value>> {
+        let mut replies = Vec::with_capacity(count);
+        self.exchange(write, count, |value| replies.push(value))
+            .await?;
         Ok(replies)
     }
 
