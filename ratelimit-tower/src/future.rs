@@ -168,9 +168,11 @@ where
                             &decision,
                             reset,
                         );
-                        response
-                            .extensions_mut()
-                            .insert(RateLimitInfo { decision, target });
+                        if shared.code.info_in_response {
+                            response
+                                .extensions_mut()
+                                .insert(RateLimitInfo { decision, target });
+                        }
                     }
                     return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                 }

@@ -177,6 +177,40 @@ impl RateLimitLayer {
         self.map_code(|code| code.shadow = Some(shadow))
     }
 
+    /// Leaves the decision ([`RateLimitInfo`](crate::RateLimitInfo)) in the extensions of
+    /// every response this layer lets through and stamps with headers, for outer layers
+    /// (access logs, metrics) to read. Off by default: handlers find it in the request's
+    /// extensions either way, and a response's extensions cost three allocations to fill.
+    ///
+    /// ```
+    /// # async fn demo() {
+    /// use std::time::Duration;
+    /// use ratelimit_core::Config;
+    /// use ratelimit_tower::{PeerAddr, RateLimitInfo, RateLimitLayer};
+    /// use tower::{ServiceBuilder, ServiceExt};
+    ///
+    /// let service = ServiceBuilder::new()
+    ///     // An outer layer: reads the decision off the response.
+    ///     .map_response(|response: http::Response<_>| {
+    ///         let info = response.extensions().get::<RateLimitInfo>();
+    ///         assert_eq!(info.map(|info| info.decision.remaining()), Some(99));
+    ///         response
+    ///     })
+    ///     .layer(RateLimitLayer::new(Config::new(100, Duration::from_secs(60))).with_info_in_response(true))
+    ///     .service_fn(|_req: http::Request<String>| async {
+    ///         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello")))
+    ///     });
+    /// let mut request = http::Request::new(String::new());
+    /// request.extensions_mut().insert(PeerAddr("192.0.2.1:4000".parse().unwrap()));
+    /// let response = service.oneshot(request).await.unwrap();
+    /// assert_eq!(response.status(), 200);
+    /// # }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo());
+    /// ```
+    pub fn with_info_in_response(self, on: bool) -> Self {
+        self.map_code(|code| code.info_in_response = on)
+    }
+
     /// Calls `hook` for every request over its limit, shadow-mode ones included (see
     /// [`Denial::shadow`]): for logs and metrics. It runs on the request's task: keep it short.
     ///
@@ -441,6 +475,13 @@ impl RateLimitLayerBuilder {
     /// Shadow mode: decide and count, never deny.
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.code.shadow = Some(shadow);
+        self
+    }
+
+    /// The decision in allowed responses' extensions too (see
+    /// [`RateLimitLayer::with_info_in_response`]).
+    pub fn info_in_response(mut self, on: bool) -> Self {
+        self.code.info_in_response = on;
         self
     }
 

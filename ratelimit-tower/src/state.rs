@@ -36,6 +36,8 @@ pub(crate) struct CodeSettings {
     pub(crate) families: Option<HeaderFamilies>,
     pub(crate) legacy_reset: Option<LegacyReset>,
     pub(crate) shadow: Option<bool>,
+    /// Whether allowed responses carry the [`RateLimitInfo`](crate::RateLimitInfo) too.
+    pub(crate) info_in_response: bool,
     pub(crate) peer: PeerLookup,
     pub(crate) hooks: Hooks,
 }
@@ -47,6 +49,7 @@ impl CodeSettings {
             families: None,
             legacy_reset: None,
             shadow: None,
+            info_in_response: false,
             peer: peer_from_extension,
             hooks: Hooks::default(),
         }
@@ -64,6 +67,7 @@ impl fmt::Debug for CodeSettings {
             .field("families", &self.families)
             .field("legacy_reset", &self.legacy_reset)
             .field("shadow", &self.shadow)
+            .field("info_in_response", &self.info_in_response)
             .field("hooks", &self.hooks)
             .finish_non_exhaustive()
     }

@@ -1,7 +1,8 @@
 //! Who a client is and what it is told, over real sockets: the one-liner under `axum::serve`
 //! with and without connect info, tests written the way axum documents them (`MockConnectInfo`,
-//! `oneshot`), a global layer and route layers sharing one limiter, keys from route
-//! parameters, and the forwarding-header bypasses closed, through the example server's rules.
+//! `oneshot`), a global layer and route layers sharing one limiter, the decision read by an
+//! outer layer, keys from route parameters, and the forwarding-header bypasses closed,
+//! through the example server's rules.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -160,6 +161,65 @@ async fn tests_written_the_axum_way_work() {
             statuses.push(oneshot_status(&app, "/").await.0);
         }
         assert_eq!(statuses, [200, 200, 429]);
+    }
+}
+
+/// An app whose outer layer copies the `RateLimitInfo` it finds on a response into an
+/// `x-seen-remaining` header: what an access log around the limiter would read.
+fn app_with_outer_reader(info_in_response: bool) -> Router {
+    let layer = RateLimitLayer::builder()
+        .per_minute(2)
+        .info_in_response(info_in_response)
+        .build()
+        .expect("layer");
+    Router::new()
+        .route("/", get(|| async { "hello" }))
+        .layer(layer)
+        .layer(axum::middleware::map_response(
+            |mut response: axum::response::Response| async move {
+                let seen = response
+                    .extensions()
+                    .get::<ratelimit_tower::RateLimitInfo>()
+                    .map(|info| info.decision.remaining());
+                if let Some(remaining) = seen {
+                    response
+                        .headers_mut()
+                        .insert("x-seen-remaining", HeaderValue::from(remaining));
+                }
+                response
+            },
+        ))
+}
+
+#[tokio::test]
+async fn outer_layers_read_the_decision_off_responses_when_asked() {
+    let client = client();
+    for (info_in_response, expected) in [
+        (false, [(200, vec![]), (200, vec![]), (429, vec![])]),
+        (
+            true,
+            [
+                (200, vec!["1".to_owned()]),
+                (200, vec!["0".to_owned()]),
+                // A denial is this layer's own response: the headers say it all.
+                (429, vec![]),
+            ],
+        ),
+    ] {
+        let addr = ratelimit_tests::serve(app_with_outer_reader(info_in_response)).await;
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let response = client
+                .get(format!("http://{addr}/"))
+                .send()
+                .await
+                .expect("request");
+            seen.push((
+                response.status().as_u16(),
+                header_values(&response, "x-seen-remaining"),
+            ));
+        }
+        assert_eq!(seen, expected, "info in response: {info_in_response}");
     }
 }
 
