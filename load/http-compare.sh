@@ -9,7 +9,12 @@
 #
 # `--before-bin DIR` adds two modes to every round, `memory-before` and `redis-before`: the
 # `bench-server` in DIR (a release build of another revision) in memory and on Redis, so that a
-# change is measured against what it replaced in the same interleaved rounds.
+# change is measured against what it replaced in the same interleaved rounds. They swap places
+# with `memory` and `redis` every other round: a slot's position in the round moved the Redis
+# mode by 9% when both slots ran the same build. Give an even number of rounds.
+#
+# Every Redis-backed mode starts from an empty Redis (`FLUSHALL`): a log the mode before left
+# behind would otherwise be the next one's to trim.
 #
 # `--ietf` adds `memory-ietf` to every round: the in-memory limiter writing only the draft's two
 # headers (`headers: [ietf]`), as `tower_governor` writes two, so the cost of the legacy family
@@ -36,6 +41,7 @@ seconds=${1:-10}
 connections=${2:-50}
 rounds=${3:-3}
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
+command -v redis-cli >/dev/null || { echo "redis-cli is missing: apt-get install redis-tools" >&2; exit 1; }
 
 if [ -z "${THROWAWAY_REDIS_URL:-}" ]; then
   cargo build --release -q -p ratelimit-load --bin with-redis
@@ -56,8 +62,13 @@ printf '%-6s %-13s %14s %12s %12s\n' round mode "requests/s" "p50" "p99"
 results=$(mktemp)
 trap 'cleanup; rm -f "$results"' EXIT
 for round in $(seq "$rounds"); do
-  for mode in none memory $ietf governor redis ${before_bin:+memory-before redis-before}; do
+  modes="none memory $ietf governor redis ${before_bin:+memory-before redis-before}"
+  if [ -n "$before_bin" ] && [ $((round % 2)) -eq 0 ]; then
+    modes="none memory-before $ietf governor redis-before memory redis"
+  fi
+  for mode in $modes; do
     port=$(free_port)
+    case "$mode" in redis*) redis-cli -u "$THROWAWAY_REDIS_URL" flushall >/dev/null ;; esac
     server=./target/release/bench-server
     case "$mode" in *-before) server="$before_bin/bench-server" ;; esac
     "$server" "${mode%-before}" --listen "127.0.0.1:$port" --redis "$THROWAWAY_REDIS_URL" >/dev/null &

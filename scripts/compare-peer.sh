@@ -84,21 +84,27 @@ ratios=()
 before_ratios=()
 status=0
 for round in $(seq "$rounds"); do
-  redis-cli -p "$port" flushall >/dev/null
-  if ! rust_line=$(rust_run); then
-    echo "compare-peer: the limiter's run failed" >&2; exit 1
-  fi
-  redis-cli -p "$port" flushall >/dev/null
-  if ! node_line=$(node_run); then
-    echo "compare-peer: rate-limiter-flexible's run failed: no figure without the peer" >&2; exit 1
-  fi
-  if [ -n "$before_bin" ]; then
+  # The sides' order is reversed every other round: a run's place in the round can move it.
+  sides="ours peer ${before_bin:+before}"
+  ((round % 2)) || sides="${before_bin:+before} peer ours"
+  for side in $sides; do
     redis-cli -p "$port" flushall >/dev/null
-    if ! before_line=$(rust_run "$before_bin"); then
-      echo "compare-peer: the run of $before_bin/peer-workload failed" >&2; exit 1
-    fi
-    before_rate=$(field "$before_line" decisions_per_sec)
-  fi
+    case "$side" in
+      ours)
+        if ! rust_line=$(rust_run); then
+          echo "compare-peer: the limiter's run failed" >&2; exit 1
+        fi ;;
+      peer)
+        if ! node_line=$(node_run); then
+          echo "compare-peer: rate-limiter-flexible's run failed: no figure without the peer" >&2; exit 1
+        fi ;;
+      before)
+        if ! before_line=$(rust_run "$before_bin"); then
+          echo "compare-peer: the run of $before_bin/peer-workload failed" >&2; exit 1
+        fi
+        before_rate=$(field "$before_line" decisions_per_sec) ;;
+    esac
+  done
   rust_rate=$(field "$rust_line" decisions_per_sec)
   rust_exact=$(field "$rust_line" exact_pass)
   node_rate=$(field "$node_line" decisions_per_sec)

@@ -63,10 +63,16 @@ status=0
 for algorithm in "${algorithms[@]}"; do
   ratios=()
   for round in $(seq "$rounds"); do
-    now_line=$(run "$bin" "$algorithm")
-    now_notes=$(grep -oE '[0-9]+ batches decided.*' "$notes" || true)
-    before_line=$(run "$before_bin" "$algorithm")
-    before_usec=$(grep -oE 'Redis spent [0-9.]+' "$notes" | grep -oE '[0-9.]+$' || echo "?")
+    # Which build runs first alternates: the second of two runs can gain or lose by its place.
+    for side in $( ((round % 2)) && echo "now before" || echo "before now"); do
+      if [ "$side" = now ]; then
+        now_line=$(run "$bin" "$algorithm")
+        now_notes=$(grep -oE '[0-9]+ batches decided.*' "$notes" || true)
+      else
+        before_line=$(run "$before_bin" "$algorithm")
+        before_usec=$(grep -oE 'Redis spent [0-9.]+' "$notes" | grep -oE '[0-9.]+$' || echo "?")
+      fi
+    done
     ratio=$(awk -v a="$(rate "$now_line")" -v b="$(rate "$before_line")" 'BEGIN { printf "%.2f", a / b }')
     ratios+=("$ratio")
     printf '%-15s round %s: this build %8.0f/s, before %8.0f/s, %sx; exact %s and %s; %s (before: %s µs)\n' \
