@@ -16,6 +16,10 @@
 # Every Redis-backed mode starts from an empty Redis (`FLUSHALL`): a log the mode before left
 # behind would otherwise be the next one's to trim.
 #
+# Besides requests a second, each run reports the CPU time a request costs the server (user and
+# system, from /proc/PID/stat over the measured run) and Redis: steadier than requests a second
+# on 2 shared cores, where `wrk` and the server take turns. The summary gives the median of each.
+#
 # `--ietf` adds `memory-ietf` to every round: the in-memory limiter writing only the draft's two
 # headers (`headers: [ietf]`), as `tower_governor` writes two, so the cost of the legacy family
 # is measured apart.
@@ -58,7 +62,12 @@ trap cleanup EXIT
 
 cargo build --release -q -p example-bench-server
 echo "# $(nproc) cores; wrk -t2 -c$connections -d${seconds}s GET /api/hello; every request allowed; $rounds interleaved rounds"
-printf '%-6s %-13s %14s %12s %12s\n' round mode "requests/s" "p50" "p99"
+printf '%-6s %-13s %14s %12s %12s %9s %9s %9s\n' round mode "requests/s" "p50" "p99" "user µs" "sys µs" "Redis µs"
+redis_pid=$(redis-cli -u "$THROWAWAY_REDIS_URL" info server | awk -F: '/^process_id:/ {print $2+0}')
+# Clock ticks (user and system) a process has used so far.
+ticks() { awk '{print $14 + $15, $14, $15}' "/proc/$1/stat"; }
+# Microseconds of CPU a request: TICKS over REQUESTS.
+per_request() { awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }'; }
 results=$(mktemp)
 trap 'cleanup; rm -f "$results"' EXIT
 for round in $(seq "$rounds"); do
@@ -75,30 +84,42 @@ for round in $(seq "$rounds"); do
     server_pid=$!
     for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/api/hello" >/dev/null 2>&1 && break; sleep 0.1; done
     wrk -t2 -c"$connections" -d2s "http://127.0.0.1:$port/api/hello" >/dev/null   # warm-up
+    read -r _ user0 sys0 < <(ticks "$server_pid")
+    read -r redis0 _ < <(ticks "$redis_pid")
     out=$(wrk -t2 -c"$connections" -d"${seconds}s" --latency "http://127.0.0.1:$port/api/hello")
+    read -r _ user1 sys1 < <(ticks "$server_pid")
+    read -r redis1 _ < <(ticks "$redis_pid")
+    requests=$(echo "$out" | awk '/requests in/ {print $1}')
+    user=$(per_request $((user1 - user0)) "$requests")
+    sys=$(per_request $((sys1 - sys0)) "$requests")
+    redis_cpu=$(per_request $((redis1 - redis0)) "$requests")
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
     p50=$(echo "$out" | awk '$1=="50%" {print $2}')
     p99=$(echo "$out" | awk '$1=="99%" {print $2}')
     non2xx=$(echo "$out" | awk '/Non-2xx/ {print $4}')
-    printf '%-6s %-13s %14s %12s %12s %s\n' "$round" "$mode" "$rps" "$p50" "$p99" "${non2xx:+($non2xx non-2xx)}"
-    echo "$round $mode $rps" >>"$results"
+    printf '%-6s %-13s %14s %12s %12s %9s %9s %9s %s\n' "$round" "$mode" "$rps" "$p50" "$p99" "$user" "$sys" "$redis_cpu" "${non2xx:+($non2xx non-2xx)}"
+    echo "$round $mode $rps $user $sys $redis_cpu" >>"$results"
     kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
   done
 done
 python3 - "$results" <<'PY'
 import statistics, sys
 runs = {}
+cpu = {}
 for line in open(sys.argv[1]):
-    r, mode, rps = line.split()
+    r, mode, rps, user, system, redis = line.split()
     runs.setdefault(mode, {})[r] = float(rps)
-print("\n# median of the rounds")
-print(f"{'mode':<13} {'requests/s':>12} {'vs none':>9}")
+    cpu.setdefault(mode, {})[r] = (float(user), float(system), float(redis))
+print("\n# median of the rounds; CPU time a request in µs")
+print(f"{'mode':<13} {'requests/s':>12} {'vs none':>9} {'user':>7} {'sys':>7} {'Redis':>7}")
 for mode in ["none", "memory", "memory-ietf", "governor", "redis", "memory-before", "redis-before"]:
     rates = runs.get(mode, {})
     if not rates:
         continue
     ratios = [rates[r] / runs["none"][r] for r in rates if runs["none"].get(r)]
-    print(f"{mode:<13} {statistics.median(rates.values()):>12.0f} {statistics.median(ratios):>8.2f}x")
+    times = [statistics.median(c[i] for c in cpu[mode].values()) for i in range(3)]
+    print(f"{mode:<13} {statistics.median(rates.values()):>12.0f} {statistics.median(ratios):>8.2f}x"
+          f" {times[0]:>7.2f} {times[1]:>7.2f} {times[2]:>7.2f}")
 ours = [runs["memory"][r] / runs["governor"][r] for r in runs["memory"] if runs["governor"].get(r)]
 print(f"memory vs governor, median of the rounds: {statistics.median(ours):.2f}x")
 if runs.get("memory-ietf"):
@@ -109,4 +130,8 @@ for mode in ["memory", "redis"]:
     if before:
         ratios = [runs[mode][r] / before[r] for r in runs[mode] if before.get(r)]
         print(f"{mode} vs {mode}-before, median of the rounds: {statistics.median(ratios):.2f}x")
+        mine, theirs = cpu[mode], cpu[f"{mode}-before"]
+        user = [mine[r][0] / theirs[r][0] for r in mine if r in theirs and theirs[r][0]]
+        if user:
+            print(f"{mode} vs {mode}-before, the server's user time a request: {statistics.median(user):.2f}x")
 PY
