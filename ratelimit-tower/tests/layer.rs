@@ -14,10 +14,10 @@ use http::StatusCode;
 use ratelimit_core::{Algorithm, Config, FakeClock, Policy, RateLimiter, Window};
 use ratelimit_core::{HeaderFamilies, LegacyReset, MissingKey};
 use ratelimit_tower::{
-    CookieKey, ExtensionKey, HeaderKey, PathParam, ProxyError, RateLimit, RateLimitLayer,
-    RequestInfo,
+    CookieKey, ExtensionKey, HeaderKey, PathParam, ProxyError, RateLimit, RateLimitInfo,
+    RateLimitLayer, RequestInfo,
 };
-use tower::{Layer, ServiceBuilder};
+use tower::{Layer, ServiceBuilder, ServiceExt};
 
 const PEER: &str = "198.51.100.20:5000";
 
@@ -299,9 +299,15 @@ async fn reloads_keep_what_code_set() {
         ietf: false,
         legacy: true,
     });
-    let reloads = [shadowed.reload_handle(), legacy_only.reload_handle()];
+    let with_info = RateLimitLayer::from_limiter(limiter.clone()).with_info_in_response(true);
+    let reloads = [
+        shadowed.reload_handle(),
+        legacy_only.reload_handle(),
+        with_info.reload_handle(),
+    ];
     let shadowed = hello_behind(shadowed);
     let legacy_only = hello_behind(legacy_only);
+    let with_info = hello_behind(with_info);
     assert_eq!(statuses(&shadowed, 3, from_peer).await, [200, 200, 200]);
     // The file says shadow: false and both families; code said otherwise, and still does.
     let file = format!("{yaml}  shadow: false\n  headers: [ietf, legacy]\n");
@@ -312,6 +318,12 @@ async fn reloads_keep_what_code_set() {
     let reply = send(&legacy_only, request("/", Some("198.51.100.21:1"), &[])).await;
     assert_eq!(reply.header("ratelimit"), None);
     assert_eq!(reply.header("x-ratelimit-limit"), Some("1"));
+    let response = with_info
+        .oneshot(request("/", Some("198.51.100.22:1"), &[]))
+        .await
+        .expect("infallible");
+    let info = response.extensions().get::<RateLimitInfo>();
+    assert_eq!(info.map(|info| info.decision.remaining()), Some(0));
 
     // A key set in code survives too, while the windows follow the file.
     let limiter = RateLimiter::new_lazy(config(yaml)).expect("limiter");
