@@ -64,7 +64,9 @@ for algorithm in "${algorithms[@]}"; do
   ratios=()
   for round in $(seq "$rounds"); do
     # Which build runs first alternates: the second of two runs can gain or lose by its place.
-    for side in $( ((round % 2)) && echo "now before" || echo "before now"); do
+    sides="now before"
+    ((round % 2)) || sides="before now"
+    for side in $sides; do
       if [ "$side" = now ]; then
         now_line=$(run "$bin" "$algorithm")
         now_notes=$(grep -oE '[0-9]+ batches decided.*' "$notes" || true)
