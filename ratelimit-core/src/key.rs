@@ -170,21 +170,21 @@ impl KeyBuilder {
     /// windows: `…:sc:<µs>` and `…:sc:<µs>:1`.
     pub fn keys(&self, policy: &Policy, identity: Identity<'_>) -> Vec<String> {
         let mut keys = Vec::new();
-        self.write_keys(policy, identity, |key| {
-            keys.push(String::from_utf8_lossy(key).into_owned());
+        self.write_keys(policy, identity, |pieces| {
+            keys.push(String::from_utf8_lossy(&pieces.concat()).into_owned());
         });
         keys
     }
 
-    /// Hands the keys of [`Self::keys`] to `out` one by one, each assembled on the stack, without
-    /// a string of its own.
+    /// Hands the keys of [`Self::keys`] to `out` one by one, each as the pieces it is made of,
+    /// to be written where the caller wants them: no key is assembled on its own.
     pub(crate) fn write_keys(
         &self,
         policy: &Policy,
         identity: Identity<'_>,
-        mut out: impl FnMut(&[u8]),
+        mut out: impl FnMut(&[&[u8]]),
     ) {
-        let (prefix, name, id) = (&self.prefix, policy.name(), identity.as_str());
+        let (prefix, name, id) = (&self.prefix, policy.name(), identity.as_bytes());
         let tag = policy.algorithm().key_tag();
         // The pieces one by one, not through `write!`: on the Redis path this runs once a
         // decision, and the formatting machinery cost more than the rest of the command.
@@ -194,30 +194,18 @@ impl KeyBuilder {
                 None => b"",
                 Some(us) => digits.format(us).as_bytes(),
             };
-            let pieces: [&[u8]; 10] = [
+            out(&[
                 prefix.as_bytes(),
                 b"{",
                 name.as_bytes(),
                 b":",
-                id.as_bytes(),
+                id,
                 b"}:",
                 tag.as_bytes(),
                 if window.is_some() { b":" } else { b"" },
                 suffix,
                 if odd { b":1" } else { b"" },
-            ];
-            // Assembled on the stack; a key longer than the buffer (a long configured prefix or
-            // policy name) is assembled on the heap.
-            let mut buffer = [0u8; 256];
-            let mut len = 0;
-            for piece in pieces {
-                match buffer.get_mut(len..len + piece.len()) {
-                    Some(room) => room.copy_from_slice(piece),
-                    None => return out(&pieces.concat()),
-                }
-                len += piece.len();
-            }
-            out(&buffer[..len]);
+            ]);
         };
         match policy.algorithm() {
             crate::policy::Algorithm::SlidingWindow => write(None, false),

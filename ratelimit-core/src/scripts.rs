@@ -341,7 +341,7 @@ pub(crate) fn command(
     };
     // A key: prefix, `{`, name, `:`, identity, `}:`, tag, `:`, up to 20 digits, `:1`, and its
     // framing (`$`, up to 3 digits, two line ends); at most two a window.
-    let key_bytes = keys.prefix().len() + policy.name().len() + identity.as_str().len() + 36;
+    let key_bytes = keys.prefix().len() + policy.name().len() + identity.as_bytes().len() + 36;
     ScriptCall::new(
         Single::of(policy),
         key_bytes * 2 * policy.windows().len(),

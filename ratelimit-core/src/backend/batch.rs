@@ -653,7 +653,7 @@ mod tests {
         Command::Script(ScriptCall::new(
             single,
             16,
-            |out| out(key.as_bytes()),
+            |out| out(&[key.as_bytes()]),
             Op::Allow,
             1,
             Third::nonce(nonce.as_bytes()),

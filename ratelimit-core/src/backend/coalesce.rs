@@ -615,9 +615,9 @@ mod tests {
             .iter()
             .map(|&(limit, us)| Window::new(limit, Duration::from_micros(us)))
             .collect();
-        let write_keys = |out: &mut dyn FnMut(&[u8])| {
+        let write_keys = |out: &mut dyn FnMut(&[&[u8]])| {
             for key in keys {
-                out(key.as_bytes());
+                out(&[key.as_bytes()]);
             }
         };
         Command::Script(ScriptCall::new(

@@ -96,12 +96,12 @@ pub struct ScriptCall {
 }
 
 impl ScriptCall {
-    /// A call of `single` on keys that `write_keys` hands over one by one, about `key_bytes`
-    /// of them in all (room made up front: more only grows the buffer).
+    /// A call of `single` on keys that `write_keys` hands over one by one, each as its pieces,
+    /// about `key_bytes` of them in all (room made up front: more only grows the buffer).
     pub(crate) fn new(
         single: Single,
         key_bytes: usize,
-        write_keys: impl FnOnce(&mut dyn FnMut(&[u8])),
+        write_keys: impl FnOnce(&mut dyn FnMut(&[&[u8]])),
         op: Op,
         cost: u64,
         third: Third,
@@ -109,9 +109,20 @@ impl ScriptCall {
     ) -> Self {
         let mut keys = Vec::with_capacity(key_bytes);
         let mut key_count = 0;
-        write_keys(&mut |key: &[u8]| {
-            frame(&mut keys, b'$', key.len());
-            keys.extend_from_slice(key);
+        write_keys(&mut |pieces: &[&[u8]]| {
+            frame(
+                &mut keys,
+                b'$',
+                pieces.iter().map(|piece| piece.len()).sum(),
+            );
+            for piece in pieces {
+                // Most pieces are a separator or nothing: no copy called for those.
+                match **piece {
+                    [] => {}
+                    [byte] => keys.push(byte),
+                    _ => keys.extend_from_slice(piece),
+                }
+            }
             keys.extend_from_slice(b"\r\n");
             key_count += 1;
         });
@@ -335,9 +346,9 @@ mod tests {
                     .into_iter()
                     .map(|(limit, us)| Window::new(limit, Duration::from_micros(us)))
                     .collect();
-                let write_keys = |out: &mut dyn FnMut(&[u8])| {
+                let write_keys = |out: &mut dyn FnMut(&[&[u8]])| {
                     for key in &keys {
-                        out(key);
+                        out(&[key]);
                     }
                 };
                 ScriptCall::new(Single::ALL[single], 0, write_keys, op, cost, third, windows)
