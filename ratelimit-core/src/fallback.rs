@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::backend::Marked;
 use crate::backend::MemoryBackend;
 use crate::clock::Clock;
 use crate::decision::{Decision, FallbackMode, Source};
@@ -92,14 +93,13 @@ impl Fallback {
         cost: u64,
     ) -> InFlight<'a> {
         let local = self.local.as_ref();
-        if let Some(local) = local {
-            local.begin_remote(policy, identity, cost);
-        }
+        let marked = local.and_then(|local| local.begin_remote(policy, identity, cost));
         InFlight {
             local,
             policy,
             identity,
             cost,
+            marked,
         }
     }
 
@@ -124,6 +124,8 @@ pub(crate) struct InFlight<'a> {
     policy: &'a Policy,
     identity: Identity<'a>,
     cost: u64,
+    /// Where the permits are kept pending, to find them again without a look-up.
+    marked: Option<Marked>,
 }
 
 impl InFlight<'_> {
@@ -133,7 +135,9 @@ impl InFlight<'_> {
     /// hand them out again.
     pub(crate) fn answered(mut self, granted: u64) -> bool {
         match self.local.take() {
-            Some(local) => local.end_remote(self.policy, self.identity, self.cost, granted),
+            Some(local) => {
+                local.end_remote(self.policy, self.identity, self.cost, granted, self.marked)
+            }
             None => true,
         }
     }
@@ -142,7 +146,7 @@ impl InFlight<'_> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if let Some(local) = self.local {
-            local.end_remote(self.policy, self.identity, self.cost, 0);
+            local.end_remote(self.policy, self.identity, self.cost, 0, self.marked);
         }
     }
 }

@@ -1,11 +1,12 @@
-//! `bench-server MODE [--listen ADDR] [--redis URL] [--requests N]`: `GET /api/hello` served four
-//! ways, for `load/http-compare.sh`:
+//! `bench-server MODE [--listen ADDR] [--redis URL] [--pool-size N] [--requests N]`: `GET
+//! /api/hello` served four ways, for `load/http-compare.sh`:
 //!
 //! - `none`: no limiter;
 //! - `memory`: this limiter, in-memory backend;
 //! - `memory-ietf`: the same, writing only the draft's two headers (`headers: [ietf]`), as
 //!   `tower_governor` writes two;
-//! - `redis`: this limiter on Redis (`--redis`, default `redis://127.0.0.1:6379`);
+//! - `redis`: this limiter on Redis (`--redis`, default `redis://127.0.0.1:6379`; `--pool-size`,
+//!   default the limiter's);
 //! - `governor`: `tower_governor`, the peer to measure against.
 //!
 //! Limits are set so high that every request is allowed: the comparison is the cost of a
@@ -70,8 +71,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             hello.rate_limit(&RateLimiter::new(config).await?)
         }
         "redis" => {
-            let config = Config::new(LIMIT, WINDOW)
-                .with_redis_config(RedisConfig::new([redis]).with_timeout(Duration::from_secs(1)));
+            let mut redis = RedisConfig::new([redis]).with_timeout(Duration::from_secs(1));
+            if let Some(size) = option("--pool-size") {
+                redis = redis.with_pool_size(size.parse()?);
+            }
+            let config = Config::new(LIMIT, WINDOW).with_redis_config(redis);
             hello.rate_limit(&RateLimiter::new(config).await?)
         }
         "governor" => {

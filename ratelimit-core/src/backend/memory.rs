@@ -168,6 +168,15 @@ enum State {
 /// decisions count them as taken (see [`MemoryBackend::evaluate_counting_pending`]). The top
 /// bit says whether this backend, as a fallback, admitted a request for this key itself:
 /// permits Redis never heard of, which Redis must then not hand out again.
+/// Where [`MemoryBackend::begin_remote`] left a key's pending permits: the key's hash and its
+/// entry's slot, so that [`MemoryBackend::end_remote`] finds the entry again without hashing or
+/// probing (it checks that the slot still holds the key).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Marked {
+    hash: u64,
+    slot: u32,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Pending(u64);
 
@@ -214,14 +223,30 @@ impl Shard {
     }
 
     fn find_mut(&mut self, key: Key<'_>) -> Option<&mut Entry> {
+        let slot = self.find_slot(key)?;
+        self.slots.get_mut(slot as usize).and_then(Option::as_mut)
+    }
+
+    /// The slab slot of `key`'s entry.
+    fn find_slot(&self, key: Key<'_>) -> Option<u32> {
         let Self { table, slots, .. } = self;
-        let index = *table.find(key.hash, |&i| {
-            slots
-                .get(i as usize)
-                .and_then(Option::as_ref)
-                .is_some_and(|e| e.key.is(key))
-        })?;
-        slots.get_mut(index as usize).and_then(Option::as_mut)
+        table
+            .find(key.hash, |&i| {
+                slots
+                    .get(i as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|e| e.key.is(key))
+            })
+            .copied()
+    }
+
+    /// The entry in `slot`, if it is still `key`'s: a slot freed and given to another key is
+    /// not taken for it.
+    fn at(&mut self, slot: u32, key: Key<'_>) -> Option<&mut Entry> {
+        self.slots
+            .get_mut(slot as usize)?
+            .as_mut()
+            .filter(|e| e.key.is(key))
     }
 
     /// Inserts `entry` (whose key is not in the shard) under `hash`; `rehash` gives the hash
@@ -232,7 +257,7 @@ impl Shard {
         entry: Entry,
         bound: usize,
         rehash: impl Fn(&Entry) -> u64,
-    ) -> Option<&mut Entry> {
+    ) -> Option<u32> {
         let index = match self.free.pop() {
             Some(index) => {
                 self.slots[index as usize] = Some(entry);
@@ -256,7 +281,7 @@ impl Shard {
                 .and_then(Option::as_ref)
                 .map_or(0, &rehash)
         });
-        slots.get_mut(index as usize).and_then(Option::as_mut)
+        Some(index)
     }
 
     /// Keeps the entries for which `keep` holds, in table order.
@@ -402,15 +427,23 @@ impl MemoryBackend {
     /// Marks `cost` permits of `identity` as asked of Redis, answer pending. For the `local`
     /// fallback: while they are in flight, its own decisions count them as taken, so that an
     /// admission Redis is about to grant and one made here never add up past the limit.
-    pub(crate) fn begin_remote(&self, policy: &Policy, identity: Identity<'_>, cost: u64) {
+    ///
+    /// Returns where the entry is, for [`Self::end_remote`].
+    pub(crate) fn begin_remote(
+        &self,
+        policy: &Policy,
+        identity: Identity<'_>,
+        cost: u64,
+    ) -> Option<Marked> {
         let now = self.clock.now_micros();
         let keep_until = now.saturating_add(policy.longest_window_micros());
-        self.with_entry(policy, identity, now, |entry| {
+        let ((), marked) = self.with_entry_marked(policy, identity, now, |entry| {
             entry
                 .pending
                 .set_count(entry.pending.count().saturating_add(cost));
             entry.expires_at_us = entry.expires_at_us.max(keep_until);
         });
+        marked
     }
 
     /// The Redis call marked by [`Self::begin_remote`] ended; Redis granted `granted` permits
@@ -420,15 +453,19 @@ impl MemoryBackend {
     /// not fit because this backend, as a fallback, admitted requests for the key itself,
     /// which Redis never heard of. (Without such admissions the count here only trails
     /// Redis's, by the round trip at a window's edge, and Redis's answer stands.)
+    ///
+    /// `marked`, what `begin_remote` returned, finds the entry without hashing the key or
+    /// probing the table; when its slot no longer holds the key, the key is looked up.
     pub(crate) fn end_remote(
         &self,
         policy: &Policy,
         identity: Identity<'_>,
         cost: u64,
         granted: u64,
+        marked: Option<Marked>,
     ) -> bool {
         let now = self.clock.now_micros();
-        self.with_entry(policy, identity, now, |entry| {
+        let settle = |entry: &mut Entry| {
             entry
                 .pending
                 .set_count(entry.pending.count().saturating_sub(cost));
@@ -442,7 +479,21 @@ impl MemoryBackend {
             let verdict = apply(&mut entry.state, policy, now, request);
             entry.expires_at_us = entry.expires_at_us.max(verdict.expires_at_us);
             verdict.allowed || !entry.pending.admitted_locally()
-        })
+        };
+        if let Some(Marked { hash, slot }) = marked {
+            let namespace = self.namespaces.of(policy);
+            if namespace != UNNUMBERED {
+                let key = Key {
+                    namespace,
+                    bytes: identity.as_bytes(),
+                    hash,
+                };
+                if let Some(entry) = self.shard(hash).at(slot, key) {
+                    return settle(entry);
+                }
+            }
+        }
+        self.with_entry(policy, identity, now, settle)
     }
 
     /// Like [`Self::evaluate`], counting the permits pending in Redis (see
@@ -485,14 +536,31 @@ impl MemoryBackend {
         now: u64,
         f: impl FnOnce(&mut Entry) -> R,
     ) -> R {
+        self.with_entry_marked(policy, identity, now, f).0
+    }
+
+    /// [`Self::with_entry`], telling where the entry is kept (`None` when it was not kept).
+    fn with_entry_marked<R>(
+        &self,
+        policy: &Policy,
+        identity: Identity<'_>,
+        now: u64,
+        f: impl FnOnce(&mut Entry) -> R,
+    ) -> (R, Option<Marked>) {
         self.with_key(policy, identity, |key| {
             let mut shard = self.shard(key.hash);
             shard.ops = shard.ops.wrapping_add(1);
             if shard.ops.is_multiple_of(SWEEP_EVERY) {
                 shard.retain(|e| e.expires_at_us > now || e.pending.count() > 0);
             }
-            if let Some(entry) = shard.find_mut(key) {
-                return f(entry);
+            let marked = |slot| Marked {
+                hash: key.hash,
+                slot,
+            };
+            if let Some(slot) = shard.find_slot(key)
+                && let Some(entry) = shard.slots.get_mut(slot as usize).and_then(Option::as_mut)
+            {
+                return (f(entry), Some(marked(slot)));
             }
             if shard.len() >= self.shard_capacity {
                 make_room(&mut shard, now, self.shard_capacity);
@@ -504,10 +572,11 @@ impl MemoryBackend {
                 pending: Pending::default(),
             };
             let result = f(&mut entry);
+            let mut kept = None;
             if entry.expires_at_us > now || entry.pending.count() > 0 {
-                shard.insert(key.hash, entry, self.shard_capacity, |e| self.rehash(e));
+                kept = shard.insert(key.hash, entry, self.shard_capacity, |e| self.rehash(e));
             }
-            result
+            (result, kept.map(marked))
         })
     }
 
@@ -863,9 +932,11 @@ mod tests {
             let policy = Policy::new("p", [Window::per_hour(10)]).with_algorithm(algorithm);
             let id = Identity::new(b"k");
             for _ in 0..4 {
-                memory.begin_remote(&policy, id, 1);
-                memory.end_remote(&policy, id, 1, 1);
+                let marked = memory.begin_remote(&policy, id, 1);
+                assert!(marked.is_some(), "{algorithm}: kept while pending");
+                assert!(memory.end_remote(&policy, id, 1, 1, marked));
             }
+            // Ended without their marks below: the key is looked up.
             for _ in 0..3 {
                 memory.begin_remote(&policy, id, 1);
             }
@@ -878,7 +949,7 @@ mod tests {
                 .count();
             assert_eq!(local, 3, "{algorithm}: 4 granted + 3 in flight leave 3");
             for _ in 0..3 {
-                memory.end_remote(&policy, id, 1, 1);
+                memory.end_remote(&policy, id, 1, 1, None);
             }
             assert!(
                 !memory
@@ -888,6 +959,53 @@ mod tests {
             );
             memory.reset(&policy, id);
         }
+    }
+
+    /// A mark whose slot was given to another key meanwhile is not followed: the marked key is
+    /// looked up (and its grant recorded there), the other keeps its own pending permits.
+    #[test]
+    fn a_mark_whose_slot_went_to_another_key_is_not_followed() {
+        let clock = FakeClock::new(3_600_000_000 * 1000 + 1_000_000);
+        let memory = MemoryBackend::new(Arc::new(clock.clone()), 1000);
+        let policy =
+            Policy::new("p", [Window::per_hour(2)]).with_algorithm(crate::Algorithm::FixedWindow);
+        let shard_of =
+            |id: Identity<'_>| memory.with_key(&policy, id, |key| key.hash >> 32) % SHARDS as u64;
+        let a = Identity::new(b"a");
+        let names: Vec<String> = (0..10_000).map(|i| format!("b{i}")).collect();
+        let b = names
+            .iter()
+            .map(|name| Identity::new(name.as_bytes()))
+            .find(|&b| shard_of(b) == shard_of(a))
+            .expect("a key in a's shard");
+
+        let marked_a = memory.begin_remote(&policy, a, 1).expect("kept");
+        memory.reset(&policy, a);
+        let marked_b = memory.begin_remote(&policy, b, 1).expect("kept");
+        assert_eq!(marked_a.slot, marked_b.slot, "b took a's slot");
+
+        assert!(memory.end_remote(&policy, a, 1, 1, Some(marked_a)));
+        assert!(
+            !memory
+                .evaluate_counting_pending(&policy, a, 2, false)
+                .allowed,
+            "a's grant is recorded under a"
+        );
+        assert!(
+            memory
+                .evaluate_counting_pending(&policy, b, 1, false)
+                .allowed
+                && !memory
+                    .evaluate_counting_pending(&policy, b, 2, false)
+                    .allowed,
+            "b keeps its pending permit and nothing else"
+        );
+        assert!(memory.end_remote(&policy, b, 1, 0, Some(marked_b)));
+        assert!(
+            memory
+                .evaluate_counting_pending(&policy, b, 2, false)
+                .allowed
+        );
     }
 
     /// The compact layouts answer like the plain ones: a key too long to be inline, a policy

@@ -21,6 +21,7 @@ pub use self::batch::{Exchange, Lane, Reply};
 pub use self::command::Command;
 #[cfg(any(test, feature = "test-util"))]
 pub use self::eviction::NodeEviction;
+pub(crate) use self::memory::Marked;
 pub use self::memory::MemoryBackend;
 #[cfg(any(test, feature = "test-util"))]
 pub use self::redis::IN_FLIGHT_PER_CONNECTION;
