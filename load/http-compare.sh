@@ -96,9 +96,9 @@ for round in $(seq "$rounds"); do
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
     p50=$(echo "$out" | awk '$1=="50%" {print $2}')
     p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-    non2xx=$(echo "$out" | awk '/Non-2xx/ {print $4}')
+    non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
     printf '%-6s %-13s %14s %12s %12s %9s %9s %9s %s\n' "$round" "$mode" "$rps" "$p50" "$p99" "$user" "$sys" "$redis_cpu" "${non2xx:+($non2xx non-2xx)}"
-    echo "$round $mode $rps $user $sys $redis_cpu" >>"$results"
+    echo "$round $mode $rps $user $sys $redis_cpu ${non2xx:-0}" >>"$results"
     kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
   done
 done
@@ -106,10 +106,13 @@ python3 - "$results" <<'PY'
 import statistics, sys
 runs = {}
 cpu = {}
+denied = []
 for line in open(sys.argv[1]):
-    r, mode, rps, user, system, redis = line.split()
+    r, mode, rps, user, system, redis, non2xx = line.split()
     runs.setdefault(mode, {})[r] = float(rps)
     cpu.setdefault(mode, {})[r] = (float(user), float(system), float(redis))
+    if int(non2xx):
+        denied.append(f"{mode} in round {r} ({non2xx})")
 print("\n# median of the rounds; CPU time a request in µs")
 print(f"{'mode':<13} {'requests/s':>12} {'vs none':>9} {'user':>7} {'sys':>7} {'Redis':>7}")
 for mode in ["none", "memory", "memory-ietf", "governor", "redis", "memory-before", "redis-before"]:
@@ -134,4 +137,7 @@ for mode in ["memory", "redis"]:
         user = [mine[r][0] / theirs[r][0] for r in mine if r in theirs and theirs[r][0]]
         if user:
             print(f"{mode} vs {mode}-before, the server's user time a request: {statistics.median(user):.2f}x")
+if denied:
+    print("WARNING: answers other than 200, so a limit was reached and the rate counts denials,"
+          " which cost less than allowed requests: " + ", ".join(denied))
 PY
