@@ -8,8 +8,10 @@
 # DIR holds `peer-workload` built from another revision, for example
 #   git worktree add --detach /tmp/before REV
 #   (cd /tmp/before && CARGO_TARGET_DIR=/tmp/before-target cargo build --release -p ratelimit-load --bin peer-workload)
-# (its peer-workload needs `--algorithm` and `--windows`). `--windows 2` adds a window of
-# 1,000,000 an hour (for the sliding log, the multi-window log).
+# A peer-workload without `--algorithm` and `--windows` (one from before the batches, such as
+# b28592c's, the last that sent one script call a decision) runs the fixed window of one window
+# only, so the script then takes `--only fixed_window` and no `--windows 2`. `--windows 2` adds a
+# window of 1,000,000 an hour (for the sliding log, the multi-window log).
 #
 # Each run is `peer-workload --keys 1 --callers 50 --duration 3s --algorithm A` (a window of
 # 1,000,000 a minute: every call allowed and written, up to 333,000 calls a second; a faster
@@ -48,10 +50,20 @@ if [ -z "${THROWAWAY_REDIS_PORT:-}" ]; then
   exec "$bin/with-redis" scripts/hot-key.sh "${args[@]}"
 fi
 
+before_shape=(--algorithm ALGORITHM --windows "$windows")
+if ! "$before_bin/peer-workload" --help | grep -q -- --algorithm; then
+  if [ "${algorithms[*]}" != fixed_window ] || [ "$windows" != 1 ]; then
+    echo "hot-key: $before_bin/peer-workload has no --algorithm: give --only fixed_window" >&2
+    exit 2
+  fi
+  before_shape=()
+fi
 run() { # DIR ALGORITHM: prints the JSON line; this build's notes go to $notes
+  local shape=(--algorithm "$2" --windows "$windows")
+  [ "$1" = "$bin" ] || shape=("${before_shape[@]/ALGORITHM/$2}")
   redis-cli -p "$THROWAWAY_REDIS_PORT" flushall >/dev/null
   "$1/peer-workload" --redis-url "$THROWAWAY_REDIS_URL" --keys 1 --callers 50 --duration 3s \
-    --algorithm "$2" --windows "$windows" 2>"$notes" || { cat "$notes" >&2; return 1; }
+    "${shape[@]}" 2>"$notes" || { cat "$notes" >&2; return 1; }
 }
 rate() { sed -E 's/.*"decisions_per_sec":([0-9.]+).*/\1/' <<<"$1"; }
 exact() { sed -E 's/.*"exact_pass":([0-9]+).*/\1/' <<<"$1"; }
