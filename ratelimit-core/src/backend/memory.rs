@@ -164,10 +164,6 @@ enum State {
     Pairs(Vec<(u64, CounterPair)>),
 }
 
-/// Permits asked of Redis and not answered yet, when this backend is a fallback: its own
-/// decisions count them as taken (see [`MemoryBackend::evaluate_counting_pending`]). The top
-/// bit says whether this backend, as a fallback, admitted a request for this key itself:
-/// permits Redis never heard of, which Redis must then not hand out again.
 /// Where [`MemoryBackend::begin_remote`] left a key's pending permits: the key's hash and its
 /// entry's slot, so that [`MemoryBackend::end_remote`] finds the entry again without hashing or
 /// probing (it checks that the slot still holds the key).
@@ -177,6 +173,10 @@ pub(crate) struct Marked {
     slot: u32,
 }
 
+/// Permits asked of Redis and not answered yet, when this backend is a fallback: its own
+/// decisions count them as taken (see [`MemoryBackend::evaluate_counting_pending`]). The top
+/// bit says whether this backend, as a fallback, admitted a request for this key itself:
+/// permits Redis never heard of, which Redis must then not hand out again.
 #[derive(Debug, Clone, Copy, Default)]
 struct Pending(u64);
 
