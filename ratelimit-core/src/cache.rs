@@ -127,8 +127,8 @@ pub(crate) struct DecisionCache {
     denials: Cache<Box<[u8]>, Denial, ByteWeighter>,
     /// At least how many denials `denials` holds: counted up before one is stored, down when
     /// one is removed here (never for those the cache evicts itself), so 0 means there is none.
-    /// An admission asks it instead of `denials.is_empty()`, which read-locks every shard of
-    /// the cache (four a core) on every allowed decision.
+    /// A look-up is then skipped, and an admission asks it instead of `denials.is_empty()`,
+    /// which read-locks every shard of the cache (four a core) on every allowed decision.
     denials_stored: AtomicU64,
     leases: Option<(LeaseTable, LeaseRules)>,
     denial_hits: AtomicU64,
@@ -196,7 +196,10 @@ impl DecisionCache {
                 return Some(lease.answer(now_us));
             }
         }
-        if let Some(denial) = self.denials.get(key) {
+        // None stored (the count is never below what the cache holds): no look-up.
+        if self.denials_stored.load(Ordering::Relaxed) > 0
+            && let Some(denial) = self.denials.get(key)
+        {
             if now_us < denial.until_us && cost >= denial.cost {
                 self.denial_hits.fetch_add(1, Ordering::Relaxed);
                 return Some(denial.answer(now_us));
