@@ -164,13 +164,15 @@ enum State {
     Pairs(Vec<(u64, CounterPair)>),
 }
 
-/// Where [`MemoryBackend::begin_remote`] left a key's pending permits: the key's hash and its
-/// entry's slot, so that [`MemoryBackend::end_remote`] finds the entry again without hashing or
-/// probing (it checks that the slot still holds the key).
+/// Where [`MemoryBackend::begin_remote`] left a key's pending permits: the key's hash, its
+/// policy's number and its entry's slot, so that [`MemoryBackend::end_remote`] finds the entry
+/// again without numbering the policy, hashing or probing (it checks that the slot still holds
+/// the key).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Marked {
     hash: u64,
     slot: u32,
+    namespace: u16,
 }
 
 /// Permits asked of Redis and not answered yet, when this backend is a fallback: its own
@@ -480,8 +482,13 @@ impl MemoryBackend {
             entry.expires_at_us = entry.expires_at_us.max(verdict.expires_at_us);
             verdict.allowed || !entry.pending.admitted_locally()
         };
-        if let Some(Marked { hash, slot }) = marked {
-            let namespace = self.namespaces.of(policy);
+        if let Some(Marked {
+            hash,
+            slot,
+            namespace,
+        }) = marked
+        {
+            // A key of an unnumbered policy is not its identity's bytes: looked up below.
             if namespace != UNNUMBERED {
                 let key = Key {
                     namespace,
@@ -556,6 +563,7 @@ impl MemoryBackend {
             let marked = |slot| Marked {
                 hash: key.hash,
                 slot,
+                namespace: key.namespace,
             };
             if let Some(slot) = shard.find_slot(key)
                 && let Some(entry) = shard.slots.get_mut(slot as usize).and_then(Option::as_mut)
