@@ -51,20 +51,21 @@ if [ -z "${THROWAWAY_REDIS_PORT:-}" ]; then
   exec "$bin/with-redis" scripts/hot-key.sh "${args[@]}"
 fi
 
-before_shape=(--algorithm ALGORITHM --windows "$windows")
+seconds=3
+before_shaped=yes
 if ! "$before_bin/peer-workload" --help | grep -q -- --algorithm; then
   if [ "${algorithms[*]}" != fixed_window ] || [ "$windows" != 1 ]; then
     echo "hot-key: $before_bin/peer-workload has no --algorithm: give --only fixed_window" >&2
     exit 2
   fi
-  before_shape=()
+  before_shaped=""
 fi
 run() { # DIR ALGORITHM: prints the JSON line; this build's notes go to $notes
   local shape=(--algorithm "$2" --windows "$windows")
-  [ "$1" = "$bin" ] || shape=("${before_shape[@]/ALGORITHM/$2}")
+  [ "$1" = "$bin" ] || [ -n "$before_shaped" ] || shape=()
   redis-cli -p "$THROWAWAY_REDIS_PORT" flushall >/dev/null
-  "$1/peer-workload" --redis-url "$THROWAWAY_REDIS_URL" --keys 1 --callers 50 --duration 3s \
-    "${shape[@]}" 2>"$notes" || { cat "$notes" >&2; return 1; }
+  "$1/peer-workload" --redis-url "$THROWAWAY_REDIS_URL" --keys 1 --callers 50 \
+    --duration "${seconds}s" "${shape[@]}" 2>"$notes" || { cat "$notes" >&2; return 1; }
 }
 rate() { sed -E 's/.*"decisions_per_sec":([0-9.]+).*/\1/' <<<"$1"; }
 exact() { sed -E 's/.*"exact_pass":([0-9]+).*/\1/' <<<"$1"; }
@@ -74,7 +75,7 @@ median() {
 
 notes=$(mktemp)
 trap 'rm -f "$notes"' EXIT
-echo "# $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), Redis $(redis-server --version | cut -d' ' -f3 | cut -d= -f2); one key, 50 callers, 3 s a run, $windows window(s)"
+echo "# $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), Redis $(redis-server --version | cut -d' ' -f3 | cut -d= -f2); one key, 50 callers, $seconds s a run, $windows window(s)"
 status=0
 for algorithm in "${algorithms[@]}"; do
   ratios=()
@@ -92,9 +93,9 @@ for algorithm in "${algorithms[@]}"; do
       fi
     done
     # An older peer-workload does not refuse a run that reached its limit: its rate then
-    # counts local denials. 1,000,000 calls in 3 s is where that begins.
-    if awk -v b="$(rate "$before_line")" 'BEGIN { exit !(b * 3 >= 1000000) }'; then
-      echo "hot-key: the other build ran $(rate "$before_line")/s, enough to reach its limit in 3 s: its rate counts denials" >&2
+    # counts local denials. 1,000,000 calls in a run is where that begins.
+    if awk -v b="$(rate "$before_line")" -v s="$seconds" 'BEGIN { exit !(b * s >= 1000000) }'; then
+      echo "hot-key: the other build ran $(rate "$before_line")/s, enough to reach its limit in $seconds s: its rate counts denials" >&2
       exit 1
     fi
     ratio=$(awk -v a="$(rate "$now_line")" -v b="$(rate "$before_line")" 'BEGIN { printf "%.2f", a / b }')
