@@ -44,11 +44,57 @@ enum Repr<'a> {
 }
 
 /// Whether `raw` may stand as itself in a key: printable ASCII other than `{`, `}` and `#`.
-/// Written without early exits, so that it compiles to a few wide operations.
+/// Eight bytes at a time ([`plain_word`]), the last eight overlapping the ones before; shorter
+/// identities are read as two overlapping halves, or byte by byte up to three, in one word.
 fn is_plain(raw: &[u8]) -> bool {
-    raw.iter().fold(true, |plain, &b| {
-        plain & (b.wrapping_sub(b'!') < b'~' - b'!' + 1) & (b != b'{') & (b != b'}') & (b != b'#')
-    })
+    /// The eight bytes from `at` (none out of bounds: `0`, which is not plain).
+    fn eight(raw: &[u8], at: usize) -> u64 {
+        raw.get(at..at + 8)
+            .and_then(|bytes| bytes.try_into().ok())
+            .map_or(0, u64::from_le_bytes)
+    }
+    /// The four bytes from `at`, likewise.
+    fn four(raw: &[u8], at: usize) -> u64 {
+        raw.get(at..at + 4)
+            .and_then(|bytes| bytes.try_into().ok())
+            .map_or(0, |bytes| u64::from(u32::from_le_bytes(bytes)))
+    }
+    let len = raw.len();
+    match len {
+        8.. => {
+            let mut plain = true;
+            let mut at = 0;
+            while at + 8 < len {
+                plain &= plain_word(eight(raw, at));
+                at += 8;
+            }
+            plain & plain_word(eight(raw, len - 8))
+        }
+        4..8 => plain_word(four(raw, 0) | four(raw, len - 4) << 32),
+        1..4 => {
+            let byte = |at: usize| u64::from(raw.get(at).copied().unwrap_or(0));
+            // The first, middle and last bytes are every byte; the rest is a plain `a`.
+            let padding = u64::from_le_bytes([0, 0, 0, b'a', b'a', b'a', b'a', b'a']);
+            plain_word(byte(0) | byte(len / 2) << 8 | byte(len - 1) << 16 | padding)
+        }
+        0 => true,
+    }
+}
+
+/// Whether each of the eight bytes of `word` is plain (see [`is_plain`]).
+///
+/// With every byte below 0x80, adding a constant to each byte cannot carry into the next one
+/// (at most 0x7F + 0x7F): a byte's high bit after `+ 0x5F` says it is at least `!` (0x21),
+/// after `+ 0x01` that it is DEL (0x7F), and after `+ 0x7F` on the byte XOR `c` that it is not
+/// `c`.
+#[inline]
+fn plain_word(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = ONES * 0x80;
+    let not = |c: u8| (word ^ (ONES * u64::from(c))).wrapping_add(ONES * 0x7F);
+    let printable = word.wrapping_add(ONES * (0x80 - u64::from(b'!'))) & !word.wrapping_add(ONES);
+    let plain = printable & not(b'{') & not(b'}') & not(b'#');
+    word & HIGH == 0 && plain & HIGH == HIGH
 }
 
 impl<'a> Identity<'a> {
@@ -269,6 +315,42 @@ mod tests {
 
     use super::*;
     use crate::policy::{Algorithm, Window};
+
+    /// [`is_plain`]'s rule, byte by byte.
+    fn plain_by_bytes(raw: &[u8]) -> bool {
+        raw.iter()
+            .all(|&b| (b'!'..=b'~').contains(&b) && !matches!(b, b'{' | b'}' | b'#'))
+    }
+
+    #[test]
+    fn every_byte_value_at_every_place_is_judged_as_the_rule_says() {
+        for len in 1..=17 {
+            for place in 0..len {
+                for byte in 0..=u8::MAX {
+                    let mut raw = vec![b'k'; len];
+                    raw[place] = byte;
+                    assert_eq!(
+                        is_plain(&raw),
+                        plain_by_bytes(&raw),
+                        "byte {byte:#04x} at {place} of {len}"
+                    );
+                }
+            }
+        }
+        assert!(is_plain(b""));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_are_judged_as_the_rule_says(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
+            proptest::prop_assert_eq!(is_plain(&raw), plain_by_bytes(&raw));
+        }
+
+        #[test]
+        fn printable_bytes_are_judged_as_the_rule_says(raw in "[ -~]{0,40}") {
+            proptest::prop_assert_eq!(is_plain(raw.as_bytes()), plain_by_bytes(raw.as_bytes()));
+        }
+    }
 
     #[test]
     fn keys_are_written_as_their_format_spells_them() {
