@@ -8,7 +8,7 @@
 //! (the workers, and the thread that reads the cluster's sockets), not Redis, went unscheduled
 //! for 100 ms, among six busy threads on two cores. With the timeout at 30 ms and the client's
 //! threads given priority over the busy loops (`renice`), 5 runs of 5 timed out nothing; with
-//! Redis's processes given that priority instead, 4 of 5 still did.
+//! Redis's processes given that priority instead, 3 of 5 still did.
 //!
 //! Time a call spends queued inside the limiter's own client is not a Redis failure: no
 //! decision may come from the fallback, the breaker may not open, and exactly the limit passes.
