@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::backend::RedisBackend;
 use crate::breaker::{Admission, BreakerState, BreakerStats, CircuitBreaker};
@@ -42,6 +42,10 @@ pub(crate) struct Guarded {
     breaker: CircuitBreaker,
     fallback: Fallback,
     metrics: Metrics,
+    /// Times Redis calls for the latency metric: two reads of the CPU's time-stamp counter a
+    /// call (where it is invariant), not two `clock_gettime` calls. Calibrated here, not by
+    /// the first call.
+    stopwatch: quanta::Clock,
     /// `evicted_keys` of each primary when this limiter first read it: evictions since then
     /// are counts lost while it ran.
     evictions_seen: Mutex<HashMap<String, u64>>,
@@ -82,6 +86,7 @@ impl Guarded {
                 fallback.cool_down(),
             ),
             clock,
+            stopwatch: quanta::Clock::new(),
             metrics,
             evictions_seen: Mutex::default(),
         })
@@ -167,6 +172,11 @@ impl Guarded {
         )
     }
 
+    /// The time since `started`, a reading of [`Self::stopwatch`].
+    fn elapsed(&self, started: u64) -> Duration {
+        self.stopwatch.delta(started, self.stopwatch.raw())
+    }
+
     /// Forgets `identity`'s usage under `policy`: in Redis, in the fallback and in the cache.
     pub(crate) async fn reset(&self, policy: &Policy, identity: Identity<'_>) -> Result<(), Error> {
         self.fallback.reset(policy, identity);
@@ -174,10 +184,10 @@ impl Guarded {
             let mut buffer = [0u8; MAX_KEY];
             cache.forget(store_key(&mut buffer, policy, identity));
         }
-        let started = Instant::now();
+        let started = self.stopwatch.raw();
         let result = self.redis.reset(policy, identity).await;
         self.metrics
-            .redis_latency(Operation::reset, started.elapsed());
+            .redis_latency(Operation::reset, self.elapsed(started));
         if let Err(error) = &result {
             self.metrics.redis_error(error_kind(error));
         }
@@ -307,7 +317,7 @@ impl Guarded {
         } else {
             Operation::peek
         };
-        let started = Instant::now();
+        let started = self.stopwatch.raw();
         let reserve = match &self.cache {
             Some(cache) => cache.reservation(key, cost, consume, policy),
             None => Reservation::Exact,
@@ -331,7 +341,7 @@ impl Guarded {
             }
             break result;
         };
-        self.metrics.redis_latency(operation, started.elapsed());
+        self.metrics.redis_latency(operation, self.elapsed(started));
         probe.disarm();
         match result {
             Ok(outcome) => {

@@ -208,3 +208,60 @@ async fn the_dashboard_queries_only_exported_metrics() {
         );
     }
 }
+
+/// `ratelimiter_redis_latency_seconds` holds the time each Redis call took: behind a link that
+/// holds every chunk 40 ms each way, no call can be observed under 80 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_latency_is_the_time_each_call_took() {
+    use ratelimit_tests::proxy::{Fault, FaultProxy};
+    let server = RedisServer::start();
+    let upstream: SocketAddr = server.addr().parse().expect("address");
+    let proxy = FaultProxy::start(upstream);
+    let limiter = RateLimiter::new(
+        Config::new(100, Duration::from_secs(60))
+            .with_prefix("latency:")
+            .with_redis_config(
+                RedisConfig::new([proxy.url()]).with_timeout(Duration::from_secs(5)),
+            ),
+    )
+    .await
+    .expect("limiter");
+    proxy.set(Fault::Delay(Duration::from_millis(40)));
+    for _ in 0..3 {
+        assert!(limiter.allow("client").await.expect("allow").allowed());
+    }
+    let mut registry = prometheus_client::registry::Registry::default();
+    limiter.metrics().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    let value = |series: &str| {
+        samples(&text)
+            .into_iter()
+            .find(|(name, _)| name.starts_with(series) && name.contains(r#"operation="allow""#))
+            .map(|(_, value)| value)
+            .unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+    };
+    assert_eq!(value("ratelimiter_redis_latency_seconds_count"), 3.0);
+    let sum = value("ratelimiter_redis_latency_seconds_sum");
+    assert!(
+        sum >= 3.0 * 0.080,
+        "3 calls through an 80 ms round trip took {sum} s in all"
+    );
+    let fast = text
+        .lines()
+        .filter(|line| line.starts_with("ratelimiter_redis_latency_seconds_bucket"))
+        .filter(|line| line.contains(r#"operation="allow""#))
+        .filter_map(|line| {
+            let le = line
+                .split("le=\"")
+                .nth(1)?
+                .split('"')
+                .next()?
+                .parse::<f64>()
+                .ok()?;
+            let count = line.rsplit_once(' ')?.1.parse::<f64>().ok()?;
+            (le < 0.080).then_some(count)
+        })
+        .fold(0.0, f64::max);
+    assert_eq!(fast, 0.0, "a call observed under 80 ms:\n{text}");
+}
