@@ -41,27 +41,28 @@ use super::command::Command;
 /// and gives their replies in order.
 pub trait Exchange {
     /// Sends `call` and reads its reply.
-    fn one(
-        &mut self,
-        call: &Command,
-    ) -> impl Future<Output = redis::RedisResult<redis::Value>> + Send;
+    fn one(&mut self, call: &Command) -> impl Future<Output = redis::RedisResult<Reply>> + Send;
 
     /// Sends every call of `calls` and reads their replies.
     fn many(
         &mut self,
         calls: &[Command],
-    ) -> impl Future<Output = redis::RedisResult<Vec<redis::Value>>> + Send;
+    ) -> impl Future<Output = redis::RedisResult<Vec<Reply>>> + Send;
 }
 
 /// The redis crate's multiplexed connection, through its own interface.
 impl Exchange for redis::aio::MultiplexedConnection {
-    async fn one(&mut self, call: &Command) -> redis::RedisResult<redis::Value> {
-        redis::aio::ConnectionLike::req_packed_command(self, &call.to_cmd()).await
+    async fn one(&mut self, call: &Command) -> redis::RedisResult<Reply> {
+        redis::aio::ConnectionLike::req_packed_command(self, &call.to_cmd())
+            .await
+            .map(Reply::Value)
     }
 
-    async fn many(&mut self, calls: &[Command]) -> redis::RedisResult<Vec<redis::Value>> {
+    async fn many(&mut self, calls: &[Command]) -> redis::RedisResult<Vec<Reply>> {
         let pipeline = pipeline_of(calls);
-        redis::aio::ConnectionLike::req_packed_commands(self, &pipeline, 0, calls.len()).await
+        redis::aio::ConnectionLike::req_packed_commands(self, &pipeline, 0, calls.len())
+            .await
+            .map(Reply::values)
     }
 }
 
@@ -126,6 +127,27 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// The redis crate's replies, as they are.
+    pub(crate) fn values(values: Vec<redis::Value>) -> Vec<Reply> {
+        values.into_iter().map(Reply::Value).collect()
+    }
+
+    /// The reply as the redis crate's value: numbers as an array of integers.
+    pub(crate) fn into_value(self) -> redis::Value {
+        match self {
+            Reply::Value(value) => value,
+            Reply::Numbers { numbers, len } => redis::Value::Array(
+                numbers
+                    .get(..len)
+                    .unwrap_or(&numbers)
+                    .iter()
+                    .copied()
+                    .map(redis::Value::Int)
+                    .collect(),
+            ),
+        }
+    }
+
     /// The decision a script call's reply holds.
     pub(crate) fn outcome(&self) -> Result<crate::decision::Outcome, crate::Error> {
         match self {
@@ -169,7 +191,7 @@ impl Lane {
             Ok(call) => {
                 let mut hand_off = HandOff::new(self);
                 let reply = within(timeout, send_alone(connection, &call)).await;
-                return hand_off.watch(reply.map(Reply::Value));
+                return hand_off.watch(reply);
             }
             Err(mut queued) => match (&mut queued.receive).await {
                 Ok(Answer::Reply(reply)) => return reply,
@@ -319,7 +341,7 @@ async fn lead(
     pipeline: Vec<Waiting>,
 ) -> redis::RedisResult<Reply> {
     if let [alone] = pipeline.as_slice() {
-        return send_alone(connection, &alone.call).await.map(Reply::Value);
+        return send_alone(connection, &alone.call).await;
     }
     let mut answers = Vec::with_capacity(pipeline.len());
     let calls = pipeline
@@ -343,12 +365,12 @@ async fn lead(
     let mut unknown_script = None;
     for (reply, part) in replies.into_iter().zip(plan.parts) {
         match part {
-            Part::One(index) => deliver(&mut answers, &mut own, index, reply.map(Reply::Value)),
+            Part::One(index) => deliver(&mut answers, &mut own, index, reply),
             Part::Batch { twin, calls } => {
                 lane.batches.fetch_add(1, Ordering::Relaxed);
                 lane.coalesced_calls
                     .fetch_add(calls.len() as u64, Ordering::Relaxed);
-                match reply.and_then(|r| coalesce::split(r, twin, calls.len())) {
+                match reply.and_then(|r| coalesce::split(r.into_value(), twin, calls.len())) {
                     Ok(replies) => {
                         for (index, reply) in calls.into_iter().zip(replies) {
                             deliver(&mut answers, &mut own, index, Ok(reply));
@@ -386,7 +408,7 @@ async fn lead(
 async fn send_plan(
     connection: &mut impl Exchange,
     calls: &[Command],
-) -> redis::RedisResult<Vec<redis::RedisResult<redis::Value>>> {
+) -> redis::RedisResult<Vec<redis::RedisResult<Reply>>> {
     let count = calls.len();
     let error = match connection.many(calls).await {
         Ok(replies) => return in_step(replies, count),
@@ -423,9 +445,9 @@ async fn send_plan(
 /// `replies` to `count` calls, each read as a reply or the error the server answered; an error
 /// when there are not as many as calls.
 fn in_step(
-    replies: Vec<redis::Value>,
+    replies: Vec<Reply>,
     count: usize,
-) -> redis::RedisResult<Vec<redis::RedisResult<redis::Value>>> {
+) -> redis::RedisResult<Vec<redis::RedisResult<Reply>>> {
     if replies.len() != count {
         return Err(redis::RedisError::from((
             redis::ErrorKind::Parse,
@@ -433,7 +455,7 @@ fn in_step(
             format!("{} replies to {count} calls", replies.len()),
         )));
     }
-    Ok(replies.into_iter().map(checked).collect())
+    Ok(replies.into_iter().map(checked_reply).collect())
 }
 
 /// `reply`, or the server error it holds. A script's reply (an array of integers, or of
@@ -451,6 +473,14 @@ fn checked(reply: redis::Value) -> redis::RedisResult<redis::Value> {
         Ok(reply)
     } else {
         reply.extract_error()
+    }
+}
+
+/// [`checked`] for a call's reply: a script's numbers hold no error.
+fn checked_reply(reply: Reply) -> redis::RedisResult<Reply> {
+    match reply {
+        Reply::Value(value) => checked(value).map(Reply::Value),
+        numbers @ Reply::Numbers { .. } => Ok(numbers),
     }
 }
 
@@ -515,10 +545,7 @@ impl<T, F: Future<Output = redis::RedisResult<T>>> Future for Within<F> {
 
 /// Sends one call by itself; again, once, when the connection broke under it and the call is
 /// idempotent (see [`send_plan`]).
-async fn send_alone(
-    connection: &mut impl Exchange,
-    call: &Command,
-) -> redis::RedisResult<redis::Value> {
+async fn send_alone(connection: &mut impl Exchange, call: &Command) -> redis::RedisResult<Reply> {
     let mut sent = false;
     loop {
         // One place awaits the connection (the future holds room for one exchange).
@@ -526,7 +553,7 @@ async fn send_alone(
             Err(e) if !sent && is_broken_connection(&e) && coalesce::resendable(call) => {
                 sent = true;
             }
-            other => return other.and_then(checked),
+            other => return other.and_then(checked_reply),
         }
     }
 }
@@ -620,16 +647,19 @@ mod tests {
     }
 
     impl Exchange for Scripted {
-        async fn one(&mut self, call: &Command) -> redis::RedisResult<redis::Value> {
+        async fn one(&mut self, call: &Command) -> redis::RedisResult<Reply> {
             self.many(std::slice::from_ref(call))
                 .await
                 .map(|mut r| r.remove(0))
         }
 
-        async fn many(&mut self, calls: &[Command]) -> redis::RedisResult<Vec<redis::Value>> {
+        async fn many(&mut self, calls: &[Command]) -> redis::RedisResult<Vec<Reply>> {
             self.sent.push(calls.iter().map(nonce).collect());
             self.ops.extend(calls.iter().map(|call| arg(call, 4)));
-            self.answers.pop_front().unwrap_or_else(|| Ok(Vec::new()))
+            self.answers
+                .pop_front()
+                .unwrap_or_else(|| Ok(Vec::new()))
+                .map(Reply::values)
         }
     }
 
@@ -689,9 +719,10 @@ mod tests {
             connection.sent,
             [vec!["log-1", "counter", "log-2"], vec!["log-1", "log-2"]]
         );
-        assert_eq!(replies[0].as_ref().ok(), Some(&redis::Value::Int(1)));
+        let int = |n| Reply::Value(redis::Value::Int(n));
+        assert_eq!(replies[0].as_ref().ok(), Some(&int(1)));
         assert!(replies[1].as_ref().is_err_and(is_broken_connection));
-        assert_eq!(replies[2].as_ref().ok(), Some(&redis::Value::Int(3)));
+        assert_eq!(replies[2].as_ref().ok(), Some(&int(3)));
 
         // A log's batch goes again marked: its calls may have run.
         let batch = coalesce::plan(vec![

@@ -18,7 +18,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use tokio::sync::OnceCell;
 
-use super::batch::{Exchange, pipeline_of};
+use super::batch::{Exchange, Reply, pipeline_of};
 use super::command::Command;
 use super::wire::{Address, Wire};
 use crate::config::RedisConfig;
@@ -75,20 +75,23 @@ impl redis::aio::ConnectionLike for Connection {
 /// A [`Wire`] is called directly (no boxed future) and writes the commands as they are kept; the
 /// others get them as the redis crate builds them.
 impl Exchange for Connection {
-    async fn one(&mut self, call: &Command) -> redis::RedisResult<redis::Value> {
+    async fn one(&mut self, call: &Command) -> redis::RedisResult<Reply> {
         match self {
             Self::Direct(wire) => wire.command(call).await,
-            other => redis::aio::ConnectionLike::req_packed_command(other, &call.to_cmd()).await,
+            other => redis::aio::ConnectionLike::req_packed_command(other, &call.to_cmd())
+                .await
+                .map(Reply::Value),
         }
     }
 
-    async fn many(&mut self, calls: &[Command]) -> redis::RedisResult<Vec<redis::Value>> {
+    async fn many(&mut self, calls: &[Command]) -> redis::RedisResult<Vec<Reply>> {
         match self {
             Self::Direct(wire) => wire.commands(calls).await,
             other => {
                 let pipeline = pipeline_of(calls);
                 redis::aio::ConnectionLike::req_packed_commands(other, &pipeline, 0, calls.len())
                     .await
+                    .map(Reply::values)
             }
         }
     }

@@ -21,6 +21,7 @@ use redis::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::batch::Reply;
 use super::command::{Command, frame};
 use super::connection::keepalive;
 
@@ -91,7 +92,7 @@ impl Wire {
         &'a self,
         cmd: &'a Cmd,
     ) -> impl Future<Output = RedisResult<Value>> + 'a {
-        self.one(move |buffer| write_command(cmd, buffer))
+        self.one(move |buffer| write_command(cmd, buffer), parse)
     }
 
     /// Sends every command of `pipeline` and reads their replies, in order.
@@ -99,58 +100,72 @@ impl Wire {
         &'a self,
         pipeline: &'a Pipeline,
     ) -> impl Future<Output = RedisResult<Vec<Value>>> + 'a {
-        self.many(pipeline.len(), move |buffer| {
-            for cmd in pipeline.cmd_iter() {
-                write_command(cmd, buffer);
-            }
-        })
+        self.many(
+            pipeline.len(),
+            move |buffer| {
+                for cmd in pipeline.cmd_iter() {
+                    write_command(cmd, buffer);
+                }
+            },
+            parse,
+        )
     }
 
-    /// Sends `command` and reads its reply.
+    /// Sends `command` and reads its reply: a script's numbers as [`Reply::Numbers`], with no
+    /// allocation (see [`parse_reply`]).
     pub(crate) fn command<'a>(
         &'a self,
         command: &'a Command,
-    ) -> impl Future<Output = RedisResult<Value>> + 'a {
-        self.one(move |buffer| command.write(buffer, write_command))
+    ) -> impl Future<Output = RedisResult<Reply>> + 'a {
+        self.one(move |buffer| command.write(buffer, write_command), parse_reply)
     }
 
-    /// Sends every one of `commands` and reads their replies, in order.
+    /// Sends every one of `commands` and reads their replies, in order (as [`Self::command`]).
     pub(crate) fn commands<'a>(
         &'a self,
         commands: &'a [Command],
-    ) -> impl Future<Output = RedisResult<Vec<Value>>> + 'a {
-        self.many(commands.len(), move |buffer| {
-            for command in commands {
-                command.write(buffer, write_command);
-            }
-        })
+    ) -> impl Future<Output = RedisResult<Vec<Reply>>> + 'a {
+        self.many(
+            commands.len(),
+            move |buffer| {
+                for command in commands {
+                    command.write(buffer, write_command);
+                }
+            },
+            parse_reply,
+        )
     }
 
-    /// Sends the one command `write` writes and reads its reply.
-    async fn one(&self, write: impl FnOnce(&mut Vec<u8>)) -> RedisResult<Value> {
+    /// Sends the one command `write` writes and reads its reply, as `parse` reads it.
+    async fn one<T>(&self, write: impl FnOnce(&mut Vec<u8>), parse: Parser<T>) -> RedisResult<T> {
         let mut reply = None;
-        self.exchange(write, 1, |value| reply = Some(value)).await?;
+        self.exchange(write, 1, parse, |value| reply = Some(value))
+            .await?;
         reply.ok_or_else(|| RedisError::from((ErrorKind::Parse, "no reply")))
     }
 
-    /// Sends the `count` commands `write` writes and reads their replies, in order.
-    async fn many(
+    /// Sends the `count` commands `write` writes and reads their replies, in order, as `parse`
+    /// reads them.
+    async fn many<T>(
         &self,
         count: usize,
         write: impl FnOnce(&mut Vec<u8>),
-    ) -> RedisResult<Vec<Value>> {
+        parse: Parser<T>,
+    ) -> RedisResult<Vec<T>> {
         let mut replies = Vec::with_capacity(count);
-        self.exchange(write, count, |value| replies.push(value))
+        self.exchange(write, count, parse, |value| replies.push(value))
             .await?;
         Ok(replies)
     }
 
-    /// Writes what `write` puts in the buffer, then reads `count` replies into `reply`.
-    async fn exchange(
+    /// Writes what `write` puts in the buffer, then reads `count` replies, as `parse` reads
+    /// them, into `reply`.
+    async fn exchange<T>(
         &self,
         write: impl FnOnce(&mut Vec<u8>),
         count: usize,
-        reply: impl FnMut(Value),
+        parse: Parser<T>,
+        reply: impl FnMut(T),
     ) -> RedisResult<()> {
         let mut slot = self.socket.lock().await;
         // Out of the slot until every reply is in: dropped with this future otherwise.
@@ -167,7 +182,7 @@ impl Wire {
         socket.write.clear();
         write(&mut socket.write);
         socket.stream.write_all(&socket.write).await?;
-        socket.read_replies(count, reply).await?;
+        socket.read_replies(count, parse, reply).await?;
         *slot = Some(socket);
         Ok(())
     }
@@ -204,7 +219,7 @@ impl Socket {
             socket.stream.write_all(&socket.write).await?;
             let mut refused = None;
             socket
-                .read_replies(hello.len(), |reply| {
+                .read_replies(hello.len(), parse, |reply| {
                     if let Err(e) = reply.extract_error() {
                         refused.get_or_insert(e);
                     }
@@ -228,11 +243,12 @@ impl Socket {
         )
     }
 
-    /// Reads `count` replies, in order, handing each to `reply`.
-    async fn read_replies(
+    /// Reads `count` replies, in order, as `parse` reads them, handing each to `reply`.
+    async fn read_replies<T>(
         &mut self,
         count: usize,
-        mut reply: impl FnMut(Value),
+        parse: Parser<T>,
+        mut reply: impl FnMut(T),
     ) -> RedisResult<()> {
         self.read.clear();
         let mut at = 0;
@@ -382,10 +398,46 @@ fn write_command(cmd: &Cmd, buffer: &mut Vec<u8>) {
 /// Arrays nested deeper than this are refused: Redis's replies to our commands nest two deep.
 const MAX_DEPTH: usize = 8;
 
+/// Reads the reply that starts at `at` of a buffer: the reply and where the next one starts,
+/// `None` until all of it has arrived.
+type Parser<T> = fn(&[u8], usize) -> RedisResult<Option<(T, usize)>>;
+
 /// The RESP2 reply that starts at `at`, and where the next one starts; `None` until all of it
 /// has arrived.
 fn parse(buffer: &[u8], at: usize) -> RedisResult<Option<(Value, usize)>> {
     parse_nested(buffer, at, 0)
+}
+
+/// [`parse`] for a script call: an array of one to six integers, each an optional `-` and 1 to
+/// 18 digits (what every script answers), is read into [`Reply::Numbers`] without building
+/// an array; anything else (an error, a longer number, a reply still arriving) as [`parse`]
+/// reads it.
+fn parse_reply(buffer: &[u8], at: usize) -> RedisResult<Option<(Reply, usize)>> {
+    if let Some(numbers) = script_numbers(buffer, at) {
+        return Ok(Some(numbers));
+    }
+    Ok(parse(buffer, at)?.map(|(value, next)| (Reply::Value(value), next)))
+}
+
+/// The array of one to six short integers that starts at `at`, read in one pass; `None` when
+/// the reply is anything else or has not all arrived.
+#[inline]
+fn script_numbers(buffer: &[u8], at: usize) -> Option<(Reply, usize)> {
+    let [b'*', count @ b'1'..=b'6', b'\r', b'\n', ..] = *buffer.get(at..)? else {
+        return None;
+    };
+    let len = usize::from(count - b'0');
+    let mut numbers = [0; 6];
+    let mut at = at + 4;
+    for number in &mut numbers[..len] {
+        if buffer.get(at) != Some(&b':') {
+            return None;
+        }
+        let (value, after) = short_integer(buffer, at + 1)?;
+        *number = value;
+        at = after;
+    }
+    Some((Reply::Numbers { numbers, len }, at))
 }
 
 /// The integer whose text starts at `at` and where the next reply starts, read in one pass when
@@ -605,6 +657,76 @@ mod tests {
                 proptest::prop_assert!(matches!(parse(&reply[..cut], 0), Ok(None)), "cut at {}", cut);
             }
         }
+    }
+
+    proptest::proptest! {
+        /// A script call's reply (`parse_reply`) holds the integers `parse` reads: as numbers
+        /// when there are one to six of at most 18 digits, as `parse`'s array otherwise; and
+        /// it waits when cut anywhere.
+        #[test]
+        fn a_script_reply_is_read_into_numbers(
+            numbers in proptest::collection::vec((proptest::prelude::any::<i64>(), 0..64_u32), 0..9),
+        ) {
+            let numbers: Vec<i64> = numbers.into_iter().map(|(n, shift)| n >> shift).collect();
+            let mut reply = format!("*{}\r\n", numbers.len()).into_bytes();
+            for n in &numbers {
+                reply.extend_from_slice(format!(":{n}\r\n").as_bytes());
+            }
+            let short = (1..=6).contains(&numbers.len())
+                && numbers.iter().all(|n| n.unsigned_abs() < 10_u64.pow(18));
+            match parse_reply(&reply, 0) {
+                Ok(Some((Reply::Numbers { numbers: read, len }, end))) => {
+                    proptest::prop_assert!(short, "{:?} read as numbers", numbers);
+                    proptest::prop_assert_eq!(&read[..len], numbers.as_slice());
+                    proptest::prop_assert_eq!(end, reply.len());
+                }
+                Ok(Some((Reply::Value(value), end))) => {
+                    proptest::prop_assert!(!short, "{:?} read as an array", numbers);
+                    let expected = Value::Array(numbers.iter().copied().map(Value::Int).collect());
+                    proptest::prop_assert_eq!(value, expected);
+                    proptest::prop_assert_eq!(end, reply.len());
+                }
+                other => proptest::prop_assert!(false, "{:?}", other.map(|r| r.map(|(_, end)| end))),
+            }
+            for cut in 0..reply.len() {
+                proptest::prop_assert!(
+                    matches!(parse_reply(&reply[..cut], 0), Ok(None)),
+                    "cut at {}",
+                    cut
+                );
+            }
+        }
+    }
+
+    /// Whatever a script call's reply holds beside its numbers is read as `parse` reads it.
+    #[test]
+    fn a_script_reply_of_anything_else_is_read_as_any_reply() {
+        let replies: [&[u8]; 8] = [
+            b"-NOSCRIPT No matching script. Please use EVAL.\r\n",
+            b"+OK\r\n",
+            b":7\r\n",
+            b"*0\r\n",
+            b"*2\r\n*1\r\n:1\r\n:2\r\n",
+            b"*2\r\n:1\r\n$1\r\nx\r\n",
+            b"*1\r\n:+1\r\n",
+            b"*3\r\n:1\r\n:2\r\n*1\r\n:4\r\n",
+        ];
+        for reply in replies {
+            let any = parse(reply, 0).map(|read| read.map(|(value, end)| (Reply::Value(value), end)));
+            let scripted = parse_reply(reply, 0);
+            assert_eq!(
+                format!("{scripted:?}"),
+                format!("{any:?}"),
+                "{}",
+                String::from_utf8_lossy(reply)
+            );
+        }
+        // Two replies in a row: the first one's numbers, and where the second starts.
+        let two = b"*2\r\n:1\r\n:-2\r\n*1\r\n:3\r\n";
+        let Ok(Some((Reply::Numbers { numbers, len }, end))) = parse_reply(two, 0) else {
+            panic!("numbers expected");
+        };
+        assert_eq!((&numbers[..len], end), (&[1, -2][..], 13));
     }
 
     /// Reads one request's bytes (whatever has arrived).
