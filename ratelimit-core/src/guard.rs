@@ -181,8 +181,7 @@ impl Guarded {
     pub(crate) async fn reset(&self, policy: &Policy, identity: Identity<'_>) -> Result<(), Error> {
         self.fallback.reset(policy, identity);
         if let Some(cache) = &self.cache {
-            let mut buffer = [0u8; MAX_KEY];
-            cache.forget(store_key(&mut buffer, policy, identity));
+            with_key(policy, identity, |key| cache.forget(key));
         }
         let started = self.stopwatch.raw();
         let result = self.redis.reset(policy, identity).await;
@@ -277,110 +276,128 @@ impl Guarded {
 
     /// [`Self::evaluate`] once the cache had no answer ([`Self::cached_now`] returned `None`):
     /// a turn, the cache again (the calls ahead may have left a denial), the breaker, Redis.
-    pub(crate) async fn evaluate_missed(
-        &self,
-        policy: &Policy,
-        identity: Identity<'_>,
+    ///
+    /// Not an `async fn`, which would keep a copy of every argument for its whole life; and the
+    /// cache's key is written again where it is needed rather than kept across the round trip.
+    /// A decision's future is boxed (`RateLimiter::decide_remotely`), and this keeps it small
+    /// enough for the allocator's per-thread cache (`docs/Performance.md`).
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` keeps a copy of every argument in its future"
+    )]
+    pub(crate) fn evaluate_missed<'a>(
+        &'a self,
+        policy: &'a Policy,
+        identity: Identity<'a>,
         cost: u64,
         consume: bool,
-    ) -> Result<Decision, Error> {
-        let mut buffer = [0u8; MAX_KEY];
-        let key = store_key(&mut buffer, policy, identity);
-        // Wait behind this process's own burst first: that queue is not Redis failing, so it
-        // neither counts against the timeout nor reaches the breaker. The breaker is asked
-        // once the call can really be sent, so a breaker that opened meanwhile still spares
-        // Redis the queued calls.
-        let (_turn, waited) = match self.redis.try_turn() {
-            Some(turn) => (Some(turn), false),
-            None => (self.redis.turn().await, true),
-        };
-        // When the call is sent: a cached answer is anchored here, not when the reply came
-        // back, so it never outlives what Redis said by the round trip.
-        let sent = self.clock.now_micros();
-        // The calls ahead in the queue may have left a denial for this key: Redis need not
-        // hear the rest of a burst on a spent key. Without a wait, nothing ran since the
-        // caller asked the cache (`cached_now`), and the cache is not asked twice.
-        if waited && let Some(decision) = self.cached(key, cost, consume, sent) {
-            return Ok(decision);
-        }
-        let admission = self.breaker.admit(sent);
-        if admission == Admission::Reject {
-            return Ok(self.fall_back(policy, identity, cost, consume));
-        }
-        // A probe whose caller gives up (the future is dropped) must still end the half-open
-        // state, or the breaker never lets another call through.
-        let probe = ProbeGuard {
-            guarded: (admission == Admission::Probe).then_some(self),
-        };
-        let operation = if consume {
-            Operation::allow
-        } else {
-            Operation::peek
-        };
-        let started = self.stopwatch.raw();
-        let reserve = match &self.cache {
-            Some(cache) => cache.reservation(key, cost, consume, policy),
-            None => Reservation::Exact,
-        };
-        let asked = match reserve {
-            Reservation::Exact => cost,
-            Reservation::Lease(size) => size,
-        };
-        let in_flight = consume.then(|| self.fallback.sent(policy, identity, asked));
-        let mut granted = asked;
-        // One place awaits Redis, so that the future holds room for one call, not two.
-        let result = loop {
-            let result = self
-                .redis
-                .evaluate(policy, identity, granted, consume)
-                .await;
-            if granted > cost && matches!(&result, Ok(outcome) if !outcome.allowed) {
-                // The lease did not fit; the request itself may.
-                granted = cost;
-                continue;
+    ) -> impl Future<Output = Result<Decision, Error>> + Send + 'a {
+        async move {
+            // Wait behind this process's own burst first: that queue is not Redis failing, so it
+            // neither counts against the timeout nor reaches the breaker. The breaker is asked
+            // once the call can really be sent, so a breaker that opened meanwhile still spares
+            // Redis the queued calls.
+            let (_turn, waited) = match self.redis.try_turn() {
+                Some(turn) => (Some(turn), false),
+                None => (self.redis.turn().await, true),
+            };
+            // When the call is sent: a cached answer is anchored here, not when the reply came
+            // back, so it never outlives what Redis said by the round trip.
+            let sent = self.clock.now_micros();
+            // The calls ahead in the queue may have left a denial for this key: Redis need not
+            // hear the rest of a burst on a spent key. Without a wait, nothing ran since the
+            // caller asked the cache (`cached_now`), and the cache is not asked twice.
+            if waited
+                && let Some(decision) = with_key(policy, identity, |key| {
+                    self.cached(key, cost, consume, sent)
+                })
+            {
+                return Ok(decision);
             }
-            break result;
-        };
-        self.metrics.redis_latency(operation, self.elapsed(started));
-        probe.disarm();
-        match result {
-            Ok(outcome) => {
-                self.breaker.on_success();
-                self.metrics.set_circuit_state(self.breaker.state());
-                let granted = if outcome.allowed { granted } else { cost };
-                if let Some(in_flight) = in_flight
-                    && !in_flight.answered(if outcome.allowed { granted } else { 0 })
-                    && outcome.allowed
-                {
-                    // Back from an outage: this instance's fallback admitted the rest of the
-                    // limit, which Redis never heard of. One instance never passes the limit
-                    // across the switch, in either direction; the local count answers.
-                    return Ok(self.fall_back(policy, identity, cost, false));
-                }
-                let mut decision = Decision::from_outcome(outcome, policy.windows(), Source::Redis);
-                if granted > cost {
-                    // Permits reserved for this instance are still the client's to spend.
-                    decision = decision.with_remaining(decision.remaining() + granted - cost);
-                }
-                if let Some(cache) = &self.cache
-                    && (self.cache_every_denial
-                        || decision.allowed()
-                        || self.hot_keys.is_hot(policy, identity))
-                {
-                    cache.record(key, cost, granted, &decision, sent);
-                }
-                Ok(decision)
+            let admission = self.breaker.admit(sent);
+            if admission == Admission::Reject {
+                return Ok(self.fall_back(policy, identity, cost, consume));
             }
-            Err(error) if error.is_backend_failure() => {
-                // No answer: whatever Redis did, this caller's answer comes from the fallback.
-                drop(in_flight);
-                tracing::debug!(%error, "redis failed; fallback answers");
-                self.metrics.redis_error(error_kind(&error));
-                self.breaker.on_failure(self.clock.now_micros());
-                self.metrics.set_circuit_state(self.breaker.state());
-                Ok(self.fall_back(policy, identity, cost, consume))
+            // A probe whose caller gives up (the future is dropped) must still end the half-open
+            // state, or the breaker never lets another call through.
+            let probe = ProbeGuard {
+                guarded: (admission == Admission::Probe).then_some(self),
+            };
+            let operation = if consume {
+                Operation::allow
+            } else {
+                Operation::peek
+            };
+            let started = self.stopwatch.raw();
+            let reserve = match &self.cache {
+                Some(cache) => with_key(policy, identity, |key| {
+                    cache.reservation(key, cost, consume, policy)
+                }),
+                None => Reservation::Exact,
+            };
+            let asked = match reserve {
+                Reservation::Exact => cost,
+                Reservation::Lease(size) => size,
+            };
+            let in_flight = consume.then(|| self.fallback.sent(policy, identity, asked));
+            let mut granted = asked;
+            // One place awaits Redis, so that the future holds room for one call, not two.
+            let result = loop {
+                let result = self
+                    .redis
+                    .evaluate(policy, identity, granted, consume)
+                    .await;
+                if granted > cost && matches!(&result, Ok(outcome) if !outcome.allowed) {
+                    // The lease did not fit; the request itself may.
+                    granted = cost;
+                    continue;
+                }
+                break result;
+            };
+            self.metrics.redis_latency(operation, self.elapsed(started));
+            probe.disarm();
+            match result {
+                Ok(outcome) => {
+                    self.breaker.on_success();
+                    self.metrics.set_circuit_state(self.breaker.state());
+                    let granted = if outcome.allowed { granted } else { cost };
+                    if let Some(in_flight) = in_flight
+                        && !in_flight.answered(if outcome.allowed { granted } else { 0 })
+                        && outcome.allowed
+                    {
+                        // Back from an outage: this instance's fallback admitted the rest of the
+                        // limit, which Redis never heard of. One instance never passes the limit
+                        // across the switch, in either direction; the local count answers.
+                        return Ok(self.fall_back(policy, identity, cost, false));
+                    }
+                    let mut decision =
+                        Decision::from_outcome(outcome, policy.windows(), Source::Redis);
+                    if granted > cost {
+                        // Permits reserved for this instance are still the client's to spend.
+                        decision = decision.with_remaining(decision.remaining() + granted - cost);
+                    }
+                    if let Some(cache) = &self.cache
+                        && (self.cache_every_denial
+                            || decision.allowed()
+                            || self.hot_keys.is_hot(policy, identity))
+                    {
+                        with_key(policy, identity, |key| {
+                            cache.record(key, cost, granted, &decision, sent);
+                        });
+                    }
+                    Ok(decision)
+                }
+                Err(error) if error.is_backend_failure() => {
+                    // No answer: whatever Redis did, this caller's answer comes from the fallback.
+                    drop(in_flight);
+                    tracing::debug!(%error, "redis failed; fallback answers");
+                    self.metrics.redis_error(error_kind(&error));
+                    self.breaker.on_failure(self.clock.now_micros());
+                    self.metrics.set_circuit_state(self.breaker.state());
+                    Ok(self.fall_back(policy, identity, cost, consume))
+                }
+                Err(error) => Err(error),
             }
-            Err(error) => Err(error),
         }
     }
 
@@ -394,9 +411,9 @@ impl Guarded {
         consume: bool,
     ) -> Option<Decision> {
         self.cache.as_ref()?;
-        let mut buffer = [0u8; MAX_KEY];
-        let key = store_key(&mut buffer, policy, identity);
-        self.cached(key, cost, consume, self.clock.now_micros())
+        with_key(policy, identity, |key| {
+            self.cached(key, cost, consume, self.clock.now_micros())
+        })
     }
 
     /// The cache's answer for `key` at `now_us`, counted, when it has one.
@@ -418,6 +435,12 @@ impl Guarded {
     }
 }
 
+/// `use_key` of the cache's key for `identity` under `policy`, written on the stack for it.
+fn with_key<T>(policy: &Policy, identity: Identity<'_>, use_key: impl FnOnce(&[u8]) -> T) -> T {
+    let mut buffer = [0u8; MAX_KEY];
+    use_key(store_key(&mut buffer, policy, identity))
+}
+
 /// Records a failed probe if dropped before [`ProbeGuard::disarm`].
 struct ProbeGuard<'a> {
     guarded: Option<&'a Guarded>,
@@ -434,5 +457,43 @@ impl Drop for ProbeGuard<'_> {
         if let Some(guarded) = self.guarded {
             guarded.breaker.on_failure(guarded.clock.now_micros());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+
+    /// glibc's per-thread cache serves blocks of up to this many bytes; a larger one goes
+    /// through the arena (`_int_malloc`, `_int_free`: about 700 instructions more a decision,
+    /// `docs/Performance.md`).
+    const PER_THREAD_CACHE: usize = 1032;
+
+    /// A decision that goes to Redis is boxed (`RateLimiter::decide_remotely`): its future
+    /// stays small enough for the allocator's per-thread cache. An `async fn` that keeps its
+    /// arguments, or a buffer kept across the round trip, grows it past that.
+    #[test]
+    fn a_redis_decisions_future_fits_the_allocators_per_thread_cache() {
+        let config = Config::new(10, Duration::from_secs(60))
+            .with_redis_config(RedisConfig::new(["redis://127.0.0.1:1"]));
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+        let metrics = Metrics::new();
+        let hot_keys = Arc::new(HotKeys::new(
+            config.hot_keys().clone(),
+            clock.clone(),
+            metrics.clone(),
+        ));
+        let redis = config.redis().expect("a Redis configuration");
+        let guarded = Guarded::new(redis, &config, clock, hot_keys, metrics)
+            .expect("a guard, with no connection yet");
+        let policy = config.policy();
+        let future = guarded.evaluate_missed(policy, Identity::new(b"client"), 1, true);
+        let size = std::mem::size_of_val(&future);
+        assert!(
+            size <= PER_THREAD_CACHE,
+            "a Redis decision's future is {size} bytes, more than the {PER_THREAD_CACHE} the \
+             allocator's per-thread cache serves"
+        );
     }
 }

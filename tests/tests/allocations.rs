@@ -174,10 +174,12 @@ fn a_cache_hit_does_not_allocate() {
     assert_eq!(peek, 0, "allocations over {DECISIONS} cached `peek`s");
 }
 
-/// A decision that goes to Redis allocates twice, on every thread together: the boxed future
-/// of the round trip and the call's keys (the rest of the call is kept as numbers until it is
-/// written to the socket, `backend/command.rs`). The script's reply is read into numbers, not
-/// an array (`wire.rs`). The connection is driven by the caller (`wire.rs`): no other thread
+/// A decision that goes to Redis allocates 3 times, on every thread together: the boxed future
+/// of the decision, the boxed send of a call that finds its connection idle (two boxes that
+/// each fit the allocator's per-thread cache, where one would not: `guard.rs`, `batch.rs`),
+/// and the call's keys (the rest of the call is kept as numbers until it is written to the
+/// socket, `backend/command.rs`). The script's reply is read into numbers, not an array
+/// (`wire.rs`). The connection is driven by the caller (`wire.rs`): no other thread
 /// takes part, and the socket's buffers are kept from one call to the next. The bench `tests/benches/redis.rs` counts every thread too.
 #[test]
 fn a_redis_decision_allocates_a_fixed_few() {
@@ -210,11 +212,11 @@ fn a_redis_decision_allocates_a_fixed_few() {
             // Warms up: every pooled connection opened, the key created.
             runtime.block_on(allows(100));
             let total = allocations_during(&runtime, || allows(DECISIONS));
-            // 2 a decision, and a few once for the whole run (a timer wheel's slots, say).
+            // 3 a decision, and a few once for the whole run (a timer wheel's slots, say).
             assert!(
-                total <= 2 * DECISIONS + 20,
+                total <= 3 * DECISIONS + 20,
                 "{algorithm} with {windows} window(s): {total} allocations over {DECISIONS} \
-                 Redis decisions, more than 2 each"
+                 Redis decisions, more than 3 each"
             );
         }
     }

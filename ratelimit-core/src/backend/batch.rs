@@ -162,43 +162,68 @@ impl Reply {
 impl Lane {
     /// Sends `call` on `connection`, with whatever calls queue on this lane meanwhile; the
     /// pipeline that carries it gets `timeout` from when it is sent to its replies.
-    pub async fn send(
-        &self,
-        connection: &mut impl Exchange,
+    ///
+    /// The call takes its place on the lane when `send` is called, not when the future is
+    /// first polled: it leads when the lane is idle, and queues behind the pipeline in flight
+    /// otherwise. Dropping the future gives the place up (the lane is handed on).
+    pub fn send<'a, E: Exchange + Send>(
+        &'a self,
+        connection: &'a mut E,
         call: impl Into<Command>,
         timeout: Duration,
+    ) -> impl Future<Output = redis::RedisResult<Reply>> + Send + 'a {
+        // The call is kept once, here, and lent to the futures below: each `async fn` would
+        // keep a copy of its own for its whole life.
+        let mut place = self.enter(call.into());
+        async move {
+            match &mut place {
+                // The lane was idle: sent at once, alone (and without a pipeline to build).
+                // Boxed, so that a decision's future (which holds this one) and this send
+                // are each small enough for the allocator's per-thread cache, where the two
+                // together are not (see `docs/Performance.md`).
+                Place::Alone { call, hand_off } => {
+                    let reply = Box::pin(within(timeout, send_alone(connection, call))).await;
+                    hand_off.watch(reply)
+                }
+                Place::Queued(queued) => self.wait_in(queued, connection, timeout).await,
+            }
+        }
+    }
+
+    /// `call`'s place on the lane: sent at once when the lane is idle, queued otherwise.
+    fn enter(&self, call: Command) -> Place<'_> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.leading {
+            let (answer, receive) = oneshot::channel();
+            state.queue.push(Waiting {
+                call,
+                answer: Some(answer),
+            });
+            Place::Queued(Queued {
+                lane: self,
+                receive,
+            })
+        } else {
+            state.leading = true;
+            Place::Alone {
+                call,
+                hand_off: HandOff::new(self),
+            }
+        }
+    }
+
+    /// A queued call's wait: for its reply, or for the next pipeline to lead, its own call first.
+    async fn wait_in(
+        &self,
+        queued: &mut Queued<'_>,
+        connection: &mut impl Exchange,
+        timeout: Duration,
     ) -> redis::RedisResult<Reply> {
-        let call = call.into();
-        let queued = {
-            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            if state.leading {
-                let (answer, receive) = oneshot::channel();
-                state.queue.push(Waiting {
-                    call,
-                    answer: Some(answer),
-                });
-                Err(Queued {
-                    lane: self,
-                    receive,
-                })
-            } else {
-                state.leading = true;
-                Ok(call)
-            }
-        };
-        let pipeline = match queued {
-            // The lane was idle: sent at once, alone (and without a pipeline to build).
-            Ok(call) => {
-                let mut hand_off = HandOff::new(self);
-                let reply = within(timeout, send_alone(connection, &call)).await;
-                return hand_off.watch(reply);
-            }
-            Err(mut queued) => match (&mut queued.receive).await {
-                Ok(Answer::Reply(reply)) => return reply,
-                Ok(Answer::Lead(pipeline)) => pipeline,
-                // The caller that led this call's pipeline gave up before the replies came.
-                Err(_) => return Err(abandoned()),
-            },
+        let pipeline = match (&mut queued.receive).await {
+            Ok(Answer::Reply(reply)) => return reply,
+            Ok(Answer::Lead(pipeline)) => pipeline,
+            // The caller that led this call's pipeline gave up before the replies came.
+            Err(_) => return Err(abandoned()),
         };
         let mut hand_off = HandOff::new(self);
         if pipeline.len() > 1 {
@@ -274,6 +299,17 @@ impl Lane {
             }
         }
     }
+}
+
+/// A call's place on its [`Lane`] ([`Lane::send`]).
+enum Place<'a> {
+    /// The lane was idle: the call is sent at once, alone, and the lane handed on after it.
+    Alone {
+        call: Command,
+        hand_off: HandOff<'a>,
+    },
+    /// A pipeline is in flight: the call waits for the next.
+    Queued(Queued<'a>),
 }
 
 /// A queued caller's wait for its answer. Dropped unanswered (the caller gave up) just after the

@@ -125,47 +125,49 @@ impl RedisBackend {
         self.turns.try_acquire().ok()
     }
 
-    /// Evaluates `policy` for `identity` in one round trip.
-    pub(crate) async fn evaluate(
-        &self,
-        policy: &Policy,
-        identity: Identity<'_>,
+    /// Evaluates `policy` for `identity` in one round trip. Not an `async fn`, which would keep
+    /// a copy of every argument for its whole life (see `Guarded::evaluate_missed`).
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` keeps a copy of every argument in its future"
+    )]
+    pub(crate) fn evaluate<'a>(
+        &'a self,
+        policy: &'a Policy,
+        identity: Identity<'a>,
         cost: u64,
         consume: bool,
-    ) -> Result<Outcome, Error> {
-        // Built again for a retry, with the same nonce: the script recognizes a call it applied.
-        let mut member = [0; 33];
-        let nonce = match scripts::takes_nonce(policy) {
-            true => self.nonce.next().write(&mut member),
-            false => &[],
-        };
-        let call = || {
-            Command::Script(scripts::command(
-                policy, &self.keys, identity, consume, cost, nonce,
-            ))
-        };
-        let script = scripts::for_policy(policy);
-        let slot = std::sync::OnceLock::new();
-        let reply = async {
+    ) -> impl Future<Output = Result<Outcome, Error>> + Send + 'a {
+        async move {
+            // Built again for a retry, with the same nonce: the script recognizes a call it applied.
+            let mut member = [0; 33];
+            let nonce = match scripts::takes_nonce(policy) {
+                true => self.nonce.next().write(&mut member),
+                false => &[],
+            };
+            let call = || {
+                Command::Script(scripts::command(
+                    policy, &self.keys, identity, consume, cost, nonce,
+                ))
+            };
+            let script = scripts::for_policy(policy);
             let (used, mut connection) = match self.connector.slot() {
                 Slot::Open(used, connection) => (used, connection),
                 Slot::Opening(opening) => self.bounded(opening).await?,
             };
-            let _ = slot.set(used);
             // Each round trip below has the timeout (see `send`): a call that is retried waits
             // for Redis at most twice that. One place awaits `run`, so that the future holds
             // room for one round trip, not one for each try.
             let mut retried = false;
-            loop {
+            let reply = loop {
                 match self.run(used, &call, script, &mut connection).await {
                     // One retry, and only when the connection broke: the cluster client has
                     // begun reconnecting. If the script ran before the connection broke, the
                     // retry finds the call's nonce in the state and takes nothing twice (as
                     // when the cluster client retries on its own); the integer counters (fixed
                     // window, sliding counter) have no nonce, and their calls are not sent
-                    // again. A lane (standalone) sends
-                    // again by itself, and only the sliding logs' calls, which are idempotent
-                    // (`batch.rs`).
+                    // again. A lane (standalone) sends again by itself, and only the sliding
+                    // logs' calls, which are idempotent (`batch.rs`).
                     Err(e)
                         if !retried
                             && self.lanes.is_empty()
@@ -178,25 +180,19 @@ impl RedisBackend {
                         if !retried
                             && e.kind()
                                 == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {}
-                    other => break Ok(other?),
+                    other => break other,
                 }
                 retried = true;
-            }
-        }
-        .await
-        .inspect_err(|e: &Error| {
-            // No reply in time: the connection may be dead without knowing it (a partition,
-            // a vanished peer); the connection manager only reconnects on errors it sees.
-            let timed_out = match e {
-                Error::Timeout(_) => true,
-                Error::Redis(e) => e.is_timeout(),
-                _ => false,
             };
-            if timed_out && let Some(used) = slot.get() {
-                self.connector.discard(*used);
-            }
-        })?;
-        reply.outcome()
+            let reply = reply.inspect_err(|e| {
+                // No reply in time: the connection may be dead without knowing it (a partition,
+                // a vanished peer); the connection manager only reconnects on errors it sees.
+                if e.is_timeout() {
+                    self.connector.discard(used);
+                }
+            })?;
+            reply.outcome()
+        }
     }
 
     /// Deletes every key of `policy` for `identity`.
@@ -355,46 +351,88 @@ impl RedisBackend {
     /// Sends the command `call` builds (an `EVALSHA` of `script`) on `connection`, through its
     /// lane when it has one; loads the script and sends the call again where the server lacks it
     /// (a restart, a failover, `SCRIPT FLUSH`), as [`redis::Script`] does.
-    async fn run(
-        &self,
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` keeps a copy of every argument in its future"
+    )]
+    fn run<'a>(
+        &'a self,
         used: Used,
-        call: &impl Fn() -> Command,
-        script: &redis::Script,
-        connection: &mut Connection,
-    ) -> redis::RedisResult<Reply> {
-        let mut loaded = false;
-        loop {
-            // One place awaits `send` (the future holds room for one).
-            match self.send(used, call(), connection).await {
-                Err(e)
-                    if !loaded
-                        && e.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    within(self.timeout, script.prepare_invoke().load_async(connection)).await?;
-                    loaded = true;
+        call: &'a (impl Fn() -> Command + Sync),
+        script: &'a redis::Script,
+        connection: &'a mut Connection,
+    ) -> impl Future<Output = redis::RedisResult<Reply>> + Send + 'a {
+        async move {
+            let mut loaded = false;
+            loop {
+                // One place awaits `send` (the future holds room for one).
+                match self.send(used, call(), connection).await {
+                    Err(e)
+                        if !loaded
+                            && e.kind()
+                                == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        within(self.timeout, script.prepare_invoke().load_async(connection))
+                            .await?;
+                        loaded = true;
+                    }
+                    other => return other,
                 }
-                other => return other,
             }
         }
     }
 
     /// Sends `call` on `connection`, with the other calls of its lane or alone, bounded by the
-    /// timeout from when it is sent.
-    async fn send(
-        &self,
+    /// timeout from when it is sent. Not an `async fn`: the call is handed to the lane here,
+    /// and kept by no future of this one's.
+    fn send<'a>(
+        &'a self,
         used: Used,
         call: Command,
-        connection: &mut Connection,
-    ) -> redis::RedisResult<Reply> {
+        connection: &'a mut Connection,
+    ) -> impl Future<Output = redis::RedisResult<Reply>> + Send + 'a {
         match self.lanes.get(used.index()) {
-            Some(lane) => lane.send(connection, call, self.timeout).await,
+            Some(lane) => Either::Lane {
+                send: lane.send(connection, call, self.timeout),
+            },
             None => {
-                let call = call.to_cmd();
-                within(self.timeout, call.query_async(connection))
-                    .await
-                    .map(Reply::Value)
+                let timeout = self.timeout;
+                Either::Alone {
+                    send: async move {
+                        let call = call.to_cmd();
+                        within(timeout, call.query_async(connection))
+                            .await
+                            .map(Reply::Value)
+                    },
+                }
             }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call sent through its connection's lane, or alone (a cluster's connection).
+    #[project = Sending]
+    enum Either<L, A> {
+        Lane { #[pin] send: L },
+        Alone { #[pin] send: A },
+    }
+}
+
+impl<L, A> Future for Either<L, A>
+where
+    L: Future,
+    A: Future<Output = L::Output>,
+{
+    type Output = L::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            Sending::Lane { send } => send.poll(cx),
+            Sending::Alone { send } => send.poll(cx),
         }
     }
 }

@@ -117,7 +117,10 @@ impl Wire {
         &'a self,
         command: &'a Command,
     ) -> impl Future<Output = RedisResult<Reply>> + 'a {
-        self.one(move |buffer| command.write(buffer, write_command), parse_reply)
+        self.one(
+            move |buffer| command.write(buffer, write_command),
+            parse_reply,
+        )
     }
 
     /// Sends every one of `commands` and reads their replies, in order (as [`Self::command`]).
@@ -712,7 +715,8 @@ mod tests {
             b"*3\r\n:1\r\n:2\r\n*1\r\n:4\r\n",
         ];
         for reply in replies {
-            let any = parse(reply, 0).map(|read| read.map(|(value, end)| (Reply::Value(value), end)));
+            let any =
+                parse(reply, 0).map(|read| read.map(|(value, end)| (Reply::Value(value), end)));
             let scripted = parse_reply(reply, 0);
             assert_eq!(
                 format!("{scripted:?}"),
