@@ -636,6 +636,21 @@ mod tests {
         }
     }
 
+    /// Integers of every width, from one digit to 19.
+    fn any_width() -> impl proptest::strategy::Strategy<Value = i64> {
+        use proptest::strategy::Strategy;
+        (proptest::prelude::any::<i64>(), 0..64_u32).prop_map(|(n, shift)| n >> shift)
+    }
+
+    /// `numbers` as a RESP2 array of integers.
+    fn array_of(numbers: &[i64]) -> Vec<u8> {
+        let mut reply = format!("*{}\r\n", numbers.len()).into_bytes();
+        for n in numbers {
+            reply.extend_from_slice(format!(":{n}\r\n").as_bytes());
+        }
+        reply
+    }
+
     proptest::proptest! {
         #[test]
         fn every_i64_is_read_back(n in proptest::prelude::any::<i64>(), shift in 0..64_u32) {
@@ -647,13 +662,9 @@ mod tests {
         /// short or long, and waits when cut anywhere.
         #[test]
         fn an_array_of_integers_is_read_back(
-            numbers in proptest::collection::vec((proptest::prelude::any::<i64>(), 0..64_u32), 0..8),
+            numbers in proptest::collection::vec(any_width(), 0..8),
         ) {
-            let numbers: Vec<i64> = numbers.into_iter().map(|(n, shift)| n >> shift).collect();
-            let mut reply = format!("*{}\r\n", numbers.len()).into_bytes();
-            for n in &numbers {
-                reply.extend_from_slice(format!(":{n}\r\n").as_bytes());
-            }
+            let reply = array_of(&numbers);
             let expected = Value::Array(numbers.iter().copied().map(Value::Int).collect());
             proptest::prop_assert_eq!(parse(&reply, 0).ok().flatten(), Some((expected, reply.len())));
             for cut in 0..reply.len() {
@@ -668,13 +679,9 @@ mod tests {
         /// it waits when cut anywhere.
         #[test]
         fn a_script_reply_is_read_into_numbers(
-            numbers in proptest::collection::vec((proptest::prelude::any::<i64>(), 0..64_u32), 0..9),
+            numbers in proptest::collection::vec(any_width(), 0..9),
         ) {
-            let numbers: Vec<i64> = numbers.into_iter().map(|(n, shift)| n >> shift).collect();
-            let mut reply = format!("*{}\r\n", numbers.len()).into_bytes();
-            for n in &numbers {
-                reply.extend_from_slice(format!(":{n}\r\n").as_bytes());
-            }
+            let reply = array_of(&numbers);
             let short = (1..=6).contains(&numbers.len())
                 && numbers.iter().all(|n| n.unsigned_abs() < 10_u64.pow(18));
             match parse_reply(&reply, 0) {
