@@ -260,22 +260,9 @@ impl Guarded {
         }
     }
 
-    /// Cache, then breaker, then Redis; the fallback when Redis cannot answer.
-    pub(crate) async fn evaluate(
-        &self,
-        policy: &Policy,
-        identity: Identity<'_>,
-        cost: u64,
-        consume: bool,
-    ) -> Result<Decision, Error> {
-        if let Some(decision) = self.cached_now(policy, identity, cost, consume) {
-            return Ok(decision);
-        }
-        self.evaluate_missed(policy, identity, cost, consume).await
-    }
-
-    /// [`Self::evaluate`] once the cache had no answer ([`Self::cached_now`] returned `None`):
-    /// a turn, the cache again (the calls ahead may have left a denial), the breaker, Redis.
+    /// A decision once the cache had no answer ([`Self::cached_now`] returned `None`): a turn,
+    /// the cache again (the calls ahead may have left a denial), the breaker, Redis; the
+    /// fallback when Redis cannot answer.
     ///
     /// Not an `async fn`, which would keep a copy of every argument for its whole life; and the
     /// cache's key is written again where it is needed rather than kept across the round trip.
@@ -401,8 +388,8 @@ impl Guarded {
         }
     }
 
-    /// The cache's answer now, counted, when it has one: what [`Self::evaluate`] answers
-    /// first, without building its future. Allocation-free.
+    /// The cache's answer now, counted, when it has one: asked before the future of
+    /// [`Self::evaluate_missed`] is built. Allocation-free.
     pub(crate) fn cached_now(
         &self,
         policy: &Policy,
@@ -457,43 +444,5 @@ impl Drop for ProbeGuard<'_> {
         if let Some(guarded) = self.guarded {
             guarded.breaker.on_failure(guarded.clock.now_micros());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clock::SystemClock;
-
-    /// glibc's per-thread cache serves blocks of up to this many bytes; a larger one goes
-    /// through the arena (`_int_malloc`, `_int_free`: about 700 instructions more a decision,
-    /// `docs/Performance.md`).
-    const PER_THREAD_CACHE: usize = 1032;
-
-    /// A decision that goes to Redis is boxed (`RateLimiter::decide_remotely`): its future
-    /// stays small enough for the allocator's per-thread cache. An `async fn` that keeps its
-    /// arguments, or a buffer kept across the round trip, grows it past that.
-    #[test]
-    fn a_redis_decisions_future_fits_the_allocators_per_thread_cache() {
-        let config = Config::new(10, Duration::from_secs(60))
-            .with_redis_config(RedisConfig::new(["redis://127.0.0.1:1"]));
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-        let metrics = Metrics::new();
-        let hot_keys = Arc::new(HotKeys::new(
-            config.hot_keys().clone(),
-            clock.clone(),
-            metrics.clone(),
-        ));
-        let redis = config.redis().expect("a Redis configuration");
-        let guarded = Guarded::new(redis, &config, clock, hot_keys, metrics)
-            .expect("a guard, with no connection yet");
-        let policy = config.policy();
-        let future = guarded.evaluate_missed(policy, Identity::new(b"client"), 1, true);
-        let size = std::mem::size_of_val(&future);
-        assert!(
-            size <= PER_THREAD_CACHE,
-            "a Redis decision's future is {size} bytes, more than the {PER_THREAD_CACHE} the \
-             allocator's per-thread cache serves"
-        );
     }
 }

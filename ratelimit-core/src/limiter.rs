@@ -688,10 +688,16 @@ impl RateLimiter {
                 };
                 let mut buffer = [0u8; PART_IDENTITY];
                 let part_identity = part_identity(&mut buffer, identity, index);
-                let decision = guarded
-                    .evaluate(part, part_identity, cost, consume)
-                    .await?
-                    .of_whole(policy.windows(), parts.len().max(1) as u64);
+                let decision = match guarded.cached_now(part, part_identity, cost, consume) {
+                    Some(decision) => decision,
+                    // Boxed apart: with the loop's state around it, the part's future would be
+                    // too large for the allocator's per-thread cache (`Guarded::evaluate_missed`).
+                    None => {
+                        Box::pin(guarded.evaluate_missed(part, part_identity, cost, consume))
+                            .await?
+                    }
+                }
+                .of_whole(policy.windows(), parts.len().max(1) as u64);
                 if decision.allowed() {
                     return Ok(decision);
                 }
@@ -782,4 +788,41 @@ fn part_identity<'b>(
     len += 1;
     // Only ASCII was written.
     Identity::internal(std::str::from_utf8(&buffer[..len]).unwrap_or("#"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::RedisConfig;
+    use crate::policy::Window;
+
+    /// glibc's per-thread cache serves blocks of up to this many bytes; a larger one goes
+    /// through the arena (`_int_malloc`, `_int_free`: hundreds of instructions more a
+    /// decision, `docs/Performance.md`).
+    const PER_THREAD_CACHE: usize = 1032;
+
+    /// A decision that goes to Redis is boxed (`decide_remotely`), a spread policy's too: each
+    /// box stays small enough for the allocator's per-thread cache. An `async fn` that keeps
+    /// its arguments, or a buffer kept across the round trip, grows it past that.
+    #[test]
+    fn a_redis_decisions_box_fits_the_allocators_per_thread_cache() {
+        for spread in [1, 4] {
+            let policy = Policy::new("sized", [Window::new(100, Duration::from_secs(60))])
+                .with_algorithm(crate::policy::Algorithm::TokenBucket)
+                .with_spread(spread);
+            let config = Config::with_policy(policy)
+                .with_redis_config(RedisConfig::new(["redis://127.0.0.1:1"]));
+            let limiter = RateLimiter::new_lazy(config).expect("a limiter, not connected yet");
+            let state = limiter.inner.policies.default_policy();
+            let remote = limiter.decide_remotely(state, Identity::new(b"client"), 1, true);
+            let size = std::mem::size_of_val(&*remote);
+            assert!(
+                size <= PER_THREAD_CACHE,
+                "spread {spread}: a Redis decision's box holds {size} bytes, more than the \
+                 {PER_THREAD_CACHE} the allocator's per-thread cache serves"
+            );
+        }
+    }
 }
