@@ -71,6 +71,7 @@ mod invariants;
 mod key;
 mod limiter;
 mod metrics;
+mod namespace;
 mod policy;
 mod policy_state;
 mod scripts;

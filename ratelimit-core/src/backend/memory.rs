@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use hashbrown::HashTable;
 
@@ -28,15 +28,11 @@ use crate::algorithm::{
 };
 use crate::clock::Clock;
 use crate::key::{Identity, MAX_KEY, store_key};
+use crate::namespace::{Namespaces, UNNUMBERED};
 use crate::policy::{Algorithm, Policy};
 
 const SHARDS: usize = 64;
 const SWEEP_EVERY: u32 = 4096;
-
-/// Policies (name and algorithm) a backend numbers. Keys of any further policy carry the
-/// policy's name and algorithm in their bytes instead, under [`UNNUMBERED`].
-const NAMESPACES: usize = 256;
-const UNNUMBERED: u16 = u16::MAX;
 
 /// Key bytes kept inside the entry; longer keys go to the heap.
 const INLINE_KEY: usize = 20;
@@ -44,38 +40,6 @@ const INLINE_KEY: usize = 20;
 const INLINE_LOG: usize = 3;
 /// Windows a policy can have without the evaluation touching the heap.
 const INLINE_WINDOWS: usize = 8;
-
-/// The numbers given to policies, in order of first use; never renumbered, so a reloaded
-/// policy of the same name and algorithm finds its keys' state.
-#[derive(Debug)]
-struct Namespaces {
-    slots: Box<[OnceLock<Namespace>]>,
-}
-
-/// A policy as far as its keys' state goes: its name and algorithm.
-type Namespace = (Arc<str>, Algorithm);
-
-impl Namespaces {
-    fn new() -> Self {
-        Self {
-            slots: (0..NAMESPACES).map(|_| OnceLock::new()).collect(),
-        }
-    }
-
-    /// `policy`'s number, or [`UNNUMBERED`] when every number is taken. A clone of a policy
-    /// seen before is found by the address of its name: one comparison.
-    fn of(&self, policy: &Policy) -> u16 {
-        let name = policy.shared_name();
-        let algorithm = policy.algorithm();
-        for (number, slot) in self.slots.iter().enumerate() {
-            let (known, known_algorithm) = slot.get_or_init(|| (name.clone(), algorithm));
-            if *known_algorithm == algorithm && (Arc::ptr_eq(known, name) || **known == **name) {
-                return u16::try_from(number).unwrap_or(UNNUMBERED);
-            }
-        }
-        UNNUMBERED
-    }
-}
 
 /// A key looked up: its namespace, its bytes (the identity's, or for [`UNNUMBERED`] the
 /// whole `policy \0 tag \0 identity`), and its hash.
@@ -1048,7 +1012,7 @@ mod tests {
                 "{algorithm}: the hour's state survives a change of windows"
             );
             // More policies than numbers: the rest still keep their keys apart.
-            for n in 0..NAMESPACES + 8 {
+            for n in 0..crate::namespace::NAMESPACES + 8 {
                 let other = Policy::new(format!("other-{n}"), [Window::per_hour(1)])
                     .with_algorithm(algorithm);
                 assert!(
