@@ -22,13 +22,46 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use quick_cache::Weighter;
 use quick_cache::sync::Cache;
+use quick_cache::{Equivalent, Weighter};
 
 use crate::clock::micros;
 use crate::config::{CacheConfig, CacheMode};
 use crate::decision::{Decision, Source};
+use crate::key::{Identity, MAX_KEY, store_key};
+use crate::namespace::{Namespaces, UNNUMBERED};
 use crate::policy::Policy;
+
+/// A key as the cache keeps it: its policy's number and the identity's bytes (for a policy
+/// past the numbered ones, the whole `policy \0 tag \0 identity` under [`UNNUMBERED`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct StoredKey {
+    namespace: u16,
+    bytes: Box<[u8]>,
+}
+
+/// A key looked up: the borrowed form of a [`StoredKey`], hashed as it is (the same fields,
+/// in the same order, of types that hash alike), so that no look-up copies the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct CacheKey<'a> {
+    namespace: u16,
+    bytes: &'a [u8],
+}
+
+impl Equivalent<StoredKey> for CacheKey<'_> {
+    fn equivalent(&self, key: &StoredKey) -> bool {
+        self.namespace == key.namespace && self.bytes == &*key.bytes
+    }
+}
+
+impl CacheKey<'_> {
+    fn to_stored(self) -> StoredKey {
+        StoredKey {
+            namespace: self.namespace,
+            bytes: self.bytes.into(),
+        }
+    }
+}
 
 /// What the cache holds for a denied key.
 #[derive(Debug, Clone, Copy)]
@@ -86,16 +119,16 @@ struct ByteWeighter;
 /// 2.3 times that).
 const ENTRY_OVERHEAD: u64 = 240;
 
-impl Weighter<Box<[u8]>, Denial> for ByteWeighter {
-    fn weight(&self, key: &Box<[u8]>, _value: &Denial) -> u64 {
-        key.len() as u64 + ENTRY_OVERHEAD
+impl Weighter<StoredKey, Denial> for ByteWeighter {
+    fn weight(&self, key: &StoredKey, _value: &Denial) -> u64 {
+        key.bytes.len() as u64 + ENTRY_OVERHEAD
     }
 }
 
-impl Weighter<Box<[u8]>, Arc<Mutex<Lease>>> for ByteWeighter {
-    fn weight(&self, key: &Box<[u8]>, _value: &Arc<Mutex<Lease>>) -> u64 {
+impl Weighter<StoredKey, Arc<Mutex<Lease>>> for ByteWeighter {
+    fn weight(&self, key: &StoredKey, _value: &Arc<Mutex<Lease>>) -> u64 {
         // The lease lives in an allocation of its own, with the `Arc`'s two counts.
-        key.len() as u64 + ENTRY_OVERHEAD + std::mem::size_of::<Mutex<Lease>>() as u64 + 32
+        key.bytes.len() as u64 + ENTRY_OVERHEAD + std::mem::size_of::<Mutex<Lease>>() as u64 + 32
     }
 }
 
@@ -124,7 +157,9 @@ pub(crate) enum Reservation {
 /// The local cache of one limiter.
 #[derive(Debug)]
 pub(crate) struct DecisionCache {
-    denials: Cache<Box<[u8]>, Denial, ByteWeighter>,
+    denials: Cache<StoredKey, Denial, ByteWeighter>,
+    /// The numbers of the policies whose keys the cache holds.
+    namespaces: Namespaces,
     /// At least how many denials `denials` holds: counted up before one is stored, down when
     /// one is removed here (never for those the cache evicts itself), so 0 means there is none.
     /// A look-up is then skipped, and an admission asks it instead of `denials.is_empty()`,
@@ -138,7 +173,7 @@ pub(crate) struct DecisionCache {
 }
 
 /// Leases by key.
-type LeaseTable = Cache<Box<[u8]>, Arc<Mutex<Lease>>, ByteWeighter>;
+type LeaseTable = Cache<StoredKey, Arc<Mutex<Lease>>, ByteWeighter>;
 
 #[derive(Debug, Clone, Copy)]
 struct LeaseRules {
@@ -165,6 +200,7 @@ impl DecisionCache {
         let denial_budget = if leases.is_some() { budget / 2 } else { budget };
         Self {
             denials: Cache::with_weighter(items, denial_budget, ByteWeighter),
+            namespaces: Namespaces::new(),
             denials_stored: AtomicU64::new(0),
             leases,
             denial_hits: AtomicU64::new(0),
@@ -174,10 +210,33 @@ impl DecisionCache {
         }
     }
 
+    /// `use_key` of the cache's key for `identity` under `policy`: the policy's number and
+    /// the identity's bytes, with nothing written (a policy past the numbered ones has its
+    /// name and algorithm written before the identity, on the stack).
+    pub(crate) fn with_key<T>(
+        &self,
+        policy: &Policy,
+        identity: Identity<'_>,
+        use_key: impl FnOnce(CacheKey<'_>) -> T,
+    ) -> T {
+        let namespace = self.namespaces.of(policy);
+        if namespace != UNNUMBERED {
+            return use_key(CacheKey {
+                namespace,
+                bytes: identity.as_bytes(),
+            });
+        }
+        let mut buffer = [0u8; MAX_KEY];
+        use_key(CacheKey {
+            namespace,
+            bytes: store_key(&mut buffer, policy, identity),
+        })
+    }
+
     /// A cached answer for `key` at `now_us`, when there is one.
     pub(crate) fn lookup(
         &self,
-        key: &[u8],
+        key: CacheKey<'_>,
         cost: u64,
         consume: bool,
         now_us: u64,
@@ -185,7 +244,7 @@ impl DecisionCache {
         // Leased permits first: they are already recorded in Redis, whatever it said since.
         if consume
             && let Some((leases, _)) = &self.leases
-            && let Some(lease) = leases.get(key)
+            && let Some(lease) = leases.get(&key)
         {
             let mut lease = lease.lock().unwrap_or_else(PoisonError::into_inner);
             if now_us >= lease.expires_us {
@@ -198,7 +257,7 @@ impl DecisionCache {
         }
         // None stored (the count is never below what the cache holds): no look-up.
         if self.denials_stored.load(Ordering::Relaxed) > 0
-            && let Some(denial) = self.denials.get(key)
+            && let Some(denial) = self.denials.get(&key)
         {
             if now_us < denial.until_us && cost >= denial.cost {
                 self.denial_hits.fetch_add(1, Ordering::Relaxed);
@@ -218,7 +277,7 @@ impl DecisionCache {
     /// permit spent after its window ended in Redis would be spent twice.
     pub(crate) fn reservation(
         &self,
-        key: &[u8],
+        key: CacheKey<'_>,
         cost: u64,
         consume: bool,
         policy: &Policy,
@@ -233,7 +292,7 @@ impl DecisionCache {
         // Follow demand, never above the configured size, and take at most half of what Redis
         // said was left, so leases shrink to nothing as the quota runs out.
         let (demand, known_remaining) =
-            leases.get(key).map_or((INITIAL_LEASE, u64::MAX), |lease| {
+            leases.get(&key).map_or((INITIAL_LEASE, u64::MAX), |lease| {
                 let lease = lease.lock().unwrap_or_else(PoisonError::into_inner);
                 (lease.next_size, lease.remaining)
             });
@@ -248,7 +307,7 @@ impl DecisionCache {
     /// Records what Redis answered for `key`: a denial to answer locally, or a lease granted.
     pub(crate) fn record(
         &self,
-        key: &[u8],
+        key: CacheKey<'_>,
         cost: u64,
         reserved: u64,
         decision: &Decision,
@@ -258,7 +317,7 @@ impl DecisionCache {
             if let Some(retry) = decision.retry_after() {
                 self.denials_stored.fetch_add(1, Ordering::Relaxed);
                 self.denials.insert(
-                    key.into(),
+                    key.to_stored(),
                     Denial {
                         until_us: now_us + micros(retry),
                         cost,
@@ -268,7 +327,7 @@ impl DecisionCache {
                 );
             }
             if let Some((leases, _)) = &self.leases
-                && let Some(lease) = leases.get(key)
+                && let Some(lease) = leases.get(&key)
             {
                 // Nothing left to spread: later requests go to Redis until it says otherwise.
                 lease
@@ -292,7 +351,7 @@ impl DecisionCache {
         }
         // Get or insert in one step: two concurrent misses on one key must both add to the
         // same lease, or the second would replace the first and strand its permits unseen.
-        let owned: Box<[u8]> = key.into();
+        let owned = key.to_stored();
         let lease = leases.get_or_insert_with(&owned, || {
             Ok::<_, std::convert::Infallible>(Arc::new(Mutex::new(Lease {
                 permits: 0,
@@ -347,17 +406,17 @@ impl DecisionCache {
     }
 
     /// Removes `key`'s denial, counting it out of `denials_stored`.
-    fn remove_denial(&self, key: &[u8]) {
-        if self.denials.remove(key).is_some() {
+    fn remove_denial(&self, key: CacheKey<'_>) {
+        if self.denials.remove(&key).is_some() {
             self.denials_stored.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
     /// Forgets `key` (after a reset).
-    pub(crate) fn forget(&self, key: &[u8]) {
+    pub(crate) fn forget(&self, key: CacheKey<'_>) {
         self.remove_denial(key);
         if let Some((leases, _)) = &self.leases {
-            leases.remove(key);
+            leases.remove(&key);
         }
     }
 
@@ -414,6 +473,14 @@ mod tests {
         )
     }
 
+    /// `bytes` as the key of the first numbered policy.
+    fn k(bytes: &[u8]) -> CacheKey<'_> {
+        CacheKey {
+            namespace: 0,
+            bytes,
+        }
+    }
+
     fn exact() -> DecisionCache {
         DecisionCache::new(&CacheConfig::new(Duration::from_millis(200), 1_000_000))
     }
@@ -421,13 +488,15 @@ mod tests {
     #[test]
     fn a_denial_is_answered_until_retry_after_and_not_after() {
         let cache = exact();
-        cache.record(b"k", 1, 1, &decision(false, 0, 300_000), 1_000);
-        let hit = cache.lookup(b"k", 1, true, 101_000).expect("cached denial");
+        cache.record(k(b"k"), 1, 1, &decision(false, 0, 300_000), 1_000);
+        let hit = cache
+            .lookup(k(b"k"), 1, true, 101_000)
+            .expect("cached denial");
         assert!(!hit.allowed());
         assert_eq!(hit.source(), Source::Cache);
         assert_eq!(hit.retry_after(), Some(Duration::from_micros(200_000)));
         assert!(
-            cache.lookup(b"k", 1, true, 301_000).is_none(),
+            cache.lookup(k(b"k"), 1, true, 301_000).is_none(),
             "expired at retry_after"
         );
         assert_eq!(cache.stats().denial_hits, 1);
@@ -436,17 +505,68 @@ mod tests {
     #[test]
     fn a_denial_answers_only_requests_costing_as_much_or_more() {
         let cache = exact();
-        cache.record(b"k", 3, 3, &decision(false, 2, 300_000), 0);
+        cache.record(k(b"k"), 3, 3, &decision(false, 2, 300_000), 0);
         assert!(
-            cache.lookup(b"k", 1, true, 10).is_none(),
+            cache.lookup(k(b"k"), 1, true, 10).is_none(),
             "a cheaper request may fit"
         );
-        assert!(cache.lookup(b"k", 3, true, 10).is_some());
-        assert!(cache.lookup(b"k", 5, false, 10).is_some());
+        assert!(cache.lookup(k(b"k"), 3, true, 10).is_some());
+        assert!(cache.lookup(k(b"k"), 5, false, 10).is_some());
     }
 
     fn per_minute(limit: u64) -> Policy {
         Policy::new("p", [crate::Window::per_minute(limit)])
+    }
+
+    /// Keys are told apart by policy (name and algorithm) as well as by identity, for the
+    /// numbered policies and for those past them: a denial under one policy answers nothing
+    /// under another, and a policy built again with the same name and algorithm (a reload)
+    /// finds it.
+    #[test]
+    fn a_denial_answers_only_under_its_own_policy() {
+        let cache = exact();
+        let denied = decision(false, 0, 300_000);
+        let record = |policy: &Policy, id: &[u8]| {
+            cache.with_key(policy, Identity::new(id), |key| {
+                cache.record(key, 1, 1, &denied, 0);
+            });
+        };
+        let cached = |policy: &Policy, id: &[u8]| {
+            cache
+                .with_key(policy, Identity::new(id), |key| {
+                    cache.lookup(key, 1, true, 10)
+                })
+                .is_some()
+        };
+        let policy = per_minute(10);
+        record(&policy, b"client");
+        assert!(cached(&policy, b"client"));
+        assert!(
+            cached(&per_minute(10), b"client"),
+            "the same policy, built again"
+        );
+        assert!(!cached(&policy, b"other"), "another identity");
+        let renamed = Policy::new("q", [crate::Window::per_minute(10)]);
+        assert!(!cached(&renamed, b"client"), "another name");
+        let bucket = per_minute(10).with_algorithm(crate::Algorithm::TokenBucket);
+        assert!(!cached(&bucket, b"client"), "another algorithm");
+        // More policies than numbers: the rest keep their keys apart by name.
+        let many = crate::namespace::NAMESPACES + 8;
+        let numbered = |n: usize| Policy::new(format!("n-{n}"), [crate::Window::per_minute(1)]);
+        for n in 0..many {
+            record(&numbered(n), format!("id-{n}").as_bytes());
+        }
+        for n in 0..many {
+            assert!(
+                cached(&numbered(n), format!("id-{n}").as_bytes()),
+                "policy {n}"
+            );
+            let next = numbered((n + 1) % many);
+            assert!(
+                !cached(&next, format!("id-{n}").as_bytes()),
+                "policy {n}'s key"
+            );
+        }
     }
 
     /// A denial cached for a costly request is dropped once a cheaper one is admitted: it would
@@ -454,10 +574,10 @@ mod tests {
     #[test]
     fn an_admission_drops_the_key_s_cached_denial() {
         let cache = exact();
-        cache.record(b"k", 2, 2, &decision(false, 1, 300_000), 0);
-        assert!(cache.lookup(b"k", 2, true, 10).is_some());
-        cache.record(b"k", 1, 1, &decision(true, 0, 0), 20);
-        assert!(cache.lookup(b"k", 2, true, 30).is_none());
+        cache.record(k(b"k"), 2, 2, &decision(false, 1, 300_000), 0);
+        assert!(cache.lookup(k(b"k"), 2, true, 10).is_some());
+        cache.record(k(b"k"), 1, 1, &decision(true, 0, 0), 20);
+        assert!(cache.lookup(k(b"k"), 2, true, 30).is_none());
     }
 
     /// The count of stored denials, which spares an admission the look-up while it is 0, never
@@ -475,29 +595,29 @@ mod tests {
             held
         };
         assert_eq!(holds(&cache), 0);
-        cache.record(b"a", 1, 1, &decision(false, 0, 300_000), 0);
-        cache.record(b"a", 1, 1, &decision(false, 0, 300_000), 5);
-        cache.record(b"b", 1, 1, &decision(false, 0, 300_000), 0);
-        cache.record(b"c", 1, 1, &decision(false, 0, 300_000), 0);
+        cache.record(k(b"a"), 1, 1, &decision(false, 0, 300_000), 0);
+        cache.record(k(b"a"), 1, 1, &decision(false, 0, 300_000), 5);
+        cache.record(k(b"b"), 1, 1, &decision(false, 0, 300_000), 0);
+        cache.record(k(b"c"), 1, 1, &decision(false, 0, 300_000), 0);
         assert_eq!(holds(&cache), 3);
-        cache.record(b"a", 1, 1, &decision(true, 0, 0), 10);
+        cache.record(k(b"a"), 1, 1, &decision(true, 0, 0), 10);
         assert!(
-            cache.lookup(b"a", 1, true, 20).is_none(),
+            cache.lookup(k(b"a"), 1, true, 20).is_none(),
             "admitted: a's denial is gone"
         );
         assert_eq!(holds(&cache), 2);
-        assert!(cache.lookup(b"b", 1, true, 400_000).is_none(), "expired");
+        assert!(cache.lookup(k(b"b"), 1, true, 400_000).is_none(), "expired");
         assert_eq!(holds(&cache), 1);
-        cache.forget(b"c");
+        cache.forget(k(b"c"));
         assert_eq!(holds(&cache), 0);
-        cache.record(b"d", 1, 1, &decision(false, 0, 300_000), 0);
+        cache.record(k(b"d"), 1, 1, &decision(false, 0, 300_000), 0);
         assert!(
-            cache.lookup(b"d", 1, true, 10).is_some(),
+            cache.lookup(k(b"d"), 1, true, 10).is_some(),
             "a new denial is kept"
         );
-        cache.record(b"d", 1, 1, &decision(true, 0, 0), 20);
+        cache.record(k(b"d"), 1, 1, &decision(true, 0, 0), 20);
         assert!(
-            cache.lookup(b"d", 1, true, 30).is_none(),
+            cache.lookup(k(b"d"), 1, true, 30).is_none(),
             "and dropped by an admission"
         );
         assert_eq!(holds(&cache), 0);
@@ -506,10 +626,10 @@ mod tests {
     #[test]
     fn exact_mode_never_answers_allowed() {
         let cache = exact();
-        cache.record(b"k", 1, 1, &decision(true, 9, 0), 0);
-        assert!(cache.lookup(b"k", 1, true, 10).is_none());
+        cache.record(k(b"k"), 1, 1, &decision(true, 9, 0), 0);
+        assert!(cache.lookup(k(b"k"), 1, true, 10).is_none());
         assert_eq!(
-            cache.reservation(b"k", 1, true, &per_minute(10)),
+            cache.reservation(k(b"k"), 1, true, &per_minute(10)),
             Reservation::Exact
         );
     }
@@ -519,28 +639,28 @@ mod tests {
         let config = CacheConfig::new(Duration::from_millis(200), 1_000_000).with_leases(8);
         let cache = DecisionCache::new(&config);
         // What the next miss of a request of cost 1 under 100/1m reserves.
-        let next = || cache.reservation(b"k", 1, true, &per_minute(100));
+        let next = || cache.reservation(k(b"k"), 1, true, &per_minute(100));
         assert_eq!(next(), Reservation::Lease(2));
-        cache.record(b"k", 1, 2, &decision(true, 50, 0), 0);
-        let hit = cache.lookup(b"k", 1, true, 10).expect("lease permit");
+        cache.record(k(b"k"), 1, 2, &decision(true, 50, 0), 0);
+        let hit = cache.lookup(k(b"k"), 1, true, 10).expect("lease permit");
         assert!(hit.allowed());
         assert_eq!(hit.source(), Source::Cache);
-        assert!(cache.lookup(b"k", 1, true, 10).is_none(), "lease spent");
+        assert!(cache.lookup(k(b"k"), 1, true, 10).is_none(), "lease spent");
         assert!(
-            cache.lookup(b"k", 1, false, 10).is_none(),
+            cache.lookup(k(b"k"), 1, false, 10).is_none(),
             "peeks go to Redis"
         );
         // Used up within its ttl: the next one doubles once the old one has expired.
-        assert!(cache.lookup(b"k", 1, true, 300_000).is_none());
+        assert!(cache.lookup(k(b"k"), 1, true, 300_000).is_none());
         assert_eq!(next(), Reservation::Lease(4));
-        cache.record(b"k", 1, 4, &decision(true, 40, 0), 300_000);
+        cache.record(k(b"k"), 1, 4, &decision(true, 40, 0), 300_000);
         // Expires with 2 of its 3 extra permits unused: stranded, and the next size follows use.
-        assert!(cache.lookup(b"k", 1, true, 300_010).is_some());
-        assert!(cache.lookup(b"k", 1, true, 600_000).is_none());
+        assert!(cache.lookup(k(b"k"), 1, true, 300_010).is_some());
+        assert!(cache.lookup(k(b"k"), 1, true, 600_000).is_none());
         assert_eq!(cache.stats().stranded_permits, 2);
         assert_eq!(next(), Reservation::Lease(2));
         // Near the limit the cache steps aside.
-        cache.record(b"k", 1, 2, &decision(true, 3, 0), 600_000);
+        cache.record(k(b"k"), 1, 2, &decision(true, 3, 0), 600_000);
         assert_eq!(next(), Reservation::Exact);
     }
 
@@ -557,12 +677,12 @@ mod tests {
                 for _ in 0..8 {
                     scope.spawn(|| {
                         start.wait();
-                        cache.record(key.as_bytes(), 1, 5, &decision(true, 50, 0), 0);
+                        cache.record(k(key.as_bytes()), 1, 5, &decision(true, 50, 0), 0);
                     });
                 }
             });
             let mut spent = 0;
-            while cache.lookup(key.as_bytes(), 1, true, 10).is_some() {
+            while cache.lookup(k(key.as_bytes()), 1, true, 10).is_some() {
                 spent += 1;
             }
             assert_eq!(spent, 8 * 4, "round {round}: leased permits vanished");
@@ -576,14 +696,14 @@ mod tests {
         let mut now = 0;
         let mut sizes = Vec::new();
         for _ in 0..4 {
-            let Reservation::Lease(size) = cache.reservation(b"k", 1, true, &per_minute(1000))
+            let Reservation::Lease(size) = cache.reservation(k(b"k"), 1, true, &per_minute(1000))
             else {
                 panic!("expected a lease");
             };
             sizes.push(size);
-            cache.record(b"k", 1, size, &decision(true, 500, 0), now);
+            cache.record(k(b"k"), 1, size, &decision(true, 500, 0), now);
             now += 1_000;
-            while cache.lookup(b"k", 1, true, now).is_some() {}
+            while cache.lookup(k(b"k"), 1, true, now).is_some() {}
         }
         // Growth shows from the lease after the one that was used up.
         assert_eq!(sizes, [2, 2, 4, 8]);
@@ -595,12 +715,15 @@ mod tests {
         let cache = DecisionCache::new(&config);
         // Three misses in flight each reserved 4 permits.
         for _ in 0..3 {
-            cache.record(b"k", 1, 4, &decision(true, 20, 0), 0);
+            cache.record(k(b"k"), 1, 4, &decision(true, 20, 0), 0);
         }
         // Meanwhile another request was denied by Redis and cached.
-        cache.record(b"k", 1, 1, &decision(false, 0, 500_000), 0);
+        cache.record(k(b"k"), 1, 1, &decision(false, 0, 500_000), 0);
         let mut served = 0;
-        while cache.lookup(b"k", 1, true, 10).is_some_and(|d| d.allowed()) {
+        while cache
+            .lookup(k(b"k"), 1, true, 10)
+            .is_some_and(|d| d.allowed())
+        {
             served += 1;
         }
         assert_eq!(served, 9, "every reserved permit is served, none stranded");
@@ -611,7 +734,7 @@ mod tests {
     fn the_cache_stays_within_its_byte_budget() {
         let cache = DecisionCache::new(&CacheConfig::new(Duration::from_millis(200), 64 * 1024));
         for i in 0..100_000u32 {
-            cache.record(&i.to_be_bytes(), 1, 1, &decision(false, 0, 1_000_000), 0);
+            cache.record(k(&i.to_be_bytes()), 1, 1, &decision(false, 0, 1_000_000), 0);
         }
         assert!(cache.weight() <= 64 * 1024, "{} bytes", cache.weight());
     }

@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::fallback::Fallback;
 use crate::hot_keys::HotKeys;
 use crate::invariants::{self, Invariant};
-use crate::key::{Identity, KeyBuilder, MAX_KEY, store_key};
+use crate::key::{Identity, KeyBuilder};
 use crate::metrics::{Metrics, Operation, error_kind};
 use crate::policy::Policy;
 
@@ -181,7 +181,7 @@ impl Guarded {
     pub(crate) async fn reset(&self, policy: &Policy, identity: Identity<'_>) -> Result<(), Error> {
         self.fallback.reset(policy, identity);
         if let Some(cache) = &self.cache {
-            with_key(policy, identity, |key| cache.forget(key));
+            cache.with_key(policy, identity, |key| cache.forget(key));
         }
         let started = self.stopwatch.raw();
         let result = self.redis.reset(policy, identity).await;
@@ -294,11 +294,7 @@ impl Guarded {
             // The calls ahead in the queue may have left a denial for this key: Redis need not
             // hear the rest of a burst on a spent key. Without a wait, nothing ran since the
             // caller asked the cache (`cached_now`), and the cache is not asked twice.
-            if waited
-                && let Some(decision) = with_key(policy, identity, |key| {
-                    self.cached(key, cost, consume, sent)
-                })
-            {
+            if waited && let Some(decision) = self.cached(policy, identity, cost, consume, sent) {
                 return Ok(decision);
             }
             let admission = self.breaker.admit(sent);
@@ -317,7 +313,7 @@ impl Guarded {
             };
             let started = self.stopwatch.raw();
             let reserve = match &self.cache {
-                Some(cache) => with_key(policy, identity, |key| {
+                Some(cache) => cache.with_key(policy, identity, |key| {
                     cache.reservation(key, cost, consume, policy)
                 }),
                 None => Reservation::Exact,
@@ -368,7 +364,7 @@ impl Guarded {
                             || decision.allowed()
                             || self.hot_keys.is_hot(policy, identity))
                     {
-                        with_key(policy, identity, |key| {
+                        cache.with_key(policy, identity, |key| {
                             cache.record(key, cost, granted, &decision, sent);
                         });
                     }
@@ -398,14 +394,22 @@ impl Guarded {
         consume: bool,
     ) -> Option<Decision> {
         self.cache.as_ref()?;
-        with_key(policy, identity, |key| {
-            self.cached(key, cost, consume, self.clock.now_micros())
-        })
+        self.cached(policy, identity, cost, consume, self.clock.now_micros())
     }
 
-    /// The cache's answer for `key` at `now_us`, counted, when it has one.
-    fn cached(&self, key: &[u8], cost: u64, consume: bool, now_us: u64) -> Option<Decision> {
-        let decision = self.cache.as_ref()?.lookup(key, cost, consume, now_us)?;
+    /// The cache's answer for `identity` under `policy` at `now_us`, counted, when it has one.
+    fn cached(
+        &self,
+        policy: &Policy,
+        identity: Identity<'_>,
+        cost: u64,
+        consume: bool,
+        now_us: u64,
+    ) -> Option<Decision> {
+        let cache = self.cache.as_ref()?;
+        let decision = cache.with_key(policy, identity, |key| {
+            cache.lookup(key, cost, consume, now_us)
+        })?;
         self.metrics.cache_hit();
         Some(decision)
     }
@@ -420,12 +424,6 @@ impl Guarded {
         self.metrics.fallback(self.fallback.mode());
         self.fallback.decide(policy, identity, cost, consume)
     }
-}
-
-/// `use_key` of the cache's key for `identity` under `policy`, written on the stack for it.
-fn with_key<T>(policy: &Policy, identity: Identity<'_>, use_key: impl FnOnce(&[u8]) -> T) -> T {
-    let mut buffer = [0u8; MAX_KEY];
-    use_key(store_key(&mut buffer, policy, identity))
 }
 
 /// Records a failed probe if dropped before [`ProbeGuard::disarm`].
