@@ -28,8 +28,8 @@ use quick_cache::{Equivalent, Weighter};
 use crate::clock::micros;
 use crate::config::{CacheConfig, CacheMode};
 use crate::decision::{Decision, Source};
-use crate::key::{Identity, MAX_KEY, store_key};
-use crate::namespace::{Namespaces, UNNUMBERED};
+use crate::key::Identity;
+use crate::namespace::Namespaces;
 use crate::policy::Policy;
 
 /// A key as the cache keeps it: its policy's number and the identity's bytes (for a policy
@@ -219,18 +219,10 @@ impl DecisionCache {
         identity: Identity<'_>,
         use_key: impl FnOnce(CacheKey<'_>) -> T,
     ) -> T {
-        let namespace = self.namespaces.of(policy);
-        if namespace != UNNUMBERED {
-            return use_key(CacheKey {
-                namespace,
-                bytes: identity.as_bytes(),
-            });
-        }
-        let mut buffer = [0u8; MAX_KEY];
-        use_key(CacheKey {
-            namespace,
-            bytes: store_key(&mut buffer, policy, identity),
-        })
+        self.namespaces
+            .with_key(policy, identity, |namespace, bytes| {
+                use_key(CacheKey { namespace, bytes })
+            })
     }
 
     /// A cached answer for `key` at `now_us`, when there is one.

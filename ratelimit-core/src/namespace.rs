@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use crate::key::{Identity, MAX_KEY, store_key};
 use crate::policy::{Algorithm, Policy};
 
 /// Policies (name and algorithm) a store numbers. Keys of any further policy carry the
@@ -41,5 +42,22 @@ impl Namespaces {
             }
         }
         UNNUMBERED
+    }
+
+    /// `use_key` of the key of `identity` under `policy`: the policy's number and the
+    /// identity's bytes, with nothing written; for a policy past the numbered ones,
+    /// [`UNNUMBERED`] and the whole `policy \0 tag \0 identity`, written on the stack.
+    pub(crate) fn with_key<T>(
+        &self,
+        policy: &Policy,
+        identity: Identity<'_>,
+        use_key: impl FnOnce(u16, &[u8]) -> T,
+    ) -> T {
+        let namespace = self.of(policy);
+        if namespace != UNNUMBERED {
+            return use_key(namespace, identity.as_bytes());
+        }
+        let mut buffer = [0u8; MAX_KEY];
+        use_key(namespace, store_key(&mut buffer, policy, identity))
     }
 }

@@ -27,7 +27,7 @@ use crate::algorithm::{
     sliding_log,
 };
 use crate::clock::Clock;
-use crate::key::{Identity, MAX_KEY, store_key};
+use crate::key::Identity;
 use crate::namespace::{Namespaces, UNNUMBERED};
 use crate::policy::{Algorithm, Policy};
 
@@ -608,22 +608,14 @@ impl MemoryBackend {
         identity: Identity<'_>,
         f: impl FnOnce(Key<'_>) -> R,
     ) -> R {
-        let namespace = self.namespaces.of(policy);
-        if namespace != UNNUMBERED {
-            let bytes = identity.as_bytes();
-            return f(Key {
-                namespace,
-                bytes,
-                hash: self.hash(namespace, bytes),
-            });
-        }
-        let mut buffer = [0u8; MAX_KEY];
-        let bytes = store_key(&mut buffer, policy, identity);
-        f(Key {
-            namespace,
-            bytes,
-            hash: self.hash(namespace, bytes),
-        })
+        self.namespaces
+            .with_key(policy, identity, |namespace, bytes| {
+                f(Key {
+                    namespace,
+                    bytes,
+                    hash: self.hash(namespace, bytes),
+                })
+            })
     }
 
     fn hash(&self, namespace: u16, bytes: &[u8]) -> u64 {
