@@ -264,8 +264,8 @@ impl Guarded {
     /// the cache again (the calls ahead may have left a denial), the breaker, Redis; the
     /// fallback when Redis cannot answer.
     ///
-    /// Not an `async fn`, which would keep a copy of every argument for its whole life; and the
-    /// cache's key is written again where it is needed rather than kept across the round trip.
+    /// Not an `async fn`, which would keep a copy of every argument for its whole life; and no
+    /// key is kept across the round trip (the cache finds its entries by the policy's number).
     /// A decision's future is boxed (`RateLimiter::decide_remotely`), and this keeps it small
     /// enough for the allocator's per-thread cache (`docs/Performance.md`).
     #[expect(
