@@ -54,6 +54,47 @@ async fn a_reload_lifts_cached_denials(backend: Backend) {
     }
 }
 
+/// A reset gives a denied key its quota back at once, also where the denial is answered
+/// locally: with the cache on and with the hot-key shield (on by default) alike, the reset
+/// forgets the key the cache answered from.
+async fn a_reset_lifts_cached_denials(backend: Backend) {
+    for cache in [true, false] {
+        let prefix = Backend::unique_prefix("reset-cache");
+        // Every decision sampled, so the shield knows the key is hot from its first denials.
+        let mut config = Config::new(5, Duration::from_secs(60))
+            .with_hot_keys(HotKeyConfig::default().with_sample_every(1));
+        if cache {
+            config = config.with_cache(CacheConfig::new(Duration::from_millis(500), 1 << 20));
+        }
+        let limiter = backend.limiter(config, &prefix).await;
+        let mut from_cache = 0;
+        for _ in 0..300 {
+            let d = limiter.allow("client").await.expect("allow");
+            from_cache += u32::from(d.source() == Source::Cache);
+        }
+        if backend != Backend::Memory {
+            assert!(
+                from_cache > 0,
+                "cache={cache}: denials should be answered locally"
+            );
+        }
+        limiter.reset("client").await.expect("reset");
+        let d = limiter.allow("client").await.expect("allow");
+        assert!(
+            d.allowed(),
+            "{backend:?} cache={cache}: still denied after the reset: {d:?}"
+        );
+        assert_eq!(d.remaining(), 4, "{backend:?} cache={cache}");
+        // Another client's denial is not lifted by this one's reset.
+        for _ in 0..10 {
+            limiter.allow("other").await.expect("allow");
+        }
+        limiter.reset("client").await.expect("reset");
+        let other = limiter.allow("other").await.expect("allow");
+        assert!(!other.allowed(), "{backend:?} cache={cache}: {other:?}");
+    }
+}
+
 /// After a reload from 10/1m to 10/1h, a denied client's log lives as long as the new window
 /// says, on Redis as in memory: it does not expire with the old minute.
 async fn a_denied_log_keeps_the_ttl_of_the_windows_in_force(backend: Backend) {
@@ -235,6 +276,7 @@ async fn known_series_exist_before_the_first_event(backend: Backend) {
 
 for_each_backend!(
     a_reload_lifts_cached_denials,
+    a_reset_lifts_cached_denials,
     a_denied_log_keeps_the_ttl_of_the_windows_in_force,
     an_identity_that_looks_hashed_is_hashed_again,
     a_spread_cost_above_a_share_is_an_error,
