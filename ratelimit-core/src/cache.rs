@@ -33,7 +33,8 @@ use crate::namespace::Namespaces;
 use crate::policy::Policy;
 
 /// A key as the cache keeps it: its policy's number and the identity's bytes (for a policy
-/// past the numbered ones, the whole `policy \0 tag \0 identity` under [`UNNUMBERED`]).
+/// past the numbered ones, the whole `policy \0 tag \0 identity` under
+/// [`UNNUMBERED`](crate::namespace::UNNUMBERED)).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct StoredKey {
     namespace: u16,
