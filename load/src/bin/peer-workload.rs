@@ -2,7 +2,8 @@
 //! the same workload as `load/peer/rate-limiter-flexible.js`, printed as the same JSON line.
 //!
 //! - **Throughput**: `--callers` concurrent callers, each taking the next key of `k0..k{N-1}`
-//!   from one shared counter, for `--duration`; a fixed window of 1,000,000 per 60 s on Redis,
+//!   from one shared counter, for `--duration`; a fixed window of 1,000,000 per 60 s on Redis
+//!   (`--limit` another number),
 //!   the default configuration otherwise (no local cache, `local` fallback). The figure is
 //!   completed calls over the time until the last caller finished. `--keys 1` measures one hot
 //!   key, `--algorithm` another algorithm than the peer's fixed window, `--windows 2` a second,
@@ -23,7 +24,7 @@
 //! its key is known to be spent, at a fraction of a Redis decision's cost, so a run that
 //! reached its limit (one hot key at 200,000 calls a second reaches 1,000,000 in 5 s) would
 //! report a rate Redis never decided. Such a run fails, naming how many calls were denied;
-//! run it shorter.
+//! run it shorter, or with a larger `--limit`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -37,10 +38,10 @@ use ratelimit_load::MeasuredRedis;
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The throughput run's window: large enough that every call is allowed and writes.
-const THROUGHPUT_WINDOW: Window = Window::new(1_000_000, Duration::from_secs(60));
-/// Its second window with `--windows 2` (a sliding log holds at most 1,000,000 entries).
-const SECOND_THROUGHPUT_WINDOW: Window = Window::new(1_000_000, Duration::from_secs(3600));
+/// The throughput run's window, a minute, and its second with `--windows 2`, an hour: each
+/// of `--limit` calls, large enough that every call is allowed and writes.
+const THROUGHPUT_WINDOW: Duration = Duration::from_secs(60);
+const SECOND_THROUGHPUT_WINDOW: Duration = Duration::from_secs(3600);
 /// The exactness check's window, and how many call at once.
 const EXACT_WINDOW: Window = Window::new(100, Duration::from_secs(60));
 const EXACT_CALLS: usize = 200;
@@ -72,10 +73,13 @@ struct Args {
     /// sliding_window, token_bucket or sliding_counter
     #[arg(long, value_name = "NAME", default_value = "fixed_window", value_parser = algorithm)]
     algorithm: Algorithm,
-    /// The throughput run's windows: 1 (1,000,000 a minute), or 2 (and 1,000,000 an hour; a
+    /// The throughput run's windows: 1 (`--limit` a minute), or 2 (and `--limit` an hour; a
     /// sliding log of two windows is the multi-window log)
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
     windows: u8,
+    /// The calls each throughput window allows (a sliding log holds up to that many entries)
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    limit: u64,
 }
 
 /// An algorithm by its configuration name.
@@ -128,9 +132,9 @@ async fn main() -> Result<(), AnyError> {
     let redis = MeasuredRedis::start(args.redis_url).await?;
     let url = redis.url();
 
-    let mut windows = vec![THROUGHPUT_WINDOW];
+    let mut windows = vec![Window::new(args.limit, THROUGHPUT_WINDOW)];
     if args.windows == 2 {
-        windows.push(SECOND_THROUGHPUT_WINDOW);
+        windows.push(Window::new(args.limit, SECOND_THROUGHPUT_WINDOW));
     }
     let limiter = RateLimiter::new(config(windows, args.algorithm, url, args.pool_size)).await?;
     let before = evalsha_usec(url).await?;
