@@ -124,6 +124,9 @@ pub enum Reply {
         /// How many there are.
         len: usize,
     },
+    /// A batch script's reply read by this project's connection: four or six numbers for
+    /// each of its calls, in order, which `coalesce::split` hands out as their [`Reply::Numbers`].
+    Integers(Vec<i64>),
 }
 
 impl Reply {
@@ -145,6 +148,9 @@ impl Reply {
                     .map(redis::Value::Int)
                     .collect(),
             ),
+            Reply::Integers(integers) => {
+                redis::Value::Array(integers.into_iter().map(redis::Value::Int).collect())
+            }
         }
     }
 
@@ -155,6 +161,7 @@ impl Reply {
             Reply::Numbers { numbers, len } => {
                 crate::scripts::outcome(numbers.get(..*len).unwrap_or(numbers))
             }
+            Reply::Integers(integers) => crate::scripts::outcome(integers),
         }
     }
 }
@@ -406,7 +413,7 @@ async fn lead(
                 lane.batches.fetch_add(1, Ordering::Relaxed);
                 lane.coalesced_calls
                     .fetch_add(calls.len() as u64, Ordering::Relaxed);
-                match reply.and_then(|r| coalesce::split(r.into_value(), twin, calls.len())) {
+                match reply.and_then(|r| coalesce::split(r, twin, calls.len())) {
                     Ok(replies) => {
                         for (index, reply) in calls.into_iter().zip(replies) {
                             deliver(&mut answers, &mut own, index, Ok(reply));
@@ -516,7 +523,7 @@ fn checked(reply: redis::Value) -> redis::RedisResult<redis::Value> {
 fn checked_reply(reply: Reply) -> redis::RedisResult<Reply> {
     match reply {
         Reply::Value(value) => checked(value).map(Reply::Value),
-        numbers @ Reply::Numbers { .. } => Ok(numbers),
+        numbers @ (Reply::Numbers { .. } | Reply::Integers(_)) => Ok(numbers),
     }
 }
 

@@ -406,7 +406,7 @@ fn batch<'a>(
 /// script of one window answers), six for the multi-window log's (`{allowed, binding window,
 /// limit, remaining, reset_after_us, retry_after_us}`).
 pub(super) fn split(
-    reply: Value,
+    reply: Reply,
     twin: &Twin,
     calls: usize,
 ) -> redis::RedisResult<impl Iterator<Item = Reply>> {
@@ -418,16 +418,25 @@ pub(super) fn split(
             format!("{reply:?} for {calls} calls"),
         ))
     };
-    let Value::Array(numbers) = reply else {
-        return Err(malformed(&reply));
+    // This project's connection reads the integers as they are (`wire.rs`); the redis crate's
+    // connections give an array of values.
+    let numbers = match reply {
+        Reply::Integers(integers) => integers,
+        other => match other.into_value() {
+            Value::Array(items) if items.iter().all(|n| matches!(n, Value::Int(_))) => items
+                .into_iter()
+                .map(|number| match number {
+                    Value::Int(number) => number,
+                    _ => 0,
+                })
+                .collect(),
+            value => return Err(malformed(&value)),
+        },
     };
-    if numbers.len() != width * calls || numbers.iter().any(|n| !matches!(n, Value::Int(_))) {
-        return Err(malformed(&Value::Array(numbers)));
+    if numbers.len() != width * calls {
+        return Err(malformed(&Reply::Integers(numbers).into_value()));
     }
-    let mut numbers = numbers.into_iter().map(|number| match number {
-        Value::Int(number) => number,
-        _ => 0,
-    });
+    let mut numbers = numbers.into_iter();
     Ok((0..calls).map(move |_| {
         let mut call = [0; 6];
         for (slot, number) in call.iter_mut().zip(numbers.by_ref().take(width)) {
@@ -929,8 +938,14 @@ mod tests {
     #[test]
     fn a_batch_reply_is_split_into_single_replies() {
         let [one_window, .., several] = &*TWINS;
-        let reply = Value::Array([1, 9, 5, 0, 0, 0, 5, 7].map(Value::Int).to_vec());
+        let reply = Reply::Value(Value::Array(
+            [1, 9, 5, 0, 0, 0, 5, 7].map(Value::Int).to_vec(),
+        ));
         let replies: Vec<Reply> = split(reply, one_window, 2).expect("two answers").collect();
+        // Read by this project's connection, the same integers split alike.
+        let read = Reply::Integers(vec![1, 9, 5, 0, 0, 0, 5, 7]);
+        let read: Vec<Reply> = split(read, one_window, 2).expect("two answers").collect();
+        assert_eq!(read, replies);
         assert_eq!(
             replies[1],
             Reply::Numbers {
@@ -955,14 +970,13 @@ mod tests {
                 Value::Int(1),
             ]),
         ] {
-            assert!(split(wrong, one_window, 1).is_err());
+            assert!(split(Reply::Value(wrong), one_window, 1).is_err());
+        }
+        for wrong in [vec![1, 9, 5], vec![1, 9, 5, 0, 0]] {
+            assert!(split(Reply::Integers(wrong), one_window, 1).is_err());
         }
         // The multi-window log answers the single script's whole reply a call.
-        let reply = Value::Array(
-            [0, 2, 100, 0, 9, 8, 1, 1, 10, 3, 4, 0]
-                .map(Value::Int)
-                .to_vec(),
-        );
+        let reply = Reply::Integers(vec![0, 2, 100, 0, 9, 8, 1, 1, 10, 3, 4, 0]);
         let replies: Vec<Reply> = split(reply, several, 2).expect("two answers").collect();
         let denied = replies[0].outcome().expect("a single reply");
         assert_eq!((denied.allowed, denied.window_index), (false, 1));
@@ -971,7 +985,7 @@ mod tests {
         assert!(allowed.allowed);
         assert_eq!((allowed.remaining, allowed.reset_after_us), (3, 4));
         let short = Value::Array([1, 9, 5, 0].map(Value::Int).to_vec());
-        assert!(split(short, several, 1).is_err());
+        assert!(split(Reply::Value(short), several, 1).is_err());
     }
 
     /// Only the sliding logs' calls are sent again after a lost reply: a counter would count a

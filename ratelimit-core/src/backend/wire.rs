@@ -419,7 +419,44 @@ fn parse_reply(buffer: &[u8], at: usize) -> RedisResult<Option<(Reply, usize)>> 
     if let Some(numbers) = script_numbers(buffer, at) {
         return Ok(Some(numbers));
     }
+    if let Some(integers) = batch_integers(buffer, at) {
+        return Ok(Some(integers));
+    }
     Ok(parse(buffer, at)?.map(|(value, next)| (Reply::Value(value), next)))
+}
+
+/// Integers a batch script's reply holds at most to be read by [`batch_integers`]: six for
+/// each of a pipeline's calls.
+const BATCH_INTEGERS: usize = 6 * crate::backend::redis::IN_FLIGHT_PER_CONNECTION;
+
+/// The array of seven to [`BATCH_INTEGERS`] short integers that starts at `at` (a batch
+/// script's reply: four or six numbers for each of its calls), read in one pass into
+/// [`Reply::Integers`], one allocation, where [`parse`] would build a value for each;
+/// `None` when the reply is anything else or has not all arrived.
+fn batch_integers(buffer: &[u8], at: usize) -> Option<(Reply, usize)> {
+    let [b'*', ..] = buffer.get(at..)? else {
+        return None;
+    };
+    let (count, mut at) = line(buffer, at + 1)?;
+    if count.is_empty() || count.len() > 2 || !count.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let count = count
+        .iter()
+        .fold(0, |count, digit| count * 10 + usize::from(digit - b'0'));
+    if !(7..=BATCH_INTEGERS).contains(&count) {
+        return None;
+    }
+    let mut integers = [0; BATCH_INTEGERS];
+    for integer in &mut integers[..count] {
+        if buffer.get(at) != Some(&b':') {
+            return None;
+        }
+        let (value, after) = short_integer(buffer, at + 1)?;
+        *integer = value;
+        at = after;
+    }
+    Some((Reply::Integers(integers[..count].to_vec()), at))
 }
 
 /// The array of one to six short integers that starts at `at`, read in one pass; `None` when
@@ -675,23 +712,35 @@ mod tests {
 
     proptest::proptest! {
         /// A script call's reply (`parse_reply`) holds the integers `parse` reads: as numbers
-        /// when there are one to six of at most 18 digits, as `parse`'s array otherwise; and
-        /// it waits when cut anywhere.
+        /// when there are one to six of at most 18 digits, as a batch's integers when there
+        /// are seven to `BATCH_INTEGERS` of them, as `parse`'s array otherwise; and it waits
+        /// when cut anywhere.
         #[test]
         fn a_script_reply_is_read_into_numbers(
-            numbers in proptest::collection::vec(any_width(), 0..9),
+            numbers in proptest::prop_oneof![
+                proptest::collection::vec(any_width(), 0..9),
+                proptest::collection::vec(any_width(), 7..=BATCH_INTEGERS + 2),
+                // Short ones mostly, as a batch answers.
+                proptest::collection::vec(-9_i64..99, 7..=BATCH_INTEGERS + 2),
+            ],
         ) {
             let reply = array_of(&numbers);
-            let short = (1..=6).contains(&numbers.len())
-                && numbers.iter().all(|n| n.unsigned_abs() < 10_u64.pow(18));
+            let all_short = numbers.iter().all(|n| n.unsigned_abs() < 10_u64.pow(18));
+            let short = (1..=6).contains(&numbers.len()) && all_short;
+            let batch = (7..=BATCH_INTEGERS).contains(&numbers.len()) && all_short;
             match parse_reply(&reply, 0) {
                 Ok(Some((Reply::Numbers { numbers: read, len }, end))) => {
                     proptest::prop_assert!(short, "{:?} read as numbers", numbers);
                     proptest::prop_assert_eq!(&read[..len], numbers.as_slice());
                     proptest::prop_assert_eq!(end, reply.len());
                 }
+                Ok(Some((Reply::Integers(read), end))) => {
+                    proptest::prop_assert!(batch, "{:?} read as a batch's integers", numbers);
+                    proptest::prop_assert_eq!(&read, &numbers);
+                    proptest::prop_assert_eq!(end, reply.len());
+                }
                 Ok(Some((Reply::Value(value), end))) => {
-                    proptest::prop_assert!(!short, "{:?} read as an array", numbers);
+                    proptest::prop_assert!(!short && !batch, "{:?} read as an array", numbers);
                     let expected = Value::Array(numbers.iter().copied().map(Value::Int).collect());
                     proptest::prop_assert_eq!(value, expected);
                     proptest::prop_assert_eq!(end, reply.len());
