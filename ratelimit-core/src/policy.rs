@@ -174,9 +174,57 @@ pub const MAX_SPREAD: u32 = 64;
 pub struct Policy {
     name: Arc<str>,
     algorithm: Algorithm,
-    windows: Arc<[Window]>,
+    windows: Arc<Windows>,
     cost: u64,
     spread: u32,
+}
+
+/// A policy's windows, with the arguments a Redis script call carries for them (each
+/// window's limit and length in microseconds, as RESP writes them) written once, when the
+/// policy is built, instead of for every call. Compared and hashed by the windows alone.
+#[derive(Debug)]
+pub(crate) struct Windows {
+    list: Box<[Window]>,
+    arguments: Box<[u8]>,
+}
+
+impl Windows {
+    /// The windows' arguments, as [`crate::backend::command::window_arguments`] writes them.
+    pub(crate) fn arguments(&self) -> &[u8] {
+        &self.arguments
+    }
+}
+
+impl FromIterator<Window> for Windows {
+    fn from_iter<I: IntoIterator<Item = Window>>(windows: I) -> Self {
+        let list: Box<[Window]> = windows.into_iter().collect();
+        Self {
+            arguments: crate::backend::command::window_arguments(&list),
+            list,
+        }
+    }
+}
+
+impl std::ops::Deref for Windows {
+    type Target = [Window];
+
+    fn deref(&self) -> &[Window] {
+        &self.list
+    }
+}
+
+impl PartialEq for Windows {
+    fn eq(&self, other: &Self) -> bool {
+        self.list == other.list
+    }
+}
+
+impl Eq for Windows {}
+
+impl std::hash::Hash for Windows {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.list.hash(state);
+    }
 }
 
 impl Policy {
@@ -188,7 +236,7 @@ impl Policy {
         Self {
             name: name.into(),
             algorithm: Algorithm::default(),
-            windows: windows.into_iter().collect(),
+            windows: Arc::new(windows.into_iter().collect()),
             cost: 1,
             spread: 1,
         }
@@ -238,14 +286,15 @@ impl Policy {
             .map(|i| Policy {
                 name: self.name.clone(),
                 algorithm: self.algorithm,
-                windows: self
-                    .windows
-                    .iter()
-                    .map(|w| {
-                        let share = w.max_requests / n + u64::from(i < w.max_requests % n);
-                        Window::new(share, w.duration)
-                    })
-                    .collect(),
+                windows: Arc::new(
+                    self.windows
+                        .iter()
+                        .map(|w| {
+                            let share = w.max_requests / n + u64::from(i < w.max_requests % n);
+                            Window::new(share, w.duration)
+                        })
+                        .collect(),
+                ),
                 cost: self.cost,
                 spread: 1,
             })
@@ -270,7 +319,7 @@ impl Policy {
     /// Where the windows live: clones of a policy share them, so a limiter finds the state
     /// it keeps for a policy by this address before comparing values.
     pub(crate) fn windows_addr(&self) -> usize {
-        Arc::as_ptr(&self.windows).cast::<Window>().addr()
+        Arc::as_ptr(&self.windows).addr()
     }
 
     /// The algorithm.
@@ -283,8 +332,9 @@ impl Policy {
         &self.windows
     }
 
-    /// The windows, shared (a script call on its way to Redis keeps them).
-    pub(crate) fn shared_windows(&self) -> Arc<[Window]> {
+    /// The windows, shared, with their script arguments (a script call on its way to Redis
+    /// keeps them).
+    pub(crate) fn shared_windows(&self) -> Arc<Windows> {
         self.windows.clone()
     }
 

@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 #[cfg(any(test, feature = "test-util"))]
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::backend::command::{Op, ScriptCall, Third};
+use crate::backend::command::{self, Op, ScriptCall, Third};
 use crate::decision::Outcome;
 use crate::error::Error;
 use crate::key::{Identity, KeyBuilder};
@@ -57,6 +57,9 @@ static FIXED_WINDOW_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(FIXED_WINDOW));
 static SLIDING_COUNTER_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(SLIDING_COUNTER));
+/// How a call of each single script starts on the wire, in [`Single::ALL`]'s order.
+static EVALSHA: LazyLock<[Box<[u8]>; 5]> =
+    LazyLock::new(|| Single::ALL.map(|single| command::evalsha(single.script().get_hash())));
 
 /// The script that evaluates `policy`.
 ///
@@ -108,6 +111,11 @@ impl Single {
             Algorithm::FixedWindow => Single::FixedWindow,
             Algorithm::SlidingCounter => Single::SlidingCounter,
         }
+    }
+
+    /// `EVALSHA` and the script's hash, as a call of it starts on the wire (written once).
+    pub(crate) fn evalsha(self) -> &'static [u8] {
+        &EVALSHA[self as usize]
     }
 
     pub(crate) fn script(self) -> &'static redis::Script {

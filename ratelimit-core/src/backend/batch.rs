@@ -722,7 +722,11 @@ mod tests {
     fn call(source: &str, key: &str, nonce: &str) -> Command {
         let single =
             Single::with_hash(redis::Script::new(source).get_hash()).expect("a single script");
-        let windows: std::sync::Arc<[Window]> = [Window::per_minute(10)].into();
+        let windows = std::sync::Arc::new(
+            [Window::per_minute(10)]
+                .into_iter()
+                .collect::<crate::policy::Windows>(),
+        );
         Command::Script(ScriptCall::new(
             single,
             16,

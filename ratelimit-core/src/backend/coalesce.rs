@@ -82,6 +82,8 @@ pub(crate) struct Twin {
     single: Single,
     source: &'static str,
     batch: redis::Script,
+    /// `EVALSHA` and the batch script's hash, as a call of it starts on the wire.
+    evalsha: Box<[u8]>,
     /// The multi-window log's: several windows, counted ahead of them in its arguments, and
     /// the single script's whole reply a call; the others take one window and answer four
     /// numbers a call.
@@ -89,11 +91,15 @@ pub(crate) struct Twin {
 }
 
 static TWINS: LazyLock<[Twin; 5]> = LazyLock::new(|| {
-    let twin = |single: Single, source: &'static str| Twin {
-        single,
-        source,
-        batch: redis::Script::new(source),
-        several: single == Single::MultiWindow,
+    let twin = |single: Single, source: &'static str| {
+        let batch = redis::Script::new(source);
+        Twin {
+            single,
+            source,
+            evalsha: super::command::evalsha(batch.get_hash()),
+            batch,
+            several: single == Single::MultiWindow,
+        }
     };
     [
         twin(Single::SlidingWindow, SLIDING_WINDOW_BATCH),
@@ -113,6 +119,11 @@ impl Twin {
     /// The batch script's hash.
     pub(crate) fn batch_hash(&self) -> &str {
         self.batch.get_hash()
+    }
+
+    /// `EVALSHA` and the batch script's hash, as a call of it starts on the wire.
+    pub(crate) fn evalsha(&self) -> &[u8] {
+        &self.evalsha
     }
 }
 
@@ -594,7 +605,7 @@ mod tests {
 
     use super::*;
     use crate::backend::command::Third;
-    use crate::policy::Window;
+    use crate::policy::{Window, Windows};
     use crate::scripts;
 
     /// A call of the single script whose hash is `sha` on `keys`: `third` is a counter's
@@ -620,10 +631,12 @@ mod tests {
             "peek" => Op::Peek,
             _ => Op::Again,
         };
-        let windows: Arc<[Window]> = windows
-            .iter()
-            .map(|&(limit, us)| Window::new(limit, Duration::from_micros(us)))
-            .collect();
+        let windows: Arc<Windows> = Arc::new(
+            windows
+                .iter()
+                .map(|&(limit, us)| Window::new(limit, Duration::from_micros(us)))
+                .collect(),
+        );
         let write_keys = |out: &mut dyn FnMut(&[&[u8]])| {
             for key in keys {
                 out(&[key.as_bytes()]);

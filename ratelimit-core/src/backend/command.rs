@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use super::coalesce::Twin;
-use crate::policy::Window;
+use crate::policy::{Window, Windows};
 use crate::scripts::Single;
 
 /// A command on its way to Redis.
@@ -92,7 +92,7 @@ pub struct ScriptCall {
     pub(crate) op: Op,
     pub(crate) cost: u64,
     pub(crate) third: Third,
-    pub(crate) windows: Arc<[Window]>,
+    pub(crate) windows: Arc<Windows>,
 }
 
 impl ScriptCall {
@@ -105,7 +105,7 @@ impl ScriptCall {
         op: Op,
         cost: u64,
         third: Third,
-        windows: Arc<[Window]>,
+        windows: Arc<Windows>,
     ) -> Self {
         let mut keys = Vec::with_capacity(key_bytes);
         let mut key_count = 0;
@@ -142,14 +142,13 @@ impl ScriptCall {
     }
 
     fn write(&self, out: &mut impl Args) {
-        out.arg(b"EVALSHA");
-        out.arg(self.single.script().get_hash().as_bytes());
+        out.evalsha(self.single.script().get_hash(), self.single.evalsha());
         out.number(self.key_count as u64);
         out.keys(&self.keys);
         out.arg(self.op.text());
         out.number(self.cost);
         self.third.write(out);
-        write_windows(&self.windows, out);
+        out.windows(&self.windows);
     }
 }
 
@@ -163,7 +162,7 @@ pub struct BatchCall {
     pub(crate) keys: Vec<u8>,
     pub(crate) key_count: usize,
     pub(crate) op: Op,
-    pub(crate) windows: Arc<[Window]>,
+    pub(crate) windows: Arc<Windows>,
     /// Each call's cost and third argument.
     pub(crate) calls: Vec<(u64, Third)>,
 }
@@ -177,15 +176,14 @@ impl BatchCall {
     }
 
     fn write(&self, out: &mut impl Args) {
-        out.arg(b"EVALSHA");
-        out.arg(self.twin.batch_hash().as_bytes());
+        out.evalsha(self.twin.batch_hash(), self.twin.evalsha());
         out.number(self.key_count as u64);
         out.keys(&self.keys);
         out.arg(self.op.text());
         if self.twin.several() {
             out.number(self.windows.len() as u64);
         }
-        write_windows(&self.windows, out);
+        out.windows(&self.windows);
         for (cost, third) in &self.calls {
             out.number(*cost);
             third.write(out);
@@ -193,11 +191,25 @@ impl BatchCall {
     }
 }
 
-fn write_windows(windows: &[Window], out: &mut impl Args) {
+/// `EVALSHA` and the hash `sha`, as RESP writes them: how every call of that script starts,
+/// written once a script.
+pub(crate) fn evalsha(sha: &str) -> Box<[u8]> {
+    let mut resp = Vec::new();
+    bulk(&mut resp, b"EVALSHA");
+    bulk(&mut resp, sha.as_bytes());
+    resp.into()
+}
+
+/// Each window's limit and length in microseconds, as RESP writes them: a script call's
+/// window arguments, written once a policy ([`Windows`]).
+pub(crate) fn window_arguments(windows: &[Window]) -> Box<[u8]> {
+    let mut resp = Vec::new();
     for window in windows {
-        out.number(window.max_requests());
-        out.number(window.micros());
+        for n in [window.max_requests(), window.micros()] {
+            bulk(&mut resp, itoa::Buffer::new().format(n).as_bytes());
+        }
     }
+    resp.into()
 }
 
 impl Command {
@@ -242,6 +254,12 @@ trait Args {
     /// Keys written as [`ScriptCall::keys`] holds them.
     fn keys(&mut self, framed: &[u8]);
 
+    /// `EVALSHA` and `sha`, written as `resp` ([`evalsha`]) holds them.
+    fn evalsha(&mut self, sha: &str, resp: &[u8]);
+
+    /// The windows' limits and lengths.
+    fn windows(&mut self, windows: &Windows);
+
     fn number(&mut self, n: u64) {
         self.arg(itoa::Buffer::new().format(n).as_bytes());
     }
@@ -257,6 +275,17 @@ impl Args for redis::Cmd {
             redis::Cmd::arg(self, key);
         }
     }
+
+    fn evalsha(&mut self, sha: &str, _: &[u8]) {
+        redis::Cmd::arg(self, "EVALSHA").arg(sha);
+    }
+
+    fn windows(&mut self, windows: &Windows) {
+        for window in windows.iter() {
+            self.number(window.max_requests());
+            self.number(window.micros());
+        }
+    }
 }
 
 /// A RESP buffer.
@@ -264,15 +293,28 @@ struct Resp<'a>(&'a mut Vec<u8>);
 
 impl Args for Resp<'_> {
     fn arg(&mut self, bytes: &[u8]) {
-        frame(self.0, b'$', bytes.len());
-        self.0.extend_from_slice(bytes);
-        self.0.push(b'\r');
-        self.0.push(b'\n');
+        bulk(self.0, bytes);
     }
 
     fn keys(&mut self, framed: &[u8]) {
         self.0.extend_from_slice(framed);
     }
+
+    fn evalsha(&mut self, _: &str, resp: &[u8]) {
+        self.0.extend_from_slice(resp);
+    }
+
+    fn windows(&mut self, windows: &Windows) {
+        self.0.extend_from_slice(windows.arguments());
+    }
+}
+
+/// `bytes` as a RESP bulk string: `$<len>\r\n<bytes>\r\n`.
+#[inline]
+fn bulk(buffer: &mut Vec<u8>, bytes: &[u8]) {
+    frame(buffer, b'$', bytes.len());
+    buffer.extend_from_slice(bytes);
+    buffer.extend_from_slice(b"\r\n");
 }
 
 /// The keys of [`ScriptCall::keys`], one by one.
@@ -342,10 +384,12 @@ mod tests {
             proptest::collection::vec((any::<u64>(), 1..u64::MAX / 2), 1..4),
         )
             .prop_map(|(single, keys, op, cost, third, windows)| {
-                let windows: Arc<[Window]> = windows
-                    .into_iter()
-                    .map(|(limit, us)| Window::new(limit, Duration::from_micros(us)))
-                    .collect();
+                let windows: Arc<Windows> = Arc::new(
+                    windows
+                        .into_iter()
+                        .map(|(limit, us)| Window::new(limit, Duration::from_micros(us)))
+                        .collect(),
+                );
                 let write_keys = |out: &mut dyn FnMut(&[&[u8]])| {
                     for key in &keys {
                         out(&[key]);
