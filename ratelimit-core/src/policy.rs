@@ -5,7 +5,7 @@
 //! backend always has at least one window, no zero limit and no duplicate window.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::clock::micros;
@@ -179,29 +179,34 @@ pub struct Policy {
     spread: u32,
 }
 
-/// A policy's windows, with the arguments a Redis script call carries for them (each
-/// window's limit and length in microseconds, as RESP writes them) written once, when the
-/// policy is built, instead of for every call. Compared and hashed by the windows alone.
-#[derive(Debug)]
+/// A policy's windows, shared by the policy's clones, and a place for them written as a
+/// backend sends them (a Redis script call's arguments: each window's limit and length),
+/// written by the first call that needs them instead of by every call. Compared and hashed
+/// by the windows alone.
 pub(crate) struct Windows {
     list: Box<[Window]>,
-    arguments: Box<[u8]>,
+    written: OnceLock<Box<[u8]>>,
 }
 
 impl Windows {
-    /// The windows' arguments, as [`crate::backend::command::window_arguments`] writes them.
-    pub(crate) fn arguments(&self) -> &[u8] {
-        &self.arguments
+    /// The windows as `write` writes them, written once.
+    pub(crate) fn written(&self, write: impl FnOnce(&[Window]) -> Box<[u8]>) -> &[u8] {
+        self.written.get_or_init(|| write(&self.list))
     }
 }
 
 impl FromIterator<Window> for Windows {
     fn from_iter<I: IntoIterator<Item = Window>>(windows: I) -> Self {
-        let list: Box<[Window]> = windows.into_iter().collect();
         Self {
-            arguments: crate::backend::command::window_arguments(&list),
-            list,
+            list: windows.into_iter().collect(),
+            written: OnceLock::new(),
         }
+    }
+}
+
+impl fmt::Debug for Windows {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.list.fmt(f)
     }
 }
 

@@ -201,7 +201,7 @@ pub(crate) fn evalsha(sha: &str) -> Box<[u8]> {
 }
 
 /// Each window's limit and length in microseconds, as RESP writes them: a script call's
-/// window arguments, written once a policy ([`Windows`]).
+/// window arguments, written once a policy ([`Windows::written`]).
 pub(crate) fn window_arguments(windows: &[Window]) -> Box<[u8]> {
     let mut resp = Vec::new();
     for window in windows {
@@ -305,7 +305,7 @@ impl Args for Resp<'_> {
     }
 
     fn windows(&mut self, windows: &Windows) {
-        self.0.extend_from_slice(windows.arguments());
+        self.0.extend_from_slice(windows.written(window_arguments));
     }
 }
 
