@@ -189,7 +189,8 @@ pub(crate) struct Windows {
 }
 
 impl Windows {
-    /// The windows as `write` writes them, written once.
+    /// The windows as `write` writes them, written by the first call and kept: every caller
+    /// passes the same `write` (a script call's arguments, in the Redis backend).
     pub(crate) fn written(&self, write: impl FnOnce(&[Window]) -> Box<[u8]>) -> &[u8] {
         self.written.get_or_init(|| write(&self.list))
     }

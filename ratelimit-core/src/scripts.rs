@@ -57,7 +57,9 @@ static FIXED_WINDOW_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(FIXED_WINDOW));
 static SLIDING_COUNTER_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(SLIDING_COUNTER));
-/// How a call of each single script starts on the wire, in [`Single::ALL`]'s order.
+/// How a call of each single script starts on the wire, in [`Single::ALL`]'s order, which is
+/// the variants' own ([`Single::evalsha`] indexes by it; a call written with another script's
+/// start fails `commands_are_written_as_the_command_they_become`).
 static EVALSHA: LazyLock<[Box<[u8]>; 5]> =
     LazyLock::new(|| Single::ALL.map(|single| command::evalsha(single.script().get_hash())));
 
