@@ -11,39 +11,42 @@ use ratelimit_core::{
 };
 use ratelimit_tests::{Backend, for_each_backend, spawn_allows};
 
+/// `limit` a minute, with every decision sampled, so the hot-key shield knows a key is hot
+/// from its first denials; with the cache on when `cache`.
+fn locally_answered(limit: u64, cache: bool) -> Config {
+    let config = Config::new(limit, Duration::from_secs(60))
+        .with_hot_keys(HotKeyConfig::default().with_sample_every(1));
+    match cache {
+        true => config.with_cache(CacheConfig::new(Duration::from_millis(500), 1 << 20)),
+        false => config,
+    }
+}
+
+/// A limiter of 5 a minute ([`locally_answered`]) whose key `client` was asked 300 times: on
+/// Redis, its denials are answered locally by then (asserted), by the cache or the shield.
+async fn spent_until_denials_are_local(backend: Backend, cache: bool, prefix: &str) -> RateLimiter {
+    let limiter = backend.limiter(locally_answered(5, cache), prefix).await;
+    let mut from_cache = 0;
+    for _ in 0..300 {
+        let d = limiter.allow("client").await.expect("allow");
+        from_cache += u32::from(d.source() == Source::Cache);
+    }
+    if backend != Backend::Memory {
+        assert!(
+            from_cache > 0,
+            "cache={cache}: denials should be answered locally"
+        );
+    }
+    limiter
+}
+
 /// A reload that raises the limit lifts the denials cached under the old one, with the cache on
 /// and with the hot-key shield (on by default) alike.
 async fn a_reload_lifts_cached_denials(backend: Backend) {
     for cache in [true, false] {
         let prefix = Backend::unique_prefix("reload-cache");
-        // Every decision sampled, so the shield knows the key is hot from its first denials.
-        let mut config = Config::new(5, Duration::from_secs(60))
-            .with_hot_keys(HotKeyConfig::default().with_sample_every(1));
-        if cache {
-            config = config.with_cache(CacheConfig::new(Duration::from_millis(500), 1 << 20));
-        }
-        let limiter = backend.limiter(config, &prefix).await;
-        let mut from_cache = 0;
-        for _ in 0..300 {
-            let d = limiter.allow("client").await.expect("allow");
-            from_cache += u32::from(d.source() == Source::Cache);
-        }
-        if backend != Backend::Memory {
-            assert!(
-                from_cache > 0,
-                "cache={cache}: denials should be answered locally"
-            );
-        }
-        let raised = Config::new(100_000, Duration::from_secs(60))
-            .with_hot_keys(HotKeyConfig::default().with_sample_every(1));
-        let raised = backend.configure(
-            if cache {
-                raised.with_cache(CacheConfig::new(Duration::from_millis(500), 1 << 20))
-            } else {
-                raised
-            },
-            &prefix,
-        );
+        let limiter = spent_until_denials_are_local(backend, cache, &prefix).await;
+        let raised = backend.configure(locally_answered(100_000, cache), &prefix);
         let reloaded = limiter.reconfigure(raised).expect("reconfigure");
         let d = reloaded.allow("client").await.expect("allow");
         assert!(
@@ -60,24 +63,7 @@ async fn a_reload_lifts_cached_denials(backend: Backend) {
 async fn a_reset_lifts_cached_denials(backend: Backend) {
     for cache in [true, false] {
         let prefix = Backend::unique_prefix("reset-cache");
-        // Every decision sampled, so the shield knows the key is hot from its first denials.
-        let mut config = Config::new(5, Duration::from_secs(60))
-            .with_hot_keys(HotKeyConfig::default().with_sample_every(1));
-        if cache {
-            config = config.with_cache(CacheConfig::new(Duration::from_millis(500), 1 << 20));
-        }
-        let limiter = backend.limiter(config, &prefix).await;
-        let mut from_cache = 0;
-        for _ in 0..300 {
-            let d = limiter.allow("client").await.expect("allow");
-            from_cache += u32::from(d.source() == Source::Cache);
-        }
-        if backend != Backend::Memory {
-            assert!(
-                from_cache > 0,
-                "cache={cache}: denials should be answered locally"
-            );
-        }
+        let limiter = spent_until_denials_are_local(backend, cache, &prefix).await;
         limiter.reset("client").await.expect("reset");
         let d = limiter.allow("client").await.expect("allow");
         assert!(
