@@ -116,16 +116,19 @@ enum Answer {
 pub enum Reply {
     /// Redis's reply to the call, sent as it is.
     Value(redis::Value),
-    /// The call's numbers from a batch: four for a policy of one window, six for several (the
-    /// single scripts' replies, `scripts::outcome`).
+    /// The call's numbers: a single script's reply as this project's connection reads it, or
+    /// the call's part of a batch's answer; four for a policy of one window, six for several
+    /// (the single scripts' replies, `scripts::outcome`).
     Numbers {
         /// The numbers, the first `len` of them read.
         numbers: [i64; 6],
         /// How many there are.
         len: usize,
     },
-    /// A batch script's reply read by this project's connection: four or six numbers for
-    /// each of its calls, in order, which `coalesce::split` hands out as their [`Reply::Numbers`].
+    /// An array of seven to 96 short integers as this project's connection reads it: a batch
+    /// script's reply, four or six numbers for each of its calls, in order, which
+    /// `coalesce::split` hands out as their [`Reply::Numbers`]. Only script calls' replies are
+    /// read so, and no single script answers more than six numbers.
     Integers(Vec<i64>),
 }
 
